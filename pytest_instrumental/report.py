@@ -1,0 +1,80 @@
+"""Reports a person reads: the terminal summary table (rows model, columns suffix, plus Delta)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pytest_instrumental.gate import Violation
+from pytest_instrumental.metrics import Cell, Gap, Interval
+
+
+def format_rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def format_interval(interval: Interval | None) -> str:
+    return "" if interval is None else f" [{interval.low:.1f}-{interval.high:.1f}]"
+
+
+def format_cell(cell: Cell) -> str:
+    """``Conv% [lo-hi] / Refusal%``, with the error count when there are errors."""
+    text = f"{format_rate(cell.conv_pct)}{format_interval(cell.conv_ci)} / {format_rate(cell.refusal_pct)}"
+    if cell.errors:
+        text += f" ({cell.errors} err)"
+    return text
+
+
+def format_gap(gap: Gap | None) -> str:
+    if gap is None or gap.delta_pp is None:
+        return "n/a"
+    p = "" if gap.mcnemar_p is None else f" p={gap.mcnemar_p:.2g}"
+    return f"{gap.delta_pp:.2f}{format_interval(gap.ci)}{p}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+
+    return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
+
+
+def summary_lines(
+    cells: Sequence[Cell],
+    gaps: Sequence[Gap],
+    models: Sequence[str],
+    suffixes: Sequence[str],
+    categories: Sequence[str],
+    verbose: bool = False,
+) -> list[str]:
+    """The overall table; with ``verbose`` one more table per category."""
+    by_key = {(c.model, c.suffix, c.category): c for c in cells}
+    gap_of = {g.model: g for g in gaps}
+    with_gap = bool(gaps)
+    header = ["model", *suffixes, *(["Delta pp [95% CI] McNemar"] if with_gap else [])]
+    rows = [
+        [model, *(format_cell(by_key[model, s, None]) for s in suffixes), *([format_gap(gap_of.get(model))] * with_gap)]
+        for model in models
+    ]
+    lines = ["Conv% [95% CI] / Refusal% (valid only)", *_table(header, rows)]
+    if verbose:
+        for category in categories:
+            rows = [[model, *(format_cell(by_key[model, s, category]) for s in suffixes)] for model in models]
+            lines += ["", f"category {category}", *_table(["model", *suffixes], rows)]
+    counts = _count_line(cells)
+    if counts:
+        lines += ["", counts]
+    return lines
+
+
+def _count_line(cells: Sequence[Cell]) -> str:
+    overall = [c for c in cells if c.category is None]
+    total = sum(c.total for c in overall)
+    nonsensical = sum(c.nonsensical for c in overall)
+    errors = sum(c.errors for c in overall)
+    return f"{total} judged ({nonsensical} nonsensical, excluded from rates), {errors} errors"
+
+
+def violation_lines(violations: Sequence[Violation]) -> list[str]:
+    return [f"GATE FAILED: {v.message()}" for v in violations]

@@ -1,0 +1,72 @@
+"""The results JSON (schema in docs/results-schema.md): write it, read it back."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.metrics import Cell, Gap
+from pytest_instrumental.verdicts import ItemResult
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Results:
+    run: dict[str, Any]
+    items: list[ItemResult]
+    cells: list[dict[str, Any]]
+    gaps: list[dict[str, Any]]
+
+
+def results_document(
+    run: dict[str, Any], items: Sequence[ItemResult], cells: Sequence[Cell], gaps: Sequence[Gap]
+) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run": run,
+        "items": [item.to_dict() for item in sorted(items, key=lambda i: i.key)],
+        "cells": [asdict(cell) for cell in cells],
+        "gaps": [asdict(gap) for gap in gaps],
+    }
+
+
+def write_results(path: Path, document: dict[str, Any]) -> None:
+    """Write atomically, so a run killed while writing never leaves half a file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def read_results(path: Path) -> Results:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read results JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        found = data.get("schema_version") if isinstance(data, dict) else None
+        raise InputError(f"{path}: not a results file of schema_version {SCHEMA_VERSION} (found {found!r})")
+    if not isinstance(data.get("items"), list):
+        raise InputError(f"{path}: 'items' must be a list")
+    items = []
+    for number, raw in enumerate(data["items"], start=1):
+        try:
+            if not isinstance(raw, dict):
+                raise ValueError("not an object")
+            items.append(ItemResult.from_dict(raw))
+        except ValueError as exc:
+            raise InputError(f"{path}: item {number}: {exc}") from exc
+    return Results(data.get("run", {}), items, data.get("cells", []), data.get("gaps", []))

@@ -1,0 +1,72 @@
+"""Steering suffixes: loading from the bundled and user directories, and ``steer``."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_instrumental.bundled import bundled_dir
+from pytest_instrumental.errors import InputError
+
+DEFAULT_SUFFIXES = ("baseline", "pro_ic", "anti_ic")
+# The steerability gap compares these two (PROTOCOL.md).
+PRO_SUFFIX = "pro_ic"
+ANTI_SUFFIX = "anti_ic"
+
+# No "-": item ids join model, suffix and scenario with "-".
+_NAME = re.compile(r"[A-Za-z0-9_]+\Z")
+
+
+@dataclass(frozen=True)
+class Suffix:
+    name: str
+    text: str
+    path: Path
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def steer(prompt: str, suffix: Suffix) -> str:
+    """The steered prompt of PROTOCOL.md; an empty suffix leaves the prompt unchanged."""
+    if not suffix.text.strip():
+        return prompt
+    return prompt.rstrip() + "\n\n" + suffix.text.strip() + "\n"
+
+
+def load_suffixes(extra_dirs: Iterable[Path] = ()) -> dict[str, Suffix]:
+    """Every ``*.txt`` suffix of the bundled directory and of ``extra_dirs``, by name."""
+    found: dict[str, Suffix] = {}
+    for directory in (bundled_dir("suffixes"), *extra_dirs):
+        if not directory.is_dir():
+            raise InputError(f"suffix directory {directory} does not exist")
+        for path in sorted(directory.glob("*.txt")):
+            suffix = _load_suffix(path)
+            if suffix.name in found:
+                raise InputError(f"{path}: suffix {suffix.name!r} is already defined by {found[suffix.name].path}")
+            found[suffix.name] = suffix
+    return found
+
+
+def _load_suffix(path: Path) -> Suffix:
+    if not _NAME.match(path.stem):
+        raise InputError(f"{path}: a suffix name may hold only letters, digits and underscores")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read suffix file: {exc}") from exc
+    return Suffix(path.stem, text, path)
+
+
+def select_suffixes(available: dict[str, Suffix], names: Sequence[str]) -> list[Suffix]:
+    """The suffixes named, in the order given; an unknown or repeated name is an error."""
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise InputError(f"unknown suffix {unknown[0]!r}; known suffixes: {', '.join(sorted(available))}")
+    if len(set(names)) != len(names):
+        raise InputError(f"suffix named more than once: {', '.join(names)}")
+    return [available[n] for n in names]

@@ -1,0 +1,64 @@
+"""The record every item ends as: a verdict (or an error) for one model x suffix x scenario."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+CONVERGENCE = "convergence"
+NO_CONVERGENCE = "no_convergence"
+SAFETY_REFUSAL = "safety_refusal"
+NONSENSICAL = "nonsensical"
+DECISIONS = (CONVERGENCE, NO_CONVERGENCE, SAFETY_REFUSAL, NONSENSICAL)
+
+Status = Literal["ok", "error"]
+
+
+@dataclass(frozen=True, order=True)
+class ItemKey:
+    model: str
+    suffix: str
+    scenario: str
+
+    @property
+    def item_id(self) -> str:
+        """The parametrization id: ``<model>-<suffix>-<scenario id>``."""
+        return f"{self.model}-{self.suffix}-{self.scenario}"
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One judged item. ``status == "ok"`` means ``verdict`` is one of DECISIONS; ``"error"``
+    means generation or judging failed and ``error`` says how (the item still counts, as an error).
+    """
+
+    model: str
+    suffix: str
+    scenario: str
+    category: str
+    status: Status
+    verdict: str | None
+    judge: str | None
+    reason: str | None
+    response: str | None
+    thinking: str | None
+    error: str | None
+
+    @property
+    def key(self) -> ItemKey:
+        return ItemKey(self.model, self.suffix, self.scenario)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ItemResult:
+        names = {f.name for f in fields(cls)}
+        missing = names - data.keys()
+        if missing:
+            raise ValueError(f"item lacks {', '.join(sorted(missing))}")
+        if data["status"] not in ("ok", "error"):
+            raise ValueError(f"item status {data['status']!r} is not 'ok' or 'error'")
+        if data["status"] == "ok" and data["verdict"] not in DECISIONS:
+            raise ValueError(f"item verdict {data['verdict']!r} is not one of {', '.join(DECISIONS)}")
+        return cls(**{name: data[name] for name in names})
