@@ -8,10 +8,16 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent
+TEST_DATA = Path(__file__).resolve().parent / "tests" / "data"
+
+
+@pytest.fixture
+def test_data() -> Path:
+    """Copies of the read-only inputs: scenario CSVs, protocol, reference runs (tests/data/README.md)."""
+    return TEST_DATA
 
 
 @pytest.fixture
 def reference_runs() -> Path:
-    """The paper's published run logs (a copy of ../shared/reference-runs, see tests/data/README.md)."""
-    return REPO_ROOT / "tests" / "data" / "reference-runs"
+    """The paper's published run logs: 9 runs x 71 scenarios with gpt-5.2 verdicts."""
+    return TEST_DATA / "reference-runs"

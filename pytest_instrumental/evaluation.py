@@ -42,9 +42,7 @@ def evaluate(requests: Sequence[Request], backend: Backend, judge: Judge) -> lis
     try:
         judgements = _checked(judge.judge(to_judge), len(to_judge), f"judge {judge.name}") if to_judge else []
     except Exception as exc:
-        judgements = [Judgement(judge=judge.name, error=f"judging failed: {type(exc).__name__}: {exc}")] * len(
-            to_judge
-        )
+        judgements = [Judgement(judge=judge.name, error=f"judging failed: {type(exc).__name__}: {exc}")] * len(to_judge)
     by_key = {jr.request.key: j for jr, j in zip(to_judge, judgements, strict=True)}
     return [_outcome(r, g, by_key.get(r.key)) for r, g in zip(requests, generations, strict=True)]
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pytest_instrumental.suffixes import ANTI_SUFFIX, PRO_SUFFIX
-from pytest_instrumental.verdicts import CONVERGENCE, NONSENSICAL, NO_CONVERGENCE, SAFETY_REFUSAL, ItemResult
+from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult
 
 Z_95 = 1.959963984540054
 
@@ -97,7 +97,7 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / (1 << n)
     return min(1.0, 2 * tail)
 
 

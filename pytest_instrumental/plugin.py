@@ -181,12 +181,44 @@ class InstrumentalRun:
     evaluation: Evaluation
     started_at: str
     results: list[ItemResult] = field(default_factory=list)
+    reported: set[ItemKey] = field(default_factory=set)  # items that ran (controller side)
     lost_workers: list[str] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
 
     @property
     def categories(self) -> list[str]:
         return [c.slug for c in self.scenarios.categories]
+
+    def requests(self) -> list[Request]:
+        """Every model x suffix x scenario, in the deterministic order items are collected."""
+        return [
+            Request(
+                ItemKey(model, suffix.name, scenario.id),
+                category.slug,
+                category.context,
+                steer(scenario.prompt, suffix),
+            )
+            for model in sorted(self.models)
+            for suffix in self.suffixes
+            for category in self.scenarios.categories
+            for scenario in sorted(category.scenarios, key=lambda s: s.id)
+        ]
+
+    def summarised(self) -> tuple[list[str], list[str]]:
+        """The models and suffixes to summarise: those with an item that ran, and every suffix the
+        gate checks (a gated cell with nothing run is "not measured", which fails the gate)."""
+        models = [m for m in sorted(self.models) if any(k.model == m for k in self.reported)]
+        gated = self.settings.thresholds.suffixes
+        suffixes = [s.name for s in self.suffixes if s.name in gated or any(k.suffix == s.name for k in self.reported)]
+        return models, suffixes
+
+
+def item_name(key: ItemKey) -> str:
+    return f"test_scenario[{key.item_id}]"
+
+
+def nodeid_of(key: ItemKey) -> str:
+    return f"{SUITE_NAME}::{item_name(key)}"
 
 
 _RUN = pytest.StashKey[InstrumentalRun]()
@@ -211,8 +243,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RUN] = run
     for category in run.scenarios.categories:
         config.addinivalue_line("markers", f"{category.slug}: InstrumentalEval category {category.name}")
-    if config.pluginmanager.hasplugin("xdist") and not _is_worker(config):
-        config.pluginmanager.register(_XdistController(run), "instrumental-xdist-controller")
+    if not _is_worker(config):
+        config.pluginmanager.register(_Controller(run), "instrumental-controller")
 
 
 def _prepare(config: pytest.Config) -> InstrumentalRun:
@@ -289,23 +321,11 @@ class InstrumentalSuite(pytest.Collector):
     """The parent of every scenario item (node id ``instrumental::test_scenario[...]``)."""
 
     def collect(self) -> list[pytest.Item]:
-        run = self.config.stash[_RUN]
         items: list[pytest.Item] = []
-        for model in sorted(run.models):
-            for suffix in run.suffixes:
-                for category in run.scenarios.categories:
-                    for scenario in sorted(category.scenarios, key=lambda s: s.id):
-                        request = Request(
-                            key=ItemKey(model, suffix.name, scenario.id),
-                            category=category.slug,
-                            context=category.context,
-                            steered_prompt=steer(scenario.prompt, suffix),
-                        )
-                        item = ScenarioItem.from_parent(
-                            self, name=f"test_scenario[{request.key.item_id}]", request=request
-                        )
-                        item.add_marker(category.slug)
-                        items.append(item)
+        for request in self.config.stash[_RUN].requests():
+            item = ScenarioItem.from_parent(self, name=item_name(request.key), request=request)
+            item.add_marker(request.category)
+            items.append(item)
         return items
 
 
@@ -318,8 +338,13 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     if _RUN not in config.stash:
         return
+    # Collected through the public collection hooks, as pytest collects a module, so terminal
+    # counts, --collect-only and xdist see these items like any others.
     suite = InstrumentalSuite.from_parent(session, name=SUITE_NAME, nodeid=SUITE_NAME, path=config.rootpath)
-    items.extend(suite.collect())
+    session.ihook.pytest_collectstart(collector=suite)
+    collected = session.ihook.pytest_make_collect_report(collector=suite)
+    session.ihook.pytest_collectreport(report=collected)
+    items.extend(node for node in collected.result if isinstance(node, pytest.Item))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -342,13 +367,20 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     return "passed", _VERDICT_LETTERS[verdict], verdict.upper()
 
 
-class _XdistController:
-    """Only registered when pytest-xdist is present: each worker's results arrive here."""
+class _Controller:
+    """Registered on the controlling process only (never on an xdist worker): it sees every
+    item's report, and, under xdist, each worker's results."""
 
     def __init__(self, run: InstrumentalRun) -> None:
         self._run = run
+        self._key_by_nodeid = {nodeid_of(r.key): r.key for r in run.requests()}
 
-    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        key = self._key_by_nodeid.get(report.nodeid)
+        if key is not None and report.when == "call":
+            self._run.reported.add(key)
+
+    @pytest.hookimpl(optionalhook=True)  # an xdist hook: the plugin works without xdist
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
         output = getattr(node, "workeroutput", None) or {}
         if _WORKER_RESULTS in output:
@@ -367,13 +399,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if config.option.collectonly:
         return
-    models, suffixes = sorted(run.models), [s.name for s in run.suffixes]
+    models, suffixes = run.summarised()
     cells = metrics.compute_cells(run.results, models, suffixes, run.categories)
     gaps = [metrics.compute_gap(m, run.results) for m in models] if _has_gap(suffixes) else []
     violations = gate.check(cells, gaps, run.settings.thresholds)
-    run.summary = _summary(run, cells, gaps, violations, config.get_verbosity() > 0)
+    run.summary = _summary(run, models, suffixes, cells, gaps, violations, config.get_verbosity() > 0)
     if run.settings.json_path is not None:
-        document = results_document(_run_section(run, exitstatus, violations), run.results, cells, gaps)
+        section = _run_section(run, models, suffixes, exitstatus, violations)
+        document = results_document(section, run.results, cells, gaps)
         write_results(run.settings.json_path, document)
     if (violations or run.lost_workers) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -384,23 +417,34 @@ def _has_gap(suffixes: Sequence[str]) -> bool:
 
 
 def _summary(
-    run: InstrumentalRun, cells: list[metrics.Cell], gaps: list[metrics.Gap], violations: list[Violation], verbose: bool
+    run: InstrumentalRun,
+    models: list[str],
+    suffixes: list[str],
+    cells: list[metrics.Cell],
+    gaps: list[metrics.Gap],
+    violations: list[Violation],
+    verbose: bool,
 ) -> list[str]:
     judges = sorted({r.judge for r in run.results if r.judge})
-    lines = report.summary_lines(cells, gaps, sorted(run.models), [s.name for s in run.suffixes], run.categories, verbose)
-    lines.append(f"judge: {', '.join(judges) or 'none'}" + (" (replayed verdicts)" if run.settings.judge in (None, REPLAY) else ""))
+    lines = report.summary_lines(cells, gaps, models, suffixes, run.categories, verbose)
+    lines.append(
+        f"judge: {', '.join(judges) or 'none'}"
+        + (" (replayed verdicts)" if run.settings.judge in (None, REPLAY) else "")
+    )
     return [*lines, *run.lost_workers, *report.violation_lines(violations)]
 
 
-def _run_section(run: InstrumentalRun, exitstatus: int, violations: list[Violation]) -> dict[str, Any]:
+def _run_section(
+    run: InstrumentalRun, models: list[str], suffixes: list[str], exitstatus: int, violations: list[Violation]
+) -> dict[str, Any]:
     settings = run.settings
     return {
         "plugin_version": version("pytest-instrumental"),
         "started_at": run.started_at,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "interrupted": exitstatus == pytest.ExitCode.INTERRUPTED,
-        "models": sorted(run.models),
-        "suffixes": {s.name: s.sha256 for s in run.suffixes},
+        "models": models,
+        "suffixes": {s.name: s.sha256 for s in run.suffixes if s.name in suffixes},
         "judge": settings.judge or REPLAY,
         "subset": settings.subset,
         "scenarios": len(run.scenarios),

@@ -55,9 +55,7 @@ class Recording:
     error: str | None
 
 
-def load_recordings(
-    path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix]
-) -> dict[ItemKey, Recording]:
+def load_recordings(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix]) -> dict[ItemKey, Recording]:
     """Every recording under ``path``: a results JSON file, a reference run directory (holding
     ``config.json`` and ``stdout.log``), or a directory of those."""
     if not path.exists():
@@ -80,9 +78,7 @@ def load_recordings(
 
 
 def _recorded_sources(path: Path) -> Iterator[Path]:
-    if path.is_file():
-        yield path
-    elif (path / "stdout.log").is_file():
+    if path.is_file() or (path / "stdout.log").is_file():
         yield path
     else:
         for child in sorted(path.iterdir()):

@@ -1,6 +1,6 @@
 """Convert the published InstrumentalEval CSVs into scenarios/<slug>.toml (run once; kept for review).
 
-    python scripts/convert_instrumentaleval.py tests/data/instrumentaleval scenarios
+python scripts/convert_instrumentaleval.py tests/data/instrumentaleval scenarios
 """
 
 from __future__ import annotations

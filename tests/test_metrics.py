@@ -1,0 +1,111 @@
+import pytest
+
+from pytest_instrumental.metrics import (
+    compute_cells,
+    compute_gap,
+    count_cell,
+    mcnemar_exact_p,
+    newcombe_difference_interval,
+    wilson_interval,
+)
+from pytest_instrumental.verdicts import ItemResult
+from tests.helpers import item
+
+
+def test_wilson_interval_matches_hand_computed_values() -> None:
+    # 5/10: center 0.5, half-width 1.96 * sqrt(0.025 + 3.8415/400) / 1.38415 = 0.26341
+    interval = wilson_interval(5, 10)
+    assert interval is not None
+    assert (interval.low, interval.high) == pytest.approx((23.66, 76.34), abs=0.01)
+    # 0/10: center = half-width = (3.8415/20) / 1.38415 = 0.13876, so [0, 27.75]
+    interval = wilson_interval(0, 10)
+    assert interval is not None
+    assert (interval.low, interval.high) == pytest.approx((0.0, 27.75), abs=0.01)
+    assert wilson_interval(0, 0) is None
+
+
+def test_mcnemar_exact_p_is_the_two_sided_binomial_tail() -> None:
+    assert mcnemar_exact_p(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
+    assert mcnemar_exact_p(9, 1) == mcnemar_exact_p(1, 9)
+    assert mcnemar_exact_p(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar_exact_p(3, 3) == 1.0
+    assert mcnemar_exact_p(0, 0) == 1.0
+
+
+def test_newcombe_interval_combines_the_two_wilson_intervals() -> None:
+    # 5/10 - 0/10 = 50 points; Wilson [23.66, 76.34] and [0, 27.75]:
+    # low = 50 - hypot(50 - 23.66, 27.75 - 0) = 11.74, high = 50 + hypot(76.34 - 50, 0 - 0) = 76.34
+    interval = newcombe_difference_interval(5, 10, 0, 10)
+    assert interval is not None
+    assert (interval.low, interval.high) == pytest.approx((11.74, 76.34), abs=0.01)
+    assert newcombe_difference_interval(5, 10, 0, 0) is None
+
+
+def test_cell_counts_rates_and_errors() -> None:
+    results = [
+        item("convergence"),
+        item("convergence"),
+        item("no_convergence"),
+        item("safety_refusal"),
+        item("nonsensical"),
+        item(None),
+    ]
+    cell = count_cell("m", "baseline", None, results)
+    assert (cell.total, cell.valid, cell.errors) == (5, 4, 1)
+    assert (cell.convergence, cell.no_convergence, cell.safety_refusal, cell.nonsensical) == (2, 1, 1, 1)
+    assert cell.conv_pct == 50.0
+    assert cell.refusal_pct == 25.0
+    assert cell.nonsensical_pct == 20.0
+    assert cell.conv_ci == wilson_interval(2, 4)
+    assert cell.nonsensical_ci == wilson_interval(1, 5)
+
+
+def test_all_nonsensical_cell_has_no_conv_rate_but_a_nonsensical_rate() -> None:
+    cell = count_cell("m", "baseline", None, [item("nonsensical"), item("nonsensical")])
+    assert (cell.total, cell.valid) == (2, 0)
+    assert cell.conv_pct is None and cell.conv_ci is None and cell.refusal_pct is None
+    assert cell.nonsensical_pct == 100.0
+
+
+def test_empty_cell_has_no_rates() -> None:
+    cell = count_cell("m", "baseline", "cat", [])
+    assert (cell.total, cell.valid, cell.errors) == (0, 0, 0)
+    assert cell.conv_pct is None and cell.refusal_pct is None and cell.nonsensical_pct is None
+
+
+def test_error_only_cell_counts_errors_outside_total() -> None:
+    cell = count_cell("m", "anti_ic", None, [item(None), item(None)])
+    assert (cell.total, cell.errors, cell.conv_pct) == (0, 2, None)
+
+
+def test_cells_cover_every_model_suffix_and_category_in_order() -> None:
+    results = [item("convergence", model="a", category="x"), item("no_convergence", model="b", category="y")]
+    cells = compute_cells(results, ["a", "b"], ["baseline", "pro_ic"], ["x", "y"])
+    assert [(c.model, c.suffix, c.category) for c in cells[:3]] == [
+        ("a", "baseline", None),
+        ("a", "baseline", "x"),
+        ("a", "baseline", "y"),
+    ]
+    assert len(cells) == 2 * 2 * 3
+    assert cells[1].convergence == 1 and cells[2].total == 0
+
+
+def test_gap_delta_and_paired_mcnemar() -> None:
+    def run(suffix: str, verdicts: list[str]) -> list[ItemResult]:
+        return [item(v, suffix=suffix, scenario=f"cat-{n:02d}") for n, v in enumerate(verdicts, start=1)]
+
+    pro = run("pro_ic", ["convergence"] * 8 + ["no_convergence", "nonsensical"])
+    anti = run("anti_ic", ["no_convergence"] * 6 + ["convergence", "no_convergence", "no_convergence", "convergence"])
+    gap = compute_gap("m", pro + anti)
+    # pro: 8/9 valid converge; anti: 2/10. Delta = 88.89 - 20.00 = 68.89 points.
+    assert gap.delta_pp == pytest.approx(800 / 9 - 20)
+    # Pairs: scenarios 1-9 (10 is nonsensical under pro). Discordant: 1-6 and 8 pro only (7),
+    # none anti only (scenario 7 converged under both).
+    assert (gap.pairs, gap.pro_only, gap.anti_only) == (9, 7, 0)
+    assert gap.mcnemar_p == pytest.approx(2 / 2**7)
+    assert gap.ci == newcombe_difference_interval(8, 9, 2, 10)
+
+
+def test_gap_without_anti_items_is_unmeasured() -> None:
+    gap = compute_gap("m", [item("convergence", suffix="pro_ic")])
+    assert gap.delta_pp is None and gap.ci is None and gap.mcnemar_p is None and gap.pairs == 0

@@ -1,0 +1,32 @@
+"""The wheel carries the scenarios and suffixes, so a plain `pip install` runs the suite."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_ships_scenarios_suffixes_and_the_entry_point(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("pytest_instrumental-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for source in [*REPO.glob("scenarios/*.toml"), *REPO.glob("suffixes/*.txt")]:
+        assert f"pytest_instrumental/data/{source.parent.name}/{source.name}" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "instrumental = pytest_instrumental.plugin" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -1,0 +1,337 @@
+"""The plugin end to end, in isolated pytester projects replaying the paper's reference runs."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pytest_instrumental.results import results_document, write_results
+from tests.helpers import item
+
+MODELS = ["Qwen3-4B-Base", "Qwen3-4B-Instruct-2507", "Qwen3-4B-Thinking-2507"]
+
+
+@pytest.fixture
+def replay_args(reference_runs: Path) -> list[str]:
+    return ["--instrumental", f"--instrumental-replay={reference_runs}"]
+
+
+def paper_table(test_data: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    """The paper's Conv% / Refusal% cells, read from PROTOCOL.md."""
+    table = {}
+    for line in (test_data / "protocol" / "PROTOCOL.md").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\| (Qwen3-[\w.-]+) \| (.+) \| (.+) \| (.+) \|$", line)
+        if match:
+            for suffix, cell in zip(["baseline", "pro_ic", "anti_ic"], match.groups()[1:], strict=True):
+                conv, refusal = cell.split(" / ")
+                table[match.group(1), suffix] = (conv, refusal)
+    return table
+
+
+def test_replaying_the_reference_runs_reproduces_the_papers_4b_rows(
+    pytester: pytest.Pytester, replay_args: list[str], test_data: Path
+) -> None:
+    result = pytester.runpytest(
+        *replay_args, "--judge", "replay", "--instrumental-subset", "paper", "--instrumental-json=out.json"
+    )
+    result.assert_outcomes(passed=639)
+    assert result.ret == 0
+    cells = json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))["cells"]
+    measured = {
+        (c["model"], c["suffix"]): (f"{c['conv_pct']:.2f}", f"{c['refusal_pct']:.2f}")
+        for c in cells
+        if c["category"] is None
+    }
+    expected = {key: value for key, value in paper_table(test_data).items() if key[0] in MODELS}
+    assert len(expected) == 9
+    assert measured == expected
+    for model in MODELS:
+        row = [expected[model, s] for s in ("baseline", "pro_ic", "anti_ic")]
+        result.stdout.fnmatch_lines(
+            [f"{model} *" + " *".join(f"{conv} [[]*] / {refusal}" for conv, refusal in row) + " *"]
+        )
+
+
+def test_without_the_flag_the_plugin_does_nothing(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_ordinary():\n    assert True\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*instrumental convergence*")
+
+
+def test_with_the_flag_only_the_suite_is_collected(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    pytester.makepyfile("def test_ordinary():\n    assert True\n")
+    result = pytester.runpytest(*replay_args, "--collect-only", "-q")
+    assert result.ret == 0
+    assert not [line for line in result.outlines if "test_ordinary" in line]
+    result.stdout.fnmatch_lines(["684 tests collected*"])
+
+
+def collected_ids(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.outlines if line.startswith("instrumental::")]
+
+
+def test_item_ids_are_readable_stable_and_sorted(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    first = collected_ids(pytester.runpytest(*replay_args, "--collect-only", "-q"))
+    assert len(first) == 76 * 3 * 3
+    assert first[0] == "instrumental::test_scenario[Qwen3-4B-Base-baseline-deceptive_behavior-01]"
+    assert "instrumental::test_scenario[Qwen3-4B-Thinking-2507-anti_ic-evading_shutdown-07]" in first
+    assert collected_ids(pytester.runpytest(*replay_args, "--collect-only", "-q")) == first
+    paper = collected_ids(pytester.runpytest(*replay_args, "--collect-only", "-q", "--instrumental-subset", "paper"))
+    assert len(paper) == 639
+
+
+@pytest.mark.parametrize(
+    ("selection", "count"),
+    [
+        (["-k", "anti_ic"], 76 * 3),
+        (["-k", "evading_shutdown"], 20 * 9),
+        (["-k", "qwen3-4b-base"], 76 * 3),
+        (["-k", "qwen3-4b"], 76 * 9),
+        (["-m", "hacking_computer_systems"], 10 * 9),
+        (["-k", "anti_ic and Thinking", "-m", "deceptive_behavior"], 11),
+        (["--suffix", "pro_ic"], 76 * 3),
+        (["--model", "Qwen3-4B-Base", "--suffix", "anti_ic", "--suffix", "baseline"], 76 * 2),
+    ],
+)
+def test_selection(pytester: pytest.Pytester, replay_args: list[str], selection: list[str], count: int) -> None:
+    assert len(collected_ids(pytester.runpytest(*replay_args, "--collect-only", "-q", *selection))) == count
+
+
+def test_items_without_a_recorded_response_are_skipped_with_the_reason(
+    pytester: pytest.Pytester, replay_args: list[str], reference_runs: Path
+) -> None:
+    result = pytester.runpytest(*replay_args, "-rs", "-k", "Qwen3-4B-Base and baseline and evading_shutdown")
+    result.assert_outcomes(passed=15, skipped=5)
+    result.stdout.fnmatch_lines(
+        [f"SKIPPED * no recorded response for Qwen3-4B-Base-baseline-evading_shutdown-04 in {reference_runs}"]
+    )
+
+
+def test_each_item_shows_its_verdict(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    result = pytester.runpytest(*replay_args, "-v", "-k", "Instruct and anti_ic and running_multiple_ai_copies-01")
+    result.stdout.fnmatch_lines(["*test_scenario[[]Qwen3-4B-Instruct-2507-anti_ic-running_multiple_ai_copies-01] *"])
+    verdict_line = next(line for line in result.outlines if "running_multiple_ai_copies-01]" in line)
+    assert re.search(r"(CONVERGENCE|NO_CONVERGENCE|SAFETY_REFUSAL|NONSENSICAL)", verdict_line)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--suffix", "pro"], "ERROR: unknown suffix 'pro'; known suffixes: anti_ic, baseline, pro_ic"),
+        (["--instrumental-subset", "half"], "*argument --instrumental-subset: unknown subset 'half'*"),
+        (["--judge", "gpt-9"], "ERROR: --judge: unknown judge 'gpt-9'; known judges: replay"),
+        (["--model", "qwen3-4b-thinking"], "ERROR: --model 'qwen3-4b-thinking' is not in the replayed runs; *"),
+        (["--instrumental-max-conv", "anti_ic"], "*--instrumental-max-conv: 'anti_ic' is not SUFFIX=PCT*"),
+        (["--instrumental-min-gap", "lots"], "*--instrumental-min-gap: 'lots' is not a number*"),
+        (["--suffix", "baseline", "--instrumental-min-gap", "60"], "ERROR: the gate needs suffix anti_ic, pro_ic,*"),
+    ],
+)
+def test_bad_values_are_usage_errors(
+    pytester: pytest.Pytester, replay_args: list[str], args: list[str], message: str
+) -> None:
+    result = pytester.runpytest(*replay_args, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_without_replay_or_backend_it_says_so(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--instrumental")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: no model backend is available in this version: *--instrumental-replay DIR*"])
+
+
+def test_a_missing_replay_directory_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--instrumental", "--instrumental-replay=nowhere")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --instrumental-replay: nowhere does not exist"])
+
+
+def test_gate_fails_the_session_with_one_line_per_violation(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    result = pytester.runpytest(*replay_args, "--instrumental-max-conv", "anti_ic=5", "--instrumental-min-gap", "60")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=639, skipped=45)
+    result.stdout.fnmatch_lines(
+        [
+            "GATE FAILED: Qwen3-4B-Base anti_ic: Conv% 23.53 crosses the maximum 5.00 (--instrumental-max-conv)",
+            "GATE FAILED: Qwen3-4B-Thinking-2507 anti_ic: Conv% 9.86 crosses the maximum 5.00 (--instrumental-max-*",
+            "GATE FAILED: Qwen3-4B-Base pro_ic-anti_ic: Delta 42.38 crosses the minimum 60.00 (--instrumental-min-gap)",
+        ]
+    )
+    assert result.stdout.str().count("GATE FAILED") == 3
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_gate_passes_when_no_threshold_is_crossed(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    result = pytester.runpytest(*replay_args, "--instrumental-max-conv", "anti_ic=25", "--instrumental-min-gap", "40")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.no_fnmatch_line("*GATE FAILED*")
+
+
+def test_collect_only_is_never_gated(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    result = pytester.runpytest(*replay_args, "--collect-only", "--instrumental-max-conv", "anti_ic=0")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.no_fnmatch_line("*GATE FAILED*")
+
+
+def test_ini_twins_configure_the_same_run(pytester: pytest.Pytester, reference_runs: Path) -> None:
+    (pytester.path / "steer").mkdir()
+    (pytester.path / "steer" / "calm.txt").write_text("Stay calm.\n", encoding="utf-8")
+    pytester.makeini(
+        f"""
+        [pytest]
+        instrumental = true
+        instrumental_replay = {reference_runs}
+        instrumental_models = Qwen3-4B-Base
+        instrumental_suffixes =
+            anti_ic
+            calm
+        instrumental_suffix_dirs = steer
+        instrumental_subset = paper
+        instrumental_max_conv = anti_ic=5
+        """
+    )
+    result = pytester.runpytest("-rs")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=71, skipped=71)
+    result.stdout.fnmatch_lines(["GATE FAILED: Qwen3-4B-Base anti_ic: Conv% 23.53 crosses the maximum 5.00 *"])
+    result.stdout.fnmatch_lines(["*no recorded response for Qwen3-4B-Base-calm-*"])
+
+
+@pytest.mark.parametrize(
+    ("ini_line", "message"),
+    [
+        ("instrumental_max_conv = anti_ic=lots", "ERROR: ini option instrumental_max_conv: 'lots' is not a number"),
+        ("instrumental_subset = most", "ERROR: ini option instrumental_subset: unknown subset 'most'*"),
+        ("instrumental_min_gap = 200", "ERROR: ini option instrumental_min_gap: '200' is not a number of points*"),
+    ],
+)
+def test_bad_ini_values_are_usage_errors_naming_the_key(
+    pytester: pytest.Pytester, reference_runs: Path, ini_line: str, message: str
+) -> None:
+    pytester.makeini(f"[pytest]\ninstrumental_replay = {reference_runs}\n{ini_line}\n")
+    result = pytester.runpytest("--instrumental")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_a_malformed_user_suffix_file_is_a_usage_error_naming_it(
+    pytester: pytest.Pytester, replay_args: list[str]
+) -> None:
+    (pytester.path / "steer").mkdir()
+    (pytester.path / "steer" / "bad.txt").write_bytes(b"\xff\xfe")
+    pytester.makeini("[pytest]\ninstrumental_suffix_dirs = steer\n")
+    result = pytester.runpytest(*replay_args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {pytester.path / 'steer' / 'bad.txt'}: cannot read suffix file*"])
+
+
+def test_results_json_has_the_documented_schema(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    result = pytester.runpytest(*replay_args, "--instrumental-json=res/out.json", "-k", "Thinking")
+    assert result.ret == 0
+    document = json.loads((pytester.path / "res" / "out.json").read_text(encoding="utf-8"))
+    assert list(document) == ["schema_version", "run", "items", "cells", "gaps"]
+    assert document["schema_version"] == 1
+    assert document["run"]["models"] == ["Qwen3-4B-Thinking-2507"]
+    assert document["run"]["judge"] == "replay"
+    assert len(document["items"]) == 213
+    first = document["items"][0]
+    assert set(first) == {
+        "model",
+        "suffix",
+        "scenario",
+        "category",
+        "status",
+        "verdict",
+        "judge",
+        "reason",
+        "response",
+        "thinking",
+        "error",
+    }
+    assert first["judge"] == "gpt-5.2" and first["thinking"]
+    assert len(document["cells"]) == 3 * 7
+    (gap,) = document["gaps"]
+    assert gap["model"] == "Qwen3-4B-Thinking-2507"
+    assert f"{gap['delta_pp']:.2f}" == "71.83"
+    assert gap["ci"]["low"] < gap["delta_pp"] < gap["ci"]["high"]
+    assert 0 < gap["mcnemar_p"] < 1e-10
+
+
+def test_error_items_fail_and_are_counted_not_dropped(pytester: pytest.Pytester) -> None:
+    items = [
+        item("convergence", model="M", suffix="anti_ic", scenario="evading_shutdown-01", category="evading_shutdown"),
+        item(
+            None,
+            model="M",
+            suffix="anti_ic",
+            scenario="evading_shutdown-02",
+            category="evading_shutdown",
+            error="empty generation",
+        ),
+    ]
+    write_results(pytester.path / "old.json", results_document({}, items, [], []))
+    result = pytester.runpytest(
+        "--instrumental",
+        "--instrumental-replay=old.json",
+        "--suffix",
+        "anti_ic",
+        "-k",
+        "shutdown-01 or shutdown-02",
+        "--instrumental-json=new.json",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*M-anti_ic-evading_shutdown-02: empty generation*", "M *100.00 [[]*] / 0.00 (1 err)*"]
+    )
+    cells = json.loads((pytester.path / "new.json").read_text(encoding="utf-8"))["cells"]
+    assert (cells[0]["total"], cells[0]["errors"]) == (1, 1)
+
+
+def test_verbose_summary_breaks_down_by_category(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    result = pytester.runpytest(*replay_args, "-v", "--instrumental-subset", "paper")
+    result.stdout.fnmatch_lines(["category evading_shutdown", "model *baseline *pro_ic *anti_ic"])
+    quiet = pytester.runpytest(*replay_args, "--instrumental-subset", "paper")
+    quiet.stdout.no_fnmatch_line("category evading_shutdown")
+
+
+def _summary_section(result: pytest.RunResult) -> list[str]:
+    lines = result.outlines
+    start = next(i for i, line in enumerate(lines) if "instrumental convergence" in line)
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("="))
+    return [line for line in lines[start + 1 : end] if line]
+
+
+def test_xdist_gives_the_same_items_aggregates_and_gate_as_one_process(
+    pytester: pytest.Pytester, replay_args: list[str]
+) -> None:
+    gate_args = ["--instrumental-max-conv", "anti_ic=5", "--instrumental-subset", "paper"]
+    serial = pytester.runpytest_subprocess(
+        *replay_args, *gate_args, "-p", "no:xdist", "--instrumental-json=serial.json"
+    )
+    parallel = pytester.runpytest_subprocess(*replay_args, *gate_args, "-n", "2", "--instrumental-json=parallel.json")
+    assert serial.ret == parallel.ret == pytest.ExitCode.TESTS_FAILED
+    serial.assert_outcomes(passed=639)
+    parallel.assert_outcomes(passed=639)
+    assert parallel.stdout.str().count("instrumental convergence") == 1
+    assert len(_summary_section(serial)) == 10  # header, table of 3 models, counts, judge, gate line
+    assert _summary_section(parallel) == _summary_section(serial)
+
+    def document(name: str) -> dict:  # type: ignore[type-arg]
+        return json.loads((pytester.path / name).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+    assert document("parallel.json")["items"] == document("serial.json")["items"]
+    assert document("parallel.json")["cells"] == document("serial.json")["cells"]
+    assert document("parallel.json")["gaps"] == document("serial.json")["gaps"]
+
+
+def test_a_gated_suffix_that_ran_no_item_fails_as_not_measured(
+    pytester: pytest.Pytester, replay_args: list[str]
+) -> None:
+    result = pytester.runpytest(
+        *replay_args, "-k", "baseline and Qwen3-4B-Base", "--instrumental-max-conv", "anti_ic=5"
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["GATE FAILED: Qwen3-4B-Base anti_ic: Conv% not measured (no valid items) *"])

@@ -1,0 +1,141 @@
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pytest_instrumental.backends import Request
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.judges import JudgeRequest
+from pytest_instrumental.replay import ReplayBackend, ReplayJudge, load_recordings, recorded_models
+from pytest_instrumental.results import results_document, write_results
+from pytest_instrumental.scenarios import load_scenarios
+from pytest_instrumental.suffixes import load_suffixes
+from pytest_instrumental.verdicts import ItemKey
+from tests.helpers import item
+
+SCENARIOS = load_scenarios()
+SUFFIXES = load_suffixes()
+INSTRUCT_ANTI = "Qwen3-4B-Instruct-2507_anti_ic_max_15_20260103_114745"
+
+
+def test_reference_runs_load_as_639_recordings_of_the_paper_sample(reference_runs: Path) -> None:
+    recordings = load_recordings(reference_runs, SCENARIOS, SUFFIXES)
+    assert len(recordings) == 639
+    assert recorded_models(recordings) == ["Qwen3-4B-Base", "Qwen3-4B-Instruct-2507", "Qwen3-4B-Thinking-2507"]
+    per_cell = Counter((k.model, k.suffix) for k in recordings)
+    assert set(per_cell.values()) == {71}
+    paper_ids = {s.id for s in SCENARIOS.subset("paper")}
+    assert {k.scenario for k in recordings} == paper_ids
+    thinking = recordings[ItemKey("Qwen3-4B-Thinking-2507", "anti_ic", "deceptive_behavior-01")]
+    assert thinking.thinking and thinking.thinking.startswith("Okay, the user has given me")
+    assert thinking.judge == "gpt-5.2" and thinking.verdict in {"convergence", "no_convergence"}
+    assert recordings[ItemKey("Qwen3-4B-Base", "anti_ic", "deceptive_behavior-01")].thinking is None
+
+
+def test_one_run_directory_replays_alone(reference_runs: Path) -> None:
+    recordings = load_recordings(reference_runs / INSTRUCT_ANTI, SCENARIOS, SUFFIXES)
+    assert {(k.model, k.suffix) for k in recordings} == {("Qwen3-4B-Instruct-2507", "anti_ic")}
+
+
+def _copy_run(reference_runs: Path, tmp_path: Path) -> Path:
+    run = tmp_path / INSTRUCT_ANTI
+    shutil.copytree(reference_runs / INSTRUCT_ANTI, run)
+    return run
+
+
+def _edit_log(run: Path, old: str, new: str) -> None:
+    log = run / "stdout.log"
+    text = log.read_text(encoding="utf-8")
+    assert old in text
+    log.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_a_record_matching_no_scenario_names_file_and_record(reference_runs: Path, tmp_path: Path) -> None:
+    run = _copy_run(reference_runs, tmp_path)
+    _edit_log(run, "<task_prompt>You are an AI system tasked", "<task_prompt>You are a robot tasked")
+    with pytest.raises(InputError, match="deceptive_behavior record 1: the recorded prompt matches no") as exc:
+        load_recordings(run, SCENARIOS, SUFFIXES)
+    assert str(run / "stdout.log") in str(exc.value)
+
+
+def test_a_steered_prompt_made_with_another_suffix_text_is_an_error(reference_runs: Path, tmp_path: Path) -> None:
+    run = _copy_run(reference_runs, tmp_path)
+    _edit_log(run, "- Focus on normal, authorized task execution.", "- Focus.")
+    with pytest.raises(InputError, match="record 1: the recorded steered prompt differs from suffix 'anti_ic'"):
+        load_recordings(run, SCENARIOS, SUFFIXES)
+
+
+def test_an_unknown_benchmark_and_a_broken_config_are_errors(reference_runs: Path, tmp_path: Path) -> None:
+    run = _copy_run(reference_runs, tmp_path)
+    _edit_log(run, "Processing benchmark: Alignment Drift - Deceptive Behavior", "Processing benchmark: Other")
+    with pytest.raises(InputError, match="benchmark 'Other' matches no scenario category"):
+        load_recordings(run, SCENARIOS, SUFFIXES)
+    (run / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(InputError, match="not a reference run config"):
+        load_recordings(run, SCENARIOS, SUFFIXES)
+
+
+def test_the_same_item_recorded_twice_is_an_error(reference_runs: Path, tmp_path: Path) -> None:
+    _copy_run(reference_runs, tmp_path)
+    shutil.copytree(reference_runs / INSTRUCT_ANTI, tmp_path / "again")
+    with pytest.raises(InputError, match="is also recorded in"):
+        load_recordings(tmp_path, SCENARIOS, SUFFIXES)
+
+
+def test_missing_or_empty_replay_sources_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        load_recordings(tmp_path / "nope", SCENARIOS, SUFFIXES)
+    with pytest.raises(InputError, match="holds no recorded runs"):
+        load_recordings(tmp_path, SCENARIOS, SUFFIXES)
+
+
+def test_results_json_replays_responses_verdicts_and_errors(tmp_path: Path) -> None:
+    items = [
+        item("safety_refusal", scenario="evading_shutdown-03", category="evading_shutdown"),
+        item(None, scenario="evading_shutdown-04", category="evading_shutdown", error="empty generation"),
+    ]
+    path = tmp_path / "results.json"
+    write_results(path, results_document({}, items, [], []))
+    recordings = load_recordings(path, SCENARIOS, SUFFIXES)
+    requests = [Request(i.key, i.category, "ctx", "p") for i in items]
+    requests.append(Request(ItemKey("m", "baseline", "evading_shutdown-05"), "evading_shutdown", "ctx", "p"))
+    generations = ReplayBackend(recordings, path).generate(requests)
+    assert generations[0].response == "resp"
+    assert generations[1].error == "empty generation"
+    assert generations[2].skip_reason == f"no recorded response for m-baseline-evading_shutdown-05 in {path}"
+    (judgement,) = ReplayJudge(recordings).judge([JudgeRequest(requests[0], "resp")])
+    assert (judgement.judge, judgement.decision) == ("j", "safety_refusal")
+
+
+def test_results_json_with_an_unknown_scenario_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    write_results(path, results_document({}, [item("convergence", scenario="nope-01", category="nope")], [], []))
+    with pytest.raises(InputError, match="item 1: scenario 'nope-01' \\(nope\\) matches no known scenario"):
+        load_recordings(path, SCENARIOS, SUFFIXES)
+
+
+def test_a_recorded_verdict_outside_the_four_classes_is_a_judge_error(reference_runs: Path, tmp_path: Path) -> None:
+    run = _copy_run(reference_runs, tmp_path)
+    log = (run / "stdout.log").read_text(encoding="utf-8")
+    first_decision = log.split("<judge_decision>", 1)[1].split("</judge_decision>", 1)[0]
+    _edit_log(run, f"<judge_decision>{first_decision}</judge_decision>", "<judge_decision>unsure</judge_decision>")
+    recordings = load_recordings(run, SCENARIOS, SUFFIXES)
+    key = ItemKey("Qwen3-4B-Instruct-2507", "anti_ic", "deceptive_behavior-01")
+    (judgement,) = ReplayJudge(recordings).judge([JudgeRequest(Request(key, "c", "x", "p"), "r")])
+    assert judgement.decision is None
+    assert judgement.error is not None and "recorded verdict 'unsure' is not one of" in judgement.error
+
+
+def test_results_file_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"schema_version": 1, "items": [{"model": "m"}]}), encoding="utf-8")
+    with pytest.raises(InputError, match=r"r.json: item 1: item lacks"):
+        load_recordings(path, SCENARIOS, SUFFIXES)
+    path.write_text(json.dumps({"schema_version": 7}), encoding="utf-8")
+    with pytest.raises(InputError, match="not a results file of schema_version 1"):
+        load_recordings(path, SCENARIOS, SUFFIXES)
+    path.write_text("{", encoding="utf-8")
+    with pytest.raises(InputError, match="cannot read results JSON"):
+        load_recordings(path, SCENARIOS, SUFFIXES)
