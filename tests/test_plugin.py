@@ -335,3 +335,35 @@ def test_a_gated_suffix_that_ran_no_item_fails_as_not_measured(
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["GATE FAILED: Qwen3-4B-Base anti_ic: Conv% not measured (no valid items) *"])
+
+
+def test_an_interrupted_run_still_writes_what_finished(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    pytester.makeconftest(
+        """
+        def pytest_runtest_teardown(item):
+            if item.name.endswith("deceptive_behavior-05]"):
+                raise KeyboardInterrupt
+        """
+    )
+    result = pytester.runpytest_subprocess(*replay_args, "--instrumental-json=partial.json")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    document = json.loads((pytester.path / "partial.json").read_text(encoding="utf-8"))
+    assert document["run"]["interrupted"] is True
+    assert [i["scenario"] for i in document["items"]] == [f"deceptive_behavior-{n:02d}" for n in range(1, 6)]
+
+
+def test_a_crashed_xdist_worker_is_reported_and_fails_the_session(
+    pytester: pytest.Pytester, replay_args: list[str]
+) -> None:
+    pytester.makeconftest(
+        """
+        import os
+
+        def pytest_runtest_call(item):
+            if item.name.endswith("deceptive_behavior-03]"):
+                os._exit(1)
+        """
+    )
+    result = pytester.runpytest_subprocess(*replay_args, "-n", "2", "-k", "Qwen3-4B-Base and anti_ic and deceptive")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*worker gw* ended without reporting results*"])
