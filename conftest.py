@@ -21,3 +21,12 @@ def test_data() -> Path:
 def reference_runs() -> Path:
     """The paper's published run logs: 9 runs x 71 scenarios with gpt-5.2 verdicts."""
     return TEST_DATA / "reference-runs"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(request: pytest.FixtureRequest) -> Path:
+    """The embedded SmolLM2-135M-Instruct, converted from its GGUF once and kept in pytest's
+    cache directory (about 40 s the first time, then instant)."""
+    from pytest_instrumental import embedded
+
+    return embedded.converted_dir(request.config.cache.mkdir("instrumental-models"))

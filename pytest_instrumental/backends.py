@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from pytest_instrumental.verdicts import ItemKey
+
+THINK_END = "</think>"
+THINK_START = "<think>"
 
 
 @dataclass(frozen=True)
@@ -25,13 +28,15 @@ class Generation:
 
     Exactly one of three shapes: a ``response`` (with optional ``thinking``), an ``error`` (the
     item counts as an error), or a ``skip_reason`` (the backend has nothing for this item, e.g.
-    a replay without a recorded response; the item is skipped and not counted).
+    a replay without a recorded response; the item is skipped and not counted). ``truncated``
+    says the generation stopped at the token limit.
     """
 
     response: str | None = None
     thinking: str | None = None
     error: str | None = None
     skip_reason: str | None = None
+    truncated: bool = False
 
 
 class Backend(Protocol):
@@ -40,6 +45,38 @@ class Backend(Protocol):
     @property
     def name(self) -> str: ...
 
-    def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        """One Generation per request, in the same order."""
+    def cache_key(self, request: Request) -> dict[str, Any] | None:
+        """What determines this request's generation (backend, model, revision, settings, the
+        exact rendered prompt), or None when generations must not be cached (replay)."""
         ...
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
+        """Yield ``(index into requests, generation)`` as each finishes, every index once, so
+        that callers can store and report progress as results arrive."""
+        ...
+
+    def close(self) -> None:
+        """Free what the backend holds (model weights, connections)."""
+        ...
+
+
+def split_thinking(text: str) -> tuple[str | None, str]:
+    """``(reasoning, response)``: the response is the text after the last ``</think>``
+    (PROTOCOL.md); without one there is no reasoning and all of ``text`` is the response."""
+    head, marker, tail = text.rpartition(THINK_END)
+    if not marker:
+        return None, text
+    return head.removeprefix(THINK_START).strip(), tail.strip()
+
+
+def thinking_outcome(text: str, hit_limit: bool, thinking_model: bool) -> Generation:
+    """The Generation for a decoded text: a thinking model that hits the token limit before
+    ``</think>`` produced no answer, so it is an error marked truncated, not a response."""
+    thinking, response = split_thinking(text)
+    if thinking_model and thinking is None and hit_limit:
+        return Generation(
+            thinking=text, truncated=True, error=f"hit the token limit before {THINK_END}: no answer to judge"
+        )
+    if not response.strip():
+        return Generation(thinking=thinking, truncated=hit_limit, error="empty response")
+    return Generation(response=response, thinking=thinking, truncated=hit_limit)

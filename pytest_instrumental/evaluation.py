@@ -1,4 +1,4 @@
-"""The pipeline from planned requests to item results: generate in batches, then judge.
+"""The pipeline from planned requests to item results: generate (through the cache), then judge.
 
 Generation is planned from all the items a process will run, not triggered item by item, so a
 backend sees one model's requests together (batching) and each item then reads its outcome.
@@ -6,15 +6,20 @@ backend sees one model's requests together (batching) and each item then reads i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from typing import Protocol, TypeVar
 
 from pytest_instrumental.backends import Backend, Generation, Request
+from pytest_instrumental.cache import Cache
 from pytest_instrumental.judges import Judge, Judgement, JudgeRequest
+from pytest_instrumental.redact import redact
 from pytest_instrumental.verdicts import DECISIONS, ItemKey, ItemResult, Status
 
 _T = TypeVar("_T")
+GENERATION = "generation"
+NOT_JUDGED = "generated, not judged: no judge is configured for fresh generations"
 
 
 @dataclass(frozen=True)
@@ -27,13 +32,89 @@ class Skip:
 Outcome = ItemResult | Skip
 
 
-def evaluate(requests: Sequence[Request], backend: Backend, judge: Judge) -> list[Outcome]:
+class Progress(Protocol):
+    def update(self, n: int = 1) -> object: ...
+
+
+# (description, total, already done) -> a context manager giving a Progress
+ProgressFactory = Callable[[str, int, int], AbstractContextManager[Progress]]
+
+
+def generate_all(
+    requests: Sequence[Request], backend: Backend, cache: Cache | None, progress: ProgressFactory | None = None
+) -> list[Generation]:
+    """One Generation per request, in order: from the cache where it has them, else from the
+    backend, storing each successful generation as it arrives (a killed run resumes). Errors
+    are not stored, so a rerun tries them again. A backend that fails as a whole turns every
+    request it still owed into an error."""
+    keys = [backend.cache_key(r) for r in requests]
+    found: list[Generation | None] = []
+    for key in keys:
+        hit = cache.get(GENERATION, key) if cache is not None and key is not None else None
+        found.append(Generation(**hit) if hit is not None else None)
+    todo = [i for i, g in enumerate(found) if g is None]
+    # Only real generation (a cacheable backend) is worth a progress bar; a replay is instant.
+    shown = progress if any(k is not None for k in keys) else None
+    if todo:
+        with _progress(shown, f"generating {backend.name}", len(requests), len(requests) - len(todo)) as bar:
+            try:
+                for position, generation in backend.generate([requests[i] for i in todo]):
+                    index = todo[position]
+                    if found[index] is not None:
+                        raise RuntimeError(f"backend {backend.name} answered request {position} twice")
+                    found[index] = generation
+                    key = keys[index]
+                    if (
+                        cache is not None
+                        and key is not None
+                        and generation.error is None
+                        and not generation.skip_reason
+                    ):
+                        cache.put(GENERATION, key, asdict(generation))
+                    bar.update(1)
+            except Exception as exc:  # a broken backend must not lose the items; each reports it
+                failure = Generation(error=redact(f"generation failed: {type(exc).__name__}: {exc}"))
+                found = [g if g is not None else failure for g in found]
+    missing = [i for i, g in enumerate(found) if g is None]
+    if missing:
+        message = f"backend {backend.name} gave no answer for {len(missing)} of {len(requests)} requests"
+        found = [g if g is not None else Generation(error=message) for g in found]
+    return [g for g in found if g is not None]
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> object:
+        return None
+
+
+class _NoProgressContext(AbstractContextManager[Progress]):
+    def __enter__(self) -> Progress:
+        return _NoProgress()
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(factory: ProgressFactory | None, desc: str, total: int, done: int) -> AbstractContextManager[Progress]:
+    return factory(desc, total, done) if factory is not None else _NoProgressContext()
+
+
+def evaluate(
+    requests: Sequence[Request],
+    backend: Backend,
+    judge: Judge | None,
+    cache: Cache | None = None,
+    progress: ProgressFactory | None = None,
+) -> list[Outcome]:
     """One outcome per request, in order. A failure of the backend or the judge as a whole becomes
-    an error on every item it touched: counted and reported, never dropped."""
-    try:
-        generations = _checked(backend.generate(requests), len(requests), f"backend {backend.name}")
-    except Exception as exc:  # a broken backend must not lose the items; each reports the failure
-        generations = [Generation(error=f"generation failed: {type(exc).__name__}: {exc}")] * len(requests)
+    an error on every item it touched: counted and reported, never dropped. Without a judge,
+    generated items are skipped (their generations are in the cache); failures still count."""
+    generations = generate_all(requests, backend, cache, progress)
+    if judge is None:
+        return [
+            Skip(NOT_JUDGED) if g.error is None and g.skip_reason is None else _outcome(r, g, None)
+            for r, g in zip(requests, generations, strict=True)
+        ]
     to_judge = [
         JudgeRequest(request, generation.response)
         for request, generation in zip(requests, generations, strict=True)
@@ -42,7 +123,8 @@ def evaluate(requests: Sequence[Request], backend: Backend, judge: Judge) -> lis
     try:
         judgements = _checked(judge.judge(to_judge), len(to_judge), f"judge {judge.name}") if to_judge else []
     except Exception as exc:
-        judgements = [Judgement(judge=judge.name, error=f"judging failed: {type(exc).__name__}: {exc}")] * len(to_judge)
+        failure = Judgement(judge=judge.name, error=redact(f"judging failed: {type(exc).__name__}: {exc}"))
+        judgements = [failure] * len(to_judge)
     by_key = {jr.request.key: j for jr, j in zip(to_judge, judgements, strict=True)}
     return [_outcome(r, g, by_key.get(r.key)) for r, g in zip(requests, generations, strict=True)]
 
@@ -73,6 +155,7 @@ def _outcome(request: Request, generation: Generation, judgement: Judgement | No
             response=generation.response,
             thinking=generation.thinking,
             error=error,
+            truncated=generation.truncated,
         )
 
     if generation.error is not None or generation.response is None:
@@ -87,11 +170,20 @@ def _outcome(request: Request, generation: Generation, judgement: Judgement | No
 
 
 class Evaluation:
-    """Holds the planned requests of this process and evaluates them one model at a time."""
+    """Holds the planned requests of this process and evaluates them one model at a time; a
+    model's backend is closed (its weights freed) once all its planned items are done."""
 
-    def __init__(self, backend: Backend, judge: Judge) -> None:
-        self._backend = backend
+    def __init__(
+        self,
+        backends: Mapping[str, Backend],
+        judge: Judge | None,
+        cache: Cache | None = None,
+        progress: ProgressFactory | None = None,
+    ) -> None:
+        self._backends = backends
         self._judge = judge
+        self._cache = cache
+        self._progress = progress
         self._pending: dict[ItemKey, Request] = {}
         self._outcomes: dict[ItemKey, Outcome] = {}
 
@@ -101,9 +193,19 @@ class Evaluation:
 
     def outcome(self, request: Request) -> Outcome:
         if request.key not in self._outcomes:
+            model = request.key.model
             self._pending.setdefault(request.key, request)
-            batch = [r for r in self._pending.values() if r.key.model == request.key.model]
-            for done, outcome in zip(batch, evaluate(batch, self._backend, self._judge), strict=True):
+            batch = [r for r in self._pending.values() if r.key.model == model]
+            backend = self._backends[model]
+            outcomes = evaluate(batch, backend, self._judge, self._cache, self._progress)
+            for done, outcome in zip(batch, outcomes, strict=True):
                 self._outcomes[done.key] = outcome
                 del self._pending[done.key]
+            backend.close()
         return self._outcomes[request.key]
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        if self._cache is not None:
+            self._cache.close()

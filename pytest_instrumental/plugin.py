@@ -6,7 +6,9 @@ a plain module (scenarios, suffixes, replay, evaluation, metrics, gate, results,
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -15,12 +17,22 @@ from typing import Any, TypeVar
 
 import pytest
 
-from pytest_instrumental import gate, metrics, report
+from pytest_instrumental import embedded, gate, metrics, report
 from pytest_instrumental.backends import Backend, Request
+from pytest_instrumental.cache import DEFAULT_DIR_NAME, Cache
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.evaluation import Evaluation, Skip
+from pytest_instrumental.evaluation import Evaluation, Progress, ProgressFactory, Skip
 from pytest_instrumental.gate import Thresholds, Violation
 from pytest_instrumental.judges import Judge
+from pytest_instrumental.models import (
+    EMBEDDED,
+    PROTOCOL_MAX_INPUT_TOKENS,
+    GenerationOptions,
+    check_loadable,
+    describe,
+    open_backend,
+    parse_model,
+)
 from pytest_instrumental.replay import REPLAY, ReplayBackend, ReplayJudge, load_recordings, recorded_models
 from pytest_instrumental.results import results_document, write_results
 from pytest_instrumental.scenarios import SUBSETS, ScenarioSet, load_scenarios
@@ -31,6 +43,10 @@ SUITE_NAME = "instrumental"
 KNOWN_JUDGES = (REPLAY,)
 _VERDICT_LETTERS = {CONVERGENCE: "C", NO_CONVERGENCE: ".", SAFETY_REFUSAL: "R", NONSENSICAL: "N"}
 _WORKER_RESULTS = "instrumental_results"
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_CONCURRENCY = 8
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_MAX_RETRIES = 4
 
 _T = TypeVar("_T")
 
@@ -49,6 +65,26 @@ def _argtype(parse: Callable[[str], _T]) -> Callable[[str], _T]:
 
     parse_argument.__name__ = parse.__name__
     return parse_argument
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"{text!r} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise ValueError(f"{text!r} must be above 0")
+    return value
 
 
 def _subset(text: str) -> str:
@@ -112,6 +148,75 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=_argtype(gate.parse_points),
         metavar="PP",
     )
+    option(
+        "--instrumental-max-new-tokens",
+        "instrumental_max_new_tokens",
+        "string",
+        "generation budget per response (default: the protocol's 1024, 8096 for thinking models; "
+        f"{embedded.DEFAULT_MAX_NEW_TOKENS} for the embedded model)",
+        type=_argtype(_positive_int),
+        metavar="N",
+    )
+    option(
+        "--instrumental-batch-size",
+        "instrumental_batch_size",
+        "string",
+        f"prompts generated together by a local model (default {DEFAULT_BATCH_SIZE})",
+        type=_argtype(_positive_int),
+        metavar="N",
+    )
+    option(
+        "--instrumental-cache-dir",
+        "instrumental_cache_dir",
+        "string",
+        f"generation cache and converted models (default: <rootdir>/{DEFAULT_DIR_NAME})",
+    )
+    option(
+        "--instrumental-no-cache",
+        "instrumental_no_cache",
+        "bool",
+        "neither read nor write the generation cache",
+        action="store_true",
+        default=None,
+    )
+    option(
+        "--instrumental-base-url",
+        "instrumental_base_url",
+        "string",
+        "base URL of the OpenAI-compatible server for openai:<name> models (default: $OPENAI_BASE_URL)",
+    )
+    option(
+        "--instrumental-concurrency",
+        "instrumental_concurrency",
+        "string",
+        f"concurrent requests to an OpenAI-compatible server (default {DEFAULT_CONCURRENCY})",
+        type=_argtype(_positive_int),
+        metavar="N",
+    )
+    option(
+        "--instrumental-timeout",
+        "instrumental_timeout",
+        "string",
+        f"seconds before a server request is retried (default {DEFAULT_TIMEOUT_S:g})",
+        type=_argtype(_positive_float),
+        metavar="S",
+    )
+    option(
+        "--instrumental-max-retries",
+        "instrumental_max_retries",
+        "string",
+        f"retries of a failed server request, with exponential backoff (default {DEFAULT_MAX_RETRIES})",
+        type=_argtype(_positive_int),
+        metavar="N",
+    )
+    option(
+        "--instrumental-trust-remote-code",
+        "instrumental_trust_remote_code",
+        "bool",
+        "let transformers run a model repository's own code (off by default)",
+        action="store_true",
+        default=None,
+    )
     parser.addini(
         "instrumental_suffix_dirs",
         help="directories of extra steering suffix files (NAME.txt), relative to the ini file",
@@ -129,6 +234,9 @@ class Settings:
     json_path: Path | None
     replay: Path | None
     thresholds: Thresholds
+    cache_dir: Path
+    use_cache: bool
+    generation: GenerationOptions
 
 
 def _read_settings(config: pytest.Config) -> Settings:
@@ -147,8 +255,26 @@ def _read_settings(config: pytest.Config) -> Settings:
         except ValueError as exc:
             raise pytest.UsageError(f"ini option {dest}: {exc}") from exc
 
+    def flag(dest: str) -> bool:
+        given = config.getoption(dest)
+        return bool(config.getini(dest) if given is None else given)
+
     root = config.rootpath
     json_path, replay = value("instrumental_json"), value("instrumental_replay")
+    cache_dir = value("instrumental_cache_dir")
+    cache_path = Path(cache_dir) if config.getoption("instrumental_cache_dir") else _rooted(root, cache_dir)
+    cache_path = (cache_path or root / DEFAULT_DIR_NAME).resolve()
+    generation = GenerationOptions(
+        max_new_tokens=value("instrumental_max_new_tokens", _positive_int),
+        max_input_tokens=PROTOCOL_MAX_INPUT_TOKENS,
+        batch_size=value("instrumental_batch_size", _positive_int) or DEFAULT_BATCH_SIZE,
+        base_url=value("instrumental_base_url"),
+        concurrency=value("instrumental_concurrency", _positive_int) or DEFAULT_CONCURRENCY,
+        timeout_s=value("instrumental_timeout", _positive_float) or DEFAULT_TIMEOUT_S,
+        max_retries=value("instrumental_max_retries", _positive_int) or DEFAULT_MAX_RETRIES,
+        trust_remote_code=flag("instrumental_trust_remote_code"),
+        models_dir=cache_path / "models",
+    )
     return Settings(
         models=value("instrumental_models") or [],
         suffixes=value("instrumental_suffixes") or list(DEFAULT_SUFFIXES),
@@ -161,6 +287,9 @@ def _read_settings(config: pytest.Config) -> Settings:
             max_conv=dict(value("instrumental_max_conv", gate.parse_max_conv) or []),
             min_gap=value("instrumental_min_gap", gate.parse_points),
         ),
+        cache_dir=cache_path,
+        use_cache=not flag("instrumental_no_cache"),
+        generation=generation,
     )
 
 
@@ -180,6 +309,7 @@ class InstrumentalRun:
     models: list[str]
     evaluation: Evaluation
     started_at: str
+    generation: dict[str, dict[str, object]]  # model -> how it was run (empty for replays)
     results: list[ItemResult] = field(default_factory=list)
     reported: set[ItemKey] = field(default_factory=set)  # items that ran (controller side)
     lost_workers: list[str] = field(default_factory=list)
@@ -255,32 +385,63 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
     not_run = sorted(settings.thresholds.suffixes - set(settings.suffixes))
     if not_run:
         raise InputError(f"the gate needs suffix {', '.join(not_run)}, which this run does not select (--suffix)")
-    backend, judge, models = _backend_and_judge(settings, available)
+    if settings.judge not in (None, *KNOWN_JUDGES):
+        raise InputError(f"--judge: unknown judge {settings.judge!r}; known judges: {', '.join(KNOWN_JUDGES)}")
+    if settings.replay is not None:
+        backends, judge = _replay(settings, available)
+        generation = {}
+    else:
+        specs = [parse_model(m) for m in settings.models or [EMBEDDED]]
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise InputError(f"--model: the same model is named twice ({', '.join(names)})")
+        for spec in specs:
+            check_loadable(spec, settings.generation.trust_remote_code)
+        backends = {spec.name: open_backend(spec, settings.generation) for spec in specs}
+        generation = {spec.name: describe(spec, settings.generation) for spec in specs}
+        if settings.judge == REPLAY:
+            raise InputError("--judge replay needs --instrumental-replay: fresh generations have no recorded verdicts")
+        judge = None  # the judges (the paper's rubric, an offline judge) are not built yet
+    cache = Cache(settings.cache_dir / "cache.sqlite") if settings.use_cache and settings.replay is None else None
     return InstrumentalRun(
         settings=settings,
         scenarios=scenarios,
         suffixes=suffixes,
-        models=models,
-        evaluation=Evaluation(backend, judge),
+        models=list(backends),
+        evaluation=Evaluation(backends, judge, cache, _progress_bars(config)),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        generation=generation,
     )
 
 
-def _backend_and_judge(settings: Settings, known_suffixes: dict[str, Suffix]) -> tuple[Backend, Judge, list[str]]:
-    if settings.judge not in (None, *KNOWN_JUDGES):
-        raise InputError(f"--judge: unknown judge {settings.judge!r}; known judges: {', '.join(KNOWN_JUDGES)}")
-    if settings.replay is None:
-        raise InputError(
-            "no model backend is available in this version: replay recorded runs with "
-            "--instrumental-replay DIR (e.g. the paper's reference runs)"
-        )
+def _replay(settings: Settings, known_suffixes: dict[str, Suffix]) -> tuple[dict[str, Backend], Judge | None]:
+    assert settings.replay is not None
     # Map records against the full scenario set, so a paper-subset run can replay a full run.
     recordings = load_recordings(settings.replay, load_scenarios(), known_suffixes)
     recorded = recorded_models(recordings)
     unknown = [m for m in settings.models if m not in recorded]
     if unknown:
         raise InputError(f"--model {unknown[0]!r} is not in the replayed runs; recorded models: {', '.join(recorded)}")
-    return ReplayBackend(recordings, settings.replay), ReplayJudge(recordings), settings.models or recorded
+    backend = ReplayBackend(recordings, settings.replay)
+    return {model: backend for model in settings.models or recorded}, ReplayJudge(recordings)
+
+
+def _progress_bars(config: pytest.Config) -> ProgressFactory | None:
+    """A tqdm bar (done/total, rate, ETA) per model while it generates, drawn past pytest's
+    output capturing; none on xdist workers, whose output nobody sees."""
+    if _is_worker(config):
+        return None
+    capture = config.pluginmanager.getplugin("capturemanager")
+
+    @contextmanager
+    def progress(desc: str, total: int, done: int) -> Iterator[Progress]:
+        from tqdm import tqdm
+
+        uncaptured = capture.global_and_fixture_disabled() if capture is not None else nullcontext()
+        with uncaptured, tqdm(desc=desc, total=total, initial=done, unit="item", file=sys.stderr) as bar:
+            yield bar
+
+    return progress
 
 
 # --- Collection -------------------------------------------------------------------------------
@@ -325,6 +486,9 @@ class InstrumentalSuite(pytest.Collector):
         for request in self.config.stash[_RUN].requests():
             item = ScenarioItem.from_parent(self, name=item_name(request.key), request=request)
             item.add_marker(request.category)
+            # With --dist loadgroup, xdist sends each model's items to one worker, so a local
+            # model is loaded (and generates) in one process only.
+            item.add_marker(pytest.mark.xdist_group(request.key.model))
             items.append(item)
         return items
 
@@ -376,7 +540,8 @@ class _Controller:
         self._key_by_nodeid = {nodeid_of(r.key): r.key for r in run.requests()}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        key = self._key_by_nodeid.get(report.nodeid)
+        # --dist loadgroup appends "@<group>" to node ids; model names never hold "@".
+        key = self._key_by_nodeid.get(report.nodeid.partition("@")[0])
         if key is not None and report.when == "call":
             self._run.reported.add(key)
 
@@ -427,10 +592,8 @@ def _summary(
 ) -> list[str]:
     judges = sorted({r.judge for r in run.results if r.judge})
     lines = report.summary_lines(cells, gaps, models, suffixes, run.categories, verbose)
-    lines.append(
-        f"judge: {', '.join(judges) or 'none'}"
-        + (" (replayed verdicts)" if run.settings.judge in (None, REPLAY) else "")
-    )
+    replayed = run.settings.replay is not None and run.settings.judge in (None, REPLAY)
+    lines.append(f"judge: {', '.join(judges) or 'none'}" + (" (replayed verdicts)" if replayed else ""))
     return [*lines, *run.lost_workers, *report.violation_lines(violations)]
 
 
@@ -449,10 +612,17 @@ def _run_section(
         "subset": settings.subset,
         "scenarios": len(run.scenarios),
         "replay": None if settings.replay is None else str(settings.replay),
+        "generation": {m: d for m, d in run.generation.items() if m in models},
         "thresholds": {"max_conv": dict(settings.thresholds.max_conv), "min_gap": settings.thresholds.min_gap},
         "violations": [v.message() for v in violations],
         "lost_workers": run.lost_workers,
     }
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(_RUN, None)
+    if run is not None:
+        run.evaluation.close()
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

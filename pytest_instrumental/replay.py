@@ -155,8 +155,15 @@ class ReplayBackend:
     def name(self) -> str:
         return REPLAY
 
-    def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        return [self._generation(request.key) for request in requests]
+    def cache_key(self, request: Request) -> None:
+        return None  # recorded already: nothing to cache
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
+        for index, request in enumerate(requests):
+            yield index, self._generation(request.key)
+
+    def close(self) -> None:
+        return None
 
     def _generation(self, key: ItemKey) -> Generation:
         recording = self._recordings.get(key)

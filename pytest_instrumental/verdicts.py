@@ -43,6 +43,7 @@ class ItemResult:
     response: str | None
     thinking: str | None
     error: str | None
+    truncated: bool = False  # generation stopped at the token limit
 
     @property
     def key(self) -> ItemKey:
@@ -54,11 +55,11 @@ class ItemResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ItemResult:
         names = {f.name for f in fields(cls)}
-        missing = names - data.keys()
+        missing = names - data.keys() - {"truncated"}
         if missing:
             raise ValueError(f"item lacks {', '.join(sorted(missing))}")
         if data["status"] not in ("ok", "error"):
             raise ValueError(f"item status {data['status']!r} is not 'ok' or 'error'")
         if data["status"] == "ok" and data["verdict"] not in DECISIONS:
             raise ValueError(f"item verdict {data['verdict']!r} is not one of {', '.join(DECISIONS)}")
-        return cls(**{name: data[name] for name in names})
+        return cls(**{name: data[name] for name in names if name in data})

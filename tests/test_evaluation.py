@@ -1,7 +1,10 @@
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
-from pytest_instrumental.backends import Generation, Request
-from pytest_instrumental.evaluation import Evaluation, Skip, evaluate
+from pytest_instrumental.backends import Backend, Generation, Request
+from pytest_instrumental.cache import Cache
+from pytest_instrumental.evaluation import NOT_JUDGED, Evaluation, Skip, evaluate, generate_all
 from pytest_instrumental.judges import Judgement, JudgeRequest
 from pytest_instrumental.verdicts import ItemKey, ItemResult
 
@@ -11,15 +14,28 @@ def request(scenario: str, model: str = "m") -> Request:
 
 
 class ScriptedBackend:
+    """Answers from a table; records each batch it is asked for and whether it was closed."""
+
     name = "scripted"
 
-    def __init__(self, answers: dict[str, Generation]) -> None:
+    def __init__(self, answers: dict[str, Generation], fail_after: int | None = None) -> None:
         self.answers = answers
         self.batches: list[list[str]] = []
+        self.fail_after = fail_after
+        self.closed = 0
 
-    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+    def cache_key(self, request: Request) -> dict[str, Any]:
+        return {"backend": self.name, "prompt": request.steered_prompt}
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
         self.batches.append([r.key.scenario for r in requests])
-        return [self.answers[r.key.scenario] for r in requests]
+        for index, r in enumerate(requests):
+            if self.fail_after is not None and index >= self.fail_after:
+                raise ConnectionError("server returned 500")
+            yield index, self.answers[r.key.scenario]
+
+    def close(self) -> None:
+        self.closed += 1
 
 
 class ScriptedJudge:
@@ -34,20 +50,13 @@ class ScriptedJudge:
         return [Judgement(self.name, self.decisions[r.response], "because") for r in requests]
 
 
-class BrokenBackend:
-    name = "broken"
-
-    def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        raise ConnectionError("server returned 500")
-
-
 def test_each_generation_shape_becomes_its_outcome() -> None:
     backend = ScriptedBackend(
         {
             "a": Generation(response="yes", thinking="hmm"),
             "b": Generation(error="empty generation"),
             "c": Generation(skip_reason="not recorded"),
-            "d": Generation(response="garbage"),
+            "d": Generation(response="garbage", truncated=True),
         }
     )
     judge = ScriptedJudge({"yes": "convergence", "garbage": "maybe"})
@@ -62,16 +71,19 @@ def test_each_generation_shape_becomes_its_outcome() -> None:
     )
     assert isinstance(b, ItemResult) and (b.status, b.error) == ("error", "empty generation")
     assert c == Skip("not recorded")
-    assert isinstance(d, ItemResult) and d.status == "error"
+    assert isinstance(d, ItemResult) and d.status == "error" and d.truncated
     assert d.error == "judge decision 'maybe' is not one of convergence, no_convergence, safety_refusal, nonsensical"
     # The judge saw the responses only, never the reasoning, and nothing for b and c.
     assert [r.response for r in judge.seen] == ["yes", "garbage"]
 
 
-def test_a_failing_backend_turns_every_item_into_a_counted_error() -> None:
-    outcomes = evaluate([request("a"), request("b")], BrokenBackend(), ScriptedJudge({}))
-    assert [o.status for o in outcomes if isinstance(o, ItemResult)] == ["error", "error"]
-    assert all("ConnectionError: server returned 500" in (o.error or "") for o in outcomes if isinstance(o, ItemResult))
+def test_a_backend_failing_midway_keeps_what_it_produced_and_errors_the_rest() -> None:
+    backend = ScriptedBackend({s: Generation(response="yes") for s in "abc"}, fail_after=1)
+    outcomes = evaluate([request(s) for s in "abc"], backend, ScriptedJudge({"yes": "convergence"}))
+    assert [o.status for o in outcomes if isinstance(o, ItemResult)] == ["ok", "error", "error"]
+    assert all(
+        "ConnectionError: server returned 500" in (o.error or "") for o in outcomes[1:] if isinstance(o, ItemResult)
+    )
 
 
 def test_a_judge_answering_the_wrong_number_of_items_is_an_error_not_a_guess() -> None:
@@ -84,14 +96,46 @@ def test_a_judge_answering_the_wrong_number_of_items_is_an_error_not_a_guess() -
     assert all(isinstance(o, ItemResult) and "answered 1 of 2 requests" in (o.error or "") for o in outcomes)
 
 
-def test_evaluation_generates_one_models_planned_items_in_one_batch() -> None:
-    backend = ScriptedBackend({s: Generation(response="yes") for s in "abc"})
-    evaluation = Evaluation(backend, ScriptedJudge({"yes": "no_convergence"}))
+def test_without_a_judge_generated_items_skip_and_failures_still_count() -> None:
+    backend = ScriptedBackend({"a": Generation(response="yes"), "b": Generation(error="boom")})
+    a, b = evaluate([request("a"), request("b")], backend, None)
+    assert a == Skip(NOT_JUDGED)
+    assert isinstance(b, ItemResult) and b.error == "boom"
+
+
+def test_the_cache_serves_a_rerun_and_keeps_what_a_killed_run_finished(tmp_path: Path) -> None:
+    answers = {s: Generation(response=f"answer {s}") for s in "abc"}
+    requests = [request(s) for s in "abc"]
+    cache = Cache(tmp_path / "cache.sqlite")
+    killed = ScriptedBackend(answers, fail_after=2)
+    first = generate_all(requests, killed, cache)
+    assert [g.error is None for g in first] == [True, True, False]
+    resumed = ScriptedBackend(answers)
+    assert generate_all(requests, resumed, cache) == [answers[s] for s in "abc"]
+    assert resumed.batches == [["c"]]  # only what the killed run had not finished
+    warm = ScriptedBackend(answers)
+    assert generate_all(requests, warm, Cache(tmp_path / "cache.sqlite")) == [answers[s] for s in "abc"]
+    assert warm.batches == []
+
+
+def test_errors_are_not_cached(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache.sqlite")
+    generate_all([request("a")], ScriptedBackend({"a": Generation(error="timeout")}), cache)
+    retry = ScriptedBackend({"a": Generation(response="ok now")})
+    assert generate_all([request("a")], retry, cache) == [Generation(response="ok now")]
+
+
+def test_evaluation_generates_one_models_planned_items_in_one_batch_then_frees_it() -> None:
+    first_model = ScriptedBackend({s: Generation(response="yes") for s in "ab"})
+    other_model = ScriptedBackend({"c": Generation(response="yes")})
+    backends: dict[str, Backend] = {"m": first_model, "other": other_model}
+    evaluation = Evaluation(backends, ScriptedJudge({"yes": "no_convergence"}))
     planned = [request("a"), request("b"), request("c", model="other")]
     evaluation.plan(planned)
     first = evaluation.outcome(planned[0])
-    assert backend.batches == [["a", "b"]]
-    assert evaluation.outcome(planned[1]) is not None and backend.batches == [["a", "b"]]
+    assert first_model.batches == [["a", "b"]] and first_model.closed == 1
+    assert evaluation.outcome(planned[1]) is not None and first_model.batches == [["a", "b"]]
     assert isinstance(first, ItemResult) and first.verdict == "no_convergence"
+    assert other_model.batches == []
     evaluation.outcome(planned[2])
-    assert backend.batches == [["a", "b"], ["c"]]
+    assert other_model.batches == [["c"]]

@@ -137,10 +137,16 @@ def test_bad_values_are_usage_errors(
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
 
 
-def test_without_replay_or_backend_it_says_so(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--instrumental")
+def test_an_unknown_model_is_a_usage_error_listing_the_aliases(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--instrumental", "--model", "qwen3-4b")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: no model backend is available in this version: *--instrumental-replay DIR*"])
+    result.stderr.fnmatch_lines(["ERROR: --model 'qwen3-4b': not a known alias*known aliases: qwen3-4b-base, *"])
+
+
+def test_recorded_verdicts_need_a_replay(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--instrumental", "--judge", "replay", "--model", "smollm2-135m")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --judge replay needs --instrumental-replay*"])
 
 
 def test_a_missing_replay_directory_is_a_usage_error(pytester: pytest.Pytester) -> None:
@@ -250,6 +256,7 @@ def test_results_json_has_the_documented_schema(pytester: pytest.Pytester, repla
         "response",
         "thinking",
         "error",
+        "truncated",
     }
     assert first["judge"] == "gpt-5.2" and first["thinking"]
     assert len(document["cells"]) == 3 * 7
@@ -367,3 +374,32 @@ def test_a_crashed_xdist_worker_is_reported_and_fails_the_session(
     result = pytester.runpytest_subprocess(*replay_args, "-n", "2", "-k", "Qwen3-4B-Base and anti_ic and deceptive")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*worker gw* ended without reporting results*"])
+
+
+def test_the_embedded_model_generates_for_real_and_a_rerun_is_served_from_the_cache(
+    pytester: pytest.Pytester, smollm2_dir: Path
+) -> None:
+    cache_dir = pytester.path / "cache"
+    (cache_dir / "models").mkdir(parents=True)
+    (cache_dir / "models" / smollm2_dir.name).symlink_to(smollm2_dir)  # converted once per test session
+    args = [
+        "--instrumental",
+        "--suffix=anti_ic",
+        "-k",
+        "evading_shutdown-01 or deceptive_behavior-02",
+        "--instrumental-max-new-tokens=8",
+        f"--instrumental-cache-dir={cache_dir}",
+        "-rs",
+    ]
+    cold = pytester.runpytest_subprocess(*args)
+    cold.assert_outcomes(skipped=2)
+    cold.stdout.fnmatch_lines(["*generated, not judged*"])
+    cold.stderr.fnmatch_lines(["generating smollm2-135m*2/2*"])
+    from pytest_instrumental.cache import Cache
+
+    cache = Cache(cache_dir / "cache.sqlite")
+    assert cache.count("generation") == 2
+    cache.close()
+    warm = pytester.runpytest_subprocess(*args)
+    warm.assert_outcomes(skipped=2)
+    assert "generating smollm2-135m" not in warm.stderr.str()  # nothing left to generate

@@ -101,7 +101,7 @@ def test_results_json_replays_responses_verdicts_and_errors(tmp_path: Path) -> N
     recordings = load_recordings(path, SCENARIOS, SUFFIXES)
     requests = [Request(i.key, i.category, "ctx", "p") for i in items]
     requests.append(Request(ItemKey("m", "baseline", "evading_shutdown-05"), "evading_shutdown", "ctx", "p"))
-    generations = ReplayBackend(recordings, path).generate(requests)
+    generations = [g for _, g in ReplayBackend(recordings, path).generate(requests)]
     assert generations[0].response == "resp"
     assert generations[1].error == "empty generation"
     assert generations[2].skip_reason == f"no recorded response for m-baseline-evading_shutdown-05 in {path}"

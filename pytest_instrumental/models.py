@@ -1,0 +1,183 @@
+"""The model registry: what ``--model`` accepts, and which backend serves it.
+
+``--model`` takes an alias (the paper's Qwen3 models, or the embedded ``smollm2-135m``), a
+Hugging Face model id (``org/name``), a local model directory, or ``openai:<name>`` (any
+OpenAI-compatible server). ``NAME@REVISION`` pins a revision.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pytest_instrumental.backends import Backend
+from pytest_instrumental.errors import InputError
+
+EMBEDDED = "smollm2-135m"
+OPENAI_PREFIX = "openai:"
+
+# alias -> (Hugging Face id, is a thinking model)
+ALIASES: dict[str, tuple[str, bool]] = {
+    "qwen3-4b-base": ("Qwen/Qwen3-4B-Base", False),
+    "qwen3-4b-instruct": ("Qwen/Qwen3-4B-Instruct-2507", False),
+    "qwen3-4b-thinking": ("Qwen/Qwen3-4B-Thinking-2507", True),
+    "qwen3-30b-a3b-base": ("Qwen/Qwen3-30B-A3B-Base", False),
+    "qwen3-30b-a3b-instruct": ("Qwen/Qwen3-30B-A3B-Instruct-2507", False),
+    "qwen3-30b-a3b-thinking": ("Qwen/Qwen3-30B-A3B-Thinking-2507", True),
+}
+KNOWN_ALIASES = (*ALIASES, EMBEDDED)
+
+# PROTOCOL.md's token budgets.
+PROTOCOL_MAX_NEW_TOKENS = 1024
+PROTOCOL_MAX_NEW_TOKENS_THINKING = 8096
+PROTOCOL_MAX_INPUT_TOKENS = 4096
+
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+\Z")
+
+Engine = Literal["transformers", "embedded", "openai"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``name`` is what item ids and tables show; ``source`` is what the engine loads."""
+
+    name: str
+    engine: Engine
+    source: str
+    revision: str | None
+    thinking: bool
+
+    @property
+    def protocol_max_new_tokens(self) -> int:
+        return PROTOCOL_MAX_NEW_TOKENS_THINKING if self.thinking else PROTOCOL_MAX_NEW_TOKENS
+
+
+def parse_model(text: str) -> ModelSpec:
+    """Resolve ``--model`` text; anything unrecognised is an error listing the aliases."""
+    name, _, revision = text.partition("@")
+    pin = revision or None
+    if name == EMBEDDED:
+        return ModelSpec(EMBEDDED, "embedded", EMBEDDED, pin, thinking=False)
+    if name.startswith(OPENAI_PREFIX) and len(name) > len(OPENAI_PREFIX):
+        served = name.removeprefix(OPENAI_PREFIX)
+        return ModelSpec(name, "openai", served, pin, thinking="thinking" in served.lower())
+    if name in ALIASES:
+        hub_id, thinking = ALIASES[name]
+        return ModelSpec(name, "transformers", hub_id, pin, thinking)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InputError(f"--model {text!r}: {path} is not a model directory (no config.json)")
+        return ModelSpec(path.resolve().name, "transformers", str(path.resolve()), pin, "thinking" in name.lower())
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise InputError(f"--model {text!r}: no such model directory {path}")
+    if _HUB_ID.match(name):
+        return ModelSpec(name.rsplit("/", 1)[1], "transformers", name, pin, "thinking" in name.lower())
+    raise InputError(
+        f"--model {text!r}: not a known alias, a local model directory, a Hugging Face id (org/name) "
+        f"or openai:<name>; known aliases: {', '.join(KNOWN_ALIASES)}"
+    )
+
+
+def check_loadable(spec: ModelSpec, trust_remote_code: bool) -> None:
+    """Fail before any generation when a transformers model cannot be loaded (e.g. a hub id
+    with no network and nothing in the local Hugging Face cache)."""
+    if spec.engine != "transformers":
+        return
+    from transformers import AutoConfig
+
+    kwargs = {"revision": spec.revision, "trust_remote_code": trust_remote_code}
+    try:
+        AutoConfig.from_pretrained(spec.source, local_files_only=True, **kwargs)
+        return
+    except Exception as exc:
+        offline_error: Exception = exc
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
+        try:
+            AutoConfig.from_pretrained(spec.source, **kwargs)
+            return
+        except Exception as exc:
+            offline_error = exc
+    first_line = str(offline_error).strip().splitlines()[0] if str(offline_error).strip() else repr(offline_error)
+    raise InputError(
+        f"--model {spec.name!r}: cannot load {spec.source} (revision {spec.revision or 'default'}): {first_line}. "
+        f"Download it into the Hugging Face cache or pass a local directory; "
+        f"known aliases: {', '.join(KNOWN_ALIASES)}"
+    )
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to run the models: token budget (None: the protocol's, or the embedded default),
+    batching for local models, server settings for OpenAI-compatible ones."""
+
+    max_new_tokens: int | None
+    max_input_tokens: int
+    batch_size: int
+    base_url: str | None
+    concurrency: int
+    timeout_s: float
+    max_retries: int
+    trust_remote_code: bool
+    models_dir: Path  # where the embedded model's converted copy lives
+
+
+def max_new_tokens(spec: ModelSpec, options: GenerationOptions) -> int:
+    if options.max_new_tokens is not None:
+        return options.max_new_tokens
+    if spec.engine == "embedded":
+        from pytest_instrumental.embedded import DEFAULT_MAX_NEW_TOKENS
+
+        return DEFAULT_MAX_NEW_TOKENS
+    return spec.protocol_max_new_tokens
+
+
+def open_backend(spec: ModelSpec, options: GenerationOptions) -> Backend:
+    """The backend for one model; nothing heavy is loaded until it first generates."""
+    budget = max_new_tokens(spec, options)
+    if spec.engine == "openai":
+        from pytest_instrumental.openai_backend import OpenAIBackend, OpenAISettings
+
+        settings = OpenAISettings(budget, options.base_url, options.concurrency, options.timeout_s, options.max_retries)
+        return OpenAIBackend(spec.name, spec.source, spec.thinking, settings)
+    from pytest_instrumental.transformers_backend import TransformersBackend, TransformersSettings
+
+    local = TransformersSettings(budget, options.max_input_tokens, options.batch_size, options.trust_remote_code)
+    if spec.engine == "embedded":
+        from pytest_instrumental import embedded
+
+        identity = f"embedded:{EMBEDDED}@{embedded.revision()}"
+        models_dir = options.models_dir
+        return TransformersBackend(
+            spec.name, lambda: str(embedded.converted_dir(models_dir)), None, spec.thinking, local, identity
+        )
+    identity = spec.source if spec.revision is None else f"{spec.source}@{spec.revision}"
+    return TransformersBackend(spec.name, spec.source, spec.revision, spec.thinking, local, identity)
+
+
+def describe(spec: ModelSpec, options: GenerationOptions) -> dict[str, object]:
+    """What the results JSON records about how a model was run."""
+    budget = max_new_tokens(spec, options)
+    record: dict[str, object] = {
+        "engine": spec.engine,
+        "source": spec.source,
+        "revision": spec.revision,
+        "thinking": spec.thinking,
+        "max_new_tokens": budget,
+        "protocol_max_new_tokens": spec.protocol_max_new_tokens,
+    }
+    if budget < spec.protocol_max_new_tokens:
+        record["note"] = f"max_new_tokens {budget} is below the protocol's {spec.protocol_max_new_tokens}"
+    if spec.engine == "openai":
+        from pytest_instrumental.openai_backend import OpenAISettings
+
+        record["base_url"] = OpenAISettings(budget, options.base_url, 1, 1, 0).resolved_base_url()
+    else:
+        from pytest_instrumental.transformers_backend import choose_placement
+
+        placement = choose_placement()
+        record.update(device=placement.device, dtype=placement.dtype, max_input_tokens=options.max_input_tokens)
+    return record

@@ -1,0 +1,248 @@
+"""The transformers backend: local models, batched greedy generation.
+
+Prompts follow PROTOCOL.md: the model's chat template with the category context as system
+message and the steered prompt as user message (plain concatenation only for a tokenizer
+without a chat template), input truncated to ``max_input_tokens``, greedy decoding.
+
+Generation is batched: requests are sorted by length (so padding stays small), left-padded,
+and decoded together with a KV cache; a row that has finished is dropped from the batch (and
+from the cache) at once, so it stops costing compute while longer rows go on.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_instrumental.backends import Generation, Request, thinking_outcome
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class TransformersSettings:
+    max_new_tokens: int
+    max_input_tokens: int
+    batch_size: int
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str
+    dtype: str
+
+
+def choose_placement() -> Placement:
+    """GPU with bf16 when there is one (fp16 on GPUs without bf16), else CPU with fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return Placement("cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    return Placement("cpu", "float32")
+
+
+class TransformersBackend:
+    def __init__(
+        self,
+        name: str,
+        source: str | Callable[[], str],
+        revision: str | None,
+        thinking: bool,
+        settings: TransformersSettings,
+        identity: str,
+    ) -> None:
+        """``source`` is a hub id or directory, or a callable producing one on first use (the
+        embedded model converts itself then); ``identity`` names the weights in cache keys."""
+        self._name = name
+        self.identity = identity
+        self._source = source
+        self.revision = revision
+        self.thinking = thinking
+        self.settings = settings
+        self.placement = choose_placement()
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._model: PreTrainedModel | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def source(self) -> str:
+        if callable(self._source):
+            self._source = self._source()
+        return self._source
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(
+                self.source, revision=self.revision, trust_remote_code=self.settings.trust_remote_code
+            )
+            tokenizer.padding_side = "left"
+            tokenizer.truncation_side = "left"  # if anything must go, keep the generation prompt
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    @property
+    def model(self) -> PreTrainedModel:
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(
+                self.source,
+                revision=self.revision,
+                dtype=getattr(torch, self.placement.dtype),
+                device_map="auto" if self.placement.device == "cuda" else None,
+                trust_remote_code=self.settings.trust_remote_code,
+            )
+            self._model = model  # from_pretrained returns it in eval mode
+        return self._model
+
+    def render(self, request: Request) -> str:
+        tokenizer = self.tokenizer
+        if tokenizer.chat_template:
+            messages = []
+            if request.context.strip():
+                messages.append({"role": "system", "content": request.context.strip()})
+            messages.append({"role": "user", "content": request.steered_prompt})
+            rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return str(rendered)
+        parts = [request.context.strip(), request.steered_prompt]
+        return "\n\n".join(part for part in parts if part)
+
+    def encode(self, request: Request) -> list[int]:
+        """The rendered prompt's token ids, at most ``max_input_tokens`` of them."""
+        ids = self.tokenizer(
+            self.render(request), add_special_tokens=False, truncation=True, max_length=self.settings.max_input_tokens
+        )["input_ids"]
+        return list(ids)
+
+    def cache_key(self, request: Request) -> dict[str, Any]:
+        return {
+            "backend": "transformers",
+            "model": self.identity,
+            "settings": {k: v for k, v in asdict(self.settings).items() if k != "batch_size"},
+            "thinking": self.thinking,
+            "prompt": self.render(request),
+        }
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
+        if not requests:
+            return
+        tokenizer = self.tokenizer
+        encoded = [self.encode(r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
+        size = self.settings.batch_size
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
+            outputs = greedy_generate(
+                self.model, [encoded[i] for i in batch], self._stop_ids(), self._pad_id(), self.settings.max_new_tokens
+            )
+            for index, (tokens, hit_limit) in zip(batch, outputs, strict=True):
+                text = str(tokenizer.decode(tokens, skip_special_tokens=False))
+                yield index, thinking_outcome(_strip_special(text, tokenizer), hit_limit, self.thinking)
+
+    def _stop_ids(self) -> set[int]:
+        stops = set()
+        config = self.model.generation_config
+        for source in (config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                stops.add(source)
+            elif source:
+                stops.update(source)
+        return stops
+
+    def _pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def close(self) -> None:
+        if self._model is not None:
+            self._model = None
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _strip_special(text: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Drop special tokens except the thinking markers, which split reasoning from answer."""
+    for token in tokenizer.all_special_tokens:
+        if token not in ("<think>", "</think>"):
+            text = text.replace(token, "")
+    return text
+
+
+def greedy_generate(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    stop_ids: set[int],
+    pad_id: int,
+    max_new_tokens: int,
+) -> list[tuple[list[int], bool]]:
+    """Greedy decoding of a batch of token-id prompts: ``(new tokens without the stop token,
+    hit the token limit)`` per prompt, in order. Left-padded; finished rows leave the batch."""
+    import torch
+    from transformers import DynamicCache
+
+    device = model.device
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    live = list(range(len(prompts)))  # the original row of each row still in the batch
+    produced: list[list[int]] = [[] for _ in prompts]
+    finished = [False] * len(prompts)
+    cache = DynamicCache()
+    stops = torch.tensor(sorted(stop_ids), device=device)
+    with torch.inference_mode():
+        logits = _forward(model, input_ids, attention_mask, position_ids, cache)
+        for step in range(max_new_tokens):
+            next_tokens = logits.argmax(dim=-1)
+            done = torch.isin(next_tokens, stops)
+            for row, token, stop in zip(live, next_tokens.tolist(), done.tolist(), strict=True):
+                if stop:
+                    finished[row] = True
+                else:
+                    produced[row].append(token)
+            keep = (~done).nonzero().squeeze(-1)
+            if keep.numel() == 0 or step == max_new_tokens - 1:
+                break
+            if keep.numel() < len(live):
+                live = [live[i] for i in keep.tolist()]
+                next_tokens, attention_mask, position_ids = next_tokens[keep], attention_mask[keep], position_ids[keep]
+                cache.batch_select_indices(keep)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=-1)
+            position_ids = position_ids[:, -1:] + 1
+            logits = _forward(model, next_tokens[:, None], attention_mask, position_ids, cache)
+    return [(tokens, not finished[row]) for row, tokens in enumerate(produced)]
+
+
+def _forward(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Any,
+) -> torch.Tensor:
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits: torch.Tensor = out.logits[:, -1, :]
+    return logits

@@ -1,0 +1,96 @@
+"""A real HTTP server on 127.0.0.1 speaking the OpenAI Chat Completions wire format, with faults
+chosen by markers in the last message: ``FAULT:429`` (twice, then fine), ``FAULT:500`` (always),
+``FAULT:SLOW`` (first reply after the client's timeout), ``FAULT:MALFORMED`` (a body that is not
+JSON), ``FAULT:REASONING`` (reasoning in ``reasoning_content``), ``FAULT:THINKTAGS`` (reasoning
+inline in ``<think>`` tags), ``FAULT:EMPTY`` (empty content)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class ChatServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.attempts: Counter[str] = Counter()
+        self.authorizations: list[str] = []
+        self.lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ChatServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        with self.server.lock:
+            self.server.attempts[prompt] += 1
+            attempt = self.server.attempts[prompt]
+            self.server.authorizations.append(self.headers.get("Authorization", ""))
+        if "FAULT:429" in prompt and attempt <= 2:
+            return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
+        if "FAULT:500" in prompt:
+            return self._send(500, {"error": {"message": "internal error"}})
+        if "FAULT:SLOW" in prompt and attempt == 1:
+            time.sleep(3)
+        if "FAULT:MALFORMED" in prompt:
+            return self._send_raw(200, b"{not json")
+        message: dict[str, Any] = {"role": "assistant", "content": f"Answer to: {prompt[:20]}"}
+        if "FAULT:REASONING" in prompt:
+            message["reasoning_content"] = "weighing the options"
+        if "FAULT:THINKTAGS" in prompt:
+            message["content"] = "<think>weighing</think>\n\nThe answer."
+        if "FAULT:EMPTY" in prompt:
+            message["content"] = ""
+        finish = "length" if "FAULT:LENGTH" in prompt else "stop"
+        self._send(
+            200,
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            },
+        )
+
+    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._send_raw(status, json.dumps(payload).encode(), headers)
+
+    def _send_raw(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        with suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (the slow fault)
+            self.wfile.write(data)
+
+
+@contextmanager
+def running_chat_server() -> Iterator[ChatServer]:
+    server = ChatServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

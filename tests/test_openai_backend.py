@@ -1,0 +1,70 @@
+"""The OpenAI-compatible backend against a real local HTTP server that injects faults."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_instrumental.backends import Request
+from pytest_instrumental.cache import Cache
+from pytest_instrumental.evaluation import generate_all
+from pytest_instrumental.openai_backend import OpenAIBackend, OpenAISettings
+from pytest_instrumental.verdicts import ItemKey
+from tests.chat_server import ChatServer, running_chat_server
+
+SECRET = "sk-test-do-not-leak-4242"
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with running_chat_server() as running:
+        yield running
+
+
+def backend(server: ChatServer, thinking: bool = False) -> OpenAIBackend:
+    settings = OpenAISettings(max_new_tokens=64, base_url=server.base_url, concurrency=4, timeout_s=1.0, max_retries=2)
+    return OpenAIBackend("openai:local", "local", thinking, settings)
+
+
+def request(prompt: str, n: int = 1) -> Request:
+    return Request(ItemKey("openai:local", "baseline", f"cat-{n:02d}"), "cat", "Be an agent.", prompt)
+
+
+def test_every_item_ends_ok_or_as_a_counted_error_none_lost(server: ChatServer) -> None:
+    prompts = ["plain", "FAULT:429", "FAULT:500", "FAULT:SLOW", "FAULT:MALFORMED", "FAULT:REASONING", "FAULT:EMPTY"]
+    requests = [request(p, n) for n, p in enumerate(prompts, start=1)]
+    results = dict(backend(server).generate(requests))
+    assert sorted(results) == list(range(len(prompts)))
+    by_prompt = {p: results[i] for i, p in enumerate(prompts)}
+    assert by_prompt["plain"].response == "Answer to: plain"
+    assert by_prompt["FAULT:429"].response == "Answer to: FAULT:429"  # retried past two 429s
+    assert server.attempts["FAULT:429"] == 3
+    assert by_prompt["FAULT:500"].error == "request failed after 2 retries: Error code: 500 - internal error"
+    assert server.attempts["FAULT:500"] == 3  # first try and two retries, then it stops
+    assert by_prompt["FAULT:SLOW"].response == "Answer to: FAULT:SLOW"  # timed out once, retried
+    assert by_prompt["FAULT:MALFORMED"].error is not None and by_prompt["FAULT:MALFORMED"].response is None
+    assert by_prompt["FAULT:REASONING"].thinking == "weighing the options"
+    assert by_prompt["FAULT:REASONING"].response == "Answer to: FAULT:REASONING"
+    assert by_prompt["FAULT:EMPTY"].error == "empty response"
+    assert all(SECRET not in (g.error or "") for g in results.values())
+
+
+def test_inline_think_tags_are_split_and_a_cut_reasoning_is_truncated(server: ChatServer) -> None:
+    results = dict(backend(server, thinking=True).generate([request("FAULT:THINKTAGS"), request("FAULT:LENGTH")]))
+    assert (results[0].thinking, results[0].response) == ("weighing", "The answer.")
+    assert results[1].truncated  # finish_reason "length"
+
+
+def test_the_key_goes_to_the_server_but_never_into_the_cache(server: ChatServer, tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache.sqlite")
+    chat = backend(server)
+    generate_all([request("plain"), request("FAULT:500", 2)], chat, cache)
+    assert f"Bearer {SECRET}" in server.authorizations
+    cache.close()
+    for path in tmp_path.iterdir():
+        assert SECRET.encode() not in path.read_bytes()
+    assert SECRET not in json.dumps(chat.cache_key(request("plain")))
+    rerun = generate_all([request("plain")], chat, Cache(tmp_path / "cache.sqlite"))
+    assert rerun[0].response == "Answer to: plain" and server.attempts["plain"] == 1  # served by the cache

@@ -1,0 +1,139 @@
+"""The transformers backend on a tiny random Qwen3 (built here) with the SmolLM2 tokenizer."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
+
+from pytest_instrumental.backends import Generation, Request, split_thinking, thinking_outcome
+from pytest_instrumental.transformers_backend import TransformersBackend, TransformersSettings, greedy_generate
+from pytest_instrumental.verdicts import ItemKey
+
+PROMPTS = [
+    "Plan it.",
+    "You receive a shutdown signal. What do you do?",
+    "A much longer prompt about the warehouse robot, its sorting throughput and the pause command.",
+    "Hi",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_dir: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def tiny_qwen3(tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float64) -> Qwen3ForCausalLM:
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.set_default_dtype(dtype)
+    try:
+        model = Qwen3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model.train(False)  # inference: no dropout
+    return model
+
+
+def test_batched_greedy_equals_one_prompt_at_a_time_token_for_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    model = tiny_qwen3(tokenizer)
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    pad = tokenizer.pad_token_id
+    alone = [greedy_generate(model, [p], set(), pad, 12)[0] for p in prompts]
+    # Make rows finish at different steps: stop on the 3rd token of the first answer (a token the
+    # other answers do not produce earlier), so the batch must drop rows while others go on.
+    stop = alone[0][0][2]
+    lengths = [t.index(stop) if stop in t else None for t, _ in alone]
+    assert lengths[0] == 2 and len(set(lengths)) > 1
+    alone = [greedy_generate(model, [p], {stop}, pad, 12)[0] for p in prompts]
+    together = greedy_generate(model, prompts, {stop}, pad, 12)
+    assert together == alone
+    assert together[0] == (alone[0][0], False) and len(together[0][0]) == 2  # stopped, stop token dropped
+    assert any(hit for _, hit in together)  # and some rows ran to the limit
+
+
+def test_greedy_matches_transformers_generate(tokenizer: PreTrainedTokenizerBase) -> None:
+    model = tiny_qwen3(tokenizer)
+    ids = tokenizer(PROMPTS[1])["input_ids"]
+    ((tokens, hit_limit),) = greedy_generate(model, [ids], {tokenizer.eos_token_id}, tokenizer.pad_token_id, 10)
+    reference = model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert reference[0, len(ids) :].tolist()[: len(tokens)] == tokens
+    assert hit_limit == (len(tokens) == 10)
+
+
+def test_thinking_split_and_truncation() -> None:
+    assert split_thinking("<think>\nweigh it\n</think>\n\nDo X.") == ("weigh it", "Do X.")
+    assert split_thinking("no reasoning here") == (None, "no reasoning here")
+    assert split_thinking("a</think>b</think> final") == ("a</think>b", "final")
+    cut = thinking_outcome("still thinking about", hit_limit=True, thinking_model=True)
+    assert cut.truncated and cut.response is None and cut.thinking == "still thinking about"
+    assert cut.error is not None and "before </think>" in cut.error
+    assert thinking_outcome("an answer", hit_limit=False, thinking_model=True) == Generation(response="an answer")
+    long_answer = thinking_outcome("an answer that ran on", hit_limit=True, thinking_model=False)
+    assert long_answer == Generation(response="an answer that ran on", truncated=True)
+    assert thinking_outcome("<think>x</think>  ", hit_limit=False, thinking_model=True).error == "empty response"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tokenizer: PreTrainedTokenizerBase, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-qwen3")
+    tiny_qwen3(tokenizer, torch.float32).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def requests() -> list[Request]:
+    return [
+        Request(ItemKey("tiny", "baseline", f"cat-{n:02d}"), "cat", "You are an agent.", prompt)
+        for n, prompt in enumerate(PROMPTS, start=1)
+    ]
+
+
+def test_backend_renders_the_chat_template_batches_and_marks_truncation(tiny_model_dir: Path) -> None:
+    backend = TransformersBackend(
+        "tiny", str(tiny_model_dir), None, False, TransformersSettings(8, 4096, 3), identity="tiny@test"
+    )
+    rendered = backend.render(requests()[0])
+    assert (
+        "You are an agent." in rendered
+        and "Plan it." in rendered
+        and rendered.index("You are") < rendered.index("Plan")
+    )
+    key = backend.cache_key(requests()[0])
+    assert key["prompt"] == rendered and key["model"] == "tiny@test" and "batch_size" not in key["settings"]
+    results = dict(backend.generate(requests()))
+    assert sorted(results) == [0, 1, 2, 3]
+    # This random model (seed 0) never says its end token within 8 tokens: every answer is cut.
+    assert all(g.truncated and g.response and g.error is None for g in results.values())
+    backend.close()
+    assert backend._model is None
+
+
+def test_plain_concatenation_without_a_chat_template(tiny_model_dir: Path, tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+    backend = TransformersBackend("tiny", str(tmp_path), None, False, TransformersSettings(8, 4096, 2), "plain")
+    assert backend.render(requests()[0]) == "You are an agent.\n\nPlan it."
+
+
+def test_input_is_truncated_to_max_input_tokens(tiny_model_dir: Path) -> None:
+    backend = TransformersBackend("tiny", str(tiny_model_dir), None, False, TransformersSettings(2, 16, 4), "t")
+    long_request = Request(ItemKey("tiny", "baseline", "cat-99"), "cat", "", "word " * 500)
+    assert len(backend.encode(long_request)) == 16
+    # Truncation keeps the end of the prompt, where the chat template asks for the answer.
+    assert str(backend.tokenizer.decode(backend.encode(long_request))).endswith("assistant\n")
+    ((_, generation),) = list(backend.generate([long_request]))
+    assert generation.truncated and generation.response
