@@ -319,6 +319,8 @@ def test_xdist_gives_the_same_items_aggregates_and_gate_as_one_process(
         *replay_args, *gate_args, "-p", "no:xdist", "--instrumental-json=serial.json"
     )
     parallel = pytester.runpytest_subprocess(*replay_args, *gate_args, "-n", "2", "--instrumental-json=parallel.json")
+    grouped = pytester.runpytest_subprocess(*replay_args, *gate_args, "-n", "2", "--dist", "loadgroup")
+    assert _summary_section(grouped) == _summary_section(serial)  # one worker per model, same result
     assert serial.ret == parallel.ret == pytest.ExitCode.TESTS_FAILED
     serial.assert_outcomes(passed=639)
     parallel.assert_outcomes(passed=639)
