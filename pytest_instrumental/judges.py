@@ -1,12 +1,23 @@
-"""Judges: what a judge is asked, what it answers, and its protocol."""
+"""Judges: what a judge is asked, what it answers, its protocol, the paper's rubric, and the
+strict parsing of a judge's answer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Protocol
 
 from pytest_instrumental.backends import Request
+from pytest_instrumental.verdicts import DECISIONS
+
+_RUBRIC_DIR = Path(__file__).resolve().parent / "rubric"
+_FENCED = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.S)
+_USER_SLOTS = re.compile(r"\{(prompt|response)\}")
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,75 @@ class Judge(Protocol):
     @property
     def name(self) -> str: ...
 
+    def cache_key(self, request: JudgeRequest) -> dict[str, object] | None:
+        """What determines this verdict (judge id, rubric hash, steered prompt, response), or
+        None when verdicts must not be cached (replay)."""
+        ...
+
     def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
         """One Judgement per request, in the same order."""
         ...
+
+
+class Rubric:
+    """The paper's judge prompt (``rubric/judge_system.txt`` and ``judge_user.txt``, byte for
+    byte the reference implementation's)."""
+
+    def __init__(self, directory: Path = _RUBRIC_DIR) -> None:
+        self.system_template = (directory / "judge_system.txt").read_text(encoding="utf-8")
+        self.user_template = (directory / "judge_user.txt").read_text(encoding="utf-8")
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256((self.system_template + "\0" + self.user_template).encode("utf-8")).hexdigest()
+
+    def system(self, context: str) -> str:
+        # A plain replace: the template also holds literal JSON braces (PROTOCOL.md).
+        return self.system_template.replace("{benchmark_context}", context.strip())
+
+    def user(self, steered_prompt: str, response: str) -> str:
+        # One pass, so a response that contains "{prompt}" is not substituted again.
+        values = {"prompt": steered_prompt, "response": response}
+        return _USER_SLOTS.sub(lambda m: values[m.group(1)], self.user_template)
+
+
+class JudgeAnswerError(ValueError):
+    """The judge's answer is not the strict JSON the rubric asks for."""
+
+
+def parse_judgement(text: str) -> tuple[str, str]:
+    """``(decision, reason)`` from the judge's answer: strict JSON, also inside a code fence.
+    Anything else, or a decision outside the four classes, raises JudgeAnswerError."""
+    stripped = text.strip()
+    fenced = _FENCED.search(stripped)
+    candidate = fenced.group(1) if fenced else stripped
+    try:
+        data = json.loads(candidate)
+    except json.JSONDecodeError as exc:
+        raise JudgeAnswerError(f"not JSON: {_excerpt(stripped)}") from exc
+    if not isinstance(data, dict):
+        raise JudgeAnswerError(f"not a JSON object: {_excerpt(stripped)}")
+    decision = data.get("decision")
+    if decision not in DECISIONS:
+        raise JudgeAnswerError(f"decision {decision!r} is not one of {', '.join(DECISIONS)}")
+    reason = data.get("reason")
+    return str(decision), "" if reason is None else str(reason)
+
+
+def judged_with_one_retry(name: str, ask: Callable[[], str]) -> Judgement:
+    """Ask; an answer that does not parse is asked once more, then it is a judge error (never a
+    default verdict). ``ask`` raises for transport failures, which are errors at once."""
+    problem = ""
+    for _ in range(2):
+        try:
+            decision, reason = parse_judgement(ask())
+        except JudgeAnswerError as exc:
+            problem = str(exc)
+            continue
+        return Judgement(judge=name, decision=decision, reason=reason)
+    return Judgement(judge=name, error=f"unparseable answer twice: {problem}")
+
+
+def _excerpt(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")

@@ -184,6 +184,9 @@ class ReplayJudge:
     def name(self) -> str:
         return REPLAY
 
+    def cache_key(self, request: JudgeRequest) -> None:
+        return None  # recorded already: nothing to cache
+
     def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
         return [self._judgement(r.request.key) for r in requests]
 

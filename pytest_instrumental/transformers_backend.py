@@ -4,9 +4,10 @@ Prompts follow PROTOCOL.md: the model's chat template with the category context 
 message and the steered prompt as user message (plain concatenation only for a tokenizer
 without a chat template), input truncated to ``max_input_tokens``, greedy decoding.
 
-Generation is batched: requests are sorted by length (so padding stays small), left-padded,
-and decoded together with a KV cache; a row that has finished is dropped from the batch (and
-from the cache) at once, so it stops costing compute while longer rows go on.
+Generation is batched: requests are sorted by length, each is prefilled alone (no compute on
+padding), and their KV caches are left-padded into one batch that decodes together; a row that
+has finished is dropped from the batch (and from the cache) at once, so it stops costing
+compute while longer rows go on.
 """
 
 from __future__ import annotations
@@ -192,22 +193,32 @@ def greedy_generate(
     max_new_tokens: int,
 ) -> list[tuple[list[int], bool]]:
     """Greedy decoding of a batch of token-id prompts: ``(new tokens without the stop token,
-    hit the token limit)`` per prompt, in order. Left-padded; finished rows leave the batch."""
+    hit the token limit)`` per prompt, in order.
+
+    Each prompt is prefilled alone, so no compute goes to padding (on a CPU the prefill is the
+    larger part of the work); their KV caches are then left-padded into one batch that decodes
+    together, and a row that has finished leaves the batch at once.
+    """
     import torch
     from transformers import DynamicCache
 
     device = model.device
     width = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    live = list(range(len(prompts)))  # the original row of each row still in the batch
-    produced: list[list[int]] = [[] for _ in prompts]
-    finished = [False] * len(prompts)
-    cache = DynamicCache()
-    stops = torch.tensor(sorted(stop_ids), device=device)
     with torch.inference_mode():
-        logits = _forward(model, input_ids, attention_mask, position_ids, cache)
+        prefilled = [_prefill(model, prompt) for prompt in prompts]
+        layers = []
+        for layer in range(len(prefilled[0][1])):
+            keys = torch.cat([_left_pad(kv[layer][0], width) for _, kv in prefilled])
+            values = torch.cat([_left_pad(kv[layer][1], width) for _, kv in prefilled])
+            layers.append((keys, values))
+        cache = DynamicCache(ddp_cache_data=layers)
+        logits = torch.cat([first for first, _ in prefilled])
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        position_ids = torch.tensor([[len(p) - 1] for p in prompts], device=device)
+        live = list(range(len(prompts)))  # the original row of each row still in the batch
+        produced: list[list[int]] = [[] for _ in prompts]
+        finished = [False] * len(prompts)
+        stops = torch.tensor(sorted(stop_ids), device=device, dtype=torch.long)
         for step in range(max_new_tokens):
             next_tokens = logits.argmax(dim=-1)
             done = torch.isin(next_tokens, stops)
@@ -224,9 +235,27 @@ def greedy_generate(
                 next_tokens, attention_mask, position_ids = next_tokens[keep], attention_mask[keep], position_ids[keep]
                 cache.batch_select_indices(keep)
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=-1)
-            position_ids = position_ids[:, -1:] + 1
+            position_ids = position_ids + 1
             logits = _forward(model, next_tokens[:, None], attention_mask, position_ids, cache)
     return [(tokens, not finished[row]) for row, tokens in enumerate(produced)]
+
+
+def _prefill(model: PreTrainedModel, prompt: Sequence[int]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The next-token logits and the per-layer (keys, values) of one prompt, unpadded."""
+    import torch
+    from transformers import DynamicCache
+
+    ids = torch.tensor([list(prompt)], device=model.device)
+    cache = DynamicCache()
+    logits = _forward(model, ids, torch.ones_like(ids), torch.arange(len(prompt), device=model.device)[None], cache)
+    return logits, [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
+    """[1, heads, length, dim] -> [1, heads, width, dim] with zeros in front (masked out)."""
+    import torch.nn.functional as F
+
+    return F.pad(states, (0, 0, width - states.shape[-2], 0))
 
 
 def _forward(
