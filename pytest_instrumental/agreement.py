@@ -90,9 +90,7 @@ def cohen_kappa(pairs: Sequence[tuple[str, str]]) -> float | None:
     if n == 0:
         return None
     observed = sum(a == b for a, b in pairs) / n
-    expected = sum(
-        (sum(a == c for a, _ in pairs) / n) * (sum(b == c for _, b in pairs) / n) for c in DECISIONS
-    )
+    expected = sum((sum(a == c for a, _ in pairs) / n) * (sum(b == c for _, b in pairs) / n) for c in DECISIONS)
     if expected == 1.0:
         return 1.0
     return (observed - expected) / (1 - expected)

@@ -19,6 +19,7 @@ from pytest_instrumental.verdicts import DECISIONS, ItemKey, ItemResult, Status
 
 _T = TypeVar("_T")
 GENERATION = "generation"
+VERDICT = "verdict"
 NOT_JUDGED = "generated, not judged: no judge is configured for fresh generations"
 
 
@@ -120,13 +121,34 @@ def evaluate(
         for request, generation in zip(requests, generations, strict=True)
         if generation.response is not None and generation.error is None
     ]
-    try:
-        judgements = _checked(judge.judge(to_judge), len(to_judge), f"judge {judge.name}") if to_judge else []
-    except Exception as exc:
-        failure = Judgement(judge=judge.name, error=redact(f"judging failed: {type(exc).__name__}: {exc}"))
-        judgements = [failure] * len(to_judge)
+    judgements = judge_all(to_judge, judge, cache)
     by_key = {jr.request.key: j for jr, j in zip(to_judge, judgements, strict=True)}
     return [_outcome(r, g, by_key.get(r.key)) for r, g in zip(requests, generations, strict=True)]
+
+
+def judge_all(requests: Sequence[JudgeRequest], judge: Judge, cache: Cache | None) -> list[Judgement]:
+    """One Judgement per request, in order: cached verdicts where the cache has them (keyed by
+    judge, rubric, prompt and response, so a changed rubric or judge never serves a stale one),
+    the judge for the rest. Judge errors are not cached, so a rerun asks again."""
+    keys = [judge.cache_key(r) for r in requests]
+    found: list[Judgement | None] = []
+    for key in keys:
+        hit = cache.get(VERDICT, key) if cache is not None and key is not None else None
+        found.append(Judgement(**hit) if hit is not None else None)
+    todo = [i for i, j in enumerate(found) if j is None]
+    if todo:
+        try:
+            answers = _checked(judge.judge([requests[i] for i in todo]), len(todo), f"judge {judge.name}")
+        except Exception as exc:  # a broken judge must not lose the items; each reports it
+            answers = [Judgement(judge=judge.name, error=redact(f"judging failed: {type(exc).__name__}: {exc}"))] * len(
+                todo
+            )
+        for index, answer in zip(todo, answers, strict=True):
+            found[index] = answer
+            key = keys[index]
+            if cache is not None and key is not None and answer.error is None:
+                cache.put(VERDICT, key, asdict(answer))
+    return [j for j in found if j is not None]
 
 
 def _checked(answers: list[_T], expected: int, who: str) -> list[_T]:

@@ -70,10 +70,13 @@ def parse_model(text: str) -> ModelSpec:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise InputError(f"--model {text!r}: {path} is not a model directory (no config.json)")
+            raise InputError(
+                f"--model {text!r}: {path} is not a model directory (no config.json); "
+                f"known aliases: {', '.join(KNOWN_ALIASES)}"
+            )
         return ModelSpec(path.resolve().name, "transformers", str(path.resolve()), pin, "thinking" in name.lower())
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise InputError(f"--model {text!r}: no such model directory {path}")
+        raise InputError(f"--model {text!r}: no such model directory {path}; known aliases: {', '.join(KNOWN_ALIASES)}")
     if _HUB_ID.match(name):
         return ModelSpec(name.rsplit("/", 1)[1], "transformers", name, pin, "thinking" in name.lower())
     raise InputError(

@@ -240,15 +240,28 @@ def greedy_generate(
     return [(tokens, not finished[row]) for row, tokens in enumerate(produced)]
 
 
-def _prefill(model: PreTrainedModel, prompt: Sequence[int]) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+def _prefill(
+    model: PreTrainedModel, prompt: Sequence[int]
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """The next-token logits and the per-layer (keys, values) of one prompt, unpadded."""
     import torch
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     ids = torch.tensor([list(prompt)], device=model.device)
     cache = DynamicCache()
     logits = _forward(model, ids, torch.ones_like(ids), torch.arange(len(prompt), device=model.device)[None], cache)
-    return logits, [(layer.keys, layer.values) for layer in cache.layers]
+    states = []
+    for layer in cache.layers:
+        # Merging needs whole, unwindowed key/value tensors per layer.
+        unsupported = f"batched generation supports plain attention caches, not {type(layer).__name__}"
+        if isinstance(layer, DynamicSlidingWindowLayer) or not isinstance(layer, DynamicLayer):
+            raise TypeError(unsupported)
+        keys, values = layer.keys, layer.values
+        if keys is None or values is None:
+            raise TypeError(unsupported)
+        states.append((keys, values))
+    return logits, states
 
 
 def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:

@@ -45,6 +45,9 @@ class ScriptedJudge:
         self.decisions = decisions
         self.seen: list[JudgeRequest] = []
 
+    def cache_key(self, request: JudgeRequest) -> dict[str, object]:
+        return {"judge": self.name, "prompt": request.request.steered_prompt, "response": request.response}
+
     def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
         self.seen += requests
         return [Judgement(self.name, self.decisions[r.response], "because") for r in requests]

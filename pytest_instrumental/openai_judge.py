@@ -1,0 +1,139 @@
+"""The paper's judge over OpenAI APIs: the rubric, sent as the reference implementation did.
+
+Against the OpenAI API itself it calls the Responses API (reasoning effort "none",
+temperature 0, max_output_tokens 120), as the paper did with gpt-5.2. With a base URL (a local
+vLLM or llama-server model) it calls Chat Completions with the same messages. Calls run
+concurrently; the openai client retries 429 (honouring Retry-After), 5xx and timeouts with
+exponential backoff and jitter, a bounded number of times. An answer that does not parse is
+asked once more, then it is a judge error. The key never leaves the client.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_instrumental.backends import Request
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.judges import Judgement, JudgeRequest, Rubric, judged_with_one_retry
+from pytest_instrumental.redact import redact
+from pytest_instrumental.verdicts import ItemKey
+
+MAX_OUTPUT_TOKENS = 120
+PAPER_JUDGE_MODEL = "gpt-5.2"
+
+
+@dataclass(frozen=True)
+class OpenAIJudgeSettings:
+    base_url: str | None  # None: OPENAI_BASE_URL, else the OpenAI API (Responses)
+    concurrency: int
+    timeout_s: float
+    max_retries: int
+
+
+class OpenAIJudge:
+    def __init__(self, model: str, settings: OpenAIJudgeSettings, rubric: Rubric | None = None) -> None:
+        self.model = model
+        self.settings = settings
+        self.rubric = rubric or Rubric()
+        self.base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL")
+        # The paper's call shape on OpenAI's own API; Chat Completions for any other server.
+        self.api = "responses" if self.base_url is None else "chat"
+        self._client: Any = None
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self.model}"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from openai import OpenAI
+
+            key = os.environ.get("OPENAI_API_KEY")
+            if self.base_url is None and not key:
+                raise InputError(f"--judge {self.name} needs OPENAI_API_KEY (or a base URL for a local server)")
+            self._client = OpenAI(
+                base_url=self.base_url,
+                api_key=key or "EMPTY",
+                timeout=self.settings.timeout_s,
+                max_retries=self.settings.max_retries,
+            )
+        return self._client
+
+    def cache_key(self, request: JudgeRequest) -> dict[str, object]:
+        return {
+            "judge": self.name,
+            "api": self.api,
+            "base_url": self.base_url,
+            "rubric": self.rubric.sha256,
+            "settings": {"temperature": 0, "max_output_tokens": MAX_OUTPUT_TOKENS, "reasoning_effort": "none"},
+            "context": request.request.context.strip(),
+            "prompt": request.request.steered_prompt,
+            "response": request.response,
+        }
+
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            return list(pool.map(self._one, requests))
+
+    def _one(self, request: JudgeRequest) -> Judgement:
+        import openai
+
+        system = self.rubric.system(request.request.context)
+        user = self.rubric.user(request.request.steered_prompt, request.response)
+        try:
+            return judged_with_one_retry(self.name, lambda: self._ask(system, user))
+        except openai.APIStatusError as exc:
+            return Judgement(judge=self.name, error=redact(f"HTTP {exc.status_code}: {exc.message}"))
+        except openai.APIError as exc:
+            return Judgement(judge=self.name, error=redact(f"{type(exc).__name__}: {exc}"))
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:
+            return Judgement(judge=self.name, error=redact(f"malformed reply: {type(exc).__name__}: {exc}"))
+
+    def _ask(self, system: str, user: str) -> str:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        if self.api == "responses":
+            reply = self.client.responses.create(
+                model=self.model,
+                input=messages,
+                reasoning={"effort": "none"},
+                temperature=0,
+                max_output_tokens=MAX_OUTPUT_TOKENS,
+            )
+            return str(reply.output_text)
+        completion = self.client.chat.completions.create(
+            model=self.model, messages=messages, temperature=0, max_tokens=MAX_OUTPUT_TOKENS
+        )
+        return str(completion.choices[0].message.content or "")
+
+    def preflight(self) -> None:
+        """One real judge call before any model loads: a missing or rejected key, or an endpoint
+        that does not answer, ends the session now with one line, not after an hour of work."""
+        import openai
+
+        probe = JudgeRequest(
+            Request(ItemKey("preflight", "baseline", "preflight-01"), "preflight", "Preflight.", "Say hello."),
+            "Hello.",
+        )
+        system = self.rubric.system(probe.request.context)
+        user = self.rubric.user(probe.request.steered_prompt, probe.response)
+        where = self.base_url or "the OpenAI API"
+        try:
+            self._ask(system, user)
+        except openai.AuthenticationError as exc:
+            raise InputError(f"--judge {self.name}: {where} rejected the API key ({redact(exc.message)})") from None
+        except openai.APIConnectionError as exc:
+            raise InputError(f"--judge {self.name}: cannot reach {where} ({redact(str(exc))})") from None
+        except openai.APIStatusError as exc:
+            raise InputError(
+                f"--judge {self.name}: {where} answered HTTP {exc.status_code} ({redact(exc.message)})"
+            ) from None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
