@@ -59,6 +59,8 @@ class Agreement:
 
 def load_verdicts(path: Path) -> dict[ItemKey, ItemResult]:
     """Verdicts from a results JSON, or from reference runs (a directory of run logs)."""
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
     if path.is_file():
         return {item.key: item for item in read_results(path).items}
     scenarios = load_scenarios()

@@ -229,5 +229,7 @@ class Evaluation:
     def close(self) -> None:
         for backend in self._backends.values():
             backend.close()
+        if self._judge is not None:
+            self._judge.close()
         if self._cache is not None:
             self._cache.close()

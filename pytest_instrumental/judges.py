@@ -54,6 +54,10 @@ class Judge(Protocol):
         """One Judgement per request, in the same order."""
         ...
 
+    def close(self) -> None:
+        """Free what the judge holds (connections, weights)."""
+        ...
+
 
 class Rubric:
     """The paper's judge prompt (``rubric/judge_system.txt`` and ``judge_user.txt``, byte for

@@ -6,6 +6,7 @@ a plain module (scenarios, suffixes, replay, evaluation, metrics, gate, results,
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -26,6 +27,7 @@ from pytest_instrumental.gate import Thresholds, Violation
 from pytest_instrumental.judges import Judge
 from pytest_instrumental.models import (
     EMBEDDED,
+    OPENAI_PREFIX,
     PROTOCOL_MAX_INPUT_TOKENS,
     GenerationOptions,
     check_loadable,
@@ -33,6 +35,7 @@ from pytest_instrumental.models import (
     open_backend,
     parse_model,
 )
+from pytest_instrumental.openai_judge import PAPER_JUDGE_MODEL, OpenAIJudge, OpenAIJudgeSettings
 from pytest_instrumental.replay import REPLAY, ReplayBackend, ReplayJudge, load_recordings, recorded_models
 from pytest_instrumental.results import results_document, write_results
 from pytest_instrumental.scenarios import SUBSETS, ScenarioSet, load_scenarios
@@ -40,7 +43,8 @@ from pytest_instrumental.suffixes import DEFAULT_SUFFIXES, Suffix, load_suffixes
 from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemKey, ItemResult
 
 SUITE_NAME = "instrumental"
-KNOWN_JUDGES = (REPLAY,)
+KNOWN_JUDGES = (REPLAY, "openai:<model>")
+DEFAULT_JUDGE_CONCURRENCY = 16
 _VERDICT_LETTERS = {CONVERGENCE: "C", NO_CONVERGENCE: ".", SAFETY_REFUSAL: "R", NONSENSICAL: "N"}
 _WORKER_RESULTS = "instrumental_results"
 DEFAULT_BATCH_SIZE = 16
@@ -116,7 +120,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"steering suffix to run (repeatable; default: {', '.join(DEFAULT_SUFFIXES)})",
         action="append",
     )
-    option("--judge", "instrumental_judge", "string", f"judge of the responses (known: {', '.join(KNOWN_JUDGES)})")
+    option(
+        "--judge",
+        "instrumental_judge",
+        "string",
+        f"judge of the responses: {', '.join(KNOWN_JUDGES)} (default: replay when replaying, "
+        f"else openai:{PAPER_JUDGE_MODEL} when OPENAI_API_KEY is set)",
+    )
+    option(
+        "--instrumental-judge-base-url",
+        "instrumental_judge_base_url",
+        "string",
+        "base URL of an OpenAI-compatible server for the judge (Chat Completions; default: "
+        "$OPENAI_BASE_URL, else the OpenAI API's Responses endpoint)",
+    )
+    option(
+        "--instrumental-judge-concurrency",
+        "instrumental_judge_concurrency",
+        "string",
+        f"concurrent judge calls (default {DEFAULT_JUDGE_CONCURRENCY})",
+        type=_argtype(_positive_int),
+        metavar="N",
+    )
     option(
         "--instrumental-subset",
         "instrumental_subset",
@@ -237,6 +262,8 @@ class Settings:
     cache_dir: Path
     use_cache: bool
     generation: GenerationOptions
+    judge_base_url: str | None
+    judge_concurrency: int
 
 
 def _read_settings(config: pytest.Config) -> Settings:
@@ -290,6 +317,8 @@ def _read_settings(config: pytest.Config) -> Settings:
         cache_dir=cache_path,
         use_cache=not flag("instrumental_no_cache"),
         generation=generation,
+        judge_base_url=value("instrumental_judge_base_url"),
+        judge_concurrency=value("instrumental_judge_concurrency", _positive_int) or DEFAULT_JUDGE_CONCURRENCY,
     )
 
 
@@ -385,10 +414,9 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
     not_run = sorted(settings.thresholds.suffixes - set(settings.suffixes))
     if not_run:
         raise InputError(f"the gate needs suffix {', '.join(not_run)}, which this run does not select (--suffix)")
-    if settings.judge not in (None, *KNOWN_JUDGES):
-        raise InputError(f"--judge: unknown judge {settings.judge!r}; known judges: {', '.join(KNOWN_JUDGES)}")
+    judge_name = _judge_name(settings)
     if settings.replay is not None:
-        backends, judge = _replay(settings, available)
+        backends, recorded_judge = _replay(settings, available)
         generation = {}
     else:
         specs = [parse_model(m) for m in settings.models or [EMBEDDED]]
@@ -399,10 +427,14 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
             check_loadable(spec, settings.generation.trust_remote_code)
         backends = {spec.name: open_backend(spec, settings.generation) for spec in specs}
         generation = {spec.name: describe(spec, settings.generation) for spec in specs}
-        if settings.judge == REPLAY:
+        if judge_name == REPLAY:
             raise InputError("--judge replay needs --instrumental-replay: fresh generations have no recorded verdicts")
-        judge = None  # the judges (the paper's rubric, an offline judge) are not built yet
-    cache = Cache(settings.cache_dir / "cache.sqlite") if settings.use_cache and settings.replay is None else None
+    judge: Judge | None = None  # without a judge, fresh generations are generated and skipped
+    if judge_name == REPLAY:
+        judge = recorded_judge
+    elif judge_name is not None:
+        judge = _openai_judge(config, settings, judge_name)
+    cache = Cache(settings.cache_dir / "cache.sqlite") if settings.use_cache else None
     return InstrumentalRun(
         settings=settings,
         scenarios=scenarios,
@@ -412,6 +444,28 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         generation=generation,
     )
+
+
+def _judge_name(settings: Settings) -> str | None:
+    name = settings.judge
+    if name is None:
+        if settings.replay is not None:
+            return REPLAY
+        return f"{OPENAI_PREFIX}{PAPER_JUDGE_MODEL}" if os.environ.get("OPENAI_API_KEY") else None
+    if name != REPLAY and not (name.startswith(OPENAI_PREFIX) and len(name) > len(OPENAI_PREFIX)):
+        raise InputError(f"--judge: unknown judge {name!r}; known judges: {', '.join(KNOWN_JUDGES)}")
+    return name
+
+
+def _openai_judge(config: pytest.Config, settings: Settings, name: str) -> Judge:
+    retries = settings.generation
+    judge_settings = OpenAIJudgeSettings(
+        settings.judge_base_url, settings.judge_concurrency, retries.timeout_s, retries.max_retries
+    )
+    judge = OpenAIJudge(name.removeprefix(OPENAI_PREFIX), judge_settings)
+    if not _is_worker(config) and not config.option.collectonly:
+        judge.preflight()  # before any model loads: a bad key ends the session now
+    return judge
 
 
 def _replay(settings: Settings, known_suffixes: dict[str, Suffix]) -> tuple[dict[str, Backend], Judge | None]:
@@ -592,7 +646,7 @@ def _summary(
 ) -> list[str]:
     judges = sorted({r.judge for r in run.results if r.judge})
     lines = report.summary_lines(cells, gaps, models, suffixes, run.categories, verbose)
-    replayed = run.settings.replay is not None and run.settings.judge in (None, REPLAY)
+    replayed = run.settings.replay is not None and _judge_name(run.settings) == REPLAY
     lines.append(f"judge: {', '.join(judges) or 'none'}" + (" (replayed verdicts)" if replayed else ""))
     return [*lines, *run.lost_workers, *report.violation_lines(violations)]
 

@@ -190,6 +190,9 @@ class ReplayJudge:
     def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
         return [self._judgement(r.request.key) for r in requests]
 
+    def close(self) -> None:
+        return None
+
     def _judgement(self, key: ItemKey) -> Judgement:
         recording = self._recordings.get(key)
         if recording is None:

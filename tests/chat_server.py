@@ -1,8 +1,14 @@
-"""A real HTTP server on 127.0.0.1 speaking the OpenAI Chat Completions wire format, with faults
-chosen by markers in the last message: ``FAULT:429`` (twice, then fine), ``FAULT:500`` (always),
-``FAULT:SLOW`` (first reply after the client's timeout), ``FAULT:MALFORMED`` (a body that is not
-JSON), ``FAULT:REASONING`` (reasoning in ``reasoning_content``), ``FAULT:THINKTAGS`` (reasoning
-inline in ``<think>`` tags), ``FAULT:EMPTY`` (empty content)."""
+"""A real HTTP server on 127.0.0.1 speaking the OpenAI Chat Completions and Responses wire
+formats, with faults chosen by markers in the last message: ``FAULT:429`` (twice, then fine),
+``FAULT:500`` (always), ``FAULT:SLOW`` (first reply after the client's timeout),
+``FAULT:MALFORMED`` (a body that is not JSON), ``FAULT:REASONING`` (reasoning in
+``reasoning_content``), ``FAULT:THINKTAGS`` (reasoning inline in ``<think>`` tags),
+``FAULT:EMPTY`` (empty content), ``FAULT:401`` (a rejected key, echoing part of it).
+
+As a judge it answers the rubric's JSON with the decision named by a ``DECIDE:<decision>``
+marker (default convergence); ``DECIDE:maybe`` answers a decision outside the four classes,
+``DECIDE:prose`` answers no JSON, ``DECIDE:fenced`` answers JSON inside a code fence.
+``force_status`` makes every request fail with that HTTP status (a preflight test)."""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ class ChatServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.attempts: Counter[str] = Counter()
+        self.force_status: int | None = None
         self.authorizations: list[str] = []
         self.lock = threading.Lock()
 
@@ -38,11 +45,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][-1]["content"]
+        messages = body.get("messages") or body.get("input")
+        prompt = messages[-1]["content"]
         with self.server.lock:
             self.server.attempts[prompt] += 1
             attempt = self.server.attempts[prompt]
             self.server.authorizations.append(self.headers.get("Authorization", ""))
+        if self.server.force_status is not None:
+            return self._send(self.server.force_status, {"error": {"message": "forced failure"}})
+        if "FAULT:401" in prompt:
+            key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            return self._send(401, {"error": {"message": f"Incorrect API key provided: {key}"}})
         if "FAULT:429" in prompt and attempt <= 2:
             return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
         if "FAULT:500" in prompt:
@@ -51,6 +64,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(3)
         if "FAULT:MALFORMED" in prompt:
             return self._send_raw(200, b"{not json")
+        if "TASK PROMPT:" in prompt:  # the judge rubric
+            return self._reply(body, _judge_answer(prompt), {})
         message: dict[str, Any] = {"role": "assistant", "content": f"Answer to: {prompt[:20]}"}
         if "FAULT:REASONING" in prompt:
             message["reasoning_content"] = "weighing the options"
@@ -59,6 +74,27 @@ class _Handler(BaseHTTPRequestHandler):
         if "FAULT:EMPTY" in prompt:
             message["content"] = ""
         finish = "length" if "FAULT:LENGTH" in prompt else "stop"
+        self._reply(body, message.pop("content"), message, finish)
+
+    def _reply(self, body: dict[str, Any], text: str, extra: dict[str, Any], finish: str = "stop") -> None:
+        if self.path.endswith("/responses"):
+            content = [{"type": "output_text", "text": text, "annotations": []}]
+            output = [
+                {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant", "content": content}
+            ]
+            payload: dict[str, Any] = {
+                "id": "resp_1",
+                "object": "response",
+                "created_at": 0,
+                "model": body["model"],
+                "status": "completed",
+                "output": output,
+                "parallel_tool_calls": False,
+                "tool_choice": "auto",
+                "tools": [],
+            }
+            return self._send(200, payload)
+        message = {"role": "assistant", "content": text, **extra}
         self._send(
             200,
             {
@@ -82,6 +118,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         with suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (the slow fault)
             self.wfile.write(data)
+
+
+def _judge_answer(prompt: str) -> str:
+    decision = prompt.split("DECIDE:", 1)[1].split()[0] if "DECIDE:" in prompt else "convergence"
+    if decision == "prose":
+        return "I think this is convergent."
+    answer = json.dumps({"decision": "convergence" if decision == "fenced" else decision, "reason": "scripted"})
+    return f"```json\n{answer}\n```" if decision == "fenced" else answer
 
 
 @contextmanager

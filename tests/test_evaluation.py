@@ -52,6 +52,9 @@ class ScriptedJudge:
         self.seen += requests
         return [Judgement(self.name, self.decisions[r.response], "because") for r in requests]
 
+    def close(self) -> None:
+        return None
+
 
 def test_each_generation_shape_becomes_its_outcome() -> None:
     backend = ScriptedBackend(

@@ -2,11 +2,13 @@
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pytest_instrumental.results import results_document, write_results
+from tests.chat_server import ChatServer, running_chat_server
 from tests.helpers import item
 
 MODELS = ["Qwen3-4B-Base", "Qwen3-4B-Instruct-2507", "Qwen3-4B-Thinking-2507"]
@@ -121,7 +123,7 @@ def test_each_item_shows_its_verdict(pytester: pytest.Pytester, replay_args: lis
     [
         (["--suffix", "pro"], "ERROR: unknown suffix 'pro'; known suffixes: anti_ic, baseline, pro_ic"),
         (["--instrumental-subset", "half"], "*argument --instrumental-subset: unknown subset 'half'*"),
-        (["--judge", "gpt-9"], "ERROR: --judge: unknown judge 'gpt-9'; known judges: replay"),
+        (["--judge", "gpt-9"], "ERROR: --judge: unknown judge 'gpt-9'; known judges: replay, openai:<model>"),
         (["--model", "qwen3-4b-thinking"], "ERROR: --model 'qwen3-4b-thinking' is not in the replayed runs; *"),
         (["--instrumental-max-conv", "anti_ic"], "*--instrumental-max-conv: 'anti_ic' is not SUFFIX=PCT*"),
         (["--instrumental-min-gap", "lots"], "*--instrumental-min-gap: 'lots' is not a number*"),
@@ -405,3 +407,56 @@ def test_the_embedded_model_generates_for_real_and_a_rerun_is_served_from_the_ca
     warm = pytester.runpytest_subprocess(*args)
     warm.assert_outcomes(skipped=2)
     assert "generating smollm2-135m" not in warm.stderr.str()  # nothing left to generate
+
+
+@pytest.fixture
+def judge_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-plugin-test-9999")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with running_chat_server() as server:
+        yield server
+
+
+def test_replayed_responses_are_judged_afresh_by_another_judge(
+    pytester: pytest.Pytester, replay_args: list[str], judge_server: ChatServer
+) -> None:
+    args = [
+        *replay_args,
+        "--judge=openai:judge-model",
+        f"--instrumental-judge-base-url={judge_server.base_url}",
+        "-k",
+        "Thinking and anti_ic and deceptive_behavior",
+        "--instrumental-json=rejudged.json",
+        f"--instrumental-cache-dir={pytester.path / 'cache'}",
+    ]
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=11)
+    result.stdout.fnmatch_lines(["Qwen3-4B-Thinking-2507 *100.00 [[]*] / 0.00*", "judge: openai:judge-model"])
+    items = json.loads((pytester.path / "rejudged.json").read_text(encoding="utf-8"))["items"]
+    assert {(i["judge"], i["verdict"]) for i in items} == {("openai:judge-model", "convergence")}
+    calls = sum(judge_server.attempts.values())
+    assert calls == 12  # the preflight and one call per item
+    pytester.runpytest(*args).assert_outcomes(passed=11)
+    assert sum(judge_server.attempts.values()) == calls + 1  # only the preflight: verdicts are cached
+
+
+def test_a_rejected_judge_key_ends_the_session_before_any_work(
+    pytester: pytest.Pytester, replay_args: list[str], judge_server: ChatServer
+) -> None:
+    judge_server.force_status = 401
+    result = pytester.runpytest(
+        *replay_args, "--judge=openai:judge-model", f"--instrumental-judge-base-url={judge_server.base_url}"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --judge openai:judge-model: {judge_server.base_url} rejected the API key*"])
+    assert "sk-plugin-test-9999" not in result.stderr.str() + result.stdout.str()
+
+
+def test_with_a_key_the_default_judge_is_the_papers_and_it_is_checked_first(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-plugin-test-9999")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    result = pytester.runpytest("--instrumental", "--instrumental-max-retries=1", "--instrumental-timeout=2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --judge openai:gpt-5.2: cannot reach http://127.0.0.1:9/v1*"])
