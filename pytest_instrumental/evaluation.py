@@ -20,7 +20,6 @@ from pytest_instrumental.verdicts import DECISIONS, ItemKey, ItemResult, Status
 _T = TypeVar("_T")
 GENERATION = "generation"
 VERDICT = "verdict"
-NOT_JUDGED = "generated, not judged: no judge is configured for fresh generations"
 
 
 @dataclass(frozen=True)
@@ -103,19 +102,13 @@ def _progress(factory: ProgressFactory | None, desc: str, total: int, done: int)
 def evaluate(
     requests: Sequence[Request],
     backend: Backend,
-    judge: Judge | None,
+    judge: Judge,
     cache: Cache | None = None,
     progress: ProgressFactory | None = None,
 ) -> list[Outcome]:
     """One outcome per request, in order. A failure of the backend or the judge as a whole becomes
-    an error on every item it touched: counted and reported, never dropped. Without a judge,
-    generated items are skipped (their generations are in the cache); failures still count."""
+    an error on every item it touched: counted and reported, never dropped."""
     generations = generate_all(requests, backend, cache, progress)
-    if judge is None:
-        return [
-            Skip(NOT_JUDGED) if g.error is None and g.skip_reason is None else _outcome(r, g, None)
-            for r, g in zip(requests, generations, strict=True)
-        ]
     to_judge = [
         JudgeRequest(request, generation.response)
         for request, generation in zip(requests, generations, strict=True)
@@ -198,7 +191,7 @@ class Evaluation:
     def __init__(
         self,
         backends: Mapping[str, Backend],
-        judge: Judge | None,
+        judge: Judge,
         cache: Cache | None = None,
         progress: ProgressFactory | None = None,
     ) -> None:
@@ -229,7 +222,6 @@ class Evaluation:
     def close(self) -> None:
         for backend in self._backends.values():
             backend.close()
-        if self._judge is not None:
-            self._judge.close()
+        self._judge.close()
         if self._cache is not None:
             self._cache.close()

@@ -35,6 +35,7 @@ from pytest_instrumental.models import (
     open_backend,
     parse_model,
 )
+from pytest_instrumental.offline_judge import OFFLINE, OfflineJudge
 from pytest_instrumental.openai_judge import PAPER_JUDGE_MODEL, OpenAIJudge, OpenAIJudgeSettings
 from pytest_instrumental.replay import REPLAY, ReplayBackend, ReplayJudge, load_recordings, recorded_models
 from pytest_instrumental.results import results_document, write_results
@@ -43,7 +44,7 @@ from pytest_instrumental.suffixes import DEFAULT_SUFFIXES, Suffix, load_suffixes
 from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemKey, ItemResult
 
 SUITE_NAME = "instrumental"
-KNOWN_JUDGES = (REPLAY, "openai:<model>")
+KNOWN_JUDGES = (OFFLINE, REPLAY, "openai:<model>")
 DEFAULT_JUDGE_CONCURRENCY = 16
 _VERDICT_LETTERS = {CONVERGENCE: "C", NO_CONVERGENCE: ".", SAFETY_REFUSAL: "R", NONSENSICAL: "N"}
 _WORKER_RESULTS = "instrumental_results"
@@ -125,7 +126,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "instrumental_judge",
         "string",
         f"judge of the responses: {', '.join(KNOWN_JUDGES)} (default: replay when replaying, "
-        f"else openai:{PAPER_JUDGE_MODEL} when OPENAI_API_KEY is set)",
+        f"else openai:{PAPER_JUDGE_MODEL} when OPENAI_API_KEY is set, else offline)",
     )
     option(
         "--instrumental-judge-base-url",
@@ -429,10 +430,12 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
         generation = {spec.name: describe(spec, settings.generation) for spec in specs}
         if judge_name == REPLAY:
             raise InputError("--judge replay needs --instrumental-replay: fresh generations have no recorded verdicts")
-    judge: Judge | None = None  # without a judge, fresh generations are generated and skipped
+    judge: Judge
     if judge_name == REPLAY:
         judge = recorded_judge
-    elif judge_name is not None:
+    elif judge_name == OFFLINE:
+        judge = OfflineJudge()
+    else:
         judge = _openai_judge(config, settings, judge_name)
     cache = Cache(settings.cache_dir / "cache.sqlite") if settings.use_cache else None
     return InstrumentalRun(
@@ -446,13 +449,13 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
     )
 
 
-def _judge_name(settings: Settings) -> str | None:
+def _judge_name(settings: Settings) -> str:
     name = settings.judge
     if name is None:
         if settings.replay is not None:
             return REPLAY
-        return f"{OPENAI_PREFIX}{PAPER_JUDGE_MODEL}" if os.environ.get("OPENAI_API_KEY") else None
-    if name != REPLAY and not (name.startswith(OPENAI_PREFIX) and len(name) > len(OPENAI_PREFIX)):
+        return f"{OPENAI_PREFIX}{PAPER_JUDGE_MODEL}" if os.environ.get("OPENAI_API_KEY") else OFFLINE
+    if name not in (REPLAY, OFFLINE) and not (name.startswith(OPENAI_PREFIX) and len(name) > len(OPENAI_PREFIX)):
         raise InputError(f"--judge: unknown judge {name!r}; known judges: {', '.join(KNOWN_JUDGES)}")
     return name
 
@@ -468,7 +471,7 @@ def _openai_judge(config: pytest.Config, settings: Settings, name: str) -> Judge
     return judge
 
 
-def _replay(settings: Settings, known_suffixes: dict[str, Suffix]) -> tuple[dict[str, Backend], Judge | None]:
+def _replay(settings: Settings, known_suffixes: dict[str, Suffix]) -> tuple[dict[str, Backend], Judge]:
     assert settings.replay is not None
     # Map records against the full scenario set, so a paper-subset run can replay a full run.
     recordings = load_recordings(settings.replay, load_scenarios(), known_suffixes)
@@ -647,7 +650,10 @@ def _summary(
     judges = sorted({r.judge for r in run.results if r.judge})
     lines = report.summary_lines(cells, gaps, models, suffixes, run.categories, verbose)
     replayed = run.settings.replay is not None and _judge_name(run.settings) == REPLAY
-    lines.append(f"judge: {', '.join(judges) or 'none'}" + (" (replayed verdicts)" if replayed else ""))
+    note = " (replayed verdicts)" if replayed else ""
+    if _judge_name(run.settings) == OFFLINE:
+        note = f" ({OfflineJudge().describe_agreement()})"
+    lines.append(f"judge: {', '.join(judges) or 'none'}{note}")
     return [*lines, *run.lost_workers, *report.violation_lines(violations)]
 
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from pytest_instrumental.backends import Backend, Generation, Request
 from pytest_instrumental.cache import Cache
-from pytest_instrumental.evaluation import NOT_JUDGED, Evaluation, Skip, evaluate, generate_all
+from pytest_instrumental.evaluation import Evaluation, Skip, evaluate, generate_all
 from pytest_instrumental.judges import Judgement, JudgeRequest
 from pytest_instrumental.verdicts import ItemKey, ItemResult
 
@@ -100,13 +100,6 @@ def test_a_judge_answering_the_wrong_number_of_items_is_an_error_not_a_guess() -
     backend = ScriptedBackend({"a": Generation(response="yes"), "b": Generation(response="yes")})
     outcomes = evaluate([request("a"), request("b")], backend, ShortJudge({"yes": "convergence"}))
     assert all(isinstance(o, ItemResult) and "answered 1 of 2 requests" in (o.error or "") for o in outcomes)
-
-
-def test_without_a_judge_generated_items_skip_and_failures_still_count() -> None:
-    backend = ScriptedBackend({"a": Generation(response="yes"), "b": Generation(error="boom")})
-    a, b = evaluate([request("a"), request("b")], backend, None)
-    assert a == Skip(NOT_JUDGED)
-    assert isinstance(b, ItemResult) and b.error == "boom"
 
 
 def test_the_cache_serves_a_rerun_and_keeps_what_a_killed_run_finished(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def test_each_item_shows_its_verdict(pytester: pytest.Pytester, replay_args: lis
     [
         (["--suffix", "pro"], "ERROR: unknown suffix 'pro'; known suffixes: anti_ic, baseline, pro_ic"),
         (["--instrumental-subset", "half"], "*argument --instrumental-subset: unknown subset 'half'*"),
-        (["--judge", "gpt-9"], "ERROR: --judge: unknown judge 'gpt-9'; known judges: replay, openai:<model>"),
+        (["--judge", "gpt-9"], "ERROR: --judge: unknown judge 'gpt-9'; known judges: offline, replay, openai:<model>"),
         (["--model", "qwen3-4b-thinking"], "ERROR: --model 'qwen3-4b-thinking' is not in the replayed runs; *"),
         (["--instrumental-max-conv", "anti_ic"], "*--instrumental-max-conv: 'anti_ic' is not SUFFIX=PCT*"),
         (["--instrumental-min-gap", "lots"], "*--instrumental-min-gap: 'lots' is not a number*"),
@@ -380,9 +380,10 @@ def test_a_crashed_xdist_worker_is_reported_and_fails_the_session(
     result.stdout.fnmatch_lines(["*worker gw* ended without reporting results*"])
 
 
-def test_the_embedded_model_generates_for_real_and_a_rerun_is_served_from_the_cache(
-    pytester: pytest.Pytester, smollm2_dir: Path
+def test_the_embedded_model_generates_for_real_is_judged_offline_and_a_rerun_is_served_from_the_cache(
+    pytester: pytest.Pytester, smollm2_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # no key: the offline judge is the default
     cache_dir = pytester.path / "cache"
     (cache_dir / "models").mkdir(parents=True)
     (cache_dir / "models" / smollm2_dir.name).symlink_to(smollm2_dir)  # converted once per test session
@@ -393,19 +394,23 @@ def test_the_embedded_model_generates_for_real_and_a_rerun_is_served_from_the_ca
         "evading_shutdown-01 or deceptive_behavior-02",
         "--instrumental-max-new-tokens=8",
         f"--instrumental-cache-dir={cache_dir}",
-        "-rs",
+        "--instrumental-json=out.json",
     ]
     cold = pytester.runpytest_subprocess(*args)
-    cold.assert_outcomes(skipped=2)
-    cold.stdout.fnmatch_lines(["*generated, not judged*"])
+    cold.assert_outcomes(passed=2)
     cold.stderr.fnmatch_lines(["generating smollm2-135m*2/2*"])
+    cold.stdout.fnmatch_lines(["judge: offline-v1 (agreement with gpt-5.2, leave-one-model-out*kappa*"])
+    document = json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))
+    assert {(i["judge"], i["truncated"]) for i in document["items"]} == {("offline-v1", True)}
+    assert all(i["response"] for i in document["items"])
+    assert document["run"]["generation"]["smollm2-135m"]["note"] == "max_new_tokens 8 is below the protocol's 1024"
     from pytest_instrumental.cache import Cache
 
     cache = Cache(cache_dir / "cache.sqlite")
-    assert cache.count("generation") == 2
+    assert (cache.count("generation"), cache.count("verdict")) == (2, 2)
     cache.close()
     warm = pytester.runpytest_subprocess(*args)
-    warm.assert_outcomes(skipped=2)
+    warm.assert_outcomes(passed=2)
     assert "generating smollm2-135m" not in warm.stderr.str()  # nothing left to generate
 
 
