@@ -340,6 +340,7 @@ class InstrumentalRun:
     evaluation: Evaluation
     started_at: str
     generation: dict[str, dict[str, object]]  # model -> how it was run (empty for replays)
+    judge_note: str  # said after the judge's name in the summary
     results: list[ItemResult] = field(default_factory=list)
     reported: set[ItemKey] = field(default_factory=set)  # items that ran (controller side)
     lost_workers: list[str] = field(default_factory=list)
@@ -431,10 +432,12 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
         if judge_name == REPLAY:
             raise InputError("--judge replay needs --instrumental-replay: fresh generations have no recorded verdicts")
     judge: Judge
+    judge_note = ""
     if judge_name == REPLAY:
-        judge = recorded_judge
+        judge, judge_note = recorded_judge, " (replayed verdicts)"
     elif judge_name == OFFLINE:
-        judge = OfflineJudge()
+        offline = OfflineJudge()
+        judge, judge_note = offline, f" ({offline.describe_agreement()})"
     else:
         judge = _openai_judge(config, settings, judge_name)
     cache = Cache(settings.cache_dir / "cache.sqlite") if settings.use_cache else None
@@ -446,6 +449,7 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
         evaluation=Evaluation(backends, judge, cache, _progress_bars(config)),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         generation=generation,
+        judge_note=judge_note,
     )
 
 
@@ -649,11 +653,7 @@ def _summary(
 ) -> list[str]:
     judges = sorted({r.judge for r in run.results if r.judge})
     lines = report.summary_lines(cells, gaps, models, suffixes, run.categories, verbose)
-    replayed = run.settings.replay is not None and _judge_name(run.settings) == REPLAY
-    note = " (replayed verdicts)" if replayed else ""
-    if _judge_name(run.settings) == OFFLINE:
-        note = f" ({OfflineJudge().describe_agreement()})"
-    lines.append(f"judge: {', '.join(judges) or 'none'}{note}")
+    lines.append(f"judge: {', '.join(judges) or 'none'}{run.judge_note}")
     return [*lines, *run.lost_workers, *report.violation_lines(violations)]
 
 
