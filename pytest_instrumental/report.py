@@ -62,10 +62,7 @@ def summary_lines(
         for category in categories:
             rows = [[model, *(format_cell(by_key[model, s, category]) for s in suffixes)] for model in models]
             lines += ["", f"category {category}", *_table(["model", *suffixes], rows)]
-    counts = _count_line(cells)
-    if counts:
-        lines += ["", counts]
-    return lines
+    return [*lines, "", _count_line(cells)]
 
 
 def _count_line(cells: Sequence[Cell]) -> str:
