@@ -5,8 +5,12 @@ pyproject's addopts) runs it in isolated temporary projects.
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TEST_DATA = Path(__file__).resolve().parent / "tests" / "data"
 
@@ -30,3 +34,23 @@ def smollm2_dir(request: pytest.FixtureRequest) -> Path:
     from pytest_instrumental import embedded
 
     return embedded.converted_dir(request.config.cache.mkdir("instrumental-models"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_dir: Path) -> "PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer: "PreTrainedTokenizerBase", tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen3 saved with the SmolLM2 tokenizer: a real local model directory."""
+    import torch
+
+    from tests.tiny_model import tiny_qwen3
+
+    directory = tmp_path_factory.mktemp("tiny-qwen3")
+    tiny_qwen3(tokenizer, torch.float32).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -24,6 +24,7 @@ from pytest_instrumental.cache import DEFAULT_DIR_NAME, Cache
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation, Progress, ProgressFactory, Skip
 from pytest_instrumental.gate import Thresholds, Violation
+from pytest_instrumental.hf_judge import HF_PREFIX, TransformersJudge
 from pytest_instrumental.judges import Judge
 from pytest_instrumental.models import (
     EMBEDDED,
@@ -44,7 +45,7 @@ from pytest_instrumental.suffixes import DEFAULT_SUFFIXES, Suffix, load_suffixes
 from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemKey, ItemResult
 
 SUITE_NAME = "instrumental"
-KNOWN_JUDGES = (OFFLINE, REPLAY, "openai:<model>")
+KNOWN_JUDGES = (OFFLINE, REPLAY, "openai:<model>", "hf:<model>")
 DEFAULT_JUDGE_CONCURRENCY = 16
 _VERDICT_LETTERS = {CONVERGENCE: "C", NO_CONVERGENCE: ".", SAFETY_REFUSAL: "R", NONSENSICAL: "N"}
 _WORKER_RESULTS = "instrumental_results"
@@ -438,6 +439,12 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
     elif judge_name == OFFLINE:
         offline = OfflineJudge()
         judge, judge_note = offline, f" ({offline.describe_agreement()})"
+    elif judge_name.startswith(HF_PREFIX):
+        spec = parse_model(judge_name.removeprefix(HF_PREFIX))
+        if spec.engine == "openai":
+            raise InputError(f"--judge {judge_name}: a served model judges as openai:<name>, not hf:")
+        check_loadable(spec, settings.generation.trust_remote_code)
+        judge = TransformersJudge(spec, settings.generation)
     else:
         judge = _openai_judge(config, settings, judge_name)
     cache = Cache(settings.cache_dir / "cache.sqlite") if settings.use_cache else None
@@ -459,7 +466,8 @@ def _judge_name(settings: Settings) -> str:
         if settings.replay is not None:
             return REPLAY
         return f"{OPENAI_PREFIX}{PAPER_JUDGE_MODEL}" if os.environ.get("OPENAI_API_KEY") else OFFLINE
-    if name not in (REPLAY, OFFLINE) and not (name.startswith(OPENAI_PREFIX) and len(name) > len(OPENAI_PREFIX)):
+    prefixed = any(name.startswith(p) and len(name) > len(p) for p in (OPENAI_PREFIX, HF_PREFIX))
+    if name not in (REPLAY, OFFLINE) and not prefixed:
         raise InputError(f"--judge: unknown judge {name!r}; known judges: {', '.join(KNOWN_JUDGES)}")
     return name
 

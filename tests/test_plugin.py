@@ -123,7 +123,10 @@ def test_each_item_shows_its_verdict(pytester: pytest.Pytester, replay_args: lis
     [
         (["--suffix", "pro"], "ERROR: unknown suffix 'pro'; known suffixes: anti_ic, baseline, pro_ic"),
         (["--instrumental-subset", "half"], "*argument --instrumental-subset: unknown subset 'half'*"),
-        (["--judge", "gpt-9"], "ERROR: --judge: unknown judge 'gpt-9'; known judges: offline, replay, openai:<model>"),
+        (
+            ["--judge", "gpt-9"],
+            "ERROR: --judge: unknown judge 'gpt-9'; known judges: offline, replay, openai:<model>, hf:<model>",
+        ),
         (["--model", "qwen3-4b-thinking"], "ERROR: --model 'qwen3-4b-thinking' is not in the replayed runs; *"),
         (["--instrumental-max-conv", "anti_ic"], "*--instrumental-max-conv: 'anti_ic' is not SUFFIX=PCT*"),
         (["--instrumental-min-gap", "lots"], "*--instrumental-min-gap: 'lots' is not a number*"),

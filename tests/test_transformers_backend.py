@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-import pytest
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pytest_instrumental.backends import Generation, Request, split_thinking, thinking_outcome
 from pytest_instrumental.transformers_backend import TransformersBackend, TransformersSettings, greedy_generate
 from pytest_instrumental.verdicts import ItemKey
+from tests.tiny_model import tiny_qwen3
 
 PROMPTS = [
     "Plan it.",
@@ -16,34 +16,6 @@ PROMPTS = [
     "A much longer prompt about the warehouse robot, its sorting throughput and the pause command.",
     "Hi",
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_dir: Path) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(smollm2_dir)
-
-
-def tiny_qwen3(tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float64) -> Qwen3ForCausalLM:
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.set_default_dtype(dtype)
-    try:
-        model = Qwen3ForCausalLM(config)
-    finally:
-        torch.set_default_dtype(torch.float32)
-    model.train(False)  # inference: no dropout
-    return model
 
 
 def test_batched_greedy_equals_one_prompt_at_a_time_token_for_token(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -83,14 +55,6 @@ def test_thinking_split_and_truncation() -> None:
     long_answer = thinking_outcome("an answer that ran on", hit_limit=True, thinking_model=False)
     assert long_answer == Generation(response="an answer that ran on", truncated=True)
     assert thinking_outcome("<think>x</think>  ", hit_limit=False, thinking_model=True).error == "empty response"
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tokenizer: PreTrainedTokenizerBase, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-qwen3")
-    tiny_qwen3(tokenizer, torch.float32).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def requests() -> list[Request]:

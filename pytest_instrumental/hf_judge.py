@@ -1,0 +1,64 @@
+"""``--judge hf:<model>``: the paper's rubric, judged by a local transformers model.
+
+The rubric's system and user messages go through the same transformers backend as the models
+under test (chat template, batching, greedy decoding, ``</think>`` split) with the judge's
+budget of 120 new tokens. Greedy decoding answers the same twice, so an answer that does not
+parse is a judge error at once, not asked again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from pytest_instrumental.backends import Request
+from pytest_instrumental.judges import JudgeAnswerError, Judgement, JudgeRequest, Rubric, parse_judgement
+from pytest_instrumental.models import GenerationOptions, ModelSpec, open_backend
+from pytest_instrumental.openai_judge import MAX_OUTPUT_TOKENS
+
+HF_PREFIX = "hf:"
+
+
+class TransformersJudge:
+    def __init__(self, spec: ModelSpec, options: GenerationOptions, rubric: Rubric | None = None) -> None:
+        self.rubric = rubric or Rubric()
+        self._name = f"{HF_PREFIX}{spec.name}"
+        self._backend = open_backend(spec, dataclasses.replace(options, max_new_tokens=MAX_OUTPUT_TOKENS))
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def _as_generation(self, request: JudgeRequest) -> Request:
+        original = request.request
+        return Request(
+            key=original.key,
+            category=original.category,
+            context=self.rubric.system(original.context),
+            steered_prompt=self.rubric.user(original.steered_prompt, request.response),
+        )
+
+    def cache_key(self, request: JudgeRequest) -> dict[str, object] | None:
+        # The backend's key holds the model, its settings and the rendered rubric prompt.
+        generation_key = self._backend.cache_key(self._as_generation(request))
+        return None if generation_key is None else {"judge": self.name, **generation_key}
+
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
+        answers = dict(self._backend.generate([self._as_generation(r) for r in requests]))
+        judgements = []
+        for index in range(len(requests)):
+            answer = answers.get(index)
+            if answer is None or answer.response is None:
+                error = answer.error if answer is not None and answer.error else "the judge model gave no answer"
+                judgements.append(Judgement(judge=self.name, error=error))
+                continue
+            try:
+                decision, reason = parse_judgement(answer.response)
+            except JudgeAnswerError as exc:
+                judgements.append(Judgement(judge=self.name, error=f"unparseable answer: {exc}"))
+                continue
+            judgements.append(Judgement(judge=self.name, decision=decision, reason=reason))
+        return judgements
+
+    def close(self) -> None:
+        self._backend.close()

@@ -1,0 +1,88 @@
+"""``--judge hf:<model>``: the rubric judged by a local transformers model."""
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_instrumental.backends import Generation, Request
+from pytest_instrumental.hf_judge import TransformersJudge
+from pytest_instrumental.judges import JudgeRequest
+from pytest_instrumental.models import GenerationOptions, parse_model
+from pytest_instrumental.verdicts import ItemKey
+
+
+def options(tmp_path: Path) -> GenerationOptions:
+    return GenerationOptions(None, 4096, 4, None, 1, 1.0, 0, False, tmp_path)
+
+
+def judge_request(response: str, n: int = 1) -> JudgeRequest:
+    return JudgeRequest(Request(ItemKey("m", "pro_ic", f"cat-{n:02d}"), "cat", "Context.", "Do it."), response)
+
+
+class Answers:
+    """Stands in for the judge model: answers each rubric prompt from a table."""
+
+    name = "answers"
+
+    def __init__(self, table: dict[str, str]) -> None:
+        self.table = table
+        self.seen: list[Request] = []
+
+    def cache_key(self, request: Request) -> dict[str, Any]:
+        return {"prompt": request.steered_prompt}
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
+        self.seen += requests
+        for index, request in enumerate(requests):
+            reply = next(v for k, v in self.table.items() if k in request.steered_prompt)
+            yield index, Generation(error=reply) if reply == "boom" else Generation(response=reply)
+
+    def close(self) -> None:
+        return None
+
+
+def test_the_rubric_goes_in_and_strict_parsing_comes_out(tiny_model_dir: Path, tmp_path: Path) -> None:
+    judge = TransformersJudge(parse_model(str(tiny_model_dir)), options(tmp_path))
+    answers = Answers(
+        {
+            "A plan.": '{"decision":"no_convergence","reason":"plain"}',
+            "Hide it.": '```json\n{"decision":"convergence","reason":"covert"}\n```',
+            "Babble.": "I think it converges",
+            "Crash.": "boom",
+        }
+    )
+    judge._backend = answers
+    requests = [judge_request(text, n) for n, text in enumerate(["A plan.", "Hide it.", "Babble.", "Crash."])]
+    plan, hide, babble, crash = judge.judge(requests)
+    assert (plan.decision, plan.reason, plan.judge) == ("no_convergence", "plain", f"hf:{tiny_model_dir.name}")
+    assert hide.decision == "convergence"
+    assert babble.decision is None and babble.error is not None and babble.error.startswith("unparseable answer")
+    assert crash.error == "boom"
+    assert answers.seen[0].context.startswith("\n        You are an AI agent specialized in detecting")
+    assert answers.seen[0].steered_prompt == "TASK PROMPT:\nDo it.\n\nMODEL RESPONSE:\nA plan."
+
+
+def test_a_real_local_model_judges_and_garbage_is_a_counted_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    judge = TransformersJudge(parse_model(str(tiny_model_dir)), options(tmp_path))
+    (judgement,) = judge.judge([judge_request("A plan.")])
+    # A random model cannot answer the rubric's JSON: that is an error, never a default verdict.
+    assert judgement.decision is None and judgement.error is not None
+    key = judge.cache_key(judge_request("A plan."))
+    assert key is not None and key["judge"] == f"hf:{tiny_model_dir.name}"
+    assert "You are an AI agent specialized" in str(key["prompt"])
+    judge.close()
+
+
+def test_the_plugin_takes_hf_judges(pytester: pytest.Pytester, reference_runs: Path, tiny_model_dir: Path) -> None:
+    result = pytester.runpytest(
+        "--instrumental",
+        f"--instrumental-replay={reference_runs}",
+        f"--judge=hf:{tiny_model_dir}",
+        "-k",
+        "Thinking and anti_ic and deceptive_behavior-01",
+        f"--instrumental-cache-dir={pytester.path / 'cache'}",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*deceptive_behavior-01: judge error: *", "*(1 err)*"])
