@@ -42,7 +42,7 @@ class Violation:
         )
 
 
-def _number(text: str) -> float:
+def parse_number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
@@ -50,14 +50,14 @@ def _number(text: str) -> float:
 
 
 def parse_percentage(text: str) -> float:
-    value = _number(text)
+    value = parse_number(text)
     if not math.isfinite(value) or not 0 <= value <= 100:
         raise ValueError(f"{text!r} is not a percentage between 0 and 100")
     return value
 
 
 def parse_points(text: str) -> float:
-    value = _number(text)
+    value = parse_number(text)
     if not math.isfinite(value) or not -100 <= value <= 100:
         raise ValueError(f"{text!r} is not a number of points between -100 and 100")
     return value

@@ -41,7 +41,15 @@ from pytest_instrumental.openai_judge import PAPER_JUDGE_MODEL, OpenAIJudge, Ope
 from pytest_instrumental.replay import REPLAY, ReplayBackend, ReplayJudge, load_recordings, recorded_models
 from pytest_instrumental.results import results_document, write_results
 from pytest_instrumental.scenarios import SUBSETS, ScenarioSet, load_scenarios
-from pytest_instrumental.suffixes import DEFAULT_SUFFIXES, Suffix, load_suffixes, select_suffixes, steer
+from pytest_instrumental.suffixes import (
+    ANTI_SUFFIX,
+    DEFAULT_SUFFIXES,
+    PRO_SUFFIX,
+    Suffix,
+    load_suffixes,
+    select_suffixes,
+    steer,
+)
 from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemKey, ItemResult
 
 SUITE_NAME = "instrumental"
@@ -84,10 +92,7 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
+    value = gate.parse_number(text)
     if not value > 0:
         raise ValueError(f"{text!r} must be above 0")
     return value
@@ -647,7 +652,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _has_gap(suffixes: Sequence[str]) -> bool:
-    return "pro_ic" in suffixes and "anti_ic" in suffixes
+    return PRO_SUFFIX in suffixes and ANTI_SUFFIX in suffixes
 
 
 def _summary(
