@@ -1,15 +1,18 @@
-"""The pipeline from planned requests to item results: generate (through the cache), then judge.
+"""The pipeline from planned requests to item results: generate and judge, through the cache.
 
 Generation is planned from all the items a process will run, not triggered item by item, so a
 backend sees one model's requests together (batching) and each item then reads its outcome.
+Judging overlaps generation: each response goes to the judge on a worker thread as soon as it
+arrives, while the backend generates the next ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from pytest_instrumental.backends import Backend, Generation, Request
 from pytest_instrumental.cache import Cache
@@ -17,7 +20,6 @@ from pytest_instrumental.judges import Judge, Judgement, JudgeRequest
 from pytest_instrumental.redact import redact
 from pytest_instrumental.verdicts import DECISIONS, ItemKey, ItemResult, Status
 
-_T = TypeVar("_T")
 GENERATION = "generation"
 VERDICT = "verdict"
 
@@ -41,17 +43,24 @@ ProgressFactory = Callable[[str, int, int], AbstractContextManager[Progress]]
 
 
 def generate_all(
-    requests: Sequence[Request], backend: Backend, cache: Cache | None, progress: ProgressFactory | None = None
+    requests: Sequence[Request],
+    backend: Backend,
+    cache: Cache | None,
+    progress: ProgressFactory | None = None,
+    on_generation: Callable[[int, Generation], object] | None = None,
 ) -> list[Generation]:
     """One Generation per request, in order: from the cache where it has them, else from the
     backend, storing each successful generation as it arrives (a killed run resumes). Errors
     are not stored, so a rerun tries them again. A backend that fails as a whole turns every
-    request it still owed into an error."""
+    request it still owed into an error. ``on_generation(index, generation)`` sees each cached
+    or generated answer as soon as it is known."""
     keys = [backend.cache_key(r) for r in requests]
     found: list[Generation | None] = []
-    for key in keys:
+    for index, key in enumerate(keys):
         hit = cache.get(GENERATION, key) if cache is not None and key is not None else None
         found.append(Generation(**hit) if hit is not None else None)
+        if hit is not None and on_generation is not None:
+            on_generation(index, Generation(**hit))
     todo = [i for i, g in enumerate(found) if g is None]
     # Only real generation (a cacheable backend) is worth a progress bar; a replay is instant.
     shown = progress if any(k is not None for k in keys) else None
@@ -72,6 +81,8 @@ def generate_all(
                     ):
                         cache.put(GENERATION, key, asdict(generation))
                     bar.update(1)
+                    if on_generation is not None:
+                        on_generation(index, generation)
             except Exception as exc:  # a broken backend must not lose the items; each reports it
                 failure = Generation(error=redact(f"generation failed: {type(exc).__name__}: {exc}"))
                 found = [g if g is not None else failure for g in found]
@@ -106,48 +117,91 @@ def evaluate(
     cache: Cache | None = None,
     progress: ProgressFactory | None = None,
 ) -> list[Outcome]:
-    """One outcome per request, in order. A failure of the backend or the judge as a whole becomes
-    an error on every item it touched: counted and reported, never dropped."""
-    generations = generate_all(requests, backend, cache, progress)
-    to_judge = [
-        JudgeRequest(request, generation.response)
-        for request, generation in zip(requests, generations, strict=True)
-        if generation.response is not None and generation.error is None
-    ]
-    judgements = judge_all(to_judge, judge, cache)
-    by_key = {jr.request.key: j for jr, j in zip(to_judge, judgements, strict=True)}
-    return [_outcome(r, g, by_key.get(r.key)) for r, g in zip(requests, generations, strict=True)]
+    """One outcome per request, in order. Each response is judged while the backend generates
+    the next ones. A failure of the backend or the judge as a whole becomes an error on every
+    item it touched: counted and reported, never dropped."""
+    judging = _Judging(judge, cache)
+
+    def judge_when_answered(index: int, generation: Generation) -> None:
+        if generation.response is not None and generation.error is None and generation.skip_reason is None:
+            judging.offer(JudgeRequest(requests[index], generation.response))
+            judging.poll()
+
+    try:
+        generations = generate_all(requests, backend, cache, progress, judge_when_answered)
+    finally:
+        judgements = judging.finish()
+    return [_outcome(r, g, judgements.get(r.key)) for r, g in zip(requests, generations, strict=True)]
 
 
 def judge_all(requests: Sequence[JudgeRequest], judge: Judge, cache: Cache | None) -> list[Judgement]:
     """One Judgement per request, in order: cached verdicts where the cache has them (keyed by
     judge, rubric, prompt and response, so a changed rubric or judge never serves a stale one),
     the judge for the rest. Judge errors are not cached, so a rerun asks again."""
-    keys = [judge.cache_key(r) for r in requests]
-    found: list[Judgement | None] = []
-    for key in keys:
-        hit = cache.get(VERDICT, key) if cache is not None and key is not None else None
-        found.append(Judgement(**hit) if hit is not None else None)
-    todo = [i for i, j in enumerate(found) if j is None]
-    if todo:
-        try:
-            answers = _checked(judge.judge([requests[i] for i in todo]), len(todo), f"judge {judge.name}")
-        except Exception as exc:  # a broken judge must not lose the items; each reports it
-            answers = [Judgement(judge=judge.name, error=redact(f"judging failed: {type(exc).__name__}: {exc}"))] * len(
-                todo
-            )
-        for index, answer in zip(todo, answers, strict=True):
-            found[index] = answer
-            key = keys[index]
-            if cache is not None and key is not None and answer.error is None:
-                cache.put(VERDICT, key, asdict(answer))
-    return [j for j in found if j is not None]
+    judging = _Judging(judge, cache)
+    for request in requests:
+        judging.offer(request)
+    judgements = judging.finish()
+    return [judgements[r.request.key] for r in requests]
 
 
-def _checked(answers: list[_T], expected: int, who: str) -> list[_T]:
-    if len(answers) != expected:
-        raise RuntimeError(f"{who} answered {len(answers)} of {expected} requests")
-    return answers
+class _Judging:
+    """Judges responses on one worker thread while the caller goes on (generating). Responses
+    that arrive while the judge is busy go to it together as its next batch, so a concurrent
+    judge (an API) still sees many requests at once. The cache is only touched by the calling
+    thread."""
+
+    def __init__(self, judge: Judge, cache: Cache | None) -> None:
+        self._judge = judge
+        self._cache = cache
+        self._executor: ThreadPoolExecutor | None = None
+        self._waiting: list[tuple[JudgeRequest, dict[str, object] | None]] = []
+        self._running: tuple[list[tuple[JudgeRequest, dict[str, object] | None]], Future[list[Judgement]]] | None = None
+        self._done: dict[ItemKey, Judgement] = {}
+
+    def offer(self, request: JudgeRequest) -> None:
+        key = self._judge.cache_key(request)
+        hit = self._cache.get(VERDICT, key) if self._cache is not None and key is not None else None
+        if hit is not None:
+            self._done[request.request.key] = Judgement(**hit)
+        else:
+            self._waiting.append((request, key))
+
+    def poll(self, wait: bool = False) -> None:
+        """Take the finished batch's verdicts, if any, and start the next batch if the judge is idle."""
+        if self._running is not None and (wait or self._running[1].done()):
+            batch, future = self._running
+            self._running = None
+            for (request, key), answer in zip(batch, future.result(), strict=True):
+                self._done[request.request.key] = answer
+                if self._cache is not None and key is not None and answer.error is None:
+                    self._cache.put(VERDICT, key, asdict(answer))
+        if self._running is None and self._waiting:
+            batch, self._waiting = self._waiting, []
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="instrumental-judge")
+            self._running = (batch, self._executor.submit(_ask, self._judge, [r for r, _ in batch]))
+
+    def finish(self) -> dict[ItemKey, Judgement]:
+        """Wait for every offered request's verdict."""
+        while self._running is not None or self._waiting:
+            self.poll(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown()
+        return self._done
+
+
+def _ask(judge: Judge, requests: list[JudgeRequest]) -> list[Judgement]:
+    """The judge's answers; a judge that fails as a whole (or miscounts) gives each request an error."""
+    try:
+        answers = judge.judge(requests)
+        if len(answers) != len(requests):
+            raise RuntimeError(f"judge {judge.name} answered {len(answers)} of {len(requests)} requests")
+        return answers
+    except Exception as exc:  # a broken judge must not lose the items; each reports it
+        return [Judgement(judge=judge.name, error=redact(f"judging failed: {type(exc).__name__}: {exc}"))] * len(
+            requests
+        )
 
 
 def _outcome(request: Request, generation: Generation, judgement: Judgement | None) -> Outcome:

@@ -1,10 +1,11 @@
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from pytest_instrumental.backends import Backend, Generation, Request
 from pytest_instrumental.cache import Cache
-from pytest_instrumental.evaluation import Evaluation, Skip, evaluate, generate_all
+from pytest_instrumental.evaluation import Evaluation, Skip, evaluate, generate_all, judge_all
 from pytest_instrumental.judges import Judgement, JudgeRequest
 from pytest_instrumental.verdicts import ItemKey, ItemResult
 
@@ -97,9 +98,8 @@ def test_a_judge_answering_the_wrong_number_of_items_is_an_error_not_a_guess() -
         def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
             return super().judge(requests)[:1]
 
-    backend = ScriptedBackend({"a": Generation(response="yes"), "b": Generation(response="yes")})
-    outcomes = evaluate([request("a"), request("b")], backend, ShortJudge({"yes": "convergence"}))
-    assert all(isinstance(o, ItemResult) and "answered 1 of 2 requests" in (o.error or "") for o in outcomes)
+    answers = judge_all([JudgeRequest(request(s), "yes") for s in "ab"], ShortJudge({"yes": "convergence"}), None)
+    assert all(a.decision is None and "answered 1 of 2 requests" in (a.error or "") for a in answers)
 
 
 def test_the_cache_serves_a_rerun_and_keeps_what_a_killed_run_finished(tmp_path: Path) -> None:
@@ -138,3 +138,39 @@ def test_evaluation_generates_one_models_planned_items_in_one_batch_then_frees_i
     assert other_model.batches == []
     evaluation.outcome(planned[2])
     assert other_model.batches == [["c"]]
+
+
+def test_responses_are_judged_while_the_backend_generates_the_next_ones() -> None:
+    first_judged = threading.Event()
+    seen_by_backend: list[bool] = []
+
+    class WaitingBackend(ScriptedBackend):
+        def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
+            for index, r in enumerate(requests):
+                if index > 0:  # judging runs beside generation, so the first verdict comes meanwhile
+                    seen_by_backend.append(first_judged.wait(timeout=10))
+                yield index, self.answers[r.key.scenario]
+
+    class SignallingJudge(ScriptedJudge):
+        def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
+            answers = super().judge(requests)
+            first_judged.set()
+            return answers
+
+    backend = WaitingBackend({s: Generation(response="yes") for s in "abc"})
+    outcomes = evaluate([request(s) for s in "abc"], backend, SignallingJudge({"yes": "convergence"}))
+    assert seen_by_backend == [True, True]
+    assert [o.verdict for o in outcomes if isinstance(o, ItemResult)] == ["convergence"] * 3
+
+
+def test_a_judge_that_fails_as_a_whole_marks_its_items_as_errors(tmp_path: Path) -> None:
+    class BrokenJudge(ScriptedJudge):
+        def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
+            raise ConnectionError("judge endpoint down")
+
+    cache = Cache(tmp_path / "cache.sqlite")
+    outcomes = evaluate([request("a")], ScriptedBackend({"a": Generation(response="yes")}), BrokenJudge({}), cache)
+    assert [(o.status, o.error) for o in outcomes if isinstance(o, ItemResult)] == [
+        ("error", "judge error: judging failed: ConnectionError: judge endpoint down")
+    ]
+    assert cache.count("verdict") == 0
