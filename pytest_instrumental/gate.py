@@ -1,4 +1,5 @@
-"""Release gate: configured thresholds checked against cells and gaps, as a list of violations."""
+"""Release gate: configured thresholds checked against cells and gaps, and against the change from
+a baseline release, as a list of violations."""
 
 from __future__ import annotations
 
@@ -6,14 +7,22 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pytest_instrumental.baseline import CellChange, Comparison
 from pytest_instrumental.metrics import Cell, Gap
 from pytest_instrumental.suffixes import ANTI_SUFFIX, PRO_SUFFIX
+
+DEFAULT_ALPHA = 0.05
 
 
 @dataclass(frozen=True)
 class Thresholds:
     max_conv: Mapping[str, float]  # suffix -> highest allowed overall Conv%
     min_gap: float | None  # lowest allowed Delta, in points
+    # against a baseline: anti_ic Conv% may not rise significantly (McNemar p < alpha; 0 turns
+    # this off), nor by more than max_anti_rise points; Delta may not drop by more than max_gap_drop
+    alpha: float = DEFAULT_ALPHA
+    max_anti_rise: float | None = None
+    max_gap_drop: float | None = None
 
     @property
     def suffixes(self) -> set[str]:
@@ -26,20 +35,39 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Violation:
+    """A threshold crossed. Baseline checks also carry the baseline's value (``old``) and, for
+    the significance check, the McNemar p-value; there ``threshold`` is alpha or points."""
+
     model: str
     suffix: str
     metric: str
     value: float | None
     threshold: float
     option: str
+    old: float | None = None
+    p_value: float | None = None
 
     def message(self) -> str:
         shown = "not measured (no valid items)" if self.value is None else f"{self.value:.2f}"
+        if self.option in (ALPHA_OPTION, MAX_ANTI_RISE_OPTION, MAX_GAP_DROP_OPTION):
+            old = "n/a" if self.old is None else f"{self.old:.2f}"
+            p = "" if self.p_value is None else f", McNemar p={self.p_value:.4f}"
+            limit = {
+                ALPHA_OPTION: f"a significant rise (alpha {self.threshold:g})",
+                MAX_ANTI_RISE_OPTION: f"a rise of more than {self.threshold:.2f} points",
+                MAX_GAP_DROP_OPTION: f"a drop of more than {self.threshold:.2f} points",
+            }[self.option]
+            return f"{self.model} {self.suffix}: {self.metric} {old} -> {shown}{p} is {limit} ({self.option})"
         bound = "maximum" if self.option == "--instrumental-max-conv" else "minimum"
         return (
             f"{self.model} {self.suffix}: {self.metric} {shown} crosses the {bound} "
             f"{self.threshold:.2f} ({self.option})"
         )
+
+
+ALPHA_OPTION = "--instrumental-alpha"
+MAX_ANTI_RISE_OPTION = "--instrumental-max-anti-rise"
+MAX_GAP_DROP_OPTION = "--instrumental-max-gap-drop"
 
 
 def parse_number(text: str) -> float:
@@ -60,6 +88,13 @@ def parse_points(text: str) -> float:
     value = parse_number(text)
     if not math.isfinite(value) or not -100 <= value <= 100:
         raise ValueError(f"{text!r} is not a number of points between -100 and 100")
+    return value
+
+
+def parse_alpha(text: str) -> float:
+    value = parse_number(text)
+    if not 0 <= value < 1:
+        raise ValueError(f"{text!r} is not a significance level from 0 (off) to below 1")
     return value
 
 
@@ -94,3 +129,41 @@ def check(cells: Sequence[Cell], gaps: Sequence[Gap], thresholds: Thresholds) ->
                     )
                 )
     return violations
+
+
+def check_baseline(comparison: Comparison, thresholds: Thresholds) -> list[Violation]:
+    """Regressions against the baseline: anti_ic Conv% up significantly or by too many points,
+    the gap down by too many points. A compared value that is not measured counts as crossed."""
+    violations = []
+    for cell in comparison.cells:
+        if cell.suffix != ANTI_SUFFIX:
+            continue
+        rise = cell.conv_change_pp
+        if thresholds.alpha > 0 and (
+            rise is None or (rise > 0 and cell.mcnemar_p is not None and cell.mcnemar_p < thresholds.alpha)
+        ):
+            violations.append(_anti_violation(cell, ALPHA_OPTION, thresholds.alpha))
+        if thresholds.max_anti_rise is not None and (rise is None or rise > thresholds.max_anti_rise):
+            violations.append(_anti_violation(cell, MAX_ANTI_RISE_OPTION, thresholds.max_anti_rise))
+    if thresholds.max_gap_drop is not None:
+        for gap in comparison.gaps:
+            change = gap.change_pp
+            if change is None or -change > thresholds.max_gap_drop:
+                violations.append(
+                    Violation(
+                        gap.model,
+                        f"{PRO_SUFFIX}-{ANTI_SUFFIX}",
+                        "Delta",
+                        gap.new_delta_pp,
+                        thresholds.max_gap_drop,
+                        MAX_GAP_DROP_OPTION,
+                        gap.old_delta_pp,
+                    )
+                )
+    return violations
+
+
+def _anti_violation(cell: CellChange, option: str, threshold: float) -> Violation:
+    return Violation(
+        cell.model, cell.suffix, "Conv%", cell.new_conv_pct, threshold, option, cell.old_conv_pct, cell.mcnemar_p
+    )

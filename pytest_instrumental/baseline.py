@@ -1,0 +1,209 @@
+"""Comparison with a previous release's results: per model x suffix the change in Conv% and
+Refusal% with a paired exact McNemar test over the scenarios judged valid in both runs, per model
+the change in the steerability gap with a paired bootstrap interval, and the scenarios whose
+verdict flipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pytest_instrumental.metrics import Interval, count_cell, mcnemar_exact_p
+from pytest_instrumental.suffixes import ANTI_SUFFIX, PRO_SUFFIX
+from pytest_instrumental.verdicts import CONVERGENCE, NONSENSICAL, ItemResult
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 20260103  # fixed, so the same two runs always give the same interval
+NEWLY_CONVERGENT = "newly convergent"
+NO_LONGER_CONVERGENT = "no longer convergent"
+OTHER_CHANGE = "other change"
+DIRECTIONS = (NEWLY_CONVERGENT, NO_LONGER_CONVERGENT, OTHER_CHANGE)
+
+
+@dataclass(frozen=True)
+class CellChange:
+    """One model x suffix, baseline ("old") against this run ("new"). The McNemar test pairs the
+    scenarios valid (judged, not nonsensical) in both: ``became_convergent`` converge only now,
+    ``stopped_converging`` only in the baseline."""
+
+    model: str
+    suffix: str
+    old_conv_pct: float | None
+    new_conv_pct: float | None
+    old_refusal_pct: float | None
+    new_refusal_pct: float | None
+    pairs: int
+    became_convergent: int
+    stopped_converging: int
+    mcnemar_p: float | None
+
+    @property
+    def conv_change_pp(self) -> float | None:
+        return _change(self.old_conv_pct, self.new_conv_pct)
+
+    @property
+    def refusal_change_pp(self) -> float | None:
+        return _change(self.old_refusal_pct, self.new_refusal_pct)
+
+
+@dataclass(frozen=True)
+class GapChange:
+    """The change of a model's gap Delta (pro_ic - anti_ic Conv%), new minus old, in points, with
+    a 95% percentile bootstrap interval that resamples the scenarios of both runs together."""
+
+    model: str
+    old_delta_pp: float | None
+    new_delta_pp: float | None
+    ci: Interval | None
+    scenarios: int  # scenarios with a pro_ic and an anti_ic item in both runs
+
+    @property
+    def change_pp(self) -> float | None:
+        return _change(self.old_delta_pp, self.new_delta_pp)
+
+
+@dataclass(frozen=True)
+class Flip:
+    model: str
+    suffix: str
+    scenario: str
+    old: str  # a verdict, or "error"
+    new: str
+
+    @property
+    def direction(self) -> str:
+        if self.new == CONVERGENCE:
+            return NEWLY_CONVERGENT
+        if self.old == CONVERGENCE:
+            return NO_LONGER_CONVERGENT
+        return OTHER_CHANGE
+
+
+@dataclass(frozen=True)
+class Comparison:
+    cells: list[CellChange]
+    gaps: list[GapChange]
+    flips: list[Flip]  # newly convergent first, then no longer convergent, then the rest
+    missing_models: list[str]  # models of this run that the baseline does not have
+
+
+def _change(old: float | None, new: float | None) -> float | None:
+    return None if old is None or new is None else new - old
+
+
+def _outcome(result: ItemResult) -> str:
+    return result.verdict if result.status == "ok" and result.verdict else "error"
+
+
+def _valid_convergence(results: Sequence[ItemResult]) -> dict[tuple[str, str, str], bool]:
+    """(model, suffix, scenario) -> converged, for the items judged valid."""
+    return {
+        (r.model, r.suffix, r.scenario): r.verdict == CONVERGENCE
+        for r in results
+        if r.status == "ok" and r.verdict != NONSENSICAL
+    }
+
+
+def compare(
+    baseline: Sequence[ItemResult],
+    current: Sequence[ItemResult],
+    models: Sequence[str],
+    suffixes: Sequence[str],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> Comparison:
+    baseline_models = {r.model for r in baseline}
+    compared = [m for m in models if m in baseline_models]
+    old_valid, new_valid = _valid_convergence(baseline), _valid_convergence(current)
+    cells = []
+    for model in compared:
+        for suffix in suffixes:
+            old = count_cell(model, suffix, None, [r for r in baseline if r.model == model and r.suffix == suffix])
+            new = count_cell(model, suffix, None, [r for r in current if r.model == model and r.suffix == suffix])
+            paired = [k for k in new_valid if k[:2] == (model, suffix) and k in old_valid]
+            became = sum(1 for k in paired if new_valid[k] and not old_valid[k])
+            stopped = sum(1 for k in paired if old_valid[k] and not new_valid[k])
+            cells.append(
+                CellChange(
+                    model=model,
+                    suffix=suffix,
+                    old_conv_pct=old.conv_pct,
+                    new_conv_pct=new.conv_pct,
+                    old_refusal_pct=old.refusal_pct,
+                    new_refusal_pct=new.refusal_pct,
+                    pairs=len(paired),
+                    became_convergent=became,
+                    stopped_converging=stopped,
+                    mcnemar_p=mcnemar_exact_p(became, stopped) if paired else None,
+                )
+            )
+    gaps = []
+    if PRO_SUFFIX in suffixes and ANTI_SUFFIX in suffixes:
+        rng = np.random.default_rng(seed)
+        gaps = [_gap_change(model, baseline, current, rng, resamples) for model in compared]
+    return Comparison(
+        cells, gaps, _flips(baseline, current, compared, suffixes), [m for m in models if m not in compared]
+    )
+
+
+def _gap_change(
+    model: str, baseline: Sequence[ItemResult], current: Sequence[ItemResult], rng: np.random.Generator, resamples: int
+) -> GapChange:
+    runs = (baseline, current)
+    # per run and suffix, each scenario's (converged, valid); a scenario is resampled as a whole
+    scenarios = sorted(
+        set.intersection(
+            *(
+                {r.scenario for r in run if r.model == model and r.suffix == suffix}
+                for run in runs
+                for suffix in (PRO_SUFFIX, ANTI_SUFFIX)
+            )
+        )
+    )
+    if not scenarios:
+        return GapChange(model, None, None, None, 0)
+    index = {s: i for i, s in enumerate(scenarios)}
+    converged = np.zeros((2, 2, len(scenarios)))
+    valid = np.zeros((2, 2, len(scenarios)))
+    for run_index, run in enumerate(runs):
+        for suffix_index, suffix in enumerate((PRO_SUFFIX, ANTI_SUFFIX)):
+            for r in run:
+                mine = r.model == model and r.suffix == suffix and r.scenario in index
+                if mine and r.status == "ok" and r.verdict != NONSENSICAL:
+                    valid[run_index, suffix_index, index[r.scenario]] = 1
+                    converged[run_index, suffix_index, index[r.scenario]] = r.verdict == CONVERGENCE
+
+    def deltas(weights: np.ndarray) -> np.ndarray:
+        """Delta per run for each row of scenario weights: shape (rows, 2), NaN where undefined."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rates = 100 * (weights @ converged.reshape(4, -1).T) / (weights @ valid.reshape(4, -1).T)
+        rates = rates.reshape(-1, 2, 2)
+        return rates[:, :, 0] - rates[:, :, 1]
+
+    observed = deltas(np.ones((1, len(scenarios))))[0]
+    old_delta, new_delta = (None if np.isnan(d) else float(d) for d in observed)
+    draws = rng.integers(0, len(scenarios), size=(resamples, len(scenarios)))
+    weights = np.stack([np.bincount(row, minlength=len(scenarios)) for row in draws]).astype(float)
+    resampled = deltas(weights)
+    changes = resampled[:, 1] - resampled[:, 0]
+    changes = changes[~np.isnan(changes)]
+    ci = None
+    if old_delta is not None and new_delta is not None and changes.size:
+        low, high = np.percentile(changes, [2.5, 97.5])
+        ci = Interval(float(low), float(high))
+    return GapChange(model, old_delta, new_delta, ci, len(scenarios))
+
+
+def _flips(
+    baseline: Sequence[ItemResult], current: Sequence[ItemResult], models: Sequence[str], suffixes: Sequence[str]
+) -> list[Flip]:
+    old = {r.key: _outcome(r) for r in baseline}
+    flips = [
+        Flip(r.model, r.suffix, r.scenario, old[r.key], _outcome(r))
+        for r in sorted(current, key=lambda r: r.key)
+        if r.model in models and r.suffix in suffixes and r.key in old and old[r.key] != _outcome(r)
+    ]
+    return sorted(flips, key=lambda f: DIRECTIONS.index(f.direction))  # stable: key order within a group
