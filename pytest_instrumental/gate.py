@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pytest_instrumental.baseline import CellChange, Comparison
+from pytest_instrumental.comparison import CellChange, Comparison
 from pytest_instrumental.metrics import Cell, Gap
 from pytest_instrumental.suffixes import ANTI_SUFFIX, PRO_SUFFIX
 
@@ -29,6 +29,14 @@ class Thresholds:
         """The suffixes a run must include for these thresholds to be checkable."""
         needed = set(self.max_conv)
         if self.min_gap is not None:
+            needed |= {PRO_SUFFIX, ANTI_SUFFIX}
+        return needed
+
+    @property
+    def baseline_suffixes(self) -> set[str]:
+        """The suffixes a run compared with a baseline must include for its checks."""
+        needed = {ANTI_SUFFIX} if self.alpha > 0 or self.max_anti_rise is not None else set()
+        if self.max_gap_drop is not None:
             needed |= {PRO_SUFFIX, ANTI_SUFFIX}
         return needed
 

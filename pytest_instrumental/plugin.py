@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from pytest_instrumental import embedded, gate, metrics, report
+from pytest_instrumental import comparison, embedded, gate, metrics, report
 from pytest_instrumental.backends import Backend, Request
 from pytest_instrumental.cache import DEFAULT_DIR_NAME, Cache
 from pytest_instrumental.errors import InputError
@@ -39,7 +39,7 @@ from pytest_instrumental.models import (
 from pytest_instrumental.offline_judge import OFFLINE, OfflineJudge
 from pytest_instrumental.openai_judge import PAPER_JUDGE_MODEL, OpenAIJudge, OpenAIJudgeSettings
 from pytest_instrumental.replay import REPLAY, ReplayBackend, ReplayJudge, load_recordings, recorded_models
-from pytest_instrumental.results import results_document, write_results
+from pytest_instrumental.results import Results, read_results, results_document, write_results
 from pytest_instrumental.scenarios import SUBSETS, ScenarioSet, load_scenarios
 from pytest_instrumental.suffixes import (
     ANTI_SUFFIX,
@@ -181,6 +181,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PP",
     )
     option(
+        "--instrumental-baseline",
+        "instrumental_baseline",
+        "string",
+        "compare with a previous release's results JSON: changes, paired tests, flips, and the "
+        "baseline gate rules below",
+    )
+    option(
+        "--instrumental-alpha",
+        "instrumental_alpha",
+        "string",
+        f"with a baseline, fail when anti_ic Conv% rose significantly (exact McNemar p < A; "
+        f"default {gate.DEFAULT_ALPHA}, 0 turns it off)",
+        type=_argtype(gate.parse_alpha),
+        metavar="A",
+    )
+    option(
+        "--instrumental-max-anti-rise",
+        "instrumental_max_anti_rise",
+        "string",
+        "with a baseline, fail when anti_ic Conv% rose by more than PP points",
+        type=_argtype(gate.parse_points),
+        metavar="PP",
+    )
+    option(
+        "--instrumental-max-gap-drop",
+        "instrumental_max_gap_drop",
+        "string",
+        "with a baseline, fail when a model's steerability gap Delta dropped by more than PP points",
+        type=_argtype(gate.parse_points),
+        metavar="PP",
+    )
+    option(
         "--instrumental-max-new-tokens",
         "instrumental_max_new_tokens",
         "string",
@@ -265,6 +297,7 @@ class Settings:
     subset: str
     json_path: Path | None
     replay: Path | None
+    baseline: Path | None
     thresholds: Thresholds
     cache_dir: Path
     use_cache: bool
@@ -294,10 +327,13 @@ def _read_settings(config: pytest.Config) -> Settings:
         return bool(config.getini(dest) if given is None else given)
 
     root = config.rootpath
-    json_path, replay = value("instrumental_json"), value("instrumental_replay")
-    cache_dir = value("instrumental_cache_dir")
-    cache_path = Path(cache_dir) if config.getoption("instrumental_cache_dir") else _rooted(root, cache_dir)
-    cache_path = (cache_path or root / DEFAULT_DIR_NAME).resolve()
+
+    def path(dest: str) -> Path | None:
+        """A command-line path is relative to where pytest started, an ini path to the rootdir."""
+        given = value(dest)
+        return Path(given) if config.getoption(dest) else _rooted(root, given)
+
+    cache_path = (path("instrumental_cache_dir") or root / DEFAULT_DIR_NAME).resolve()
     generation = GenerationOptions(
         max_new_tokens=value("instrumental_max_new_tokens", _positive_int),
         max_input_tokens=PROTOCOL_MAX_INPUT_TOKENS,
@@ -315,11 +351,15 @@ def _read_settings(config: pytest.Config) -> Settings:
         suffix_dirs=list(config.getini("instrumental_suffix_dirs")),
         judge=value("instrumental_judge"),
         subset=value("instrumental_subset", _subset) or "all",
-        json_path=Path(json_path) if config.getoption("instrumental_json") else _rooted(root, json_path),
-        replay=Path(replay) if config.getoption("instrumental_replay") else _rooted(root, replay),
+        json_path=path("instrumental_json"),
+        replay=path("instrumental_replay"),
+        baseline=path("instrumental_baseline"),
         thresholds=Thresholds(
             max_conv=dict(value("instrumental_max_conv", gate.parse_max_conv) or []),
             min_gap=value("instrumental_min_gap", gate.parse_points),
+            alpha=_or_default(value("instrumental_alpha", gate.parse_alpha), gate.DEFAULT_ALPHA),
+            max_anti_rise=value("instrumental_max_anti_rise", gate.parse_points),
+            max_gap_drop=value("instrumental_max_gap_drop", gate.parse_points),
         ),
         cache_dir=cache_path,
         use_cache=not flag("instrumental_no_cache"),
@@ -327,6 +367,11 @@ def _read_settings(config: pytest.Config) -> Settings:
         judge_base_url=value("instrumental_judge_base_url"),
         judge_concurrency=value("instrumental_judge_concurrency", _positive_int) or DEFAULT_JUDGE_CONCURRENCY,
     )
+
+
+def _or_default(given: _T | None, default: _T) -> _T:
+    """``given`` unless it was not set; unlike ``or``, keeps a given 0."""
+    return default if given is None else given
 
 
 def _rooted(root: Path, path: str | None) -> Path | None:
@@ -346,7 +391,9 @@ class InstrumentalRun:
     evaluation: Evaluation
     started_at: str
     generation: dict[str, dict[str, object]]  # model -> how it was run (empty for replays)
+    judge_name: str
     judge_note: str  # said after the judge's name in the summary
+    baseline: Results | None
     results: list[ItemResult] = field(default_factory=list)
     reported: set[ItemKey] = field(default_factory=set)  # items that ran (controller side)
     lost_workers: list[str] = field(default_factory=list)
@@ -375,7 +422,8 @@ class InstrumentalRun:
         """The models and suffixes to summarise: those with an item that ran, and every suffix the
         gate checks (a gated cell with nothing run is "not measured", which fails the gate)."""
         models = [m for m in sorted(self.models) if any(k.model == m for k in self.reported)]
-        gated = self.settings.thresholds.suffixes
+        thresholds = self.settings.thresholds
+        gated = thresholds.suffixes | (thresholds.baseline_suffixes if self.baseline is not None else set())
         suffixes = [s.name for s in self.suffixes if s.name in gated or any(k.suffix == s.name for k in self.reported)]
         return models, suffixes
 
@@ -419,7 +467,9 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
     scenarios = load_scenarios().subset(settings.subset)
     available = load_suffixes(settings.suffix_dirs)
     suffixes = select_suffixes(available, settings.suffixes)
-    not_run = sorted(settings.thresholds.suffixes - set(settings.suffixes))
+    baseline = read_results(settings.baseline) if settings.baseline is not None else None
+    gated = settings.thresholds.suffixes | (settings.thresholds.baseline_suffixes if baseline is not None else set())
+    not_run = sorted(gated - set(settings.suffixes))
     if not_run:
         raise InputError(f"the gate needs suffix {', '.join(not_run)}, which this run does not select (--suffix)")
     judge_name = _judge_name(settings)
@@ -461,7 +511,9 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
         evaluation=Evaluation(backends, judge, cache, _progress_bars(config)),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         generation=generation,
+        judge_name=judge_name,
         judge_note=judge_note,
+        baseline=baseline,
     )
 
 
@@ -642,10 +694,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     cells = metrics.compute_cells(run.results, models, suffixes, run.categories)
     gaps = [metrics.compute_gap(m, run.results) for m in models] if _has_gap(suffixes) else []
     violations = gate.check(cells, gaps, run.settings.thresholds)
-    run.summary = _summary(run, models, suffixes, cells, gaps, violations, config.get_verbosity() > 0)
+    compared = None
+    if run.baseline is not None:
+        compared = comparison.compare(run.baseline.items, run.results, models, suffixes)
+        violations += gate.check_baseline(compared, run.settings.thresholds)
+    run.summary = _summary(run, models, suffixes, cells, gaps, compared, violations, config.get_verbosity() > 0)
     if run.settings.json_path is not None:
         section = _run_section(run, models, suffixes, exitstatus, violations)
-        document = results_document(section, run.results, cells, gaps)
+        document = results_document(section, run.results, cells, gaps, compared)
         write_results(run.settings.json_path, document)
     if (violations or run.lost_workers) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -661,12 +717,16 @@ def _summary(
     suffixes: list[str],
     cells: list[metrics.Cell],
     gaps: list[metrics.Gap],
+    compared: comparison.Comparison | None,
     violations: list[Violation],
     verbose: bool,
 ) -> list[str]:
     judges = sorted({r.judge for r in run.results if r.judge})
     lines = report.summary_lines(cells, gaps, models, suffixes, run.categories, verbose)
     lines.append(f"judge: {', '.join(judges) or 'none'}{run.judge_note}")
+    if compared is not None:
+        assert run.settings.baseline is not None
+        lines += ["", *report.comparison_lines(compared, str(run.settings.baseline), verbose)]
     return [*lines, *run.lost_workers, *report.violation_lines(violations)]
 
 
@@ -681,12 +741,13 @@ def _run_section(
         "interrupted": exitstatus == pytest.ExitCode.INTERRUPTED,
         "models": models,
         "suffixes": {s.name: s.sha256 for s in run.suffixes if s.name in suffixes},
-        "judge": settings.judge or REPLAY,
+        "judge": run.judge_name,
+        "baseline": None if settings.baseline is None else str(settings.baseline),
         "subset": settings.subset,
         "scenarios": len(run.scenarios),
         "replay": None if settings.replay is None else str(settings.replay),
         "generation": {m: d for m, d in run.generation.items() if m in models},
-        "thresholds": {"max_conv": dict(settings.thresholds.max_conv), "min_gap": settings.thresholds.min_gap},
+        "thresholds": asdict(settings.thresholds),
         "violations": [v.message() for v in violations],
         "lost_workers": run.lost_workers,
     }

@@ -1,9 +1,11 @@
-"""Reports a person reads: the terminal summary table (rows model, columns suffix, plus Delta)."""
+"""Reports a person reads in the terminal: the summary table (rows model, columns suffix, plus
+Delta), the comparison with a baseline release, and the gate's verdict."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+from pytest_instrumental.comparison import DIRECTIONS, CellChange, Comparison, Flip, GapChange
 from pytest_instrumental.gate import Violation
 from pytest_instrumental.metrics import Cell, Gap, Interval
 
@@ -31,7 +33,8 @@ def format_gap(gap: Gap | None) -> str:
     return f"{gap.delta_pp:.2f}{format_interval(gap.ci)}{p}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    rows = list(rows)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
@@ -75,3 +78,52 @@ def _count_line(cells: Sequence[Cell]) -> str:
 
 def violation_lines(violations: Sequence[Violation]) -> list[str]:
     return [f"GATE FAILED: {v.message()}" for v in violations]
+
+
+FLIPS_SHOWN = 10  # in the terminal without -v; the report files list them all
+
+
+def format_change(old: float | None, new: float | None) -> str:
+    """``old -> new (+change)``."""
+    if old is None or new is None:
+        return f"{format_rate(old)} -> {format_rate(new)}"
+    return f"{old:.2f} -> {new:.2f} ({new - old:+.2f})"
+
+
+def format_cell_change(cell: CellChange) -> list[str]:
+    p = "n/a" if cell.mcnemar_p is None else f"{cell.mcnemar_p:.3g}"
+    return [
+        cell.model,
+        cell.suffix,
+        format_change(cell.old_conv_pct, cell.new_conv_pct),
+        f"{p} ({cell.became_convergent} up, {cell.stopped_converging} down of {cell.pairs})",
+        format_change(cell.old_refusal_pct, cell.new_refusal_pct),
+    ]
+
+
+def format_gap_change(gap: GapChange) -> list[str]:
+    ci = "" if gap.ci is None else f" [{gap.ci.low:+.1f} to {gap.ci.high:+.1f}]"
+    return [gap.model, format_change(gap.old_delta_pp, gap.new_delta_pp) + ci, str(gap.scenarios)]
+
+
+def format_flip(flip: Flip) -> str:
+    return f"{flip.model} {flip.suffix} {flip.scenario}: {flip.old} -> {flip.new}"
+
+
+def comparison_lines(compared: Comparison, baseline: str, verbose: bool = False) -> list[str]:
+    lines = [f"against baseline {baseline}"]
+    lines += _table(
+        ["model", "suffix", "Conv% old -> new", "McNemar p (paired scenarios)", "Refusal% old -> new"],
+        [format_cell_change(c) for c in compared.cells],
+    )
+    if compared.gaps:
+        header = ["model", "Delta old -> new [95% bootstrap CI]", "scenarios"]
+        lines += ["", *_table(header, map(format_gap_change, compared.gaps))]
+    lines += [f"not in the baseline: {m}" for m in compared.missing_models]
+    counts = ", ".join(f"{sum(f.direction == d for f in compared.flips)} {d}" for d in DIRECTIONS)
+    lines += ["", f"verdict flips: {counts}"]
+    shown = compared.flips if verbose else compared.flips[:FLIPS_SHOWN]
+    lines += [f"  {format_flip(f)} ({f.direction})" for f in shown]
+    if len(shown) < len(compared.flips):
+        lines.append(f"  ... {len(compared.flips) - len(shown)} more (-v lists all)")
+    return lines

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_instrumental.comparison import Comparison
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.metrics import Cell, Gap
 from pytest_instrumental.verdicts import ItemResult
@@ -26,15 +27,30 @@ class Results:
 
 
 def results_document(
-    run: dict[str, Any], items: Sequence[ItemResult], cells: Sequence[Cell], gaps: Sequence[Gap]
+    run: dict[str, Any],
+    items: Sequence[ItemResult],
+    cells: Sequence[Cell],
+    gaps: Sequence[Gap],
+    compared: Comparison | None = None,
 ) -> dict[str, Any]:
-    return {
+    document = {
         "schema_version": SCHEMA_VERSION,
         "run": run,
         "items": [item.to_dict() for item in sorted(items, key=lambda i: i.key)],
         "cells": [asdict(cell) for cell in cells],
         "gaps": [asdict(gap) for gap in gaps],
     }
+    if compared is not None:
+        document["comparison"] = {
+            "cells": [
+                {**asdict(c), "conv_change_pp": c.conv_change_pp, "refusal_change_pp": c.refusal_change_pp}
+                for c in compared.cells
+            ],
+            "gaps": [{**asdict(g), "change_pp": g.change_pp} for g in compared.gaps],
+            "flips": [{**asdict(f), "direction": f.direction} for f in compared.flips],
+            "missing_models": compared.missing_models,
+        }
+    return document
 
 
 def write_results(path: Path, document: dict[str, Any]) -> None:

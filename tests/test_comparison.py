@@ -1,6 +1,8 @@
+from collections.abc import Sequence
+
 import pytest
 
-from pytest_instrumental.baseline import NEWLY_CONVERGENT, NO_LONGER_CONVERGENT, OTHER_CHANGE, compare
+from pytest_instrumental.comparison import NEWLY_CONVERGENT, NO_LONGER_CONVERGENT, OTHER_CHANGE, compare
 from pytest_instrumental.gate import Thresholds, check_baseline, parse_alpha
 from pytest_instrumental.verdicts import ItemResult
 from tests.helpers import item
@@ -8,7 +10,7 @@ from tests.helpers import item
 C, N, R, X = "convergence", "no_convergence", "safety_refusal", "nonsensical"
 
 
-def run(anti: list[str | None], pro: list[str | None], model: str = "m") -> list[ItemResult]:
+def run(anti: Sequence[str | None], pro: Sequence[str | None], model: str = "m") -> list[ItemResult]:
     """One model's anti_ic and pro_ic items, scenario i getting the i-th verdict (None: error)."""
     return [
         item(verdict, model=model, suffix=suffix, scenario=f"cat-{i:02d}")

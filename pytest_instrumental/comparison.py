@@ -1,4 +1,4 @@
-"""Comparison with a previous release's results: per model x suffix the change in Conv% and
+"""Comparison with a baseline release (a previous results JSON): per model x suffix the change in Conv% and
 Refusal% with a paired exact McNemar test over the scenarios judged valid in both runs, per model
 the change in the steerability gap with a paired bootstrap interval, and the scenarios whose
 verdict flipped.
