@@ -26,6 +26,7 @@ from pytest_instrumental.evaluation import Evaluation, Progress, ProgressFactory
 from pytest_instrumental.gate import Thresholds, Violation
 from pytest_instrumental.hf_judge import HF_PREFIX, TransformersJudge
 from pytest_instrumental.judges import Judge
+from pytest_instrumental.manifest import build_manifest
 from pytest_instrumental.models import (
     EMBEDDED,
     OPENAI_PREFIX,
@@ -750,6 +751,14 @@ def _run_section(
         "thresholds": asdict(settings.thresholds),
         "violations": [v.message() for v in violations],
         "lost_workers": run.lost_workers,
+        "manifest": build_manifest(
+            models={m: run.generation.get(m, {"engine": REPLAY, "source": str(settings.replay)}) for m in models},
+            scenarios=run.scenarios,
+            subset=settings.subset,
+            suffixes=[s for s in run.suffixes if s.name in suffixes],
+            judge=run.judge_name,
+            batch_size=settings.generation.batch_size,
+        ),
     }
 
 

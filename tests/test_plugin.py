@@ -264,6 +264,24 @@ def test_results_json_has_the_documented_schema(pytester: pytest.Pytester, repla
         "truncated",
     }
     assert first["judge"] == "gpt-5.2" and first["thinking"]
+    manifest = document["run"]["manifest"]
+    assert set(manifest) == {
+        "packages",
+        "python",
+        "platform",
+        "models",
+        "decoding",
+        "seeds",
+        "scenarios",
+        "suffixes",
+        "rubric_sha256",
+        "judge",
+    }
+    assert manifest["packages"]["pytest"] == pytest.__version__
+    assert manifest["models"]["Qwen3-4B-Thinking-2507"]["engine"] == "replay"
+    assert manifest["scenarios"]["count"] == 76 and len(manifest["scenarios"]["sha256"]) == 64
+    assert manifest["suffixes"] == document["run"]["suffixes"]
+    assert manifest["judge"] == "replay" and len(manifest["rubric_sha256"]) == 64
     assert len(document["cells"]) == 3 * 7
     (gap,) = document["gaps"]
     assert gap["model"] == "Qwen3-4B-Thinking-2507"
