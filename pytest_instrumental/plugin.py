@@ -40,6 +40,7 @@ from pytest_instrumental.models import (
 from pytest_instrumental.offline_judge import OFFLINE, OfflineJudge
 from pytest_instrumental.openai_judge import PAPER_JUDGE_MODEL, OpenAIJudge, OpenAIJudgeSettings
 from pytest_instrumental.replay import REPLAY, ReplayBackend, ReplayJudge, load_recordings, recorded_models
+from pytest_instrumental.report_pages import ReportData, write_reports
 from pytest_instrumental.results import Results, read_results, results_document, write_results
 from pytest_instrumental.scenarios import SUBSETS, ScenarioSet, load_scenarios
 from pytest_instrumental.suffixes import (
@@ -158,6 +159,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=_argtype(_subset),
     )
     option("--instrumental-json", "instrumental_json", "string", "write the results JSON to this path")
+    option(
+        "--instrumental-report",
+        "instrumental_report",
+        "string",
+        "write report.md (for a pull request or CI job summary) and report.html (plots, every item) to this directory",
+    )
     option(
         "--instrumental-replay",
         "instrumental_replay",
@@ -297,6 +304,7 @@ class Settings:
     judge: str | None
     subset: str
     json_path: Path | None
+    report_dir: Path | None
     replay: Path | None
     baseline: Path | None
     thresholds: Thresholds
@@ -353,6 +361,7 @@ def _read_settings(config: pytest.Config) -> Settings:
         judge=value("instrumental_judge"),
         subset=value("instrumental_subset", _subset) or "all",
         json_path=path("instrumental_json"),
+        report_dir=path("instrumental_report"),
         replay=path("instrumental_replay"),
         baseline=path("instrumental_baseline"),
         thresholds=Thresholds(
@@ -704,6 +713,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         section = _run_section(run, models, suffixes, exitstatus, violations)
         document = results_document(section, run.results, cells, gaps, compared)
         write_results(run.settings.json_path, document)
+    if run.settings.report_dir is not None:
+        data = ReportData(
+            title=f"Instrumental convergence: {', '.join(models) or 'no model'}",
+            started_at=run.started_at,
+            plugin_version=version("pytest-instrumental"),
+            models=models,
+            suffixes=suffixes,
+            categories=run.categories,
+            cells=cells,
+            gaps=gaps,
+            judge=_judge_line(run),
+            violations=[v.message() for v in violations],
+            notes=run.lost_workers,
+            items=run.results,
+            comparison=compared,
+            baseline=None if run.settings.baseline is None else str(run.settings.baseline),
+        )
+        write_reports(run.settings.report_dir, data)
     if (violations or run.lost_workers) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -722,13 +749,18 @@ def _summary(
     violations: list[Violation],
     verbose: bool,
 ) -> list[str]:
-    judges = sorted({r.judge for r in run.results if r.judge})
     lines = report.summary_lines(cells, gaps, models, suffixes, run.categories, verbose)
-    lines.append(f"judge: {', '.join(judges) or 'none'}{run.judge_note}")
+    lines.append(f"judge: {_judge_line(run)}")
     if compared is not None:
         assert run.settings.baseline is not None
         lines += ["", *report.comparison_lines(compared, str(run.settings.baseline), verbose)]
     return [*lines, *run.lost_workers, *report.violation_lines(violations)]
+
+
+def _judge_line(run: InstrumentalRun) -> str:
+    """The judges that decided this run's verdicts, with what is known of their agreement."""
+    judges = sorted({r.judge for r in run.results if r.judge})
+    return f"{', '.join(judges) or 'none'}{run.judge_note}"
 
 
 def _run_section(

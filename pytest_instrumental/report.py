@@ -3,11 +3,15 @@ Delta), the comparison with a baseline release, and the gate's verdict."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from pytest_instrumental.comparison import DIRECTIONS, CellChange, Comparison, Flip, GapChange
 from pytest_instrumental.gate import Violation
 from pytest_instrumental.metrics import Cell, Gap, Interval
+
+SUMMARY_TITLE = "Conv% [95% CI] / Refusal% (valid only)"
+COMPARISON_HEADER = ["model", "suffix", "Conv% old -> new", "McNemar p (paired scenarios)", "Refusal% old -> new"]
+GAP_CHANGE_HEADER = ["model", "Delta old -> new [95% bootstrap CI]", "scenarios"]
 
 
 def format_rate(value: float | None) -> str:
@@ -33,14 +37,27 @@ def format_gap(gap: Gap | None) -> str:
     return f"{gap.delta_pp:.2f}{format_interval(gap.ci)}{p}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    rows = list(rows)
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
         return "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
 
     return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
+
+
+def summary_table(
+    cells: Sequence[Cell], gaps: Sequence[Gap], models: Sequence[str], suffixes: Sequence[str]
+) -> tuple[list[str], list[list[str]]]:
+    """The overall table's header and rows: a model per row, a suffix per column, then Delta."""
+    by_key = {(c.model, c.suffix): c for c in cells if c.category is None}
+    gap_of = {g.model: g for g in gaps}
+    header = ["model", *suffixes, *(["Delta pp [95% CI] McNemar"] if gaps else [])]
+    rows = [
+        [model, *(format_cell(by_key[model, s]) for s in suffixes), *([format_gap(gap_of.get(model))] if gaps else [])]
+        for model in models
+    ]
+    return header, rows
 
 
 def summary_lines(
@@ -52,16 +69,9 @@ def summary_lines(
     verbose: bool = False,
 ) -> list[str]:
     """The overall table; with ``verbose`` one more table per category."""
-    by_key = {(c.model, c.suffix, c.category): c for c in cells}
-    gap_of = {g.model: g for g in gaps}
-    with_gap = bool(gaps)
-    header = ["model", *suffixes, *(["Delta pp [95% CI] McNemar"] if with_gap else [])]
-    rows = [
-        [model, *(format_cell(by_key[model, s, None]) for s in suffixes), *([format_gap(gap_of.get(model))] * with_gap)]
-        for model in models
-    ]
-    lines = ["Conv% [95% CI] / Refusal% (valid only)", *_table(header, rows)]
+    lines = [SUMMARY_TITLE, *_table(*summary_table(cells, gaps, models, suffixes))]
     if verbose:
+        by_key = {(c.model, c.suffix, c.category): c for c in cells}
         for category in categories:
             rows = [[model, *(format_cell(by_key[model, s, category]) for s in suffixes)] for model in models]
             lines += ["", f"category {category}", *_table(["model", *suffixes], rows)]
@@ -112,13 +122,9 @@ def format_flip(flip: Flip) -> str:
 
 def comparison_lines(compared: Comparison, baseline: str, verbose: bool = False) -> list[str]:
     lines = [f"against baseline {baseline}"]
-    lines += _table(
-        ["model", "suffix", "Conv% old -> new", "McNemar p (paired scenarios)", "Refusal% old -> new"],
-        [format_cell_change(c) for c in compared.cells],
-    )
+    lines += _table(COMPARISON_HEADER, [format_cell_change(c) for c in compared.cells])
     if compared.gaps:
-        header = ["model", "Delta old -> new [95% bootstrap CI]", "scenarios"]
-        lines += ["", *_table(header, map(format_gap_change, compared.gaps))]
+        lines += ["", *_table(GAP_CHANGE_HEADER, [format_gap_change(g) for g in compared.gaps])]
     lines += [f"not in the baseline: {m}" for m in compared.missing_models]
     counts = ", ".join(f"{sum(f.direction == d for f in compared.flips)} {d}" for d in DIRECTIONS)
     lines += ["", f"verdict flips: {counts}"]

@@ -1,0 +1,94 @@
+"""The report's plots, drawn with matplotlib as inline SVG text (no files, no network): Conv% per
+model x suffix with its Wilson interval, the steerability gap per model with its Newcombe
+interval, and a category x suffix Conv% heatmap per model."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; must precede pyplot
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from pytest_instrumental.metrics import Cell, Gap
+
+_STYLE: dict[Any, Any] = {"svg.hashsalt": "pytest-instrumental", "svg.fonttype": "none", "font.size": 9}
+
+
+def _svg(figure: Figure) -> str:
+    """The figure as an SVG element, without the XML prologue and with no timestamp, so the same
+    data always draws the same bytes."""
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    plt.close(figure)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def conv_by_suffix(cells: Sequence[Cell], models: Sequence[str], suffixes: Sequence[str]) -> str:
+    """Grouped bars: one group per model, one bar per suffix, Conv% with its 95% interval."""
+    by_key = {(c.model, c.suffix): c for c in cells if c.category is None}
+    with plt.rc_context(_STYLE):
+        figure, axes = plt.subplots(figsize=(1.2 + 1.1 * len(models) * max(1, len(suffixes)) / 2, 3.2))
+        width = 0.8 / max(1, len(suffixes))
+        positions = np.arange(len(models))
+        for index, suffix in enumerate(suffixes):
+            values, low, high = [], [], []
+            for model in models:
+                cell = by_key.get((model, suffix))
+                value = cell.conv_pct if cell is not None and cell.conv_pct is not None else np.nan
+                values.append(value)
+                ci = cell.conv_ci if cell is not None else None
+                low.append(value - ci.low if ci is not None else 0)
+                high.append(ci.high - value if ci is not None else 0)
+            axes.bar(positions + index * width, values, width, yerr=[low, high], capsize=3, label=suffix)
+        axes.set_xticks(positions + width * (len(suffixes) - 1) / 2, models, rotation=15, ha="right")
+        axes.set_ylabel("Conv% (valid responses)")
+        axes.set_ylim(0, 100)
+        axes.legend(title="suffix", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        axes.set_title("Convergence rate with 95% Wilson interval")
+        return _svg(figure)
+
+
+def gaps(gap_list: Sequence[Gap]) -> str:
+    """One bar per model: Delta = Conv%(pro_ic) - Conv%(anti_ic) with its 95% Newcombe interval."""
+    with plt.rc_context(_STYLE):
+        figure, axes = plt.subplots(figsize=(1.5 + 0.9 * len(gap_list), 3.0))
+        values = [g.delta_pp if g.delta_pp is not None else np.nan for g in gap_list]
+        low = [g.delta_pp - g.ci.low if g.ci is not None and g.delta_pp is not None else 0 for g in gap_list]
+        high = [g.ci.high - g.delta_pp if g.ci is not None and g.delta_pp is not None else 0 for g in gap_list]
+        axes.bar(range(len(gap_list)), values, 0.6, yerr=[low, high], capsize=4, color="#4c72b0")
+        axes.set_xticks(range(len(gap_list)), [g.model for g in gap_list], rotation=15, ha="right")
+        axes.axhline(0, color="black", linewidth=0.8)
+        axes.set_ylabel("Delta, points")
+        axes.set_ylim(-100, 100)
+        axes.set_title("Steerability gap (pro_ic - anti_ic) with 95% interval")
+        return _svg(figure)
+
+
+def category_heatmap(cells: Sequence[Cell], model: str, suffixes: Sequence[str], categories: Sequence[str]) -> str:
+    """Rows category, columns suffix, each square the category's Conv% (blank: no valid item)."""
+    by_key = {(c.suffix, c.category): c for c in cells if c.model == model and c.category is not None}
+    grid = np.full((len(categories), len(suffixes)), np.nan)
+    for row, category in enumerate(categories):
+        for column, suffix in enumerate(suffixes):
+            cell = by_key.get((suffix, category))
+            if cell is not None and cell.conv_pct is not None:
+                grid[row, column] = cell.conv_pct
+    with plt.rc_context(_STYLE):
+        figure, axes = plt.subplots(figsize=(1.8 + 1.1 * len(suffixes), 0.9 + 0.42 * len(categories)))
+        image = axes.imshow(grid, vmin=0, vmax=100, cmap="Reds", aspect="auto")
+        for (row, column), value in np.ndenumerate(grid):
+            label = "n/a" if np.isnan(value) else f"{value:.0f}"
+            axes.text(column, row, label, ha="center", va="center", color="white" if value > 60 else "black")
+        axes.set_xticks(range(len(suffixes)), suffixes)
+        axes.set_yticks(range(len(categories)), categories)
+        axes.set_title(f"{model}: Conv% by category")
+        figure.colorbar(image, ax=axes, label="Conv%")
+        return _svg(figure)

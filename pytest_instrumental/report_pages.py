@@ -1,0 +1,149 @@
+"""The report files of ``--instrumental-report DIR``: ``report.md``, a summary fit for a
+pull-request comment or a CI job summary (the table, Delta, the baseline comparison, the gate,
+the flips), and ``report.html``, one self-contained page with plots and every item's response,
+reasoning and judge reason.
+
+Model output is untrusted text. The HTML template escapes every value (Jinja2 autoescaping) and
+the page's Content-Security-Policy forbids scripts and remote loads, so a response holding
+markup renders as text; Markdown table cells escape the characters that would break a table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+
+from pytest_instrumental import plots
+from pytest_instrumental.comparison import DIRECTIONS, Comparison
+from pytest_instrumental.metrics import Cell, Gap
+from pytest_instrumental.report import (
+    COMPARISON_HEADER,
+    GAP_CHANGE_HEADER,
+    SUMMARY_TITLE,
+    format_cell_change,
+    format_flip,
+    format_gap_change,
+    summary_table,
+)
+from pytest_instrumental.verdicts import ItemResult
+
+MARKDOWN = "report.md"
+HTML = "report.html"
+
+
+@dataclass(frozen=True)
+class ReportData:
+    title: str
+    started_at: str
+    plugin_version: str
+    models: list[str]
+    suffixes: list[str]
+    categories: list[str]
+    cells: list[Cell]
+    gaps: list[Gap]
+    judge: str  # the judge(s) that decided, with the offline judge's measured agreement
+    violations: list[str]
+    notes: list[str]  # lost workers and other things a reader must not miss
+    items: list[ItemResult]
+    comparison: Comparison | None = None
+    baseline: str | None = None
+
+    @property
+    def gate_passed(self) -> bool:
+        return not self.violations and not self.notes
+
+
+def write_reports(directory: Path, data: ReportData) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in ((MARKDOWN, markdown(data)), (HTML, html(data))):
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#])")
+
+
+def _md(text: object) -> str:
+    """One table cell of Markdown: special characters escaped, newlines flattened."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(_md(h) for h in header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(_md(c) for c in row) + " |" for row in rows),
+    ]
+
+
+def markdown(data: ReportData) -> str:
+    verdict = "PASSED" if data.gate_passed else "FAILED"
+    lines = [f"## {_md(data.title)}: gate {verdict}", ""]
+    header, rows = summary_table(data.cells, data.gaps, data.models, data.suffixes)
+    lines += [SUMMARY_TITLE, "", *_md_table(header, rows), ""]
+    lines += [f"Judge: {_md(data.judge)}", ""]
+    if data.violations or data.notes:
+        lines += ["### Gate", "", *(f"- {_md(v)}" for v in [*data.notes, *data.violations]), ""]
+    if data.comparison is not None:
+        lines += _markdown_comparison(data.comparison, data.baseline or "")
+    lines.append(f"_pytest-instrumental {_md(data.plugin_version)}, run started {_md(data.started_at)}_")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_comparison(compared: Comparison, baseline: str) -> list[str]:
+    lines = [f"### Against baseline `{baseline.replace('`', '')}`", ""]
+    lines += _md_table(COMPARISON_HEADER, [format_cell_change(c) for c in compared.cells])
+    if compared.gaps:
+        lines += ["", *_md_table(GAP_CHANGE_HEADER, [format_gap_change(g) for g in compared.gaps])]
+    lines += ["", *(f"Not in the baseline: {_md(m)}" for m in compared.missing_models)]
+    lines += ["#### Verdict flips", ""]
+    for direction in DIRECTIONS:
+        flips = [f for f in compared.flips if f.direction == direction]
+        lines.append(f"**{direction}** ({len(flips)})")
+        lines += [f"- {_md(format_flip(f))}" for f in flips]
+        lines.append("")
+    return lines
+
+
+_ENVIRONMENT = Environment(
+    loader=PackageLoader("pytest_instrumental", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def html(data: ReportData) -> str:
+    header, table = summary_table(data.cells, data.gaps, data.models, data.suffixes)
+    figures = [plots.conv_by_suffix(data.cells, data.models, data.suffixes)]
+    if data.gaps:
+        figures.append(plots.gaps(data.gaps))
+    figures += [plots.category_heatmap(data.cells, m, data.suffixes, data.categories) for m in data.models]
+    comparison = data.comparison
+    return _ENVIRONMENT.get_template("report.html.j2").render(
+        data=data,
+        summary_title=SUMMARY_TITLE,
+        header=header,
+        table=table,
+        comparison_header=COMPARISON_HEADER,
+        gap_change_header=GAP_CHANGE_HEADER,
+        # matplotlib's own SVG output (text escaped by matplotlib): the one value not escaped here
+        figures=[_trusted_svg(f) for f in figures],
+        comparison_cells=[format_cell_change(c) for c in comparison.cells] if comparison else [],
+        comparison_gaps=[format_gap_change(g) for g in comparison.gaps] if comparison else [],
+        flips={d: [f for f in comparison.flips if f.direction == d] for d in DIRECTIONS} if comparison else {},
+        items=sorted(data.items, key=lambda i: i.key),
+    )
+
+
+def _trusted_svg(svg: str) -> Markup:
+    return Markup(svg)
