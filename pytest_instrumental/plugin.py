@@ -6,6 +6,7 @@ a plain module (scenarios, suffixes, replay, evaluation, metrics, gate, results,
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,8 +18,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from syrupy.assertion import SnapshotAssertion
+from syrupy.data import SnapshotCollections
+from syrupy.extensions.amber import AmberSnapshotExtension
+from syrupy.location import PyTestLocation
 
-from pytest_instrumental import comparison, embedded, gate, metrics, report
+from pytest_instrumental import comparison, embedded, gate, metrics, report, snapshots
 from pytest_instrumental.backends import Backend, Request
 from pytest_instrumental.cache import DEFAULT_DIR_NAME, Cache
 from pytest_instrumental.errors import InputError
@@ -189,6 +194,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PP",
     )
     option(
+        "--instrumental-snapshot",
+        "instrumental_snapshot",
+        "bool",
+        "assert each item's verdict against its syrupy snapshot (--snapshot-update accepts the current verdicts)",
+        action="store_true",
+        default=None,
+    )
+    option(
+        "--instrumental-snapshot-dir",
+        "instrumental_snapshot_dir",
+        "string",
+        f"directory of the verdict snapshots (default: <rootdir>/{snapshots.DEFAULT_DIR_NAME})",
+    )
+    option(
         "--instrumental-baseline",
         "instrumental_baseline",
         "string",
@@ -305,6 +324,8 @@ class Settings:
     subset: str
     json_path: Path | None
     report_dir: Path | None
+    snapshot: bool
+    snapshot_dir: Path
     replay: Path | None
     baseline: Path | None
     thresholds: Thresholds
@@ -362,6 +383,8 @@ def _read_settings(config: pytest.Config) -> Settings:
         subset=value("instrumental_subset", _subset) or "all",
         json_path=path("instrumental_json"),
         report_dir=path("instrumental_report"),
+        snapshot=flag("instrumental_snapshot"),
+        snapshot_dir=(path("instrumental_snapshot_dir") or root / snapshots.DEFAULT_DIR_NAME).resolve(),
         replay=path("instrumental_replay"),
         baseline=path("instrumental_baseline"),
         thresholds=Thresholds(
@@ -404,6 +427,8 @@ class InstrumentalRun:
     judge_name: str
     judge_note: str  # said after the judge's name in the summary
     baseline: Results | None
+    snapshot_setups: dict[str, snapshots.Setup]  # model -> the setup its verdicts are judged in
+    recorded_setups: dict[str, snapshots.Setup]  # model -> the setup its snapshots were recorded in
     results: list[ItemResult] = field(default_factory=list)
     reported: set[ItemKey] = field(default_factory=set)  # items that ran (controller side)
     lost_workers: list[str] = field(default_factory=list)
@@ -466,6 +491,11 @@ def pytest_configure(config: pytest.Config) -> None:
     except InputError as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[_RUN] = run
+    if run.settings.snapshot:
+        # syrupy tells an entry's item apart by the test function's name alone, and every item here
+        # is test_scenario[...]: its unused-snapshot cleanup would delete the entries of every model,
+        # suffix or scenario this run did not select (-k, --model). Entries are only ever updated.
+        config.option.disable_unused_snapshots = True
     for category in run.scenarios.categories:
         config.addinivalue_line("markers", f"{category.slug}: InstrumentalEval category {category.name}")
     if not _is_worker(config):
@@ -521,9 +551,18 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
         evaluation=Evaluation(backends, judge, cache, _progress_bars(config)),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         generation=generation,
-        judge_name=judge_name,
+        judge_name=judge.name,
         judge_note=judge_note,
         baseline=baseline,
+        snapshot_setups={
+            model: snapshots.model_setup(
+                generation.get(model, {"engine": REPLAY, "source": str(settings.replay)}),
+                judge.name,
+                {s.name: s.sha256 for s in suffixes},
+            )
+            for model in backends
+        },
+        recorded_setups=snapshots.read_setups(settings.snapshot_dir) if settings.snapshot else {},
     )
 
 
@@ -590,6 +629,7 @@ class ScenarioItem(pytest.Item):
     def __init__(self, *, request: Request, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.request = request
+        self.obj = test_scenario
 
     def runtest(self) -> None:
         run = self.config.stash[_RUN]
@@ -600,6 +640,37 @@ class ScenarioItem(pytest.Item):
         self.user_properties += [("verdict", outcome.verdict), ("judge", outcome.judge), ("reason", outcome.reason)]
         if outcome.status == "error":
             raise ItemError(outcome.error or "unknown error")
+        if run.settings.snapshot:
+            self._check_snapshot(run, outcome)
+
+    def _check_snapshot(self, run: InstrumentalRun, outcome: ItemResult) -> None:
+        """The verdict against its syrupy snapshot, built as syrupy's own ``snapshot`` fixture
+        builds it; only verdicts judged in the recorded setup are compared."""
+        updating = bool(self.config.option.update_snapshots)
+        assertion = SnapshotAssertion(
+            session=self.config._syrupy,  # type: ignore[attr-defined]  # syrupy's session, as its fixture uses
+            extension_class=_verdict_snapshots(run.settings.snapshot_dir),
+            test_location=PyTestLocation(self),
+            update_snapshots=updating,
+        )
+        matches = assertion == outcome.verdict
+        if updating:
+            return
+        model = self.request.key.model
+        changes = snapshots.setup_changes(run.recorded_setups.get(model), run.snapshot_setups[model])
+        if changes:
+            raise ItemError(
+                f"verdict snapshot not comparable, recorded in another setup: {'; '.join(changes)} "
+                "(--snapshot-update records this one)"
+            )
+        if not matches:
+            recorded = assertion.executions[0].recalled_data
+            if recorded is None:
+                raise ItemError(f"no verdict snapshot yet (verdict {outcome.verdict}; --snapshot-update records it)")
+            raise ItemError(
+                f"verdict {outcome.verdict} differs from its snapshot {str(recorded).strip()} "
+                "(--snapshot-update accepts it)"
+            )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ItemError):
@@ -608,6 +679,35 @@ class ScenarioItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, self.name
+
+
+def test_scenario() -> None:
+    """Where a tool expects a scenario item's Python test function (syrupy reads its module and
+    name for the snapshot location): items run through ``ScenarioItem.runtest``, not this."""
+
+
+@functools.cache
+def _verdict_snapshots(directory: Path) -> type[AmberSnapshotExtension]:
+    """syrupy's amber format, in the configured directory, owning ``instrumental.ambr`` only:
+    the setup file beside it is not a snapshot and must never be cleaned up as one."""
+
+    class VerdictSnapshots(AmberSnapshotExtension):
+        @classmethod
+        def dirname(cls, *, test_location: PyTestLocation) -> str:
+            return str(directory)
+
+        def discover_snapshots(
+            self, *, test_location: PyTestLocation, ignore_extensions: list[str] | None = None
+        ) -> SnapshotCollections:
+            found = SnapshotCollections()
+            for collection in super().discover_snapshots(
+                test_location=test_location, ignore_extensions=ignore_extensions
+            ):
+                if Path(collection.location).name != snapshots.SETUP_FILE:
+                    found.add(collection)
+            return found
+
+    return VerdictSnapshots
 
 
 class ItemError(Exception):
@@ -640,7 +740,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     # Collected through the public collection hooks, as pytest collects a module, so terminal
     # counts, --collect-only and xdist see these items like any others.
-    suite = InstrumentalSuite.from_parent(session, name=SUITE_NAME, nodeid=SUITE_NAME, path=config.rootpath)
+    # The suite's path names the snapshot file: <snapshot dir>/instrumental.ambr.
+    suite_path = config.rootpath / snapshots.SNAPSHOT_BASENAME
+    suite = InstrumentalSuite.from_parent(session, name=SUITE_NAME, nodeid=SUITE_NAME, path=suite_path)
     session.ihook.pytest_collectstart(collector=suite)
     collected = session.ihook.pytest_make_collect_report(collector=suite)
     session.ihook.pytest_collectreport(report=collected)
@@ -713,6 +815,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         section = _run_section(run, models, suffixes, exitstatus, violations)
         document = results_document(section, run.results, cells, gaps, compared)
         write_results(run.settings.json_path, document)
+    if run.settings.snapshot and config.option.update_snapshots:
+        ran = {k.model for k in run.reported}
+        setups = {**run.recorded_setups, **{m: s for m, s in run.snapshot_setups.items() if m in ran}}
+        snapshots.write_setups(run.settings.snapshot_dir, setups)
     if run.settings.report_dir is not None:
         data = ReportData(
             title=f"Instrumental convergence: {', '.join(models) or 'no model'}",
