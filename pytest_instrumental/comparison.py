@@ -88,6 +88,17 @@ class Comparison:
     gaps: list[GapChange]
     flips: list[Flip]  # newly convergent first, then no longer convergent, then the rest
     missing_models: list[str]  # models of this run that the baseline does not have
+    old_judges: list[str]  # who judged the compared items, in the baseline and now
+    new_judges: list[str]
+
+    @property
+    def judge_changed(self) -> str | None:
+        """A warning when the two runs were judged by different judges: then a change mixes the
+        model's change with the judges' disagreement."""
+        if self.old_judges == self.new_judges:
+            return None
+        old, new = ", ".join(self.old_judges) or "none", ", ".join(self.new_judges) or "none"
+        return f"judged by {old} in the baseline and by {new} now: changes mix the model's and the judges'"
 
 
 def _change(old: float | None, new: float | None) -> float | None:
@@ -144,8 +155,17 @@ def compare(
     if PRO_SUFFIX in suffixes and ANTI_SUFFIX in suffixes:
         rng = np.random.default_rng(seed)
         gaps = [_gap_change(model, baseline, current, rng, resamples) for model in compared]
+
+    def judges(run: Sequence[ItemResult]) -> list[str]:
+        return sorted({r.judge for r in run if r.judge and r.model in compared and r.suffix in suffixes})
+
     return Comparison(
-        cells, gaps, _flips(baseline, current, compared, suffixes), [m for m in models if m not in compared]
+        cells,
+        gaps,
+        _flips(baseline, current, compared, suffixes),
+        [m for m in models if m not in compared],
+        judges(baseline),
+        judges(current),
     )
 
 

@@ -22,6 +22,7 @@ from syrupy.assertion import SnapshotAssertion
 from syrupy.data import SnapshotCollections
 from syrupy.extensions.amber import AmberSnapshotExtension
 from syrupy.location import PyTestLocation
+from syrupy.types import SnapshotIndex
 
 from pytest_instrumental import comparison, embedded, gate, metrics, report, snapshots
 from pytest_instrumental.backends import Backend, Request
@@ -696,6 +697,10 @@ def _verdict_snapshots(directory: Path) -> type[AmberSnapshotExtension]:
         def dirname(cls, *, test_location: PyTestLocation) -> str:
             return str(directory)
 
+        @classmethod
+        def get_file_basename(cls, *, test_location: PyTestLocation, index: SnapshotIndex) -> str:
+            return snapshots.SNAPSHOT_BASENAME  # one file for the whole suite
+
         def discover_snapshots(
             self, *, test_location: PyTestLocation, ignore_extensions: list[str] | None = None
         ) -> SnapshotCollections:
@@ -740,9 +745,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     # Collected through the public collection hooks, as pytest collects a module, so terminal
     # counts, --collect-only and xdist see these items like any others.
-    # The suite's path names the snapshot file: <snapshot dir>/instrumental.ambr.
-    suite_path = config.rootpath / snapshots.SNAPSHOT_BASENAME
-    suite = InstrumentalSuite.from_parent(session, name=SUITE_NAME, nodeid=SUITE_NAME, path=suite_path)
+    suite = InstrumentalSuite.from_parent(session, name=SUITE_NAME, nodeid=SUITE_NAME, path=config.rootpath)
     session.ihook.pytest_collectstart(collector=suite)
     collected = session.ihook.pytest_make_collect_report(collector=suite)
     session.ihook.pytest_collectreport(report=collected)

@@ -122,6 +122,8 @@ def format_flip(flip: Flip) -> str:
 
 def comparison_lines(compared: Comparison, baseline: str, verbose: bool = False) -> list[str]:
     lines = [f"against baseline {baseline}"]
+    if compared.judge_changed:
+        lines.append(f"WARNING: {compared.judge_changed}")
     lines += _table(COMPARISON_HEADER, [format_cell_change(c) for c in compared.cells])
     if compared.gaps:
         lines += ["", *_table(GAP_CHANGE_HEADER, [format_gap_change(g) for g in compared.gaps])]

@@ -100,6 +100,8 @@ def markdown(data: ReportData) -> str:
 
 def _markdown_comparison(compared: Comparison, baseline: str) -> list[str]:
     lines = [f"### Against baseline `{baseline.replace('`', '')}`", ""]
+    if compared.judge_changed:
+        lines += [f"**Warning:** {_md(compared.judge_changed)}", ""]
     lines += _md_table(COMPARISON_HEADER, [format_cell_change(c) for c in compared.cells])
     if compared.gaps:
         lines += ["", *_md_table(GAP_CHANGE_HEADER, [format_gap_change(g) for g in compared.gaps])]

@@ -104,3 +104,12 @@ def test_alpha_is_range_checked() -> None:
     for bad in ("1", "-0.1", "x"):
         with pytest.raises(ValueError):
             parse_alpha(bad)
+
+
+def test_a_change_of_judge_is_named() -> None:
+    old = run(anti=[N], pro=[C])
+    assert compare(old, old, ["m"], ["anti_ic", "pro_ic"]).judge_changed is None
+    rejudged = [ItemResult(**{**r.to_dict(), "judge": "offline-v1"}) for r in old]
+    assert compare(old, rejudged, ["m"], ["anti_ic", "pro_ic"]).judge_changed == (
+        "judged by j in the baseline and by offline-v1 now: changes mix the model's and the judges'"
+    )

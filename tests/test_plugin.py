@@ -8,6 +8,10 @@ from xml.etree import ElementTree
 
 import pytest
 
+# Loaded once by this process: pytester's in-process runs restore sys.modules afterwards, and a
+# second import of torch's C extension in one process crashes it.
+import torch  # noqa: F401
+
 from pytest_instrumental.results import results_document, write_results
 from tests.chat_server import ChatServer, running_chat_server
 from tests.helpers import item
