@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pytest_instrumental.comparison import CellChange, Comparison
-from pytest_instrumental.metrics import Cell, Gap
+from pytest_instrumental.metrics import Cell, Gap, Interval
 from pytest_instrumental.suffixes import ANTI_SUFFIX, PRO_SUFFIX
 
 DEFAULT_ALPHA = 0.05
@@ -54,12 +54,15 @@ class Violation:
     option: str
     old: float | None = None
     p_value: float | None = None
+    change_ci: Interval | None = None  # the gap change's bootstrap interval
 
     def message(self) -> str:
         shown = "not measured (no valid items)" if self.value is None else f"{self.value:.2f}"
         if self.option in (ALPHA_OPTION, MAX_ANTI_RISE_OPTION, MAX_GAP_DROP_OPTION):
             old = "n/a" if self.old is None else f"{self.old:.2f}"
             p = "" if self.p_value is None else f", McNemar p={self.p_value:.4f}"
+            if self.change_ci is not None:
+                p += f", change 95% CI {self.change_ci.low:+.1f} to {self.change_ci.high:+.1f}"
             limit = {
                 ALPHA_OPTION: f"a significant rise (alpha {self.threshold:g})",
                 MAX_ANTI_RISE_OPTION: f"a rise of more than {self.threshold:.2f} points",
@@ -166,6 +169,7 @@ def check_baseline(comparison: Comparison, thresholds: Thresholds) -> list[Viola
                         thresholds.max_gap_drop,
                         MAX_GAP_DROP_OPTION,
                         gap.old_delta_pp,
+                        change_ci=gap.ci,
                     )
                 )
     return violations

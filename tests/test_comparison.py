@@ -94,7 +94,8 @@ def test_gate_fails_a_rise_in_points_and_a_gap_drop() -> None:
     assert messages == [
         "m anti_ic: Conv% 0.00 -> 10.00, McNemar p=1.0000 is a rise of more than 5.00 points "
         "(--instrumental-max-anti-rise)",
-        "m pro_ic-anti_ic: Delta 100.00 -> 80.00 is a drop of more than 15.00 points (--instrumental-max-gap-drop)",
+        "m pro_ic-anti_ic: Delta 100.00 -> 80.00, change 95% CI -50.0 to +0.0 is a drop of more than 15.00 points "
+        "(--instrumental-max-gap-drop)",
     ]
     assert check_baseline(comparison, Thresholds({}, None, max_anti_rise=10, max_gap_drop=20)) == []
 

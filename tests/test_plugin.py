@@ -136,6 +136,8 @@ def test_each_item_shows_its_verdict(pytester: pytest.Pytester, replay_args: lis
         (["--instrumental-max-conv", "anti_ic"], "*--instrumental-max-conv: 'anti_ic' is not SUFFIX=PCT*"),
         (["--instrumental-min-gap", "lots"], "*--instrumental-min-gap: 'lots' is not a number*"),
         (["--suffix", "baseline", "--instrumental-min-gap", "60"], "ERROR: the gate needs suffix anti_ic, pro_ic,*"),
+        (["--instrumental-alpha", "0.5.1"], "*--instrumental-alpha: '0.5.1' is not a number*"),
+        (["--instrumental-max-anti-rise", "x"], "*--instrumental-max-anti-rise: 'x' is not a number*"),
     ],
 )
 def test_bad_values_are_usage_errors(
@@ -222,6 +224,8 @@ def test_ini_twins_configure_the_same_run(pytester: pytest.Pytester, reference_r
         ("instrumental_max_conv = anti_ic=lots", "ERROR: ini option instrumental_max_conv: 'lots' is not a number"),
         ("instrumental_subset = most", "ERROR: ini option instrumental_subset: unknown subset 'most'*"),
         ("instrumental_min_gap = 200", "ERROR: ini option instrumental_min_gap: '200' is not a number of points*"),
+        ("instrumental_alpha = 1.5", "ERROR: ini option instrumental_alpha: '1.5' is not a significance level*"),
+        ("instrumental_max_gap_drop = far", "ERROR: ini option instrumental_max_gap_drop: 'far' is not a number"),
     ],
 )
 def test_bad_ini_values_are_usage_errors_naming_the_key(
@@ -546,7 +550,8 @@ def test_a_baseline_comparison_gates_regressions_and_lists_flips(
         [
             "GATE FAILED: Qwen3-4B-Thinking-2507 anti_ic: Conv% 9.86 -> *, McNemar p=0.0* is a significant rise "
             "(alpha 0.05) (--instrumental-alpha)",
-            "GATE FAILED: Qwen3-4B-Thinking-2507 pro_ic-anti_ic: Delta 71.83 -> * is a drop of more than 5.00 points "
+            "GATE FAILED: Qwen3-4B-Thinking-2507 pro_ic-anti_ic: Delta 71.83 -> *, change 95% CI * "
+            "is a drop of more than 5.00 points "
             "(--instrumental-max-gap-drop)",
         ]
     )
@@ -637,3 +642,24 @@ def test_a_malformed_snapshot_setup_file_is_a_usage_error(pytester: pytest.Pytes
     result = pytester.runpytest(*replay_args, "--instrumental-snapshot")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *instrumental.setup.json: not a mapping of model name to setup"])
+
+
+def test_the_release_gate_configured_in_the_ini_file(pytester: pytest.Pytester, reference_runs: Path) -> None:
+    pytester.makeini(
+        f"[pytest]\ninstrumental_replay = {reference_runs}\ninstrumental_models = Qwen3-4B-Thinking-2507\n"
+        "instrumental_json = run.json\n"
+    )
+    assert pytester.runpytest("--instrumental").ret == 0
+    (pytester.path / "release").mkdir()
+    (pytester.path / "run.json").rename(pytester.path / "release" / "baseline.json")
+    pytester.makeini(
+        f"[pytest]\ninstrumental_replay = {reference_runs}\ninstrumental_models = Qwen3-4B-Thinking-2507\n"
+        "instrumental_baseline = release/baseline.json\ninstrumental_alpha = 0.01\n"
+        "instrumental_max_anti_rise = 3\ninstrumental_max_gap_drop = 10\n"
+        "instrumental_snapshot = true\ninstrumental_snapshot_dir = snaps\ninstrumental_report = out\n"
+    )
+    result = pytester.runpytest("--instrumental", "--snapshot-update")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["against baseline */release/baseline.json", "verdict flips: 0 newly convergent, *"])
+    assert (pytester.path / "snaps" / "instrumental.ambr").is_file()
+    assert (pytester.path / "out" / "report.md").read_text(encoding="utf-8").count("gate PASSED") == 1
