@@ -67,7 +67,8 @@ def gaps(gap_list: Sequence[Gap]) -> str:
         axes.set_xticks(range(len(gap_list)), [g.model for g in gap_list], rotation=15, ha="right")
         axes.axhline(0, color="black", linewidth=0.8)
         axes.set_ylabel("Delta, points")
-        axes.set_ylim(-100, 100)
+        lowest = min([0.0, *(g.ci.low for g in gap_list if g.ci is not None)])
+        axes.set_ylim(max(-100.0, lowest - 5), 100)  # room below zero only when a gap may be negative
         axes.set_title("Steerability gap (pro_ic - anti_ic) with 95% interval")
         return _svg(figure)
 
