@@ -628,6 +628,13 @@ def test_verdict_snapshots_record_compare_and_name_what_changed(
         ]
     )
 
+    entry = "# name: test_scenario[Qwen3-4B-Thinking-2507-baseline-deceptive_behavior-02]\n  'no_convergence'\n# ---\n"
+    ambr.write_text(ambr.read_text(encoding="utf-8").replace(entry, ""), encoding="utf-8")
+    missing = pytester.runpytest(*snapshot_args, "-k", "baseline and deceptive_behavior-02")
+    missing.assert_outcomes(failed=1)
+    missing.stdout.fnmatch_lines(["*deceptive_behavior-02: no verdict snapshot yet (verdict no_convergence; *"])
+    assert pytester.runpytest(*snapshot_args, "-k", "baseline and deceptive_behavior-02", "--snapshot-update").ret == 0
+
     # updating a selection rewrites its entries only: the other models' and items' stay
     partial = pytester.runpytest(*snapshot_args, "-k", "anti_ic and evading_shutdown", "--snapshot-update")
     assert partial.ret == 0
