@@ -493,6 +493,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[_RUN] = run
     if run.settings.snapshot:
+        if not config.pluginmanager.hasplugin("syrupy"):
+            raise pytest.UsageError("--instrumental-snapshot needs the syrupy plugin, which is disabled or missing")
         # syrupy tells an entry's item apart by the test function's name alone, and every item here
         # is test_scenario[...]: its unused-snapshot cleanup would delete the entries of every model,
         # suffix or scenario this run did not select (-k, --model). Entries are only ever updated.

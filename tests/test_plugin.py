@@ -670,3 +670,9 @@ def test_the_release_gate_configured_in_the_ini_file(pytester: pytest.Pytester, 
     result.stdout.fnmatch_lines(["against baseline */release/baseline.json", "verdict flips: 0 newly convergent, *"])
     assert (pytester.path / "snaps" / "instrumental.ambr").is_file()
     assert (pytester.path / "out" / "report.md").read_text(encoding="utf-8").count("gate PASSED") == 1
+
+
+def test_snapshots_without_syrupy_are_a_usage_error(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    result = pytester.runpytest(*replay_args, "--instrumental-snapshot", "-p", "no:syrupy")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --instrumental-snapshot needs the syrupy plugin, *"])
