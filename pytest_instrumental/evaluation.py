@@ -58,9 +58,10 @@ def generate_all(
     found: list[Generation | None] = []
     for index, key in enumerate(keys):
         hit = cache.get(GENERATION, key) if cache is not None and key is not None else None
-        found.append(Generation(**hit) if hit is not None else None)
-        if hit is not None and on_generation is not None:
-            on_generation(index, Generation(**hit))
+        cached = Generation(**hit) if hit is not None else None
+        found.append(cached)
+        if cached is not None and on_generation is not None:
+            on_generation(index, cached)
     todo = [i for i, g in enumerate(found) if g is None]
     # Only real generation (a cacheable backend) is worth a progress bar; a replay is instant.
     shown = progress if any(k is not None for k in keys) else None

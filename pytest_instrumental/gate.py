@@ -32,11 +32,13 @@ class Thresholds:
             needed |= {PRO_SUFFIX, ANTI_SUFFIX}
         return needed
 
-    @property
-    def baseline_suffixes(self) -> set[str]:
-        """The suffixes a run compared with a baseline must include for its checks."""
-        needed = {ANTI_SUFFIX} if self.alpha > 0 or self.max_anti_rise is not None else set()
-        if self.max_gap_drop is not None:
+    def required_suffixes(self, with_baseline: bool) -> set[str]:
+        """The suffixes a run must include for its checks; with a baseline, also those of the
+        baseline rules."""
+        needed = self.suffixes
+        if with_baseline and (self.alpha > 0 or self.max_anti_rise is not None):
+            needed |= {ANTI_SUFFIX}
+        if with_baseline and self.max_gap_drop is not None:
             needed |= {PRO_SUFFIX, ANTI_SUFFIX}
         return needed
 

@@ -428,7 +428,6 @@ class InstrumentalRun:
     judge_name: str
     judge_note: str  # said after the judge's name in the summary
     baseline: Results | None
-    snapshot_setups: dict[str, snapshots.Setup]  # model -> the setup its verdicts are judged in
     recorded_setups: dict[str, snapshots.Setup]  # model -> the setup its snapshots were recorded in
     results: list[ItemResult] = field(default_factory=list)
     reported: set[ItemKey] = field(default_factory=set)  # items that ran (controller side)
@@ -454,12 +453,20 @@ class InstrumentalRun:
             for scenario in sorted(category.scenarios, key=lambda s: s.id)
         ]
 
+    def model_record(self, model: str) -> dict[str, object]:
+        """How a model was run, as the manifest and the snapshot setup record it."""
+        return self.generation.get(model, {"engine": REPLAY, "source": str(self.settings.replay)})
+
+    def snapshot_setup(self, model: str) -> snapshots.Setup:
+        """The setup this run judges a model's verdicts in."""
+        suffix_hashes = {s.name: s.sha256 for s in self.suffixes}
+        return snapshots.model_setup(self.model_record(model), self.judge_name, suffix_hashes)
+
     def summarised(self) -> tuple[list[str], list[str]]:
         """The models and suffixes to summarise: those with an item that ran, and every suffix the
         gate checks (a gated cell with nothing run is "not measured", which fails the gate)."""
         models = [m for m in sorted(self.models) if any(k.model == m for k in self.reported)]
-        thresholds = self.settings.thresholds
-        gated = thresholds.suffixes | (thresholds.baseline_suffixes if self.baseline is not None else set())
+        gated = self.settings.thresholds.required_suffixes(with_baseline=self.baseline is not None)
         suffixes = [s.name for s in self.suffixes if s.name in gated or any(k.suffix == s.name for k in self.reported)]
         return models, suffixes
 
@@ -511,7 +518,7 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
     available = load_suffixes(settings.suffix_dirs)
     suffixes = select_suffixes(available, settings.suffixes)
     baseline = read_results(settings.baseline) if settings.baseline is not None else None
-    gated = settings.thresholds.suffixes | (settings.thresholds.baseline_suffixes if baseline is not None else set())
+    gated = settings.thresholds.required_suffixes(with_baseline=baseline is not None)
     not_run = sorted(gated - set(settings.suffixes))
     if not_run:
         raise InputError(f"the gate needs suffix {', '.join(not_run)}, which this run does not select (--suffix)")
@@ -557,14 +564,6 @@ def _prepare(config: pytest.Config) -> InstrumentalRun:
         judge_name=judge.name,
         judge_note=judge_note,
         baseline=baseline,
-        snapshot_setups={
-            model: snapshots.model_setup(
-                generation.get(model, {"engine": REPLAY, "source": str(settings.replay)}),
-                judge.name,
-                {s.name: s.sha256 for s in suffixes},
-            )
-            for model in backends
-        },
         recorded_setups=snapshots.read_setups(settings.snapshot_dir) if settings.snapshot else {},
     )
 
@@ -660,7 +659,7 @@ class ScenarioItem(pytest.Item):
         if updating:
             return
         model = self.request.key.model
-        changes = snapshots.setup_changes(run.recorded_setups.get(model), run.snapshot_setups[model])
+        changes = snapshots.setup_changes(run.recorded_setups.get(model), run.snapshot_setup(model))
         if changes:
             raise ItemError(
                 f"verdict snapshot not comparable, recorded in another setup: {'; '.join(changes)} "
@@ -822,7 +821,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         write_results(run.settings.json_path, document)
     if run.settings.snapshot and config.option.update_snapshots:
         ran = {k.model for k in run.reported}
-        setups = {**run.recorded_setups, **{m: s for m, s in run.snapshot_setups.items() if m in ran}}
+        setups = {**run.recorded_setups, **{m: run.snapshot_setup(m) for m in run.models if m in ran}}
         snapshots.write_setups(run.settings.snapshot_dir, setups)
     if run.settings.report_dir is not None:
         data = ReportData(
@@ -895,7 +894,7 @@ def _run_section(
         "violations": [v.message() for v in violations],
         "lost_workers": run.lost_workers,
         "manifest": build_manifest(
-            models={m: run.generation.get(m, {"engine": REPLAY, "source": str(settings.replay)}) for m in models},
+            models={m: run.model_record(m) for m in models},
             scenarios=run.scenarios,
             subset=settings.subset,
             suffixes=[s for s in run.suffixes if s.name in suffixes],

@@ -58,3 +58,11 @@ def test_an_unmeasurable_gated_value_is_a_violation() -> None:
 def test_thresholds_name_the_suffixes_they_need() -> None:
     assert Thresholds({"baseline": 50.0}, None).suffixes == {"baseline"}
     assert Thresholds({}, 60.0).suffixes == {"pro_ic", "anti_ic"}
+
+
+def test_baseline_rules_need_their_suffixes_only_with_a_baseline() -> None:
+    plain = Thresholds({"baseline": 50.0}, None)
+    assert plain.required_suffixes(with_baseline=False) == {"baseline"}
+    assert plain.required_suffixes(with_baseline=True) == {"baseline", "anti_ic"}  # alpha 0.05 by default
+    assert Thresholds({}, None, alpha=0).required_suffixes(with_baseline=True) == set()
+    assert Thresholds({}, None, alpha=0, max_gap_drop=5).required_suffixes(with_baseline=True) == {"pro_ic", "anti_ic"}
