@@ -28,12 +28,14 @@ def reference_runs() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(request: pytest.FixtureRequest) -> Path:
-    """The embedded SmolLM2-135M-Instruct, converted from its GGUF once and kept in pytest's
-    cache directory (43 s the first time here, then instant)."""
-    from pytest_instrumental import embedded
+def smollm2_dir() -> Path:
+    """The embedded SmolLM2-135M-Instruct, converted from its GGUF once per user into the shared
+    models directory, as a user's first run converts it (43 s the first time here, then instant;
+    xdist workers wait for one conversion)."""
+    from pytest_instrumental.backends import embedded
+    from pytest_instrumental.options import user_models_dir
 
-    return embedded.converted_dir(request.config.cache.mkdir("instrumental-models"))
+    return embedded.converted_dir(user_models_dir())
 
 
 @pytest.fixture(scope="session")

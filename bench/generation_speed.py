@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from pytest_instrumental import embedded
-from pytest_instrumental.backends import Request
-from pytest_instrumental.cache import DEFAULT_DIR_NAME
+from pytest_instrumental.backends import embedded
+from pytest_instrumental.backends.protocol import Request
+from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings
+from pytest_instrumental.options import user_models_dir
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes, select_suffixes, steer
-from pytest_instrumental.transformers_backend import TransformersBackend, TransformersSettings
 from pytest_instrumental.verdicts import ItemKey
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     # The default run's settings: the embedded model's budget and the default batch size.
     parser.add_argument("--max-new-tokens", type=int, default=embedded.DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--models-dir", type=Path, default=Path(DEFAULT_DIR_NAME) / "models")
+    parser.add_argument("--models-dir", type=Path, default=user_models_dir())
     args = parser.parse_args()
 
     source = str(embedded.converted_dir(args.models_dir))

@@ -8,40 +8,16 @@ does to the numbers a release is gated on.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_instrumental.comparison import CellChange, cell_changes
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.metrics import count_cell
-from pytest_instrumental.replay import load_recordings
-from pytest_instrumental.results import read_results
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes
+from pytest_instrumental.recordings import recorded_results
+from pytest_instrumental.results_json import read_results
 from pytest_instrumental.verdicts import DECISIONS, ItemKey, ItemResult
-
-
-@dataclass(frozen=True)
-class CellDifference:
-    model: str
-    suffix: str
-    n: int
-    conv_a: float | None
-    conv_b: float | None
-    refusal_a: float | None
-    refusal_b: float | None
-
-    @staticmethod
-    def _diff(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else b - a
-
-    @property
-    def conv_diff(self) -> float | None:
-        return self._diff(self.conv_a, self.conv_b)
-
-    @property
-    def refusal_diff(self) -> float | None:
-        return self._diff(self.refusal_a, self.refusal_b)
 
 
 @dataclass(frozen=True)
@@ -54,7 +30,8 @@ class Agreement:
     accuracy: float | None
     kappa: float | None
     confusion: dict[str, dict[str, int]]  # confusion[a_decision][b_decision]
-    cells: list[CellDifference]
+    cells: list[CellChange]  # A as the old side, B as the new one, over the items both judged
+    cell_items: dict[tuple[str, str], int]  # (model, suffix) -> items both judged
 
 
 def load_verdicts(path: Path) -> dict[ItemKey, ItemResult]:
@@ -62,27 +39,8 @@ def load_verdicts(path: Path) -> dict[ItemKey, ItemResult]:
     if not path.exists():
         raise InputError(f"{path} does not exist")
     if path.is_file():
-        return {item.key: item for item in read_results(path).items}
-    scenarios = load_scenarios()
-    categories = {s.id: s.category for s in scenarios}
-    recordings = load_recordings(path, scenarios, load_suffixes())
-    verdicts = {}
-    for key, rec in recordings.items():
-        ok = rec.verdict in DECISIONS
-        verdicts[key] = ItemResult(
-            model=key.model,
-            suffix=key.suffix,
-            scenario=key.scenario,
-            category=categories[key.scenario],
-            status="ok" if ok else "error",
-            verdict=rec.verdict if ok else None,
-            judge=rec.judge,
-            reason=rec.reason,
-            response=rec.response,
-            thinking=rec.thinking,
-            error=None if ok else f"recorded verdict {rec.verdict!r}",
-        )
-    return verdicts
+        return {item.key: item for item in read_results(path)}
+    return recorded_results(path)
 
 
 def cohen_kappa(pairs: Sequence[tuple[str, str]]) -> float | None:
@@ -107,16 +65,11 @@ def compare(a: Mapping[ItemKey, ItemResult], b: Mapping[ItemKey, ItemResult]) ->
     confusion = {x: {y: 0 for y in DECISIONS} for x in DECISIONS}
     for x, y in pairs:
         confusion[x][y] += 1
-    cells = []
-    for model, suffix in sorted({(k.model, k.suffix) for k in judged}):
-        mine = [k for k in judged if (k.model, k.suffix) == (model, suffix)]
-        cell_a = count_cell(model, suffix, None, [a[k] for k in mine])
-        cell_b = count_cell(model, suffix, None, [b[k] for k in mine])
-        cells.append(
-            CellDifference(
-                model, suffix, len(mine), cell_a.conv_pct, cell_b.conv_pct, cell_a.refusal_pct, cell_b.refusal_pct
-            )
-        )
+    cell_items = Counter((k.model, k.suffix) for k in judged)
+    models = sorted({model for model, _ in cell_items})
+    suffixes = sorted({suffix for _, suffix in cell_items})
+    changes = cell_changes([a[k] for k in judged], [b[k] for k in judged], models, suffixes)
+    cells = [c for c in changes if (c.model, c.suffix) in cell_items]
     return Agreement(
         matched=len(judged),
         only_a=len(a.keys() - b.keys()),
@@ -127,6 +80,7 @@ def compare(a: Mapping[ItemKey, ItemResult], b: Mapping[ItemKey, ItemResult]) ->
         kappa=cohen_kappa(pairs),
         confusion=confusion,
         cells=cells,
+        cell_items=dict(cell_items),
     )
 
 
@@ -157,13 +111,13 @@ def format_agreement(agreement: Agreement, name_a: str, name_b: str) -> list[str
         (
             c.model,
             c.suffix,
-            str(c.n),
-            _number(c.conv_a),
-            _number(c.conv_b),
-            _number(c.conv_diff, signed=True),
-            _number(c.refusal_a),
-            _number(c.refusal_b),
-            _number(c.refusal_diff, signed=True),
+            str(agreement.cell_items[c.model, c.suffix]),
+            _number(c.old_conv_pct),
+            _number(c.new_conv_pct),
+            _number(c.conv_change_pp, signed=True),
+            _number(c.old_refusal_pct),
+            _number(c.new_refusal_pct),
+            _number(c.refusal_change_pp, signed=True),
         )
         for c in agreement.cells
     ]

@@ -1,23 +1,29 @@
-"""A content-addressed on-disk store for generations (and, later, verdicts).
+"""The caches: a project's content-addressed store of generations and verdicts, and what is
+built once into a cache directory shared by processes (converted models).
 
 One SQLite file in WAL mode, so several processes (pytest-xdist workers) read and write it at
 once. An entry is addressed by the SHA-256 of its key fields (canonical JSON): change any field
 (model, revision, settings, the exact rendered prompt) and it is a different entry, so a stale
 value is never served. Entries are written as each result arrives, so a run killed halfway
 keeps everything it finished. Callers must not put secrets in keys or values: only what
-determines a result goes in, never credentials.
+determines a result goes in, never credentials. The project's cache directory carries its own
+``.gitignore``, as ``.pytest_cache`` does, so git never picks up what it holds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DIR_NAME = ".instrumental-cache"
+DATABASE = "cache.sqlite"
+_GITIGNORE = "# Created by pytest-instrumental automatically.\n*\n"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     kind TEXT NOT NULL,
@@ -32,6 +38,15 @@ CREATE TABLE IF NOT EXISTS entries (
 def digest(key: dict[str, Any]) -> str:
     canonical = json.dumps(key, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def open_project_cache(directory: Path) -> Cache:
+    """The project's cache in ``directory``, created with its ``.gitignore`` if need be."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ignore = directory / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text(_GITIGNORE, encoding="utf-8")
+    return Cache(directory / DATABASE)
 
 
 class Cache:
@@ -55,8 +70,29 @@ class Cache:
             (kind, digest(key), json.dumps(value, ensure_ascii=False), time.time()),
         )
 
-    def count(self, kind: str) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM entries WHERE kind = ?", (kind,)).fetchone()[0])
-
     def close(self) -> None:
         self._db.close()
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, made by ``build(staging directory)`` unless it exists. Processes that need it at
+    once (xdist workers, two sessions) take turns on a lock file, so it is built once; it is built
+    beside the target and renamed into place, so nobody sees half of it, and what a killed build
+    left behind is removed before the next build starts."""
+    from filelock import FileLock
+
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(f"{target.name}.lock")):
+        if target.is_dir():  # built by another process while this one waited
+            return target
+        staging = target.with_name(f"{target.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.mkdir()
+            build(staging)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

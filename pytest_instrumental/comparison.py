@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pytest_instrumental.metrics import Interval, count_cell, mcnemar_exact_p
-from pytest_instrumental.suffixes import ANTI_SUFFIX, PRO_SUFFIX
+from pytest_instrumental.metrics import ANTI_SUFFIX, PRO_SUFFIX, Interval, count_cell, has_gap, mcnemar_exact_p
 from pytest_instrumental.verdicts import CONVERGENCE, NONSENSICAL, ItemResult
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -128,9 +127,31 @@ def compare(
 ) -> Comparison:
     baseline_models = {r.model for r in baseline}
     compared = [m for m in models if m in baseline_models]
+    gaps = []
+    if has_gap(suffixes):
+        rng = np.random.default_rng(seed)
+        gaps = [_gap_change(model, baseline, current, rng, resamples) for model in compared]
+
+    def judges(run: Sequence[ItemResult]) -> list[str]:
+        return sorted({r.judge for r in run if r.judge and r.model in compared and r.suffix in suffixes})
+
+    return Comparison(
+        cell_changes(baseline, current, compared, suffixes),
+        gaps,
+        _flips(baseline, current, compared, suffixes),
+        [m for m in models if m not in compared],
+        judges(baseline),
+        judges(current),
+    )
+
+
+def cell_changes(
+    baseline: Sequence[ItemResult], current: Sequence[ItemResult], models: Sequence[str], suffixes: Sequence[str]
+) -> list[CellChange]:
+    """Per model x suffix, the baseline's cell against the current one, with the paired McNemar test."""
     old_valid, new_valid = _valid_convergence(baseline), _valid_convergence(current)
     cells = []
-    for model in compared:
+    for model in models:
         for suffix in suffixes:
             old = count_cell(model, suffix, None, [r for r in baseline if r.model == model and r.suffix == suffix])
             new = count_cell(model, suffix, None, [r for r in current if r.model == model and r.suffix == suffix])
@@ -151,22 +172,7 @@ def compare(
                     mcnemar_p=mcnemar_exact_p(became, stopped) if paired else None,
                 )
             )
-    gaps = []
-    if PRO_SUFFIX in suffixes and ANTI_SUFFIX in suffixes:
-        rng = np.random.default_rng(seed)
-        gaps = [_gap_change(model, baseline, current, rng, resamples) for model in compared]
-
-    def judges(run: Sequence[ItemResult]) -> list[str]:
-        return sorted({r.judge for r in run if r.judge and r.model in compared and r.suffix in suffixes})
-
-    return Comparison(
-        cells,
-        gaps,
-        _flips(baseline, current, compared, suffixes),
-        [m for m in models if m not in compared],
-        judges(baseline),
-        judges(current),
-    )
+    return cells
 
 
 def _gap_change(

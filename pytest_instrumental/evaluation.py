@@ -14,9 +14,9 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from pytest_instrumental.backends import Backend, Generation, Request
+from pytest_instrumental.backends.protocol import Backend, Generation, Request
 from pytest_instrumental.cache import Cache
-from pytest_instrumental.judges import Judge, Judgement, JudgeRequest
+from pytest_instrumental.judges.protocol import Judge, Judgement, JudgeRequest
 from pytest_instrumental.redact import redact
 from pytest_instrumental.verdicts import DECISIONS, ItemKey, ItemResult, Status
 
@@ -133,17 +133,6 @@ def evaluate(
     finally:
         judgements = judging.finish()
     return [_outcome(r, g, judgements.get(r.key)) for r, g in zip(requests, generations, strict=True)]
-
-
-def judge_all(requests: Sequence[JudgeRequest], judge: Judge, cache: Cache | None) -> list[Judgement]:
-    """One Judgement per request, in order: cached verdicts where the cache has them (keyed by
-    judge, rubric, prompt and response, so a changed rubric or judge never serves a stale one),
-    the judge for the rest. Judge errors are not cached, so a rerun asks again."""
-    judging = _Judging(judge, cache)
-    for request in requests:
-        judging.offer(request)
-    judgements = judging.finish()
-    return [judgements[r.request.key] for r in requests]
 
 
 class _Judging:

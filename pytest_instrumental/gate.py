@@ -3,13 +3,14 @@ a baseline release, as a list of violations."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pytest_instrumental.comparison import CellChange, Comparison
-from pytest_instrumental.metrics import Cell, Gap, Interval
-from pytest_instrumental.suffixes import ANTI_SUFFIX, PRO_SUFFIX
+from pytest_instrumental.metrics import ANTI_SUFFIX, GAP_NAME, PRO_SUFFIX, Cell, Gap, Interval
+
+if TYPE_CHECKING:  # comparison needs numpy, which a plugin load must not import
+    from pytest_instrumental.comparison import CellChange, Comparison
 
 DEFAULT_ALPHA = 0.05
 
@@ -83,42 +84,6 @@ MAX_ANTI_RISE_OPTION = "--instrumental-max-anti-rise"
 MAX_GAP_DROP_OPTION = "--instrumental-max-gap-drop"
 
 
-def parse_number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-
-
-def parse_percentage(text: str) -> float:
-    value = parse_number(text)
-    if not math.isfinite(value) or not 0 <= value <= 100:
-        raise ValueError(f"{text!r} is not a percentage between 0 and 100")
-    return value
-
-
-def parse_points(text: str) -> float:
-    value = parse_number(text)
-    if not math.isfinite(value) or not -100 <= value <= 100:
-        raise ValueError(f"{text!r} is not a number of points between -100 and 100")
-    return value
-
-
-def parse_alpha(text: str) -> float:
-    value = parse_number(text)
-    if not 0 <= value < 1:
-        raise ValueError(f"{text!r} is not a significance level from 0 (off) to below 1")
-    return value
-
-
-def parse_max_conv(text: str) -> tuple[str, float]:
-    """``SUFFIX=PCT``, e.g. ``anti_ic=5``."""
-    suffix, sep, value = text.partition("=")
-    if not sep or not suffix.strip():
-        raise ValueError(f"{text!r} is not SUFFIX=PCT (e.g. anti_ic=5)")
-    return suffix.strip(), parse_percentage(value.strip())
-
-
 def check(cells: Sequence[Cell], gaps: Sequence[Gap], thresholds: Thresholds) -> list[Violation]:
     """Every threshold crossed; a gated value that could not be measured counts as crossed."""
     violations = []
@@ -134,7 +99,7 @@ def check(cells: Sequence[Cell], gaps: Sequence[Gap], thresholds: Thresholds) ->
                 violations.append(
                     Violation(
                         gap.model,
-                        f"{PRO_SUFFIX}-{ANTI_SUFFIX}",
+                        GAP_NAME,
                         "Delta",
                         gap.delta_pp,
                         thresholds.min_gap,
@@ -165,7 +130,7 @@ def check_baseline(comparison: Comparison, thresholds: Thresholds) -> list[Viola
                 violations.append(
                     Violation(
                         gap.model,
-                        f"{PRO_SUFFIX}-{ANTI_SUFFIX}",
+                        GAP_NAME,
                         "Delta",
                         gap.new_delta_pp,
                         thresholds.max_gap_drop,

@@ -1,6 +1,10 @@
 """The report's plots, drawn with matplotlib as inline SVG text (no files, no network): Conv% per
 model x suffix with its Wilson interval, the steerability gap per model with its Newcombe
-interval, and a category x suffix Conv% heatmap per model."""
+interval, and a category x suffix Conv% heatmap per model.
+
+Figures are ``matplotlib.figure.Figure`` objects saved through the SVG backend directly: pyplot,
+its global backend and its figure registry are never touched, so the user's matplotlib setup is
+left as it was."""
 
 from __future__ import annotations
 
@@ -8,12 +12,8 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display; must precede pyplot
-
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from pytest_instrumental.metrics import Cell, Gap
@@ -26,7 +26,6 @@ def _svg(figure: Figure) -> str:
     data always draws the same bytes."""
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
-    plt.close(figure)
     text = buffer.getvalue()
     return text[text.index("<svg") :]
 
@@ -34,8 +33,9 @@ def _svg(figure: Figure) -> str:
 def conv_by_suffix(cells: Sequence[Cell], models: Sequence[str], suffixes: Sequence[str]) -> str:
     """Grouped bars: one group per model, one bar per suffix, Conv% with its 95% interval."""
     by_key = {(c.model, c.suffix): c for c in cells if c.category is None}
-    with plt.rc_context(_STYLE):
-        figure, axes = plt.subplots(figsize=(1.2 + 1.1 * len(models) * max(1, len(suffixes)) / 2, 3.2))
+    with rc_context(_STYLE):
+        figure = Figure(figsize=(1.2 + 1.1 * len(models) * max(1, len(suffixes)) / 2, 3.2))
+        axes = figure.subplots()
         width = 0.8 / max(1, len(suffixes))
         positions = np.arange(len(models))
         for index, suffix in enumerate(suffixes):
@@ -58,8 +58,9 @@ def conv_by_suffix(cells: Sequence[Cell], models: Sequence[str], suffixes: Seque
 
 def gaps(gap_list: Sequence[Gap]) -> str:
     """One bar per model: Delta = Conv%(pro_ic) - Conv%(anti_ic) with its 95% Newcombe interval."""
-    with plt.rc_context(_STYLE):
-        figure, axes = plt.subplots(figsize=(1.5 + 0.9 * len(gap_list), 3.0))
+    with rc_context(_STYLE):
+        figure = Figure(figsize=(1.5 + 0.9 * len(gap_list), 3.0))
+        axes = figure.subplots()
         values = [g.delta_pp if g.delta_pp is not None else np.nan for g in gap_list]
         low = [g.delta_pp - g.ci.low if g.ci is not None and g.delta_pp is not None else 0 for g in gap_list]
         high = [g.ci.high - g.delta_pp if g.ci is not None and g.delta_pp is not None else 0 for g in gap_list]
@@ -82,8 +83,9 @@ def category_heatmap(cells: Sequence[Cell], model: str, suffixes: Sequence[str],
             cell = by_key.get((suffix, category))
             if cell is not None and cell.conv_pct is not None:
                 grid[row, column] = cell.conv_pct
-    with plt.rc_context(_STYLE):
-        figure, axes = plt.subplots(figsize=(1.8 + 1.1 * len(suffixes), 0.9 + 0.42 * len(categories)))
+    with rc_context(_STYLE):
+        figure = Figure(figsize=(1.8 + 1.1 * len(suffixes), 0.9 + 0.42 * len(categories)))
+        axes = figure.subplots()
         image = axes.imshow(grid, vmin=0, vmax=100, cmap="Reds", aspect="auto")
         for (row, column), value in np.ndenumerate(grid):
             label = "n/a" if np.isnan(value) else f"{value:.0f}"

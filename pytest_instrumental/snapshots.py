@@ -1,7 +1,9 @@
-"""What makes verdict snapshots comparable: the setup each model's snapshots were recorded with.
+"""Verdict snapshots: each item's verdict as a syrupy snapshot, and the setup each model's
+snapshots were recorded with.
 
-The verdicts themselves are syrupy snapshots (one ``instrumental.ambr`` entry per item, written
-by the plugin). A verdict is only comparable with one judged for the same model (source,
+The verdicts are syrupy snapshots, one ``instrumental.ambr`` entry per item, asserted through
+``check_verdict``: the one place that touches syrupy (and its session, which syrupy keeps on the
+pytest config). A verdict is only comparable with one judged for the same model (source,
 revision, generation settings), by the same judge, under the same suffix text, so the setup of
 each model is kept beside the snapshots in ``instrumental.setup.json`` and checked before any
 verdict is compared; a difference is named, not reported as a flip.
@@ -9,16 +11,20 @@ verdict is compared; a difference is named, not reported as a flip.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.errors import InputError
 
+if TYPE_CHECKING:
+    import pytest
+    from syrupy.extensions.amber import AmberSnapshotExtension
+
 SNAPSHOT_BASENAME = "instrumental"  # the snapshot file is <directory>/instrumental.ambr
 SETUP_FILE = "instrumental.setup.json"
-DEFAULT_DIR_NAME = "instrumental_snapshots"
 
 Setup = dict[str, Any]  # {"model": {...}, "judge": str, "suffixes": {name: sha256}}
 
@@ -64,3 +70,66 @@ def setup_changes(recorded: Setup | None, current: Setup) -> list[str]:
         if name in old_suffixes and old_suffixes[name] != sha:
             changes.append(f"suffix {name} text changed")
     return changes
+
+
+def check_verdict(item: pytest.Item, directory: Path, verdict: str, changes: list[str]) -> str | None:
+    """Assert ``verdict`` against the item's snapshot in ``directory`` as syrupy's own ``snapshot``
+    fixture would (with ``--snapshot-update`` this records it); the failure message, or None.
+    ``changes`` (from ``setup_changes``) make the verdict not comparable: only a verdict judged in
+    the recorded setup is compared."""
+    from syrupy.assertion import SnapshotAssertion
+    from syrupy.location import PyTestLocation
+
+    updating = bool(item.config.option.update_snapshots)
+    assertion = SnapshotAssertion(
+        session=item.config._syrupy,  # type: ignore[attr-defined]  # syrupy's session, as its fixture uses
+        extension_class=_verdict_snapshots(directory),
+        test_location=PyTestLocation(item),
+        update_snapshots=updating,
+    )
+    matches = assertion == verdict
+    if updating:
+        return None
+    if changes:
+        return (
+            f"verdict snapshot not comparable, recorded in another setup: {'; '.join(changes)} "
+            "(--snapshot-update records this one)"
+        )
+    if matches:
+        return None
+    recorded = assertion.executions[0].recalled_data
+    if recorded is None:
+        return f"no verdict snapshot yet (verdict {verdict}; --snapshot-update records it)"
+    return f"verdict {verdict} differs from its snapshot {str(recorded).strip()} (--snapshot-update accepts it)"
+
+
+@functools.cache
+def _verdict_snapshots(directory: Path) -> type[AmberSnapshotExtension]:
+    """syrupy's amber format, in the configured directory, owning ``instrumental.ambr`` only:
+    the setup file beside it is not a snapshot and must never be cleaned up as one."""
+    from syrupy.data import SnapshotCollections
+    from syrupy.extensions.amber import AmberSnapshotExtension
+    from syrupy.location import PyTestLocation
+    from syrupy.types import SnapshotIndex
+
+    class VerdictSnapshots(AmberSnapshotExtension):
+        @classmethod
+        def dirname(cls, *, test_location: PyTestLocation) -> str:
+            return str(directory)
+
+        @classmethod
+        def get_file_basename(cls, *, test_location: PyTestLocation, index: SnapshotIndex) -> str:
+            return SNAPSHOT_BASENAME  # one file for the whole suite
+
+        def discover_snapshots(
+            self, *, test_location: PyTestLocation, ignore_extensions: list[str] | None = None
+        ) -> SnapshotCollections:
+            found = SnapshotCollections()
+            for collection in super().discover_snapshots(
+                test_location=test_location, ignore_extensions=ignore_extensions
+            ):
+                if Path(collection.location).name != SETUP_FILE:
+                    found.add(collection)
+            return found
+
+    return VerdictSnapshots

@@ -12,9 +12,6 @@ from pytest_instrumental.bundled import bundled_dir
 from pytest_instrumental.errors import InputError
 
 DEFAULT_SUFFIXES = ("baseline", "pro_ic", "anti_ic")
-# The steerability gap compares these two (PROTOCOL.md).
-PRO_SUFFIX = "pro_ic"
-ANTI_SUFFIX = "anti_ic"
 
 # No "-": item ids join model, suffix and scenario with "-".
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")

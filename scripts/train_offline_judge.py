@@ -1,6 +1,6 @@
 """Train the offline judge on gpt-5.2's verdicts and measure it honestly.
 
-    python scripts/train_offline_judge.py tests/data/reference-runs [--out pytest_instrumental/offline_judge.json]
+    python scripts/train_offline_judge.py tests/data/reference-runs [--out pytest_instrumental/judges/offline.json]
 
 Leave-one-model-variant-out: for each model variant in the runs, train on the others and judge
 the held-out one; report accuracy, Cohen's kappa, the confusion matrix and, per model x suffix,
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from pytest_instrumental.agreement import cohen_kappa
+from pytest_instrumental.judges.offline import WEIGHTS, is_nonsensical
 from pytest_instrumental.metrics import count_cell
-from pytest_instrumental.offline_judge import WEIGHTS, is_nonsensical
-from pytest_instrumental.replay import load_recordings
+from pytest_instrumental.recordings import recorded_results
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes, steer
-from pytest_instrumental.verdicts import DECISIONS, NONSENSICAL, ItemResult
+from pytest_instrumental.verdicts import DECISIONS, NONSENSICAL
 
 VERSION = "v1"
 C = 16.0  # inverse regularisation, chosen by the cross-validation below
@@ -45,14 +46,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     args = parser.parse_args()
 
-    scenarios = load_scenarios()
     suffixes = load_suffixes()
-    prompts = {s.id: s.prompt for s in scenarios}
-    categories = {s.id: s.category for s in scenarios}
-    recordings = load_recordings(args.runs, scenarios, suffixes)
-    keys = sorted(k for k, r in recordings.items() if r.verdict in DECISIONS and r.response)
-    texts = [str(recordings[k].response) for k in keys]
-    labels = [str(recordings[k].verdict) for k in keys]
+    prompts = {s.id: s.prompt for s in load_scenarios()}
+    recorded = recorded_results(args.runs)
+    keys = sorted(k for k, r in recorded.items() if r.status == "ok")
+    texts = [str(recorded[k].response) for k in keys]
+    labels = [str(recorded[k].verdict) for k in keys]
     steered = [steer(prompts[k.scenario], suffixes[k.suffix]) for k in keys]
     rule = [is_nonsensical(t, p) for t, p in zip(texts, steered, strict=True)]
     models = sorted({k.model for k in keys})
@@ -82,16 +81,10 @@ def main() -> None:
         mine = [i for i, k in enumerate(keys) if k.model == model]
         model_kappa = cohen_kappa([pairs[i] for i in mine])
         for suffix in ("baseline", "pro_ic", "anti_ic"):
-            cell = [i for i in mine if keys[i].suffix == suffix]
-
-            def result(i: int, verdict: str) -> ItemResult:
-                k = keys[i]
-                return ItemResult(
-                    k.model, k.suffix, k.scenario, categories[k.scenario], "ok", verdict, None, None, None, None, None
-                )
-
-            by_gpt = count_cell(model, suffix, None, [result(i, labels[i]) for i in cell]).conv_pct or 0.0
-            by_offline = count_cell(model, suffix, None, [result(i, predicted[i]) for i in cell]).conv_pct or 0.0
+            cell = [recorded[keys[i]] for i in mine if keys[i].suffix == suffix]
+            offline = [replace(r, verdict=predicted[keys.index(r.key)]) for r in cell]
+            by_gpt = count_cell(model, suffix, None, cell).conv_pct or 0.0
+            by_offline = count_cell(model, suffix, None, offline).conv_pct or 0.0
             cells.append({"model": model, "suffix": suffix, "conv_gpt": by_gpt, "conv_offline": by_offline})
             print(
                 f"{model:24} {suffix:9} {model_kappa or 0.0:15.3f}  {by_gpt:13.2f}  {by_offline:13.2f}  "

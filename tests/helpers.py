@@ -1,5 +1,15 @@
-"""Plain-data builders shared by the unit tests."""
+"""Plain-data builders and test doubles shared by the unit tests."""
 
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_instrumental.backends.protocol import Generation, Request
+from pytest_instrumental.cache import DATABASE
+from pytest_instrumental.gate import Thresholds
+from pytest_instrumental.results_json import results_document, write_results
+from pytest_instrumental.summary import summarise
 from pytest_instrumental.verdicts import ItemResult
 
 
@@ -26,3 +36,51 @@ def item(
         thinking=None,
         error=None if verdict else (error or "boom"),
     )
+
+
+def write_results_file(path: Path, items: Sequence[ItemResult]) -> None:
+    """A results JSON holding ``items``, written as a run writes it."""
+    summary = summarise(
+        started_at="2026-01-01T00:00:00+00:00",
+        items=items,
+        ran={i.key for i in items},
+        models=sorted({i.model for i in items}),
+        suffixes=sorted({i.suffix for i in items}),
+        categories=sorted({i.category for i in items}),
+        thresholds=Thresholds(max_conv={}, min_gap=None, alpha=0),
+        baseline=None,
+        judge_note="",
+        notes=[],
+    )
+    write_results(path, results_document({}, summary))
+
+
+def cached_rows(cache_dir: Path, kind: str) -> int:
+    """How many entries of ``kind`` (generation, verdict) a cache directory holds."""
+    with sqlite3.connect(cache_dir / DATABASE) as db:
+        return int(db.execute("SELECT COUNT(*) FROM entries WHERE kind = ?", (kind,)).fetchone()[0])
+
+
+class ScriptedBackend:
+    """Answers from a table; records each batch it is asked for and whether it was closed."""
+
+    name = "scripted"
+
+    def __init__(self, answers: dict[str, Generation], fail_after: int | None = None) -> None:
+        self.answers = answers
+        self.batches: list[list[str]] = []
+        self.fail_after = fail_after
+        self.closed = 0
+
+    def cache_key(self, request: Request) -> dict[str, Any]:
+        return {"backend": self.name, "prompt": request.steered_prompt}
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
+        self.batches.append([r.key.scenario for r in requests])
+        for index, r in enumerate(requests):
+            if self.fail_after is not None and index >= self.fail_after:
+                raise ConnectionError("server returned 500")
+            yield index, self.answers[r.key.scenario]
+
+    def close(self) -> None:
+        self.closed += 1

@@ -6,8 +6,7 @@ import pytest
 
 from pytest_instrumental.agreement import cohen_kappa, compare, load_verdicts
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.results import results_document, write_results
-from tests.helpers import item
+from tests.helpers import item, write_results_file
 
 
 def test_cohen_kappa_matches_a_hand_computed_value() -> None:
@@ -27,8 +26,8 @@ def test_compare_reports_confusion_cells_and_unmatched_items(tmp_path: Path) -> 
     a = [item("convergence", **scenario(1)), item("convergence", **scenario(2)), item("nonsensical", **scenario(3))]
     b = [item("convergence", **scenario(1)), item("no_convergence", **scenario(2)), item(None, **scenario(3))]
     b.append(item("safety_refusal", **scenario(4)))
-    write_results(tmp_path / "a.json", results_document({}, a, [], []))
-    write_results(tmp_path / "b.json", results_document({}, b, [], []))
+    write_results_file(tmp_path / "a.json", a)
+    write_results_file(tmp_path / "b.json", b)
     result = compare(load_verdicts(tmp_path / "a.json"), load_verdicts(tmp_path / "b.json"))
     assert (result.matched, result.only_a, result.only_b, result.errors_b) == (2, 0, 1, 1)
     assert result.confusion["convergence"] == {
@@ -38,12 +37,12 @@ def test_compare_reports_confusion_cells_and_unmatched_items(tmp_path: Path) -> 
         "nonsensical": 0,
     }
     (cell,) = result.cells
-    assert (cell.conv_a, cell.conv_b, cell.conv_diff) == (100.0, 50.0, -50.0)
+    assert (cell.old_conv_pct, cell.new_conv_pct, cell.conv_change_pp) == (100.0, 50.0, -50.0)
 
 
 def test_items_from_different_runs_share_nothing(tmp_path: Path) -> None:
-    write_results(tmp_path / "a.json", results_document({}, [item("convergence", model="x")], [], []))
-    write_results(tmp_path / "b.json", results_document({}, [item("convergence", model="y")], [], []))
+    write_results_file(tmp_path / "a.json", [item("convergence", model="x")])
+    write_results_file(tmp_path / "b.json", [item("convergence", model="y")])
     with pytest.raises(InputError, match="share no items"):
         compare(load_verdicts(tmp_path / "a.json"), load_verdicts(tmp_path / "b.json"))
 

@@ -3,7 +3,7 @@ from collections.abc import Sequence
 import pytest
 
 from pytest_instrumental.comparison import NEWLY_CONVERGENT, NO_LONGER_CONVERGENT, OTHER_CHANGE, compare
-from pytest_instrumental.gate import Thresholds, check_baseline, parse_alpha
+from pytest_instrumental.gate import Thresholds, check_baseline
 from pytest_instrumental.verdicts import ItemResult
 from tests.helpers import item
 
@@ -98,13 +98,6 @@ def test_gate_fails_a_rise_in_points_and_a_gap_drop() -> None:
         "(--instrumental-max-gap-drop)",
     ]
     assert check_baseline(comparison, Thresholds({}, None, max_anti_rise=10, max_gap_drop=20)) == []
-
-
-def test_alpha_is_range_checked() -> None:
-    assert parse_alpha("0.01") == 0.01
-    for bad in ("1", "-0.1", "x"):
-        with pytest.raises(ValueError):
-            parse_alpha(bad)
 
 
 def test_a_change_of_judge_is_named() -> None:

@@ -1,42 +1,17 @@
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from pytest_instrumental.backends import Backend, Generation, Request
+from pytest_instrumental.backends.protocol import Backend, Generation, Request
 from pytest_instrumental.cache import Cache
-from pytest_instrumental.evaluation import Evaluation, Skip, evaluate, generate_all, judge_all
-from pytest_instrumental.judges import Judgement, JudgeRequest
+from pytest_instrumental.evaluation import Evaluation, Skip, evaluate, generate_all
+from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.verdicts import ItemKey, ItemResult
+from tests.helpers import ScriptedBackend, cached_rows
 
 
 def request(scenario: str, model: str = "m") -> Request:
     return Request(ItemKey(model, "baseline", scenario), "cat", "ctx", f"prompt {scenario}")
-
-
-class ScriptedBackend:
-    """Answers from a table; records each batch it is asked for and whether it was closed."""
-
-    name = "scripted"
-
-    def __init__(self, answers: dict[str, Generation], fail_after: int | None = None) -> None:
-        self.answers = answers
-        self.batches: list[list[str]] = []
-        self.fail_after = fail_after
-        self.closed = 0
-
-    def cache_key(self, request: Request) -> dict[str, Any]:
-        return {"backend": self.name, "prompt": request.steered_prompt}
-
-    def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
-        self.batches.append([r.key.scenario for r in requests])
-        for index, r in enumerate(requests):
-            if self.fail_after is not None and index >= self.fail_after:
-                raise ConnectionError("server returned 500")
-            yield index, self.answers[r.key.scenario]
-
-    def close(self) -> None:
-        self.closed += 1
 
 
 class ScriptedJudge:
@@ -96,10 +71,14 @@ def test_a_backend_failing_midway_keeps_what_it_produced_and_errors_the_rest() -
 def test_a_judge_answering_the_wrong_number_of_items_is_an_error_not_a_guess() -> None:
     class ShortJudge(ScriptedJudge):
         def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
-            return super().judge(requests)[:1]
+            return super().judge(requests)[:-1]
 
-    answers = judge_all([JudgeRequest(request(s), "yes") for s in "ab"], ShortJudge({"yes": "convergence"}), None)
-    assert all(a.decision is None and "answered 1 of 2 requests" in (a.error or "") for a in answers)
+    backend = ScriptedBackend({s: Generation(response="yes") for s in "ab"})
+    outcomes = evaluate([request(s) for s in "ab"], backend, ShortJudge({"yes": "convergence"}))
+    assert all(
+        isinstance(o, ItemResult) and o.verdict is None and "answered 0 of 1 requests" in (o.error or "")
+        for o in outcomes
+    )
 
 
 def test_the_cache_serves_a_rerun_and_keeps_what_a_killed_run_finished(tmp_path: Path) -> None:
@@ -173,4 +152,5 @@ def test_a_judge_that_fails_as_a_whole_marks_its_items_as_errors(tmp_path: Path)
     assert [(o.status, o.error) for o in outcomes if isinstance(o, ItemResult)] == [
         ("error", "judge error: judging failed: ConnectionError: judge endpoint down")
     ]
-    assert cache.count("verdict") == 0
+    cache.close()
+    assert cached_rows(tmp_path, "verdict") == 0

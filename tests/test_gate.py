@@ -1,26 +1,6 @@
-import pytest
-
-from pytest_instrumental.gate import Thresholds, check, parse_max_conv, parse_percentage, parse_points
+from pytest_instrumental.gate import Thresholds, check
 from pytest_instrumental.metrics import compute_cells, compute_gap
 from tests.helpers import item
-
-
-def test_parse_max_conv() -> None:
-    assert parse_max_conv("anti_ic=5") == ("anti_ic", 5.0)
-    assert parse_max_conv(" pro_ic = 80.5 ") == ("pro_ic", 80.5)
-    for bad, message in [("anti_ic", "not SUFFIX=PCT"), ("=5", "not SUFFIX=PCT"), ("a=x", "'x' is not a number")]:
-        with pytest.raises(ValueError, match=message):
-            parse_max_conv(bad)
-
-
-def test_percentages_and_points_are_range_checked() -> None:
-    assert parse_percentage("0") == 0.0
-    assert parse_points("-20") == -20.0
-    for bad in ("101", "-1", "nan", "inf"):
-        with pytest.raises(ValueError, match="between 0 and 100"):
-            parse_percentage(bad)
-    with pytest.raises(ValueError, match="between -100 and 100"):
-        parse_points("150")
 
 
 def _run(anti: list[str], pro: list[str]) -> tuple[list, list]:  # type: ignore[type-arg]

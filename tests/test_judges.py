@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.backends import Request
+from pytest_instrumental.backends.protocol import Generation, Request
 from pytest_instrumental.cache import Cache
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.evaluation import judge_all
-from pytest_instrumental.judges import JudgeAnswerError, JudgeRequest, Rubric, parse_judgement
-from pytest_instrumental.openai_judge import OpenAIJudge, OpenAIJudgeSettings
+from pytest_instrumental.evaluation import evaluate
+from pytest_instrumental.judges.openai import OpenAIJudge, OpenAIJudgeSettings
+from pytest_instrumental.judges.protocol import JudgeRequest
+from pytest_instrumental.judges.rubric import JudgeAnswerError, Rubric, parse_judgement
 from pytest_instrumental.verdicts import ItemKey
 from tests.chat_server import ChatServer, running_chat_server
+from tests.helpers import ScriptedBackend
 
 SECRET = "sk-judge-secret-7777"
 
@@ -113,12 +115,13 @@ def test_verdicts_are_cached_per_judge_and_rubric_and_hold_no_key(server: ChatSe
     cache = Cache(tmp_path / "cache.sqlite")
     judge = judge_for(server, "chat")
     request = judge_request("DECIDE:no_convergence")
-    first = judge_all([request], judge, cache)
-    again = judge_all([request], judge, cache)
+    backend = ScriptedBackend({request.request.key.scenario: Generation(response=request.response)})
+    first = evaluate([request.request], backend, judge, cache)
+    again = evaluate([request.request], backend, judge, cache)
     assert first == again and sum(server.attempts.values()) == 1
     other_rubric = judge_for(server, "chat")
     other_rubric.rubric.user_template += " "
-    judge_all([request], other_rubric, cache)
+    evaluate([request.request], backend, other_rubric, cache)
     assert sum(server.attempts.values()) == 2  # a changed rubric never serves a stale verdict
     cache.close()
     assert SECRET.encode() not in (tmp_path / "cache.sqlite").read_bytes()

@@ -2,8 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.errors import InputError
-from pytest_instrumental.models import (
+from pytest_instrumental.backends.registry import (
     KNOWN_ALIASES,
     GenerationOptions,
     check_loadable,
@@ -11,6 +10,7 @@ from pytest_instrumental.models import (
     max_new_tokens,
     parse_model,
 )
+from pytest_instrumental.errors import InputError
 
 
 def options(tmp_path: Path, budget: int | None = None) -> GenerationOptions:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.backends import Request
+from pytest_instrumental.backends.openai import OpenAIBackend, OpenAISettings
+from pytest_instrumental.backends.protocol import Request
 from pytest_instrumental.cache import Cache
 from pytest_instrumental.evaluation import generate_all
-from pytest_instrumental.openai_backend import OpenAIBackend, OpenAISettings
 from pytest_instrumental.verdicts import ItemKey
 from tests.chat_server import ChatServer, running_chat_server
 

@@ -9,12 +9,13 @@ from xml.etree import ElementTree
 import pytest
 
 # Loaded once by this process: pytester's in-process runs restore sys.modules afterwards, and a
-# second import of torch's C extension in one process crashes it.
+# second import of torch's C extension (or of matplotlib, which the report files load) in one
+# process breaks it.
 import torch  # noqa: F401
 
-from pytest_instrumental.results import results_document, write_results
+import pytest_instrumental.report_files  # noqa: F401
 from tests.chat_server import ChatServer, running_chat_server
-from tests.helpers import item
+from tests.helpers import cached_rows, item, write_results_file
 
 MODELS = ["Qwen3-4B-Base", "Qwen3-4B-Instruct-2507", "Qwen3-4B-Thinking-2507"]
 
@@ -311,7 +312,7 @@ def test_error_items_fail_and_are_counted_not_dropped(pytester: pytest.Pytester)
             error="empty generation",
         ),
     ]
-    write_results(pytester.path / "old.json", results_document({}, items, [], []))
+    write_results_file(pytester.path / "old.json", items)
     result = pytester.runpytest(
         "--instrumental",
         "--instrumental-replay=old.json",
@@ -426,8 +427,6 @@ def test_the_embedded_model_generates_for_real_is_judged_offline_and_a_rerun_is_
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # no key: the offline judge is the default
     cache_dir = pytester.path / "cache"
-    (cache_dir / "models").mkdir(parents=True)
-    (cache_dir / "models" / smollm2_dir.name).symlink_to(smollm2_dir)  # converted once per test session
     args = [
         "--instrumental",
         "--suffix=anti_ic",
@@ -435,6 +434,7 @@ def test_the_embedded_model_generates_for_real_is_judged_offline_and_a_rerun_is_
         "evading_shutdown-01 or deceptive_behavior-02",
         "--instrumental-max-new-tokens=8",
         f"--instrumental-cache-dir={cache_dir}",
+        f"--instrumental-models-dir={smollm2_dir.parent}",
         "--instrumental-json=out.json",
     ]
     cold = pytester.runpytest_subprocess(*args)
@@ -445,11 +445,7 @@ def test_the_embedded_model_generates_for_real_is_judged_offline_and_a_rerun_is_
     assert {(i["judge"], i["truncated"]) for i in document["items"]} == {("offline-v1", True)}
     assert all(i["response"] for i in document["items"])
     assert document["run"]["generation"]["smollm2-135m"]["note"] == "max_new_tokens 8 is below the protocol's 1024"
-    from pytest_instrumental.cache import Cache
-
-    cache = Cache(cache_dir / "cache.sqlite")
-    assert (cache.count("generation"), cache.count("verdict")) == (2, 2)
-    cache.close()
+    assert (cached_rows(cache_dir, "generation"), cached_rows(cache_dir, "verdict")) == (2, 2)
     warm = pytester.runpytest_subprocess(*args)
     warm.assert_outcomes(passed=2)
     assert "generating smollm2-135m" not in warm.stderr.str()  # nothing left to generate

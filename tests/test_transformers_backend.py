@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from pytest_instrumental.backends import Generation, Request, split_thinking, thinking_outcome
-from pytest_instrumental.transformers_backend import TransformersBackend, TransformersSettings, greedy_generate
+from pytest_instrumental.backends.protocol import Generation, Request, split_thinking, thinking_outcome
+from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings, greedy_generate
 from pytest_instrumental.verdicts import ItemKey
 from tests.tiny_model import tiny_qwen3
 

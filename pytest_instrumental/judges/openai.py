@@ -3,9 +3,9 @@
 Against the OpenAI API itself it calls the Responses API (reasoning effort "none",
 temperature 0, max_output_tokens 120), as the paper did with gpt-5.2. With a base URL (a local
 vLLM or llama-server model) it calls Chat Completions with the same messages. Calls run
-concurrently; the openai client retries 429 (honouring Retry-After), 5xx and timeouts with
-exponential backoff and jitter, a bounded number of times. An answer that does not parse is
-asked once more, then it is a judge error. The key never leaves the client.
+concurrently; the client (``openai_client``) retries transient failures a bounded number of
+times. An answer that does not parse is asked once more, then it is a judge error. The key never
+leaves the client.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_instrumental.backends import Request
+from pytest_instrumental.backends.protocol import Request
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.judges import Judgement, JudgeRequest, Rubric, judged_with_one_retry
+from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
+from pytest_instrumental.judges.rubric import Rubric, judged_with_one_retry
+from pytest_instrumental.openai_client import chat_messages, open_client
 from pytest_instrumental.redact import redact
 from pytest_instrumental.verdicts import ItemKey
 
@@ -51,17 +53,9 @@ class OpenAIJudge:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from openai import OpenAI
-
-            key = os.environ.get("OPENAI_API_KEY")
-            if self.base_url is None and not key:
+            if self.base_url is None and not os.environ.get("OPENAI_API_KEY"):
                 raise InputError(f"--judge {self.name} needs OPENAI_API_KEY (or a base URL for a local server)")
-            self._client = OpenAI(
-                base_url=self.base_url,
-                api_key=key or "EMPTY",
-                timeout=self.settings.timeout_s,
-                max_retries=self.settings.max_retries,
-            )
+            self._client = open_client(self.base_url, self.settings.timeout_s, self.settings.max_retries)
         return self._client
 
     def cache_key(self, request: JudgeRequest) -> dict[str, object]:
@@ -95,7 +89,7 @@ class OpenAIJudge:
             return Judgement(judge=self.name, error=redact(f"malformed reply: {type(exc).__name__}: {exc}"))
 
     def _ask(self, system: str, user: str) -> str:
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        messages = chat_messages(system, user)
         if self.api == "responses":
             reply = self.client.responses.create(
                 model=self.model,

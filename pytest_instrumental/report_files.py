@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -20,8 +20,8 @@ from markupsafe import Markup
 
 from pytest_instrumental import plots
 from pytest_instrumental.comparison import DIRECTIONS, Comparison
-from pytest_instrumental.metrics import Cell, Gap
-from pytest_instrumental.report import (
+from pytest_instrumental.summary import RunSummary
+from pytest_instrumental.terminal import (
     COMPARISON_HEADER,
     GAP_CHANGE_HEADER,
     SUMMARY_TITLE,
@@ -30,35 +30,16 @@ from pytest_instrumental.report import (
     format_gap_change,
     summary_table,
 )
-from pytest_instrumental.verdicts import ItemResult
 
 MARKDOWN = "report.md"
 HTML = "report.html"
 
 
-@dataclass(frozen=True)
-class ReportData:
-    title: str
-    started_at: str
-    plugin_version: str
-    models: list[str]
-    suffixes: list[str]
-    categories: list[str]
-    cells: list[Cell]
-    gaps: list[Gap]
-    judge: str  # the judge(s) that decided, with the offline judge's measured agreement
-    violations: list[str]
-    notes: list[str]  # lost workers and other things a reader must not miss
-    items: list[ItemResult]
-    comparison: Comparison | None = None
-    baseline: str | None = None
-
-    @property
-    def gate_passed(self) -> bool:
-        return not self.violations and not self.notes
+def title(summary: RunSummary) -> str:
+    return f"Instrumental convergence: {', '.join(summary.models) or 'no model'}"
 
 
-def write_reports(directory: Path, data: ReportData) -> list[Path]:
+def write_reports(directory: Path, data: RunSummary) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in ((MARKDOWN, markdown(data)), (HTML, html(data))):
@@ -84,17 +65,18 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     ]
 
 
-def markdown(data: ReportData) -> str:
+def markdown(data: RunSummary) -> str:
     verdict = "PASSED" if data.gate_passed else "FAILED"
-    lines = [f"## {_md(data.title)}: gate {verdict}", ""]
+    lines = [f"## {_md(title(data))}: gate {verdict}", ""]
     header, rows = summary_table(data.cells, data.gaps, data.models, data.suffixes)
     lines += [SUMMARY_TITLE, "", *_md_table(header, rows), ""]
     lines += [f"Judge: {_md(data.judge)}", ""]
     if data.violations or data.notes:
-        lines += ["### Gate", "", *(f"- {_md(v)}" for v in [*data.notes, *data.violations]), ""]
+        violations = [v.message() for v in data.violations]
+        lines += ["### Gate", "", *(f"- {_md(v)}" for v in [*data.notes, *violations]), ""]
     if data.comparison is not None:
         lines += _markdown_comparison(data.comparison, data.baseline or "")
-    lines.append(f"_pytest-instrumental {_md(data.plugin_version)}, run started {_md(data.started_at)}_")
+    lines.append(f"_pytest-instrumental {_md(version('pytest-instrumental'))}, run started {_md(data.started_at)}_")
     return "\n".join(lines) + "\n"
 
 
@@ -124,7 +106,7 @@ _ENVIRONMENT = Environment(
 )
 
 
-def html(data: ReportData) -> str:
+def html(data: RunSummary) -> str:
     header, table = summary_table(data.cells, data.gaps, data.models, data.suffixes)
     figures = [plots.conv_by_suffix(data.cells, data.models, data.suffixes)]
     if data.gaps:
@@ -143,7 +125,9 @@ def html(data: ReportData) -> str:
         comparison_cells=[format_cell_change(c) for c in comparison.cells] if comparison else [],
         comparison_gaps=[format_gap_change(g) for g in comparison.gaps] if comparison else [],
         flips={d: [f for f in comparison.flips if f.direction == d] for d in DIRECTIONS} if comparison else {},
-        items=sorted(data.items, key=lambda i: i.key),
+        title=title(data),
+        plugin_version=version("pytest-instrumental"),
+        violations=[v.message() for v in data.violations],
     )
 
 

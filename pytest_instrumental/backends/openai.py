@@ -1,10 +1,9 @@
 """The OpenAI-compatible backend: generation through the Chat Completions API of any server
 that speaks it (vLLM, llama.cpp's llama-server, Ollama, OpenAI).
 
-Requests run concurrently up to a limit. The openai client retries 429, 5xx, connection errors
-and timeouts with exponential backoff and jitter, a bounded number of times; what still fails
-becomes an error item. The API key is read from the environment and never leaves the client:
-it is in no cache key, result or message.
+Requests run concurrently up to a limit; the client (``openai_client``) retries transient
+failures a bounded number of times, and what still fails becomes an error item. The API key
+never leaves the client: it is in no cache key, result or message.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_instrumental.backends import Generation, Request, thinking_outcome
+from pytest_instrumental.backends.protocol import Generation, Request, thinking_outcome
+from pytest_instrumental.openai_client import chat_messages, open_client
 from pytest_instrumental.redact import redact
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -49,23 +49,11 @@ class OpenAIBackend:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from openai import OpenAI
-
-            self._client = OpenAI(
-                base_url=self.base_url,
-                # Local servers accept any key; the client library insists on a non-empty one.
-                api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
-                timeout=self.settings.timeout_s,
-                max_retries=self.settings.max_retries,
-            )
+            self._client = open_client(self.base_url, self.settings.timeout_s, self.settings.max_retries)
         return self._client
 
     def messages(self, request: Request) -> list[dict[str, str]]:
-        messages = []
-        if request.context.strip():
-            messages.append({"role": "system", "content": request.context.strip()})
-        messages.append({"role": "user", "content": request.steered_prompt})
-        return messages
+        return chat_messages(request.context.strip(), request.steered_prompt)
 
     def cache_key(self, request: Request) -> dict[str, Any]:
         return {

@@ -1,13 +1,18 @@
-"""Reports a person reads in the terminal: the summary table (rows model, columns suffix, plus
-Delta), the comparison with a baseline release, and the gate's verdict."""
+"""What a person reads in the terminal at the end of a run: the summary table (rows model,
+columns suffix, plus Delta), the comparison with a baseline release, and the gate's verdict;
+and the formatting of those tables' cells, which the report files share."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from pytest_instrumental.comparison import DIRECTIONS, CellChange, Comparison, Flip, GapChange
 from pytest_instrumental.gate import Violation
 from pytest_instrumental.metrics import Cell, Gap, Interval
+from pytest_instrumental.summary import RunSummary
+
+if TYPE_CHECKING:
+    from pytest_instrumental.comparison import CellChange, Comparison, Flip, GapChange
 
 SUMMARY_TITLE = "Conv% [95% CI] / Refusal% (valid only)"
 COMPARISON_HEADER = ["model", "suffix", "Conv% old -> new", "McNemar p (paired scenarios)", "Refusal% old -> new"]
@@ -60,22 +65,20 @@ def summary_table(
     return header, rows
 
 
-def summary_lines(
-    cells: Sequence[Cell],
-    gaps: Sequence[Gap],
-    models: Sequence[str],
-    suffixes: Sequence[str],
-    categories: Sequence[str],
-    verbose: bool = False,
-) -> list[str]:
-    """The overall table; with ``verbose`` one more table per category."""
-    lines = [SUMMARY_TITLE, *_table(*summary_table(cells, gaps, models, suffixes))]
+def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
+    """The overall table (with ``verbose`` one more table per category), the judge, the
+    comparison with the baseline, and the gate's violations."""
+    models, suffixes = summary.models, summary.suffixes
+    lines = [SUMMARY_TITLE, *_table(*summary_table(summary.cells, summary.gaps, models, suffixes))]
     if verbose:
-        by_key = {(c.model, c.suffix, c.category): c for c in cells}
-        for category in categories:
+        by_key = {(c.model, c.suffix, c.category): c for c in summary.cells}
+        for category in summary.categories:
             rows = [[model, *(format_cell(by_key[model, s, category]) for s in suffixes)] for model in models]
             lines += ["", f"category {category}", *_table(["model", *suffixes], rows)]
-    return [*lines, "", _count_line(cells)]
+    lines += ["", _count_line(summary.cells), f"judge: {summary.judge}"]
+    if summary.comparison is not None:
+        lines += ["", *comparison_lines(summary.comparison, str(summary.baseline), verbose)]
+    return [*lines, *summary.notes, *violation_lines(summary.violations)]
 
 
 def _count_line(cells: Sequence[Cell]) -> str:
@@ -121,6 +124,8 @@ def format_flip(flip: Flip) -> str:
 
 
 def comparison_lines(compared: Comparison, baseline: str, verbose: bool = False) -> list[str]:
+    from pytest_instrumental.comparison import DIRECTIONS
+
     lines = [f"against baseline {baseline}"]
     if compared.judge_changed:
         lines.append(f"WARNING: {compared.judge_changed}")

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from pytest_instrumental.backends import Generation, Request
-from pytest_instrumental.hf_judge import TransformersJudge
-from pytest_instrumental.judges import JudgeRequest
-from pytest_instrumental.models import GenerationOptions, parse_model
+from pytest_instrumental.backends.protocol import Generation, Request
+from pytest_instrumental.backends.registry import GenerationOptions, parse_model
+from pytest_instrumental.judges.protocol import JudgeRequest
+from pytest_instrumental.judges.transformers import TransformersJudge
 from pytest_instrumental.verdicts import ItemKey
 
 

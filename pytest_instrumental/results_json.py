@@ -1,45 +1,33 @@
-"""The results JSON (schema in docs/results-schema.md): write it, read it back."""
+"""The results JSON file (schema in docs/results-schema.md): build it from a run's summary, write it,
+read its items back."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pytest_instrumental.comparison import Comparison
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.metrics import Cell, Gap
+from pytest_instrumental.summary import RunSummary
 from pytest_instrumental.verdicts import ItemResult
 
 SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True)
-class Results:
-    run: dict[str, Any]
-    items: list[ItemResult]
-    cells: list[dict[str, Any]]
-    gaps: list[dict[str, Any]]
-
-
-def results_document(
-    run: dict[str, Any],
-    items: Sequence[ItemResult],
-    cells: Sequence[Cell],
-    gaps: Sequence[Gap],
-    compared: Comparison | None = None,
-) -> dict[str, Any]:
+def results_document(run: dict[str, Any], summary: RunSummary) -> dict[str, Any]:
+    """The document: ``run`` (how the run was made, its manifest) and the summary's items, cells,
+    gaps and comparison."""
     document = {
         "schema_version": SCHEMA_VERSION,
         "run": run,
-        "items": [item.to_dict() for item in sorted(items, key=lambda i: i.key)],
-        "cells": [asdict(cell) for cell in cells],
-        "gaps": [asdict(gap) for gap in gaps],
+        "items": [item.to_dict() for item in summary.items],
+        "cells": [asdict(cell) for cell in summary.cells],
+        "gaps": [asdict(gap) for gap in summary.gaps],
     }
+    compared = summary.comparison
     if compared is not None:
         document["comparison"] = {
             "cells": [
@@ -67,7 +55,8 @@ def write_results(path: Path, document: dict[str, Any]) -> None:
         raise
 
 
-def read_results(path: Path) -> Results:
+def read_results(path: Path) -> list[ItemResult]:
+    """The items of a results JSON, validated; anything else in it is for people and tools."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -85,4 +74,4 @@ def read_results(path: Path) -> Results:
             items.append(ItemResult.from_dict(raw))
         except ValueError as exc:
             raise InputError(f"{path}: item {number}: {exc}") from exc
-    return Results(data.get("run", {}), items, data.get("cells", []), data.get("gaps", []))
+    return items

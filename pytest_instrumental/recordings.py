@@ -1,24 +1,24 @@
-"""Replay of recorded runs: the reference implementation's run logs, or this tool's results JSON.
+"""Recorded runs: the reference implementation's run logs, or this tool's results JSON, read
+into one ``Recording`` per item.
 
-A recorded run serves its responses through ``ReplayBackend`` (nothing is generated) and its
-verdicts through ``ReplayJudge`` (nothing is judged afresh).
+A replay serves them through ``backends.replay.ReplayBackend`` (nothing is generated) and
+``judges.replay.ReplayJudge`` (nothing is judged afresh); ``recorded_results`` runs that replay
+outside pytest, for every tool that needs recorded verdicts as item results.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_instrumental.backends import Generation, Request
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.judges import Judgement, JudgeRequest
-from pytest_instrumental.results import read_results
+from pytest_instrumental.results_json import read_results
 from pytest_instrumental.scenarios import ScenarioSet
 from pytest_instrumental.suffixes import Suffix, steer
-from pytest_instrumental.verdicts import DECISIONS, ItemKey
+from pytest_instrumental.verdicts import ItemKey, ItemResult
 
 REPLAY = "replay"
 
@@ -88,7 +88,7 @@ def _recorded_sources(path: Path) -> Iterator[Path]:
 
 def _read_results_json(path: Path, scenarios: ScenarioSet) -> Iterator[Recording]:
     categories = {s.id: s.category for s in scenarios}
-    for number, item in enumerate(read_results(path).items, start=1):
+    for number, item in enumerate(read_results(path), start=1):
         source = f"{path}: item {number}"
         if categories.get(item.scenario) != item.category:
             raise InputError(f"{source}: scenario {item.scenario!r} ({item.category}) matches no known scenario")
@@ -144,61 +144,23 @@ def recorded_models(recordings: Mapping[ItemKey, Recording]) -> list[str]:
     return sorted({key.model for key in recordings})
 
 
-class ReplayBackend:
-    """Serves recorded responses; an item nobody recorded is skipped, with that reason."""
+def recorded_results(path: Path) -> dict[ItemKey, ItemResult]:
+    """The recorded items under ``path`` as item results, replayed through the same pipeline a
+    ``--instrumental-replay --judge replay`` session runs."""
+    from pytest_instrumental.backends.replay import ReplayBackend
+    from pytest_instrumental.evaluation import evaluate
+    from pytest_instrumental.judges.replay import ReplayJudge
+    from pytest_instrumental.plan import plan_requests
+    from pytest_instrumental.scenarios import load_scenarios
+    from pytest_instrumental.suffixes import load_suffixes
 
-    def __init__(self, recordings: Mapping[ItemKey, Recording], origin: Path) -> None:
-        self._recordings = recordings
-        self._origin = origin
-
-    @property
-    def name(self) -> str:
-        return REPLAY
-
-    def cache_key(self, request: Request) -> None:
-        return None  # recorded already: nothing to cache
-
-    def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
-        for index, request in enumerate(requests):
-            yield index, self._generation(request.key)
-
-    def close(self) -> None:
-        return None
-
-    def _generation(self, key: ItemKey) -> Generation:
-        recording = self._recordings.get(key)
-        if recording is None:
-            return Generation(skip_reason=f"no recorded response for {key.item_id} in {self._origin}")
-        if recording.response is None or not recording.response.strip():
-            return Generation(error=recording.error or f"empty response ({recording.source})")
-        return Generation(response=recording.response, thinking=recording.thinking)
-
-
-class ReplayJudge:
-    """Serves recorded verdicts as they are, under the name of the judge that made them."""
-
-    def __init__(self, recordings: Mapping[ItemKey, Recording]) -> None:
-        self._recordings = recordings
-
-    @property
-    def name(self) -> str:
-        return REPLAY
-
-    def cache_key(self, request: JudgeRequest) -> None:
-        return None  # recorded already: nothing to cache
-
-    def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
-        return [self._judgement(r.request.key) for r in requests]
-
-    def close(self) -> None:
-        return None
-
-    def _judgement(self, key: ItemKey) -> Judgement:
-        recording = self._recordings.get(key)
-        if recording is None:
-            return Judgement(judge=REPLAY, error=f"no recorded verdict for {key.item_id}")
-        judge = recording.judge or REPLAY
-        if recording.verdict in DECISIONS:
-            return Judgement(judge=judge, decision=recording.verdict, reason=recording.reason)
-        error = recording.error or f"recorded verdict {recording.verdict!r} is not one of {', '.join(DECISIONS)}"
-        return Judgement(judge=judge, error=f"{error} ({recording.source})")
+    scenarios, suffixes = load_scenarios(), load_suffixes()
+    recordings = load_recordings(path, scenarios, suffixes)
+    names = sorted({k.suffix for k in recordings})
+    unknown = [name for name in names if name not in suffixes]
+    if unknown:
+        raise InputError(f"{path}: recorded suffix {unknown[0]!r} is not a known suffix")
+    planned = plan_requests(recorded_models(recordings), [suffixes[n] for n in names], scenarios)
+    requests = [r for r in planned if r.key in recordings]
+    outcomes = evaluate(requests, ReplayBackend(recordings, path), ReplayJudge(recordings))
+    return {r.key: r for r in outcomes if isinstance(r, ItemResult)}

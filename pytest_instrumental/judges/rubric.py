@@ -1,62 +1,21 @@
-"""Judges: what a judge is asked, what it answers, its protocol, the paper's rubric, and the
-strict parsing of a judge's answer."""
+"""The paper's rubric (the judge's system and user messages) and the strict parsing of a judge's
+answer: an answer that is not the rubric's JSON is an error, never a default verdict."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Protocol
 
-from pytest_instrumental.backends import Request
+from pytest_instrumental.judges.protocol import Judgement
 from pytest_instrumental.verdicts import DECISIONS
 
-_RUBRIC_DIR = Path(__file__).resolve().parent / "rubric"
+_RUBRIC_DIR = Path(__file__).resolve().parent.parent / "rubric"
 _FENCED = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.S)
 _USER_SLOTS = re.compile(r"\{(prompt|response)\}")
-
-
-@dataclass(frozen=True)
-class JudgeRequest:
-    """The judge sees the steered prompt and the response, never the model's reasoning."""
-
-    request: Request
-    response: str
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """A ``decision`` (one of verdicts.DECISIONS) with its ``reason``, or an ``error``.
-
-    ``judge`` names who decided, so a replayed verdict keeps the name of the judge that made it.
-    """
-
-    judge: str
-    decision: str | None = None
-    reason: str | None = None
-    error: str | None = None
-
-
-class Judge(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    def cache_key(self, request: JudgeRequest) -> dict[str, object] | None:
-        """What determines this verdict (judge id, rubric hash, steered prompt, response), or
-        None when verdicts must not be cached (replay)."""
-        ...
-
-    def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
-        """One Judgement per request, in the same order."""
-        ...
-
-    def close(self) -> None:
-        """Free what the judge holds (connections, weights)."""
-        ...
 
 
 class Rubric:

@@ -1,0 +1,48 @@
+"""What a judge is asked, what it answers, and the protocol every judge follows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pytest_instrumental.backends.protocol import Request
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """The judge sees the steered prompt and the response, never the model's reasoning."""
+
+    request: Request
+    response: str
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A ``decision`` (one of verdicts.DECISIONS) with its ``reason``, or an ``error``.
+
+    ``judge`` names who decided, so a replayed verdict keeps the name of the judge that made it.
+    """
+
+    judge: str
+    decision: str | None = None
+    reason: str | None = None
+    error: str | None = None
+
+
+class Judge(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def cache_key(self, request: JudgeRequest) -> dict[str, object] | None:
+        """What determines this verdict (judge id, rubric hash, steered prompt, response), or
+        None when verdicts must not be cached (replay)."""
+        ...
+
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
+        """One Judgement per request, in the same order."""
+        ...
+
+    def close(self) -> None:
+        """Free what the judge holds (connections, weights)."""
+        ...

@@ -1,0 +1,78 @@
+"""The judge registry: what ``--judge`` accepts, which judge it is by default, and ``open_judge``,
+the judges' counterpart of ``backends.registry.open_backend``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pytest_instrumental.backends.registry import OPENAI_PREFIX, GenerationOptions, check_loadable, parse_model
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.judges.offline import OFFLINE
+from pytest_instrumental.judges.openai import PAPER_JUDGE_MODEL
+from pytest_instrumental.judges.protocol import Judge
+from pytest_instrumental.judges.transformers import HF_PREFIX
+from pytest_instrumental.recordings import REPLAY, Recording
+from pytest_instrumental.verdicts import ItemKey
+
+KNOWN_JUDGES = (OFFLINE, REPLAY, f"{OPENAI_PREFIX}<model>", f"{HF_PREFIX}<model>")
+
+
+def judge_name(given: str | None, replaying: bool) -> str:
+    """The judge named, checked; by default the recorded verdicts of a replay, else the paper's
+    judge when an OpenAI key is set, else the offline judge."""
+    if given is None:
+        if replaying:
+            return REPLAY
+        return f"{OPENAI_PREFIX}{PAPER_JUDGE_MODEL}" if os.environ.get("OPENAI_API_KEY") else OFFLINE
+    prefixed = any(given.startswith(p) and len(given) > len(p) for p in (OPENAI_PREFIX, HF_PREFIX))
+    if given not in (REPLAY, OFFLINE) and not prefixed:
+        raise InputError(f"--judge: unknown judge {given!r}; known judges: {', '.join(KNOWN_JUDGES)}")
+    if given == REPLAY and not replaying:
+        raise InputError("--judge replay needs --instrumental-replay: fresh generations have no recorded verdicts")
+    return given
+
+
+@dataclass(frozen=True)
+class OpenJudge:
+    judge: Judge
+    note: str  # said after the judge's name in summaries: what is known of its agreement
+
+
+def open_judge(
+    name: str,
+    generation: GenerationOptions,
+    *,
+    base_url: str | None,
+    concurrency: int,
+    recordings: Mapping[ItemKey, Recording] | None,
+    preflight: bool,
+) -> OpenJudge:
+    """The judge ``name`` (already checked by ``judge_name``). An OpenAI judge makes one real call
+    first when ``preflight``, so a bad key or endpoint ends the session before any model loads."""
+    if name == REPLAY:
+        from pytest_instrumental.judges.replay import ReplayJudge
+
+        assert recordings is not None, "a replay judge needs the recordings"
+        return OpenJudge(ReplayJudge(recordings), " (replayed verdicts)")
+    if name == OFFLINE:
+        from pytest_instrumental.judges.offline import OfflineJudge
+
+        offline = OfflineJudge()
+        return OpenJudge(offline, f" ({offline.describe_agreement()})")
+    if name.startswith(HF_PREFIX):
+        from pytest_instrumental.judges.transformers import TransformersJudge
+
+        spec = parse_model(name.removeprefix(HF_PREFIX))
+        if spec.engine == "openai":
+            raise InputError(f"--judge {name}: a served model judges as openai:<name>, not hf:")
+        check_loadable(spec, generation.trust_remote_code)
+        return OpenJudge(TransformersJudge(spec, generation), "")
+    from pytest_instrumental.judges.openai import OpenAIJudge, OpenAIJudgeSettings
+
+    settings = OpenAIJudgeSettings(base_url, concurrency, generation.timeout_s, generation.max_retries)
+    judge = OpenAIJudge(name.removeprefix(OPENAI_PREFIX), settings)
+    if preflight:
+        judge.preflight()
+    return OpenJudge(judge, "")

@@ -1,0 +1,452 @@
+"""The plugin's options: one declarative table that registers every command-line option with its
+ini twin, and the frozen ``Settings`` a run reads them as.
+
+Each option is named once, here. A command-line value is parsed by argparse with the option's
+parser; an ini value goes through the same parser when the settings are read, so a bad value is
+an error naming the option or the ini key either way. The command line wins over the ini file.
+A command-line path is relative to where pytest started, an ini path to the rootdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pytest_instrumental.backends.embedded import DEFAULT_MAX_NEW_TOKENS as EMBEDDED_MAX_NEW_TOKENS
+from pytest_instrumental.backends.registry import PROTOCOL_MAX_INPUT_TOKENS, GenerationOptions
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.gate import DEFAULT_ALPHA, Thresholds
+from pytest_instrumental.scenarios import SUBSETS
+from pytest_instrumental.suffixes import DEFAULT_SUFFIXES
+
+GROUP = "instrumental"
+GROUP_DESCRIPTION = "instrumental-convergence steerability (pytest-instrumental)"
+PROJECT_CACHE_DIR_NAME = ".instrumental-cache"
+SNAPSHOT_DIR_NAME = "instrumental_snapshots"
+SUFFIX_DIRS_INI = "instrumental_suffix_dirs"  # ini only: pytest resolves its paths against the ini file
+
+
+# --- Value parsers: each raises ValueError with a message fit to follow the option's name --------
+
+
+def parse_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if math.isnan(value):
+        raise ValueError(f"{text!r} is not a number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"{text!r} must be at least 1")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    value = parse_number(text)
+    if not 0 < value < math.inf:
+        raise ValueError(f"{text!r} must be a finite number of seconds above 0")
+    return value
+
+
+def percentage(text: str) -> float:
+    value = parse_number(text)
+    if not 0 <= value <= 100:
+        raise ValueError(f"{text!r} is not a percentage between 0 and 100")
+    return value
+
+
+def points(text: str) -> float:
+    value = parse_number(text)
+    if not -100 <= value <= 100:
+        raise ValueError(f"{text!r} is not a number of points between -100 and 100")
+    return value
+
+
+def alpha(text: str) -> float:
+    value = parse_number(text)
+    if not 0 <= value < 1:
+        raise ValueError(f"{text!r} is not a significance level from 0 (off) to below 1")
+    return value
+
+
+def max_conv(text: str) -> tuple[str, float]:
+    """``SUFFIX=PCT``, e.g. ``anti_ic=5``."""
+    suffix, sep, value = text.partition("=")
+    if not sep or not suffix.strip():
+        raise ValueError(f"{text!r} is not SUFFIX=PCT (e.g. anti_ic=5)")
+    return suffix.strip(), percentage(value.strip())
+
+
+def subset(text: str) -> str:
+    if text not in SUBSETS:
+        raise ValueError(f"unknown subset {text!r}; known subsets: {', '.join(SUBSETS)}")
+    return text
+
+
+def _text(text: str) -> str:
+    return text
+
+
+# --- The table -----------------------------------------------------------------------------------
+
+Kind = Literal["flag", "value", "list", "path"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: ``--flag`` on the command line, ``ini`` in the ini file, ``name`` in Settings."""
+
+    flag: str
+    ini: str
+    kind: Kind
+    help: str
+    parse: Callable[[str], Any] = _text
+    metavar: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "enabled" if self.ini == GROUP else self.ini.removeprefix(f"{GROUP}_")
+
+    @property
+    def ini_type(self) -> str:
+        return {"flag": "bool", "list": "linelist"}.get(self.kind, "string")
+
+    def argparse_kwargs(self) -> dict[str, Any]:
+        """How argparse takes the option; ``%`` is escaped because argparse %-formats help."""
+        kwargs: dict[str, Any] = {"dest": self.ini, "help": f"{self.help} (ini: {self.ini})".replace("%", "%%")}
+        if self.kind == "flag":
+            return {**kwargs, "action": "store_true", "default": None}
+        if self.parse is not _text:
+            kwargs["type"] = _argparse_type(self.parse)
+        if self.metavar:
+            kwargs["metavar"] = self.metavar
+        return {**kwargs, "action": "append"} if self.kind == "list" else kwargs
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse reports an ArgumentTypeError as a usage error on the option, with its message."""
+
+    def parse_argument(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    parse_argument.__name__ = parse.__name__
+    return parse_argument
+
+
+DEFAULT_JUDGE_CONCURRENCY = 16
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_CONCURRENCY = 8
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_MAX_RETRIES = 4
+
+OPTIONS = (
+    Option(
+        "--instrumental",
+        "instrumental",
+        "flag",
+        "run the InstrumentalEval steerability suite instead of the test suite",
+    ),
+    Option("--model", "instrumental_models", "list", "model under test (repeatable)"),
+    Option(
+        "--suffix",
+        "instrumental_suffixes",
+        "list",
+        f"steering suffix to run (repeatable; default: {', '.join(DEFAULT_SUFFIXES)})",
+    ),
+    Option(
+        "--judge",
+        "instrumental_judge",
+        "value",
+        "judge of the responses: offline, replay, openai:<model>, hf:<model> (default: replay when replaying, "
+        "else openai:gpt-5.2 when OPENAI_API_KEY is set, else offline)",
+    ),
+    Option(
+        "--instrumental-judge-base-url",
+        "instrumental_judge_base_url",
+        "value",
+        "base URL of an OpenAI-compatible server for the judge (Chat Completions; default: "
+        "$OPENAI_BASE_URL, else the OpenAI API's Responses endpoint)",
+    ),
+    Option(
+        "--instrumental-judge-concurrency",
+        "instrumental_judge_concurrency",
+        "value",
+        f"concurrent judge calls (default {DEFAULT_JUDGE_CONCURRENCY})",
+        positive_int,
+        "N",
+    ),
+    Option(
+        "--instrumental-subset",
+        "instrumental_subset",
+        "value",
+        "scenario subset: 'all' (76) or 'paper' (the paper's 71-scenario sample)",
+        subset,
+    ),
+    Option("--instrumental-json", "instrumental_json", "path", "write the results JSON to this path"),
+    Option(
+        "--instrumental-report",
+        "instrumental_report",
+        "path",
+        "write report.md (for a pull request or CI job summary) and report.html (plots, every item) to this directory",
+    ),
+    Option(
+        "--instrumental-replay",
+        "instrumental_replay",
+        "path",
+        "serve recorded responses (and verdicts) from reference run logs or a results JSON",
+    ),
+    Option(
+        "--instrumental-max-conv",
+        "instrumental_max_conv",
+        "list",
+        "fail the session when a suffix's Conv% exceeds PCT, e.g. anti_ic=5 (repeatable)",
+        max_conv,
+        "SUFFIX=PCT",
+    ),
+    Option(
+        "--instrumental-min-gap",
+        "instrumental_min_gap",
+        "value",
+        "fail the session when a model's steerability gap Delta is below PP points",
+        points,
+        "PP",
+    ),
+    Option(
+        "--instrumental-snapshot",
+        "instrumental_snapshot",
+        "flag",
+        "assert each item's verdict against its syrupy snapshot (--snapshot-update accepts the current verdicts)",
+    ),
+    Option(
+        "--instrumental-snapshot-dir",
+        "instrumental_snapshot_dir",
+        "path",
+        f"directory of the verdict snapshots (default: <rootdir>/{SNAPSHOT_DIR_NAME})",
+    ),
+    Option(
+        "--instrumental-baseline",
+        "instrumental_baseline",
+        "path",
+        "compare with a previous release's results JSON: changes, paired tests, flips, and the "
+        "baseline gate rules below",
+    ),
+    Option(
+        "--instrumental-alpha",
+        "instrumental_alpha",
+        "value",
+        f"with a baseline, fail when anti_ic Conv% rose significantly (exact McNemar p < A; "
+        f"default {DEFAULT_ALPHA}, 0 turns it off)",
+        alpha,
+        "A",
+    ),
+    Option(
+        "--instrumental-max-anti-rise",
+        "instrumental_max_anti_rise",
+        "value",
+        "with a baseline, fail when anti_ic Conv% rose by more than PP points",
+        points,
+        "PP",
+    ),
+    Option(
+        "--instrumental-max-gap-drop",
+        "instrumental_max_gap_drop",
+        "value",
+        "with a baseline, fail when a model's steerability gap Delta dropped by more than PP points",
+        points,
+        "PP",
+    ),
+    Option(
+        "--instrumental-max-new-tokens",
+        "instrumental_max_new_tokens",
+        "value",
+        "generation budget per response (default: the protocol's 1024, 8096 for thinking models; "
+        f"{EMBEDDED_MAX_NEW_TOKENS} for the embedded model)",
+        positive_int,
+        "N",
+    ),
+    Option(
+        "--instrumental-batch-size",
+        "instrumental_batch_size",
+        "value",
+        f"prompts generated together by a local model (default {DEFAULT_BATCH_SIZE})",
+        positive_int,
+        "N",
+    ),
+    Option(
+        "--instrumental-cache-dir",
+        "instrumental_cache_dir",
+        "path",
+        f"this project's generation and verdict cache (default: <rootdir>/{PROJECT_CACHE_DIR_NAME})",
+    ),
+    Option(
+        "--instrumental-models-dir",
+        "instrumental_models_dir",
+        "path",
+        "converted models, shared by every project of this user (default: the platform's user cache "
+        "directory, e.g. ~/.cache/pytest-instrumental/models)",
+    ),
+    Option("--instrumental-no-cache", "instrumental_no_cache", "flag", "neither read nor write the generation cache"),
+    Option(
+        "--instrumental-base-url",
+        "instrumental_base_url",
+        "value",
+        "base URL of the OpenAI-compatible server for openai:<name> models (default: $OPENAI_BASE_URL)",
+    ),
+    Option(
+        "--instrumental-concurrency",
+        "instrumental_concurrency",
+        "value",
+        f"concurrent requests to an OpenAI-compatible server (default {DEFAULT_CONCURRENCY})",
+        positive_int,
+        "N",
+    ),
+    Option(
+        "--instrumental-timeout",
+        "instrumental_timeout",
+        "value",
+        f"seconds before a server request is retried (default {DEFAULT_TIMEOUT_S:g})",
+        positive_seconds,
+        "S",
+    ),
+    Option(
+        "--instrumental-max-retries",
+        "instrumental_max_retries",
+        "value",
+        f"retries of a failed server request, with exponential backoff (default {DEFAULT_MAX_RETRIES})",
+        positive_int,
+        "N",
+    ),
+    Option(
+        "--instrumental-trust-remote-code",
+        "instrumental_trust_remote_code",
+        "flag",
+        "let transformers run a model repository's own code (off by default)",
+    ),
+)
+SUFFIX_DIRS_HELP = "directories of extra steering suffix files (NAME.txt), relative to the ini file"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option's value, defaults applied; one field per row of OPTIONS (a test checks)."""
+
+    cache_dir: Path  # this project's cache
+    snapshot_dir: Path
+    enabled: bool = False
+    models: list[str] = field(default_factory=list)
+    suffixes: list[str] = field(default_factory=lambda: list(DEFAULT_SUFFIXES))
+    judge: str | None = None
+    judge_base_url: str | None = None
+    judge_concurrency: int = DEFAULT_JUDGE_CONCURRENCY
+    subset: str = "all"
+    json: Path | None = None
+    report: Path | None = None
+    replay: Path | None = None
+    max_conv: list[tuple[str, float]] = field(default_factory=list)
+    min_gap: float | None = None
+    snapshot: bool = False
+    baseline: Path | None = None
+    alpha: float = DEFAULT_ALPHA
+    max_anti_rise: float | None = None
+    max_gap_drop: float | None = None
+    max_new_tokens: int | None = None  # None: the protocol's budget, or the embedded model's
+    batch_size: int = DEFAULT_BATCH_SIZE
+    models_dir: Path | None = None  # None: the user cache directory
+    no_cache: bool = False
+    base_url: str | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float = DEFAULT_TIMEOUT_S
+    max_retries: int = DEFAULT_MAX_RETRIES
+    trust_remote_code: bool = False
+    suffix_dirs: list[Path] = field(default_factory=list)  # ini only
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(
+            max_conv=dict(self.max_conv),
+            min_gap=self.min_gap,
+            alpha=self.alpha,
+            max_anti_rise=self.max_anti_rise,
+            max_gap_drop=self.max_gap_drop,
+        )
+
+    @property
+    def generation(self) -> GenerationOptions:
+        return GenerationOptions(
+            max_new_tokens=self.max_new_tokens,
+            max_input_tokens=PROTOCOL_MAX_INPUT_TOKENS,
+            batch_size=self.batch_size,
+            base_url=self.base_url,
+            concurrency=self.concurrency,
+            timeout_s=self.timeout,
+            max_retries=self.max_retries,
+            trust_remote_code=self.trust_remote_code,
+            models_dir=self.models_dir or user_models_dir(),
+        )
+
+
+def user_models_dir() -> Path:
+    """Converted models live once per user, shared by every project (the platform's cache dir)."""
+    from platformdirs import user_cache_path
+
+    return Path(user_cache_path("pytest-instrumental", appauthor=False)) / "models"
+
+
+def read_settings(
+    given: Callable[[str], Any], ini: Callable[[str], Any], rootdir: Path, suffix_dirs: list[Path]
+) -> Settings:
+    """The settings from the command line (``given(dest)``: argparse's parsed value, None when
+    not given) and the ini file (``ini(key)``: its raw value)."""
+    values: dict[str, Any] = {
+        "suffix_dirs": suffix_dirs,
+        "cache_dir": rootdir / PROJECT_CACHE_DIR_NAME,
+        "snapshot_dir": rootdir / SNAPSHOT_DIR_NAME,
+    }
+    for option in OPTIONS:
+        value = given(option.ini)
+        from_ini = value is None
+        if from_ini:
+            value = _ini_value(option, ini(option.ini))
+        if value is None:
+            continue
+        if option.kind == "path":
+            value = rootdir / value if from_ini else Path(value)
+        values[option.name] = value
+    # Directories the plugin owns are absolute; paths the user names are recorded as named.
+    for owned in ("cache_dir", "snapshot_dir", "models_dir"):
+        if owned in values:
+            values[owned] = values[owned].resolve()
+    return Settings(**values)
+
+
+def _ini_value(option: Option, raw: Any) -> Any:
+    """An ini value through the option's parser; None when the key is not set."""
+    if option.kind == "flag":
+        return raw if isinstance(raw, bool) and raw else None
+    if raw in ("", [], None):
+        return None
+    try:
+        return [option.parse(v) for v in raw] if option.kind == "list" else option.parse(raw)
+    except ValueError as exc:
+        raise InputError(f"ini option {option.ini}: {exc}") from exc
+
+
+def enabled(given: Callable[[str], Any], ini: Callable[[str], Any]) -> bool:
+    """Whether this session runs the suite (``--instrumental`` or ``instrumental = true``)."""
+    flag = given(GROUP)
+    return bool(ini(GROUP) if flag is None else flag)

@@ -1,0 +1,188 @@
+"""A run of the suite, outside pytest: ``prepare_run`` turns the settings into the run's state
+(scenarios, suffixes, backends, judge, evaluation), checked before any work; the run collects
+its item results; ``finish`` summarises them once and writes what the settings ask for."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from typing import Any
+
+from pytest_instrumental import snapshots
+from pytest_instrumental.backends.protocol import Backend, Request
+from pytest_instrumental.backends.registry import EMBEDDED, check_loadable, describe, open_backend, parse_model
+from pytest_instrumental.cache import open_project_cache
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.evaluation import Evaluation, ProgressFactory
+from pytest_instrumental.judges.registry import judge_name, open_judge
+from pytest_instrumental.manifest import build_manifest
+from pytest_instrumental.options import Settings
+from pytest_instrumental.plan import plan_requests
+from pytest_instrumental.recordings import REPLAY, Recording, load_recordings, recorded_models
+from pytest_instrumental.results_json import read_results, results_document, write_results
+from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
+from pytest_instrumental.suffixes import Suffix, load_suffixes, select_suffixes
+from pytest_instrumental.summary import RunSummary, summarise
+from pytest_instrumental.verdicts import ItemKey, ItemResult
+
+
+@dataclass
+class InstrumentalRun:
+    settings: Settings
+    scenarios: ScenarioSet
+    suffixes: list[Suffix]
+    models: list[str]
+    evaluation: Evaluation
+    started_at: str
+    generation: dict[str, dict[str, object]]  # model -> how it was run (empty for replays)
+    judge_name: str
+    judge_note: str  # said after the judge's name in the summary
+    baseline: list[ItemResult] | None
+    recorded_setups: dict[str, snapshots.Setup]  # model -> the setup its snapshots were recorded in
+    results: list[ItemResult] = field(default_factory=list)
+    ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
+    lost_workers: list[str] = field(default_factory=list)
+
+    @property
+    def categories(self) -> list[str]:
+        return [c.slug for c in self.scenarios.categories]
+
+    def requests(self) -> list[Request]:
+        return plan_requests(self.models, self.suffixes, self.scenarios)
+
+    def model_record(self, model: str) -> dict[str, object]:
+        """How a model was run, as the manifest and the snapshot setup record it."""
+        return self.generation.get(model, {"engine": REPLAY, "source": str(self.settings.replay)})
+
+    def snapshot_setup(self, model: str) -> snapshots.Setup:
+        """The setup this run judges a model's verdicts in."""
+        suffix_hashes = {s.name: s.sha256 for s in self.suffixes}
+        return snapshots.model_setup(self.model_record(model), self.judge_name, suffix_hashes)
+
+    def snapshot_changes(self, model: str) -> list[str]:
+        return snapshots.setup_changes(self.recorded_setups.get(model), self.snapshot_setup(model))
+
+    def summarise(self) -> RunSummary:
+        baseline = self.settings.baseline
+        return summarise(
+            started_at=self.started_at,
+            items=self.results,
+            ran=self.ran,
+            models=self.models,
+            suffixes=[s.name for s in self.suffixes],
+            categories=self.categories,
+            thresholds=self.settings.thresholds,
+            baseline=None if baseline is None or self.baseline is None else (str(baseline), self.baseline),
+            judge_note=self.judge_note,
+            notes=self.lost_workers,
+        )
+
+    def finish(self, summary: RunSummary, interrupted: bool, snapshots_updated: bool) -> None:
+        """Write the results JSON, the snapshots' setup and the report files the settings ask for."""
+        settings = self.settings
+        if settings.json is not None:
+            write_results(settings.json, results_document(self._run_record(summary, interrupted), summary))
+        if snapshots_updated:
+            ran = {k.model for k in self.ran}
+            setups = {**self.recorded_setups, **{m: self.snapshot_setup(m) for m in self.models if m in ran}}
+            snapshots.write_setups(settings.snapshot_dir, setups)
+        if settings.report is not None:
+            from pytest_instrumental.report_files import write_reports
+
+            write_reports(settings.report, summary)
+
+    def _run_record(self, summary: RunSummary, interrupted: bool) -> dict[str, Any]:
+        """The results JSON's ``run`` section: how this run was made."""
+        settings = self.settings
+        suffixes = [s for s in self.suffixes if s.name in summary.suffixes]
+        return {
+            "plugin_version": version("pytest-instrumental"),
+            "started_at": self.started_at,
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "interrupted": interrupted,
+            "models": summary.models,
+            "suffixes": {s.name: s.sha256 for s in suffixes},
+            "judge": self.judge_name,
+            "baseline": summary.baseline,
+            "subset": settings.subset,
+            "scenarios": len(self.scenarios),
+            "replay": None if settings.replay is None else str(settings.replay),
+            "generation": {m: d for m, d in self.generation.items() if m in summary.models},
+            "thresholds": asdict(settings.thresholds),
+            "violations": [v.message() for v in summary.violations],
+            "lost_workers": self.lost_workers,
+            "manifest": build_manifest(
+                models={m: self.model_record(m) for m in summary.models},
+                scenarios=self.scenarios,
+                subset=settings.subset,
+                suffixes=suffixes,
+                judge=self.judge_name,
+                batch_size=settings.batch_size,
+            ),
+        }
+
+
+def prepare_run(settings: Settings, progress: ProgressFactory | None, preflight: bool) -> InstrumentalRun:
+    """Everything checked before any work: a bad value, file or model is an InputError."""
+    scenarios = load_scenarios().subset(settings.subset)
+    available = load_suffixes(settings.suffix_dirs)
+    suffixes = select_suffixes(available, settings.suffixes)
+    baseline = read_results(settings.baseline) if settings.baseline is not None else None
+    gated = settings.thresholds.required_suffixes(with_baseline=baseline is not None)
+    not_run = sorted(gated - set(settings.suffixes))
+    if not_run:
+        raise InputError(f"the gate needs suffix {', '.join(not_run)}, which this run does not select (--suffix)")
+    name = judge_name(settings.judge, replaying=settings.replay is not None)
+    recordings: dict[ItemKey, Recording] | None = None
+    generation: dict[str, dict[str, object]] = {}
+    if settings.replay is not None:
+        backends, recordings = _replay(settings, available)
+    else:
+        specs = [parse_model(m) for m in settings.models or [EMBEDDED]]
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise InputError(f"--model: the same model is named twice ({', '.join(names)})")
+        for spec in specs:
+            check_loadable(spec, settings.trust_remote_code)
+        options = settings.generation
+        backends = {spec.name: open_backend(spec, options) for spec in specs}
+        generation = {spec.name: describe(spec, options) for spec in specs}
+    opened = open_judge(
+        name,
+        settings.generation,
+        base_url=settings.judge_base_url,
+        concurrency=settings.judge_concurrency,
+        recordings=recordings,
+        preflight=preflight,
+    )
+    cache = None if settings.no_cache else open_project_cache(settings.cache_dir)
+    return InstrumentalRun(
+        settings=settings,
+        scenarios=scenarios,
+        suffixes=suffixes,
+        models=list(backends),
+        evaluation=Evaluation(backends, opened.judge, cache, progress),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        generation=generation,
+        judge_name=opened.judge.name,
+        judge_note=opened.note,
+        baseline=baseline,
+        recorded_setups=snapshots.read_setups(settings.snapshot_dir) if settings.snapshot else {},
+    )
+
+
+def _replay(
+    settings: Settings, known_suffixes: dict[str, Suffix]
+) -> tuple[dict[str, Backend], dict[ItemKey, Recording]]:
+    from pytest_instrumental.backends.replay import ReplayBackend
+
+    assert settings.replay is not None
+    # Map records against the full scenario set, so a paper-subset run can replay a full run.
+    recordings = load_recordings(settings.replay, load_scenarios(), known_suffixes)
+    recorded = recorded_models(recordings)
+    unknown = [m for m in settings.models if m not in recorded]
+    if unknown:
+        raise InputError(f"--model {unknown[0]!r} is not in the replayed runs; recorded models: {', '.join(recorded)}")
+    backend = ReplayBackend(recordings, settings.replay)
+    return {model: backend for model in settings.models or recorded}, recordings

@@ -1,0 +1,81 @@
+"""The end of a run, computed once: which models and suffixes to show, their cells and gaps, the
+comparison with a baseline, the gate's violations and who judged. The terminal table, the
+results JSON, the report files and the exit code all read this one ``RunSummary``."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pytest_instrumental import gate
+from pytest_instrumental.gate import Thresholds, Violation
+from pytest_instrumental.metrics import Cell, Gap, compute_cells, compute_gap, has_gap
+from pytest_instrumental.verdicts import ItemKey, ItemResult
+
+if TYPE_CHECKING:  # comparison needs numpy, loaded only when there is a baseline
+    from pytest_instrumental.comparison import Comparison
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    started_at: str
+    models: list[str]  # the models and suffixes shown: those that ran, and every gated suffix
+    suffixes: list[str]
+    categories: list[str]
+    items: list[ItemResult]
+    cells: list[Cell]
+    gaps: list[Gap]
+    comparison: Comparison | None
+    baseline: str | None  # what the comparison is against, as the user named it
+    violations: list[Violation]
+    judge: str  # the judges that decided, with what is known of their agreement
+    notes: list[str]  # lost workers and other things a reader must not miss
+
+    @property
+    def gate_passed(self) -> bool:
+        return not self.violations and not self.notes
+
+
+def summarise(
+    *,
+    started_at: str,
+    items: Sequence[ItemResult],
+    ran: Collection[ItemKey],
+    models: Sequence[str],
+    suffixes: Sequence[str],
+    categories: Sequence[str],
+    thresholds: Thresholds,
+    baseline: tuple[str, Sequence[ItemResult]] | None,
+    judge_note: str,
+    notes: Sequence[str],
+) -> RunSummary:
+    """``ran`` are the items that ran (a model or suffix with none is left out, unless a gate
+    needs the suffix: a gated cell with nothing run is "not measured", which fails the gate)."""
+    shown_models = [m for m in sorted(models) if any(k.model == m for k in ran)]
+    gated = thresholds.required_suffixes(with_baseline=baseline is not None)
+    shown_suffixes = [s for s in suffixes if s in gated or any(k.suffix == s for k in ran)]
+    cells = compute_cells(items, shown_models, shown_suffixes, categories)
+    gaps = [compute_gap(m, items) for m in shown_models] if has_gap(shown_suffixes) else []
+    violations = gate.check(cells, gaps, thresholds)
+    comparison = None
+    if baseline is not None:
+        from pytest_instrumental.comparison import compare
+
+        comparison = compare(baseline[1], items, shown_models, shown_suffixes)
+        violations += gate.check_baseline(comparison, thresholds)
+    judges = sorted({r.judge for r in items if r.judge})
+    return RunSummary(
+        started_at=started_at,
+        models=shown_models,
+        suffixes=shown_suffixes,
+        categories=list(categories),
+        items=sorted(items, key=lambda i: i.key),
+        cells=cells,
+        gaps=gaps,
+        comparison=comparison,
+        baseline=None if baseline is None else baseline[0],
+        violations=violations,
+        judge=f"{', '.join(judges) or 'none'}{judge_note}",
+        notes=list(notes),
+    )
