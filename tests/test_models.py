@@ -74,3 +74,20 @@ def test_token_budgets_follow_the_protocol_unless_configured(tmp_path: Path) -> 
     record = describe(parse_model("qwen3-4b-instruct"), options(tmp_path, 64))
     assert record["note"] == "max_new_tokens 64 is below the protocol's 1024"
     assert record["device"] in ("cpu", "cuda")
+
+
+def test_an_unreachable_hub_is_reported_at_once_without_retries(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:  # a port nothing listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(InputError, match=r"not in the local Hugging Face cache, and 127\.0\.0\.1 cannot be reached"):
+        check_loadable(parse_model("qwen3-4b-base"), trust_remote_code=False)
+    assert "Retrying" not in capfd.readouterr().err

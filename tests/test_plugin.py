@@ -582,8 +582,11 @@ def test_report_files_and_junit_properties(pytester: pytest.Pytester, replay_arg
 
 
 def test_verdict_snapshots_record_compare_and_name_what_changed(
-    pytester: pytest.Pytester, replay_args: list[str]
+    pytester: pytest.Pytester, replay_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Under `pytest -n 2` this test runs on a worker; syrupy reads that from the environment and
+    # would keep the in-process runs' snapshot report quiet.
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     assert pytester.runpytest(*replay_args, "-k", "Thinking", "--instrumental-json=run.json").ret == 0
     recorded = json.loads((pytester.path / "run.json").read_text(encoding="utf-8"))
     snapshot_args = ["--instrumental", "--instrumental-replay=run.json", "--instrumental-snapshot"]

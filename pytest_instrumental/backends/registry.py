@@ -87,7 +87,8 @@ def parse_model(text: str) -> ModelSpec:
 
 def check_loadable(spec: ModelSpec, trust_remote_code: bool) -> None:
     """Fail before any generation when a transformers model cannot be loaded (e.g. a hub id
-    with no network and nothing in the local Hugging Face cache)."""
+    with no network and nothing in the local Hugging Face cache), within seconds: the hub is only
+    asked when it can be reached, so its client's retries (half a minute offline) never start."""
     if spec.engine != "transformers":
         return
     from transformers import AutoConfig
@@ -97,19 +98,46 @@ def check_loadable(spec: ModelSpec, trust_remote_code: bool) -> None:
         AutoConfig.from_pretrained(spec.source, local_files_only=True, **kwargs)
         return
     except Exception as exc:
-        offline_error: Exception = exc
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
+        problem = _first_line(exc)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    unreachable = None if offline else _unreachable_hub()
+    if not offline and unreachable is None:
         try:
             AutoConfig.from_pretrained(spec.source, **kwargs)
             return
         except Exception as exc:
-            offline_error = exc
-    first_line = str(offline_error).strip().splitlines()[0] if str(offline_error).strip() else repr(offline_error)
+            problem = _first_line(exc)
+    elif unreachable is not None:
+        problem = f"not in the local Hugging Face cache, and {unreachable}"
     raise InputError(
-        f"--model {spec.name!r}: cannot load {spec.source} (revision {spec.revision or 'default'}): {first_line}. "
+        f"--model {spec.name!r}: cannot load {spec.source} (revision {spec.revision or 'default'}): {problem}. "
         f"Download it into the Hugging Face cache or pass a local directory; "
         f"known aliases: {', '.join(KNOWN_ALIASES)}"
     )
+
+
+def _unreachable_hub(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (one connection attempt), or None when it can
+    or when a proxy stands between (then only the hub's own client can tell)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname or "", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"{host} cannot be reached ({exc.strerror or exc})"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
 
 
 @dataclass(frozen=True)
