@@ -53,5 +53,9 @@ def test_what_a_killed_or_failed_build_leaves_is_removed(tmp_path: Path) -> None
     with pytest.raises(OSError, match="disk full"):
         build_once(target, failing)
     assert not stale.exists() and not target.exists()
-    build_once(target, lambda d: (d / "config.json").write_text("{}", encoding="utf-8"))
+
+    def working(directory: Path) -> None:
+        (directory / "config.json").write_text("{}", encoding="utf-8")
+
+    build_once(target, working)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "m.lock"]
