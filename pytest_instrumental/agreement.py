@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pytest_instrumental.comparison import CellChange, cell_changes
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.recordings import recorded_results
+from pytest_instrumental.replay import recorded_results
 from pytest_instrumental.results_json import read_results
 from pytest_instrumental.verdicts import DECISIONS, ItemKey, ItemResult
 

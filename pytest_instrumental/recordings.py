@@ -2,8 +2,8 @@
 into one ``Recording`` per item.
 
 A replay serves them through ``backends.replay.ReplayBackend`` (nothing is generated) and
-``judges.replay.ReplayJudge`` (nothing is judged afresh); ``recorded_results`` runs that replay
-outside pytest, for every tool that needs recorded verdicts as item results.
+``judges.replay.ReplayJudge`` (nothing is judged afresh); ``replay.recorded_results`` runs that
+replay outside pytest.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pytest_instrumental.errors import InputError
 from pytest_instrumental.results_json import read_results
 from pytest_instrumental.scenarios import ScenarioSet
 from pytest_instrumental.suffixes import Suffix, steer
-from pytest_instrumental.verdicts import ItemKey, ItemResult
+from pytest_instrumental.verdicts import ItemKey
 
 REPLAY = "replay"
 
@@ -142,25 +142,3 @@ def _read_reference_run(run_dir: Path, scenarios: ScenarioSet, suffixes: Mapping
 
 def recorded_models(recordings: Mapping[ItemKey, Recording]) -> list[str]:
     return sorted({key.model for key in recordings})
-
-
-def recorded_results(path: Path) -> dict[ItemKey, ItemResult]:
-    """The recorded items under ``path`` as item results, replayed through the same pipeline a
-    ``--instrumental-replay --judge replay`` session runs."""
-    from pytest_instrumental.backends.replay import ReplayBackend
-    from pytest_instrumental.evaluation import evaluate
-    from pytest_instrumental.judges.replay import ReplayJudge
-    from pytest_instrumental.plan import plan_requests
-    from pytest_instrumental.scenarios import load_scenarios
-    from pytest_instrumental.suffixes import load_suffixes
-
-    scenarios, suffixes = load_scenarios(), load_suffixes()
-    recordings = load_recordings(path, scenarios, suffixes)
-    names = sorted({k.suffix for k in recordings})
-    unknown = [name for name in names if name not in suffixes]
-    if unknown:
-        raise InputError(f"{path}: recorded suffix {unknown[0]!r} is not a known suffix")
-    planned = plan_requests(recorded_models(recordings), [suffixes[n] for n in names], scenarios)
-    requests = [r for r in planned if r.key in recordings]
-    outcomes = evaluate(requests, ReplayBackend(recordings, path), ReplayJudge(recordings))
-    return {r.key: r for r in outcomes if isinstance(r, ItemResult)}

@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from pytest_instrumental.agreement import cohen_kappa
 from pytest_instrumental.judges.offline import WEIGHTS, is_nonsensical
 from pytest_instrumental.metrics import count_cell
-from pytest_instrumental.recordings import recorded_results
+from pytest_instrumental.replay import recorded_results
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes, steer
 from pytest_instrumental.verdicts import DECISIONS, NONSENSICAL

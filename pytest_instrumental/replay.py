@@ -1,0 +1,32 @@
+"""A recorded run replayed outside pytest: its items become item results through the same
+pipeline a ``--instrumental-replay --judge replay`` session runs (``ReplayBackend`` serving the
+responses, ``ReplayJudge`` the verdicts), the one way any tool turns recorded runs into results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pytest_instrumental.backends.replay import ReplayBackend
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.evaluation import evaluate
+from pytest_instrumental.judges.replay import ReplayJudge
+from pytest_instrumental.plan import plan_requests
+from pytest_instrumental.recordings import load_recordings, recorded_models
+from pytest_instrumental.scenarios import load_scenarios
+from pytest_instrumental.suffixes import load_suffixes
+from pytest_instrumental.verdicts import ItemKey, ItemResult
+
+
+def recorded_results(path: Path) -> dict[ItemKey, ItemResult]:
+    """The recorded items under ``path`` as item results, replayed through the same pipeline a
+    ``--instrumental-replay --judge replay`` session runs."""
+    scenarios, suffixes = load_scenarios(), load_suffixes()
+    recordings = load_recordings(path, scenarios, suffixes)
+    names = sorted({k.suffix for k in recordings})
+    unknown = [name for name in names if name not in suffixes]
+    if unknown:
+        raise InputError(f"{path}: recorded suffix {unknown[0]!r} is not a known suffix")
+    planned = plan_requests(recorded_models(recordings), [suffixes[n] for n in names], scenarios)
+    requests = [r for r in planned if r.key in recordings]
+    outcomes = evaluate(requests, ReplayBackend(recordings, path), ReplayJudge(recordings))
+    return {r.key: r for r in outcomes if isinstance(r, ItemResult)}
