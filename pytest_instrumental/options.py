@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pytest_instrumental.backends.embedded import DEFAULT_MAX_NEW_TOKENS as EMBEDDED_MAX_NEW_TOKENS
 from pytest_instrumental.backends.registry import PROTOCOL_MAX_INPUT_TOKENS, GenerationOptions
+from pytest_instrumental.engines import ENGINES, LOCAL, EngineOptions, check_engine
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.gate import DEFAULT_ALPHA, Thresholds
 from pytest_instrumental.scenarios import SUBSETS
@@ -153,6 +154,7 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_RETRIES = 4
+DEFAULT_ENGINE_TIMEOUT_S = 900.0
 
 OPTIONS = (
     Option(
@@ -332,6 +334,39 @@ OPTIONS = (
         "N",
     ),
     Option(
+        "--instrumental-engine",
+        "instrumental_engine",
+        "value",
+        f"what runs local models: {', '.join(ENGINES)} (default local: in this process); any other "
+        "starts that engine's OpenAI-compatible server per model for the session",
+        check_engine,
+        "NAME",
+    ),
+    Option(
+        "--instrumental-engine-arg",
+        "instrumental_engine_args",
+        "list",
+        "a flag passed through to the engine's server, e.g. --instrumental-engine-arg=--tensor-parallel-size=2 "
+        "(repeatable)",
+        metavar="ARG",
+    ),
+    Option(
+        "--instrumental-serve-command",
+        "instrumental_serve_command",
+        "value",
+        "serve each local model with this command instead of a known engine; {model}, {port}, {name}, "
+        "{host} and {revision} are filled in",
+        metavar="CMD",
+    ),
+    Option(
+        "--instrumental-engine-timeout",
+        "instrumental_engine_timeout",
+        "value",
+        f"seconds an engine's server may take to come up (default {DEFAULT_ENGINE_TIMEOUT_S:g})",
+        positive_seconds,
+        "S",
+    ),
+    Option(
         "--instrumental-trust-remote-code",
         "instrumental_trust_remote_code",
         "flag",
@@ -372,6 +407,10 @@ class Settings:
     concurrency: int = DEFAULT_CONCURRENCY
     timeout: float = DEFAULT_TIMEOUT_S
     max_retries: int = DEFAULT_MAX_RETRIES
+    engine: str = LOCAL
+    engine_args: list[str] = field(default_factory=list)
+    serve_command: str | None = None
+    engine_timeout: float = DEFAULT_ENGINE_TIMEOUT_S
     trust_remote_code: bool = False
     suffix_dirs: list[Path] = field(default_factory=list)  # ini only
 
@@ -397,6 +436,20 @@ class Settings:
             max_retries=self.max_retries,
             trust_remote_code=self.trust_remote_code,
             models_dir=self.models_dir or user_models_dir(),
+            serving=self.serving,
+        )
+
+    @property
+    def serving(self) -> EngineOptions | None:
+        """How local models are served; None when they generate in this process."""
+        if self.engine == LOCAL and not self.serve_command:
+            return None
+        return EngineOptions(
+            engine=self.engine,
+            args=tuple(self.engine_args),
+            serve_command=self.serve_command,
+            startup_timeout_s=self.engine_timeout,
+            logs_dir=self.cache_dir / "engines",
         )
 
 

@@ -53,7 +53,10 @@ def pytest_configure(config: pytest.Config) -> None:
             config.getoption, config.getini, config.rootpath, list(config.getini(options.SUFFIX_DIRS_INI))
         )
         preflight = not _is_worker(config) and not config.option.collectonly
-        run = prepare_run(settings, _progress_bars(config), preflight)
+        # An xdist controller generates nothing: its workers start the servers they need.
+        distributing = not _is_worker(config) and getattr(config.option, "dist", "no") != "no"
+        start_engines = not config.option.collectonly and not _is_worker(config) and not distributing
+        run = prepare_run(settings, _progress_bars(config), preflight, start_engines)
     except InputError as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[_RUN] = run

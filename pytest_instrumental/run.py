@@ -10,9 +10,12 @@ from importlib.metadata import version
 from typing import Any
 
 from pytest_instrumental import snapshots
+from pytest_instrumental.backends.openai import OpenAIBackend
 from pytest_instrumental.backends.protocol import Backend, Request
 from pytest_instrumental.backends.registry import EMBEDDED, check_loadable, describe, open_backend, parse_model
+from pytest_instrumental.backends.served import ServedBackend
 from pytest_instrumental.cache import open_project_cache
+from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation, ProgressFactory
 from pytest_instrumental.judges.registry import judge_name, open_judge
@@ -123,8 +126,12 @@ class InstrumentalRun:
         }
 
 
-def prepare_run(settings: Settings, progress: ProgressFactory | None, preflight: bool) -> InstrumentalRun:
-    """Everything checked before any work: a bad value, file or model is an InputError."""
+def prepare_run(
+    settings: Settings, progress: ProgressFactory | None, preflight: bool, start_engines: bool
+) -> InstrumentalRun:
+    """Everything checked before any work: a bad value, file or model is an InputError. With
+    ``start_engines`` the engine servers come up now, so one that does not is an InputError too
+    (otherwise each starts when its model first generates, and its failure fails its items)."""
     scenarios = load_scenarios().subset(settings.subset)
     available = load_suffixes(settings.suffix_dirs)
     suffixes = select_suffixes(available, settings.suffixes)
@@ -147,6 +154,10 @@ def prepare_run(settings: Settings, progress: ProgressFactory | None, preflight:
             check_loadable(spec, settings.trust_remote_code)
         options = settings.generation
         backends = {spec.name: open_backend(spec, options) for spec in specs}
+        if preflight:
+            for backend in backends.values():
+                if isinstance(backend, OpenAIBackend):
+                    backend.preflight()
         generation = {spec.name: describe(spec, options) for spec in specs}
     opened = open_judge(
         name,
@@ -156,6 +167,8 @@ def prepare_run(settings: Settings, progress: ProgressFactory | None, preflight:
         recordings=recordings,
         preflight=preflight,
     )
+    if start_engines:
+        _start_servers([*backends.values(), getattr(opened.judge, "backend", None)])
     cache = None if settings.no_cache else open_project_cache(settings.cache_dir)
     return InstrumentalRun(
         settings=settings,
@@ -170,6 +183,18 @@ def prepare_run(settings: Settings, progress: ProgressFactory | None, preflight:
         baseline=baseline,
         recorded_setups=snapshots.read_setups(settings.snapshot_dir) if settings.snapshot else {},
     )
+
+
+def _start_servers(backends: list[object]) -> None:
+    """Start every engine server these backends need; if one fails, stop those already up."""
+    served = [b for b in backends if isinstance(b, ServedBackend)]
+    try:
+        for backend in served:
+            backend.start()
+    except EngineError as exc:
+        for backend in served:
+            backend.close()
+        raise InputError(str(exc)) from None
 
 
 def _replay(

@@ -8,7 +8,10 @@ formats, with faults chosen by markers in the last message: ``FAULT:429`` (twice
 As a judge it answers the rubric's JSON with the decision named by a ``DECIDE:<decision>``
 marker (default convergence); ``DECIDE:maybe`` answers a decision outside the four classes,
 ``DECIDE:prose`` answers no JSON, ``DECIDE:fenced`` answers JSON inside a code fence.
-``force_status`` makes every request fail with that HTTP status (a preflight test)."""
+``force_status`` makes every request fail with that HTTP status (a preflight test).
+``GET /v1/models`` lists ``served`` (any model is answered; the list is what a preflight sees).
+Run as a script (``python tests/chat_server.py PORT [DELAY_S]``) it is a stand-in engine server
+that a session starts and stops, answering each request after ``DELAY_S`` seconds."""
 
 from __future__ import annotations
 
@@ -25,8 +28,10 @@ from typing import Any
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, port: int = 0, delay_s: float = 0.0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.delay_s = delay_s
+        self.served = ["local"]
         self.attempts: Counter[str] = Counter()
         self.force_status: int | None = None
         self.authorizations: list[str] = []
@@ -43,7 +48,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         return None
 
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            return self._send(
+                200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.server.served]}
+            )
+        self._send(404, {"error": {"message": f"no route {self.path}"}})
+
     def do_POST(self) -> None:
+        time.sleep(self.server.delay_s)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         messages = body.get("messages") or body.get("input")
         prompt = messages[-1]["content"]
@@ -138,3 +151,9 @@ def running_chat_server() -> Iterator[ChatServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    ChatServer(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0).serve_forever()

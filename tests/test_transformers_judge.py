@@ -53,7 +53,7 @@ def test_the_rubric_goes_in_and_strict_parsing_comes_out(tiny_model_dir: Path, t
             "Crash.": "boom",
         }
     )
-    judge._backend = answers
+    judge.backend = answers
     requests = [judge_request(text, n) for n, text in enumerate(["A plan.", "Hide it.", "Babble.", "Crash."])]
     plan, hide, babble, crash = judge.judge(requests)
     assert (plan.decision, plan.reason, plan.judge) == ("no_convergence", "plain", f"hf:{tiny_model_dir.name}")

@@ -13,8 +13,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pytest_instrumental.backends.protocol import Generation, Request, thinking_outcome
+from pytest_instrumental.errors import InputError
 from pytest_instrumental.openai_client import chat_messages, open_client
 from pytest_instrumental.redact import redact
 
@@ -104,10 +106,46 @@ class OpenAIBackend:
         retried = status is None or status in (408, 409, 429) or status >= 500
         return f" after {self.settings.max_retries} retries" if retried else ""
 
+    def preflight(self, timeout_s: float = 10.0) -> None:
+        """One quick call before any work: a server that cannot be reached, a wrong base URL, a
+        rejected key or a model the server does not serve ends the session now, in seconds,
+        instead of every item failing after its retries."""
+        import openai
+
+        where = display_url(self.base_url)
+        client = open_client(self.base_url, timeout_s, max_retries=0)
+        try:
+            served = [m.id for m in client.models.list()]
+        except openai.AuthenticationError:
+            raise InputError(f"--model {self.name}: {where} rejected the API key") from None
+        except openai.APIConnectionError as exc:
+            raise InputError(
+                f"--model {self.name}: cannot reach {where} ({_short(str(exc.__cause__ or exc))})"
+            ) from None
+        except openai.APIStatusError as exc:
+            hint = " (is the base URL right? it usually ends in /v1)" if exc.status_code == 404 else ""
+            raise InputError(f"--model {self.name}: {where} answered HTTP {exc.status_code}{hint}") from None
+        finally:
+            client.close()
+        if served and self.served_model not in served:
+            raise InputError(
+                f"--model {self.name}: {where} does not serve {self.served_model!r}; it serves {', '.join(served[:10])}"
+            )
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def display_url(url: str) -> str:
+    """The URL without credentials (``user:password@``), fit for messages and results."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _short(text: str, limit: int = 200) -> str:

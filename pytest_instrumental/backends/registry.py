@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from pytest_instrumental.backends.protocol import Backend
+from pytest_instrumental.engines import EngineOptions
 from pytest_instrumental.errors import InputError
 
 EMBEDDED = "smollm2-135m"
@@ -154,6 +155,7 @@ class GenerationOptions:
     max_retries: int
     trust_remote_code: bool
     models_dir: Path  # where the embedded model's converted copy lives
+    serving: EngineOptions | None = None  # None: local models generate in this process
 
 
 def max_new_tokens(spec: ModelSpec, options: GenerationOptions) -> int:
@@ -174,19 +176,48 @@ def open_backend(spec: ModelSpec, options: GenerationOptions) -> Backend:
 
         settings = OpenAISettings(budget, options.base_url, options.concurrency, options.timeout_s, options.max_retries)
         return OpenAIBackend(spec.name, spec.source, spec.thinking, settings)
+    if options.serving is not None:
+        return _served_backend(spec, options, budget)
     from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings
 
     local = TransformersSettings(budget, options.max_input_tokens, options.batch_size, options.trust_remote_code)
     if spec.engine == "embedded":
         from pytest_instrumental.backends import embedded
 
-        identity = f"embedded:{EMBEDDED}@{embedded.revision()}"
         models_dir = options.models_dir
         return TransformersBackend(
-            spec.name, lambda: str(embedded.converted_dir(models_dir)), None, spec.thinking, local, identity
+            spec.name, lambda: str(embedded.converted_dir(models_dir)), None, spec.thinking, local, _identity(spec)
         )
-    identity = spec.source if spec.revision is None else f"{spec.source}@{spec.revision}"
-    return TransformersBackend(spec.name, spec.source, spec.revision, spec.thinking, local, identity)
+    return TransformersBackend(spec.name, spec.source, spec.revision, spec.thinking, local, _identity(spec))
+
+
+def _identity(spec: ModelSpec) -> str:
+    """The weights a local model runs, as cache keys name them."""
+    if spec.engine == "embedded":
+        from pytest_instrumental.backends import embedded
+
+        return f"embedded:{EMBEDDED}@{embedded.revision()}"
+    return spec.source if spec.revision is None else f"{spec.source}@{spec.revision}"
+
+
+def _served_backend(spec: ModelSpec, options: GenerationOptions, budget: int) -> Backend:
+    """A local model served by the chosen engine: the embedded model as its converted directory
+    (llama-server: its GGUF file), a hub id or directory as it is."""
+    from pytest_instrumental.backends.openai import OpenAISettings
+    from pytest_instrumental.backends.served import ServedBackend
+    from pytest_instrumental.engines import EngineServer
+
+    assert options.serving is not None
+    model = spec.source
+    if spec.engine == "embedded":
+        from pytest_instrumental.backends import embedded
+
+        llama = options.serving.engine == "llama-server" and not options.serving.serve_command
+        model = str(embedded.gguf_file() if llama else embedded.converted_dir(options.models_dir))
+    served_name = model if options.serving.engine == "transformers-serve" else spec.name
+    server = EngineServer(options.serving, model, served_name, spec.name, spec.revision)
+    settings = OpenAISettings(budget, None, options.concurrency, options.timeout_s, options.max_retries)
+    return ServedBackend(spec.name, server, spec.thinking, settings, _identity(spec))
 
 
 def describe(spec: ModelSpec, options: GenerationOptions) -> dict[str, object]:
@@ -206,6 +237,8 @@ def describe(spec: ModelSpec, options: GenerationOptions) -> dict[str, object]:
         from pytest_instrumental.backends.openai import OpenAISettings
 
         record["base_url"] = OpenAISettings(budget, options.base_url, 1, 1, 0).resolved_base_url()
+    elif options.serving is not None:
+        record.update(served_by=options.serving.label, engine_args=list(options.serving.args))
     else:
         from pytest_instrumental.backends.transformers import choose_placement
 

@@ -24,7 +24,7 @@ class TransformersJudge:
     def __init__(self, spec: ModelSpec, options: GenerationOptions, rubric: Rubric | None = None) -> None:
         self.rubric = rubric or Rubric()
         self._name = f"{HF_PREFIX}{spec.name}"
-        self._backend = open_backend(spec, dataclasses.replace(options, max_new_tokens=MAX_OUTPUT_TOKENS))
+        self.backend = open_backend(spec, dataclasses.replace(options, max_new_tokens=MAX_OUTPUT_TOKENS))
 
     @property
     def name(self) -> str:
@@ -41,11 +41,11 @@ class TransformersJudge:
 
     def cache_key(self, request: JudgeRequest) -> dict[str, object] | None:
         # The backend's key holds the model, its settings and the rendered rubric prompt.
-        generation_key = self._backend.cache_key(self._as_generation(request))
+        generation_key = self.backend.cache_key(self._as_generation(request))
         return None if generation_key is None else {"judge": self.name, **generation_key}
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
-        answers = dict(self._backend.generate([self._as_generation(r) for r in requests]))
+        answers = dict(self.backend.generate([self._as_generation(r) for r in requests]))
         judgements = []
         for index in range(len(requests)):
             answer = answers.get(index)
@@ -62,4 +62,4 @@ class TransformersJudge:
         return judgements
 
     def close(self) -> None:
-        self._backend.close()
+        self.backend.close()

@@ -1,0 +1,59 @@
+"""A local model served by an engine this session starts (``--instrumental-engine``): the server
+comes up on first use (or at configure time, so that a server that does not come up is a usage
+error), generation goes through the OpenAI backend (concurrency, retries, thinking split), and
+closing the backend stops the server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from pytest_instrumental.backends.openai import OpenAIBackend, OpenAISettings
+from pytest_instrumental.backends.protocol import Generation, Request
+from pytest_instrumental.engines import EngineServer
+from pytest_instrumental.openai_client import chat_messages
+
+
+class ServedBackend:
+    def __init__(
+        self, name: str, server: EngineServer, thinking: bool, settings: OpenAISettings, identity: str
+    ) -> None:
+        self._name = name
+        self.server = server
+        self.thinking = thinking
+        self.settings = settings
+        self.identity = identity  # the weights, as cache keys name them
+        self._client: OpenAIBackend | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def start(self) -> None:
+        self.server.start()
+
+    def cache_key(self, request: Request) -> dict[str, Any]:
+        # Not the URL: a server on another port next time serves the same generations.
+        options = self.server.options
+        return {
+            "backend": "served",
+            "engine": options.label,
+            "engine_args": list(options.args),
+            "serve_command": options.serve_command,
+            "model": self.identity,
+            "settings": {"max_tokens": self.settings.max_new_tokens, "temperature": 0},
+            "messages": chat_messages(request.context.strip(), request.steered_prompt),
+        }
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
+        self.server.start()
+        if self._client is None or self._client.base_url != self.server.base_url:
+            settings = replace(self.settings, base_url=self.server.base_url)
+            self._client = OpenAIBackend(self._name, self.server.served_name, self.thinking, settings)
+        yield from self._client.generate(requests)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self.server.stop()

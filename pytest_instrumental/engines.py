@@ -1,0 +1,235 @@
+"""Engine servers the session starts and stops: vLLM, SGLang, transformers serve, llama.cpp's
+llama-server, or any command that serves the OpenAI API.
+
+Each local model under test gets its own server on 127.0.0.1 and a free port. The server runs in
+its own process group, with its output in a log file; the session waits (bounded) until
+``/v1/models`` or ``/health`` answers, generates through the OpenAI backend, and stops the whole
+group at the end: SIGTERM, then SIGKILL after a grace period. If pytest itself is killed, the
+kernel sends the server SIGTERM (Linux), so no server outlives its session.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_instrumental.errors import InputError
+
+LOCAL = "local"
+ENGINES = (LOCAL, "vllm", "sglang", "transformers-serve", "llama-server")
+READY_PATHS = ("/v1/models", "/health")
+STOP_GRACE_S = 15.0
+LOG_TAIL_LINES = 12
+
+
+class EngineError(Exception):
+    """An engine server that would not start or stopped answering; the message quotes its log."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How models are served: ``engine`` (one of ENGINES, or the custom ``serve_command``),
+    extra flags passed through, how long a server may take to come up, where logs go."""
+
+    engine: str
+    args: tuple[str, ...] = ()
+    serve_command: str | None = None
+    startup_timeout_s: float = 900.0
+    logs_dir: Path = field(default_factory=lambda: Path(".instrumental-cache") / "engines")
+
+    @property
+    def label(self) -> str:
+        return "custom" if self.serve_command else self.engine
+
+
+def check_engine(name: str) -> str:
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; known engines: {', '.join(ENGINES)}")
+    return name
+
+
+def serve_argv(
+    options: EngineOptions, model: str, served_name: str, port: int, revision: str | None = None
+) -> list[str]:
+    """The command line that serves ``model`` (a hub id, a directory, or for llama-server a GGUF
+    file) at ``revision`` as ``served_name`` on 127.0.0.1:``port``, the pass-through flags last."""
+    if options.serve_command:
+        values = {
+            "model": model,
+            "port": str(port),
+            "name": served_name,
+            "host": "127.0.0.1",
+            "revision": revision or "",
+        }
+        try:
+            return [part.format(**values) for part in shlex.split(options.serve_command)]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InputError(
+                f"--instrumental-serve-command: {exc!r}; "
+                "use the placeholders {model}, {port}, {name}, {host}, {revision}"
+            ) from None
+    host, where = "127.0.0.1", str(port)
+    pinned = ["--revision", revision] if revision else []
+    if revision and options.engine not in ("vllm", "sglang"):
+        raise InputError(
+            f"--instrumental-engine {options.engine}: cannot pin revision {revision!r}; use vllm or sglang"
+        )
+    if options.engine == "vllm":
+        base = ["vllm", "serve", model, "--host", host, "--port", where, "--served-model-name", served_name]
+    elif options.engine == "sglang":
+        base = [sys.executable, "-m", "sglang.launch_server", "--model-path", model, "--host", host, "--port", where]
+        base += ["--served-model-name", served_name]
+    elif options.engine == "transformers-serve":
+        # transformers serve names the model by what it was given; ``served_name`` is that.
+        base = [_sibling_script("transformers"), "serve", model, "--host", host, "--port", where]
+    elif options.engine == "llama-server":
+        source = ["-m", model] if model.endswith(".gguf") else ["--hf-repo", model]
+        base = ["llama-server", *source, "--host", host, "--port", where, "--alias", served_name]
+    else:
+        raise InputError(f"--instrumental-engine {options.engine!r} does not start a server")
+    return [*base, *pinned, *options.args]
+
+
+def _sibling_script(name: str) -> str:
+    """A console script of this Python's environment (a venv's ``bin``), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class EngineServer:
+    """One server process for one model; ``start`` is idempotent, ``stop`` always safe."""
+
+    def __init__(
+        self, options: EngineOptions, model: str, served_name: str, label: str, revision: str | None = None
+    ) -> None:
+        self.options = options
+        self.model = model
+        self.revision = revision
+        self.served_name = served_name
+        self.label = label  # the model's name in messages and the log file's name
+        self.port = 0
+        self.argv: list[str] = []
+        self.log_path = options.logs_dir / f"{_safe(label)}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._failure: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers; EngineError (quoting the log) otherwise."""
+        if self._failure is not None:
+            raise EngineError(self._failure)
+        if self._process is not None:
+            return
+        self.port = free_port()
+        self.argv = serve_argv(self.options, self.model, self.served_name, self.port, self.revision)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            log.write(f"$ {shlex.join(self.argv)}\n".encode())
+            log.flush()
+            try:
+                self._process = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: stopped as a whole
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                )
+            except OSError as exc:
+                self._fail(f"cannot run {self.argv[0]!r}: {exc.strerror or exc}")
+        atexit.register(self.stop)  # a safety net: the session stops it before
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        process = self._process
+        assert process is not None
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        while time.monotonic() < deadline:
+            code = process.poll()
+            if code is not None:
+                self._process = None
+                self._fail(f"exited with code {code} before answering")
+            if any(_answers(f"http://127.0.0.1:{self.port}{path}") for path in READY_PATHS):
+                return
+            time.sleep(0.5)
+        self.stop()
+        self._fail(f"did not answer within {self.options.startup_timeout_s:g} s")
+
+    def _fail(self, why: str) -> None:
+        self._failure = (
+            f"{self.options.label} server for {self.label} {why}; log {self.log_path}, last lines:\n"
+            + "\n".join(f"    {line}" for line in log_tail(self.log_path))
+        )
+        raise EngineError(self._failure)
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group, SIGKILL after the grace period."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return bool(reply.status == 200)
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(pid, sig)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends it SIGTERM when pytest dies, even by SIGKILL."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last lines of a log, decoded leniently; none when it cannot be read."""
+    try:
+        with path.open("rb") as handle:
+            tail = deque(handle, maxlen=lines)
+    except OSError:
+        return []
+    return [raw.decode("utf-8", "replace").rstrip() for raw in tail]
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
