@@ -67,10 +67,15 @@ class OpenAIBackend:
         }
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="instrumental-request")
+        try:
             futures: dict[Future[Generation], int] = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
             for future in as_completed(futures):
                 yield futures[future], future.result()
+        finally:
+            # On Ctrl-C (or a consumer that stops early) the queued requests are dropped at once,
+            # not sent one by one while the session waits.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _one(self, request: Request) -> Generation:
         import openai
