@@ -367,6 +367,15 @@ OPTIONS = (
         "S",
     ),
     Option(
+        "--instrumental-gpus-per-worker",
+        "instrumental_gpus_per_worker",
+        "value",
+        "under pytest-xdist, the GPUs each worker gets from CUDA_VISIBLE_DEVICES (or every GPU), round robin "
+        "(default 1)",
+        positive_int,
+        "N",
+    ),
+    Option(
         "--instrumental-trust-remote-code",
         "instrumental_trust_remote_code",
         "flag",
@@ -411,6 +420,7 @@ class Settings:
     engine_args: list[str] = field(default_factory=list)
     serve_command: str | None = None
     engine_timeout: float = DEFAULT_ENGINE_TIMEOUT_S
+    gpus_per_worker: int = 1
     trust_remote_code: bool = False
     suffix_dirs: list[Path] = field(default_factory=list)  # ini only
 

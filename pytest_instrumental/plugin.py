@@ -6,6 +6,7 @@ costs a project's test runs next to nothing, and with it each library loads when
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -52,6 +53,8 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = options.read_settings(
             config.getoption, config.getini, config.rootpath, list(config.getini(options.SUFFIX_DIRS_INI))
         )
+        if _is_worker(config):
+            _pin_gpus(config, settings.gpus_per_worker)
         preflight = not _is_worker(config) and not config.option.collectonly
         # An xdist controller generates nothing: its workers start the servers they need.
         distributing = not _is_worker(config) and getattr(config.option, "dist", "no") != "no"
@@ -71,6 +74,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{category.slug}: InstrumentalEval category {category.name}")
     if not _is_worker(config):
         config.pluginmanager.register(_Controller(run), "instrumental-controller")
+
+
+def _pin_gpus(config: pytest.Config, per_worker: int) -> None:
+    """This xdist worker's own GPUs, set before anything initialises CUDA (models, engine servers)."""
+    from pytest_instrumental.parallel import driver_gpus, visible_gpus, worker_gpus, worker_index
+
+    index = worker_index(str(config.workerinput["workerid"]))  # type: ignore[attr-defined]
+    devices = visible_gpus(os.environ, driver_gpus)
+    if index is not None and devices:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(worker_gpus(devices, index, per_worker))
 
 
 def _progress_bars(config: pytest.Config) -> ProgressFactory | None:
@@ -152,7 +165,7 @@ class InstrumentalSuite(pytest.Collector):
         for request in self.config.stash[_RUN].requests():
             item = ScenarioItem.from_parent(self, name=item_name(request.key), request=request)
             item.add_marker(request.category)
-            if grouped:  # with --dist loadgroup, each model's items go to one worker, which loads it once
+            if grouped:  # for tools that read it; the suite's own scheduling groups by model (parallel.py)
                 item.add_marker(pytest.mark.xdist_group(request.key.model))
             items.append(item)
         return items
@@ -210,7 +223,16 @@ class _Controller:
         if key is not None and report.when == "call":
             self._run.ran.add(key)
 
-    @pytest.hookimpl(optionalhook=True)  # an xdist hook: the plugin works without xdist
+    @pytest.hookimpl(optionalhook=True)  # xdist hooks: the plugin works without xdist
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """Each model's items to one worker, so each request is generated once (parallel.py)."""
+        from pytest_instrumental.parallel import BALANCING, model_scheduler
+
+        if config.getvalue("dist") not in BALANCING:
+            return None
+        return model_scheduler(config, log, lambda nodeid: getattr(self._key_by_nodeid.get(nodeid), "model", None))
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
         output = getattr(node, "workeroutput", None) or {}
         if _WORKER_RESULTS in output:

@@ -1,0 +1,66 @@
+"""Parallel runs under pytest-xdist: each model's items go to one worker, and each worker gets
+its own GPUs.
+
+A model's requests are generated together by the worker that runs its first item, so the suite
+sends all of a model's items to that worker, whatever ``--dist`` says (``loadgroup`` cannot do
+it: xdist 3.8 renames node ids through an attribute pytest 9 no longer reads). Each request is
+then generated once, and a local model loads in one process only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# Scheduling modes that balance items over workers; "each" runs everything everywhere by design.
+BALANCING = ("load", "loadscope", "loadfile", "loadgroup", "worksteal")
+
+
+def model_scheduler(config: Any, log: Any, model_of: Callable[[str], str | None]) -> Any:
+    """xdist's scope scheduling with the model as the scope: a model's items are never split."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModelScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            model = model_of(nodeid.partition("@")[0])
+            return model if model is not None else str(super()._split_scope(nodeid))
+
+    return ModelScheduling(config, log)
+
+
+def worker_index(worker_id: str) -> int | None:
+    """``gw3`` -> 3."""
+    digits = worker_id.removeprefix("gw")
+    return int(digits) if digits.isdigit() else None
+
+
+def visible_gpus(env: Mapping[str, str], list_gpus: Callable[[], list[str]]) -> list[str]:
+    """The GPUs the caller lets this session use: its own ``CUDA_VISIBLE_DEVICES`` when set,
+    else every GPU the driver lists."""
+    given = env.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [d.strip() for d in given.split(",") if d.strip()]
+    return list_gpus()
+
+
+def worker_gpus(devices: list[str], worker: int, per_worker: int) -> list[str]:
+    """Round robin: worker i takes the ``per_worker`` devices after those of workers before it,
+    wrapping around when there are more workers than devices."""
+    if not devices:
+        return []
+    start = worker * per_worker
+    return [devices[(start + k) % len(devices)] for k in range(min(per_worker, len(devices)))]
+
+
+def driver_gpus() -> list[str]:
+    """GPU indices as the NVIDIA driver lists them, without initialising CUDA; none without a driver."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return []
+    try:
+        listed = subprocess.run([tool, "--list-gpus"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(listed.stdout.splitlines()) if line.startswith("GPU ")]
