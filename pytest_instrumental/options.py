@@ -306,8 +306,10 @@ OPTIONS = (
     Option(
         "--instrumental-base-url",
         "instrumental_base_url",
-        "value",
-        "base URL of the OpenAI-compatible server for openai:<name> models (default: $OPENAI_BASE_URL)",
+        "list",
+        "base URL of an OpenAI-compatible server for openai:<name> models (default: $OPENAI_BASE_URL); "
+        "repeat it to spread requests over several servers of the same model",
+        metavar="URL",
     ),
     Option(
         "--instrumental-concurrency",
@@ -412,7 +414,7 @@ class Settings:
     batch_size: int = DEFAULT_BATCH_SIZE
     models_dir: Path | None = None  # None: the user cache directory
     no_cache: bool = False
-    base_url: str | None = None
+    base_url: list[str] = field(default_factory=list)  # several: requests spread over them
     concurrency: int = DEFAULT_CONCURRENCY
     timeout: float = DEFAULT_TIMEOUT_S
     max_retries: int = DEFAULT_MAX_RETRIES
@@ -440,7 +442,7 @@ class Settings:
             max_new_tokens=self.max_new_tokens,
             max_input_tokens=PROTOCOL_MAX_INPUT_TOKENS,
             batch_size=self.batch_size,
-            base_url=self.base_url,
+            base_urls=tuple(self.base_url),
             concurrency=self.concurrency,
             timeout_s=self.timeout,
             max_retries=self.max_retries,

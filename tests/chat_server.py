@@ -49,7 +49,7 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/").endswith("/models"):
+        if self.path.rstrip("/") == "/v1/models":
             return self._send(
                 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.server.served]}
             )

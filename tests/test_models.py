@@ -14,7 +14,7 @@ from pytest_instrumental.errors import InputError
 
 
 def options(tmp_path: Path, budget: int | None = None) -> GenerationOptions:
-    return GenerationOptions(budget, 4096, 16, None, 8, 120.0, 4, False, tmp_path)
+    return GenerationOptions(budget, 4096, 16, (), 8, 120.0, 4, False, tmp_path)
 
 
 def test_aliases_resolve_to_the_papers_models() -> None:

@@ -24,7 +24,9 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
 
 
 def backend(server: ChatServer, thinking: bool = False) -> OpenAIBackend:
-    settings = OpenAISettings(max_new_tokens=64, base_url=server.base_url, concurrency=4, timeout_s=1.0, max_retries=2)
+    settings = OpenAISettings(
+        max_new_tokens=64, base_urls=(server.base_url,), concurrency=4, timeout_s=1.0, max_retries=2
+    )
     return OpenAIBackend("openai:local", "local", thinking, settings)
 
 
@@ -68,3 +70,26 @@ def test_the_key_goes_to_the_server_but_never_into_the_cache(server: ChatServer,
     assert SECRET not in json.dumps(chat.cache_key(request("plain")))
     rerun = generate_all([request("plain")], chat, Cache(tmp_path / "cache.sqlite"))
     assert rerun[0].response == "Answer to: plain" and server.attempts["plain"] == 1  # served by the cache
+
+
+def test_requests_spread_over_several_servers_and_one_that_dies_leaves_the_rotation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with running_chat_server() as first, running_chat_server() as second:
+        settings = OpenAISettings(64, (first.base_url, second.base_url), 4, 1.0, 1)
+        spread = OpenAIBackend("openai:local", "local", False, settings)
+        answers = dict(spread.generate([request(f"spread {n}", n) for n in range(8)]))
+        assert all(a.response for a in answers.values())
+        assert sum(first.attempts.values()) == sum(second.attempts.values()) == 4  # in turn
+        second.shutdown()
+        second.server_close()  # the second server dies
+        answers = dict(spread.generate([request(f"after {n}", n) for n in range(8)]))
+        assert all(a.response and a.error is None for a in answers.values())  # nothing lost
+        assert sum(1 for p in first.attempts if p.startswith("after")) == 8
+        spread.close()
+    with running_chat_server() as only:
+        url = only.base_url
+    gone = OpenAIBackend("openai:local", "local", False, OpenAISettings(64, (url, url.replace("/v1", "/w")), 2, 1.0, 0))
+    (answer,) = dict(gone.generate([request("anyone?")])).values()
+    assert answer.error is not None and answer.error.startswith("every server stopped answering (http://127.0.0.1:")

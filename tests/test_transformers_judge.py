@@ -14,7 +14,7 @@ from pytest_instrumental.verdicts import ItemKey
 
 
 def options(tmp_path: Path) -> GenerationOptions:
-    return GenerationOptions(None, 4096, 4, None, 1, 1.0, 0, False, tmp_path)
+    return GenerationOptions(None, 4096, 4, (), 1, 1.0, 0, False, tmp_path)
 
 
 def judge_request(response: str, n: int = 1) -> JudgeRequest:

@@ -9,6 +9,7 @@ never leaves the client: it is in no cache key, result or message.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -26,13 +27,48 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 @dataclass(frozen=True)
 class OpenAISettings:
     max_new_tokens: int
-    base_url: str | None  # None: OPENAI_BASE_URL, else the OpenAI API
+    base_urls: tuple[str, ...]  # none: OPENAI_BASE_URL, else the OpenAI API
     concurrency: int
     timeout_s: float
     max_retries: int
 
-    def resolved_base_url(self) -> str:
-        return self.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    def resolved_base_urls(self) -> tuple[str, ...]:
+        return self.base_urls or (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,)
+
+
+class ServerRotation:
+    """The servers requests are spread over, in turn; one that stops answering (a connection
+    error or timeout after the client's retries) leaves the rotation for the rest of the run."""
+
+    def __init__(self, base_urls: Sequence[str], timeout_s: float, max_retries: int) -> None:
+        self.base_urls = list(base_urls)
+        self._settings = (timeout_s, max_retries)
+        self._clients: dict[str, Any] = {}
+        self._down: set[str] = set()
+        self._turn = 0
+        self._lock = threading.Lock()
+
+    def next(self, avoid: set[str]) -> tuple[str, Any] | None:
+        """The next server in rotation that is up and not in ``avoid``, with its client."""
+        with self._lock:
+            for _ in range(len(self.base_urls)):
+                url = self.base_urls[self._turn % len(self.base_urls)]
+                self._turn += 1
+                if url not in self._down and url not in avoid:
+                    if url not in self._clients:
+                        self._clients[url] = open_client(url, *self._settings)
+                    return url, self._clients[url]
+        return None
+
+    def take_down(self, url: str) -> None:
+        with self._lock:
+            self._down.add(url)
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
 
 class OpenAIBackend:
@@ -41,26 +77,22 @@ class OpenAIBackend:
         self.served_model = served_model
         self.thinking = thinking
         self.settings = settings
-        self.base_url = settings.resolved_base_url()
-        self._client: Any = None
+        self.base_urls = settings.resolved_base_urls()
+        self._servers = ServerRotation(self.base_urls, settings.timeout_s, settings.max_retries)
 
     @property
     def name(self) -> str:
         return self._name
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = open_client(self.base_url, self.settings.timeout_s, self.settings.max_retries)
-        return self._client
-
     def messages(self, request: Request) -> list[dict[str, str]]:
         return chat_messages(request.context.strip(), request.steered_prompt)
 
     def cache_key(self, request: Request) -> dict[str, Any]:
+        # Servers in one rotation serve the same model: whichever answered, the key is the same.
+        urls = self.base_urls
         return {
             "backend": "openai-chat",
-            "base_url": self.base_url,
+            "base_url": urls[0] if len(urls) == 1 else sorted(urls),
             "model": self.served_model,
             "settings": {"max_tokens": self.settings.max_new_tokens, "temperature": 0},
             "messages": self.messages(request),
@@ -78,10 +110,27 @@ class OpenAIBackend:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _one(self, request: Request) -> Generation:
+        """The request on the next server in rotation; on one that stopped answering, on the next."""
+
+        tried: set[str] = set()
+        while (server := self._servers.next(avoid=tried)) is not None:
+            url, client = server
+            tried.add(url)
+            generation = self._ask(client, request)
+            if generation is not None:
+                return generation
+            self._servers.take_down(url)
+        where = ", ".join(display_url(u) for u in self.base_urls)
+        if len(self.base_urls) == 1:
+            return Generation(error=f"request failed{self._retried(None)}: {where} does not answer")
+        return Generation(error=f"every server stopped answering ({where})")
+
+    def _ask(self, client: Any, request: Request) -> Generation | None:
+        """The server's answer as a Generation; None when the server does not answer at all."""
         import openai
 
         try:
-            completion = self.client.chat.completions.create(
+            completion = client.chat.completions.create(
                 model=self.served_model,
                 messages=self.messages(request),
                 temperature=0,
@@ -91,8 +140,8 @@ class OpenAIBackend:
             content = choice.message.content or ""
         except openai.APIStatusError as exc:
             return Generation(error=f"request failed{self._retried(exc.status_code)}: {_short(exc.message)}")
-        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-            return Generation(error=f"request failed{self._retried(None)}: {_short(str(exc))}")
+        except (openai.APITimeoutError, openai.APIConnectionError):
+            return None
         except openai.APIError as exc:
             return Generation(error=f"{type(exc).__name__}: {_short(str(exc))}")
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
@@ -112,13 +161,17 @@ class OpenAIBackend:
         return f" after {self.settings.max_retries} retries" if retried else ""
 
     def preflight(self, timeout_s: float = 10.0) -> None:
-        """One quick call before any work: a server that cannot be reached, a wrong base URL, a
-        rejected key or a model the server does not serve ends the session now, in seconds,
-        instead of every item failing after its retries."""
+        """One quick call to each server before any work: a server that cannot be reached, a wrong
+        base URL, a rejected key or a model the server does not serve ends the session now, in
+        seconds, instead of every item failing after its retries."""
+        for url in self.base_urls:
+            self._preflight(url, timeout_s)
+
+    def _preflight(self, url: str, timeout_s: float) -> None:
         import openai
 
-        where = display_url(self.base_url)
-        client = open_client(self.base_url, timeout_s, max_retries=0)
+        where = display_url(url)
+        client = open_client(url, timeout_s, max_retries=0)
         try:
             served = [m.id for m in client.models.list()]
         except openai.AuthenticationError:
@@ -138,9 +191,7 @@ class OpenAIBackend:
             )
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._servers.close()
 
 
 def display_url(url: str) -> str:

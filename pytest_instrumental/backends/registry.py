@@ -149,7 +149,7 @@ class GenerationOptions:
     max_new_tokens: int | None
     max_input_tokens: int
     batch_size: int
-    base_url: str | None
+    base_urls: tuple[str, ...]  # none: $OPENAI_BASE_URL, else the OpenAI API
     concurrency: int
     timeout_s: float
     max_retries: int
@@ -174,7 +174,9 @@ def open_backend(spec: ModelSpec, options: GenerationOptions) -> Backend:
     if spec.engine == "openai":
         from pytest_instrumental.backends.openai import OpenAIBackend, OpenAISettings
 
-        settings = OpenAISettings(budget, options.base_url, options.concurrency, options.timeout_s, options.max_retries)
+        settings = OpenAISettings(
+            budget, options.base_urls, options.concurrency, options.timeout_s, options.max_retries
+        )
         return OpenAIBackend(spec.name, spec.source, spec.thinking, settings)
     if options.serving is not None:
         return _served_backend(spec, options, budget)
@@ -216,7 +218,7 @@ def _served_backend(spec: ModelSpec, options: GenerationOptions, budget: int) ->
         model = str(embedded.gguf_file() if llama else embedded.converted_dir(options.models_dir))
     served_name = model if options.serving.engine == "transformers-serve" else spec.name
     server = EngineServer(options.serving, model, served_name, spec.name, spec.revision)
-    settings = OpenAISettings(budget, None, options.concurrency, options.timeout_s, options.max_retries)
+    settings = OpenAISettings(budget, (), options.concurrency, options.timeout_s, options.max_retries)
     return ServedBackend(spec.name, server, spec.thinking, settings, _identity(spec))
 
 
@@ -234,9 +236,10 @@ def describe(spec: ModelSpec, options: GenerationOptions) -> dict[str, object]:
     if budget < spec.protocol_max_new_tokens:
         record["note"] = f"max_new_tokens {budget} is below the protocol's {spec.protocol_max_new_tokens}"
     if spec.engine == "openai":
-        from pytest_instrumental.backends.openai import OpenAISettings
+        from pytest_instrumental.backends.openai import OpenAISettings, display_url
 
-        record["base_url"] = OpenAISettings(budget, options.base_url, 1, 1, 0).resolved_base_url()
+        urls = [display_url(u) for u in OpenAISettings(budget, options.base_urls, 1, 1, 0).resolved_base_urls()]
+        record["base_url"] = urls[0] if len(urls) == 1 else urls
     elif options.serving is not None:
         record.update(served_by=options.serving.label, engine_args=list(options.serving.args))
     else:

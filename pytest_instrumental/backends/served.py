@@ -48,8 +48,8 @@ class ServedBackend:
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
         self.server.start()
-        if self._client is None or self._client.base_url != self.server.base_url:
-            settings = replace(self.settings, base_url=self.server.base_url)
+        if self._client is None or self._client.base_urls != (self.server.base_url,):
+            settings = replace(self.settings, base_urls=(self.server.base_url,))
             self._client = OpenAIBackend(self._name, self.server.served_name, self.thinking, settings)
         yield from self._client.generate(requests)
 
