@@ -1,12 +1,15 @@
-"""Batched generation vs one prompt at a time, on the same model, prompts and token budget.
+"""In-process generation paths on the same real model, prompts and token budget.
 
     python bench/generation_speed.py [--prompts 16] [--max-new-tokens 128] [--batch-size 16]
+                                     [--paths single,batched,generate_batch]
 
-"One at a time" is what the paper's reference implementation does: ``model.generate()`` per
-prompt, greedy. "Batched" is this project's TransformersBackend (length-sorted, left-padded
-batches; finished rows leave the batch). Both run the embedded SmolLM2-135M-Instruct on the
-first scenarios of the suite under the three suffixes, in one process, one after the other, and
-the script prints both throughputs and their ratio. It measures; it asserts nothing.
+"single" is what the paper's reference implementation does: ``model.generate()`` per prompt,
+greedy. "batched" is this project's TransformersBackend (length-sorted batches, each prompt
+prefilled alone, finished rows leave the batch). "generate_batch" is transformers' continuous
+batching (``model.generate_batch``, paged KV cache), greedy. All run the embedded
+SmolLM2-135M-Instruct on suite prompts spread over categories and suffixes, in one process, one
+after the other; the script prints each throughput, its ratio to the first path, and how many
+rows produced the same tokens as the first path. It measures; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=embedded.DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--models-dir", type=Path, default=user_models_dir())
+    parser.add_argument("--paths", default="single,batched,generate_batch")
     args = parser.parse_args()
 
     source = str(embedded.converted_dir(args.models_dir))
@@ -57,37 +61,73 @@ def main() -> None:
     model: Any = backend.model  # transformers types generate() too loosely for mypy
     tokenizer = backend.tokenizer
 
-    start = time.perf_counter()
-    single_tokens = 0
-    with torch.inference_mode():
-        for ids in encoded:
-            output = model.generate(
-                torch.tensor([ids]),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=args.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new = output[0, len(ids) :].tolist()
-            single_tokens += sum(1 for t in new if t not in (tokenizer.eos_token_id, tokenizer.pad_token_id))
-    single_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    results = dict(backend.generate(requests))
-    batched_s = time.perf_counter() - start
-    # Re-tokenised text: the stop token is not in it, as it is not counted above either.
-    batched_tokens = sum(
-        len(tokenizer((g.response or "") + (g.thinking or ""), add_special_tokens=False)["input_ids"])
-        for g in results.values()
-    )
-
     print(
         f"model smollm2-135m ({backend.placement.device}, {torch.get_num_threads()} threads), "
         f"{len(requests)} prompts, max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}"
     )
-    for label, seconds, tokens in (("one at a time", single_s, single_tokens), ("batched", batched_s, batched_tokens)):
-        print(f"{label:14} {seconds:7.1f} s  {len(requests) / seconds:6.3f} prompts/s  {tokens / seconds:6.1f} tok/s")
-    print(f"ratio (batched / one at a time, prompts/s): {single_s / batched_s:.2f}x")
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    first: tuple[float, list[list[int]]] | None = None
+    for path in args.paths.split(","):
+        start = time.perf_counter()
+        if path == "single":
+            outputs = [single(model, ids, args.max_new_tokens, tokenizer.pad_token_id) for ids in encoded]
+        elif path == "batched":
+            outputs = batched(backend, encoded, args.batch_size, args.max_new_tokens)
+        elif path == "generate_batch":
+            outputs = continuous(model, encoded, args.max_new_tokens, tokenizer)
+        else:
+            raise SystemExit(f"unknown path {path!r}")
+        seconds = time.perf_counter() - start
+        outputs = [[t for t in row if t not in stops] for row in outputs]
+        tokens = sum(len(row) for row in outputs)
+        note = ""
+        if first is None:
+            first = (seconds, outputs)
+        else:
+            same = sum(a == b for a, b in zip(first[1], outputs, strict=True))
+            note = f"  {first[0] / seconds:.2f}x the first path; same tokens: {same}/{len(outputs)} rows"
+        print(
+            f"{path:15} {seconds:7.1f} s  {len(requests) / seconds:6.3f} prompts/s  {tokens / seconds:6.1f} tok/s{note}"
+        )
+
+
+def single(model: Any, ids: list[int], max_new_tokens: int, pad_id: int) -> list[int]:
+    with torch.inference_mode():
+        output = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+        )
+    return list(output[0, len(ids) :].tolist())
+
+
+def batched(backend: TransformersBackend, encoded: list[list[int]], size: int, max_new_tokens: int) -> list[list[int]]:
+    from pytest_instrumental.backends.transformers import greedy_generate
+
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    outputs: dict[int, list[int]] = {}
+    for start in range(0, len(order), size):
+        chunk = order[start : start + size]
+        prompts = [encoded[i] for i in chunk]
+        results = greedy_generate(backend.model, prompts, backend._stop_ids(), backend._pad_id(), max_new_tokens)
+        outputs.update({i: tokens for i, (tokens, _) in zip(chunk, results, strict=True)})
+    return [outputs[i] for i in range(len(encoded))]
+
+
+def continuous(model: Any, encoded: list[list[int]], max_new_tokens: int, tokenizer: Any) -> list[list[int]]:
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(  # type: ignore[no-untyped-call]
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=model.generation_config.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    results = model.generate_batch(encoded, generation_config=config)
+    ordered = sorted(results.values(), key=lambda r: int(str(r.request_id).rsplit("_", 1)[-1]))
+    return [list(r.generated_tokens) for r in ordered]
 
 
 if __name__ == "__main__":

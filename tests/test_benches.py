@@ -1,0 +1,24 @@
+"""The benchmark scripts run (on a tiny configuration here); what they measure is read by people."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_the_gpu_generation_benchmark_runs_on_a_tiny_config() -> None:
+    args = ["--config", str(BENCH / "configs" / "tiny.json"), "--prompts", "4", "--new-tokens", "6"]
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_generation.py"), *args, "--bandwidth-gbs", "100"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("tiny.json (random weights, ")
+    assert lines[1].startswith("loop (this project's, batch 4)")
+    assert lines[2].startswith("generate_batch (continuous batching)")
+    assert lines[2].endswith("same tokens as the first path: 4/4 rows")  # both paths greedy, EOS ignored
+    assert lines[3].startswith("HBM floor at 100 GB/s")
