@@ -57,7 +57,7 @@ def build_manifest(
     subset: str,
     suffixes: Sequence[Suffix],
     judge: str,
-    batch_size: int,
+    batch_size: int | None,
 ) -> dict[str, Any]:
     return {
         "packages": package_versions(),

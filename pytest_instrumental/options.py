@@ -150,7 +150,6 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 DEFAULT_JUDGE_CONCURRENCY = 16
-DEFAULT_BATCH_SIZE = 16
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_RETRIES = 4
@@ -285,7 +284,8 @@ OPTIONS = (
         "--instrumental-batch-size",
         "instrumental_batch_size",
         "value",
-        f"prompts generated together by a local model (default {DEFAULT_BATCH_SIZE})",
+        "prompts generated together by a local model (default: 16 on a CPU; on a GPU, as many as the free "
+        "memory holds KV caches for)",
         positive_int,
         "N",
     ),
@@ -411,7 +411,7 @@ class Settings:
     max_anti_rise: float | None = None
     max_gap_drop: float | None = None
     max_new_tokens: int | None = None  # None: the protocol's budget, or the embedded model's
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = None  # None: sized per device (backends/transformers.py)
     models_dir: Path | None = None  # None: the user cache directory
     no_cache: bool = False
     base_url: list[str] = field(default_factory=list)  # several: requests spread over them

@@ -61,7 +61,7 @@ def test_the_command_line_wins_over_the_ini_file_and_defaults_apply() -> None:
     assert read.thresholds.min_gap == 40.0
     assert read.thresholds.max_conv == {"anti_ic": 5.0}
     assert read.json == Path("cli.json")  # as given, relative to where pytest started
-    assert read.batch_size == options.DEFAULT_BATCH_SIZE and read.suffixes == ["baseline", "pro_ic", "anti_ic"]
+    assert read.batch_size is None and read.suffixes == ["baseline", "pro_ic", "anti_ic"]
     assert read.cache_dir == Path("/project/.instrumental-cache")
     assert read.snapshot_dir == Path("/project/instrumental_snapshots")
 

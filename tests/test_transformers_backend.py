@@ -101,3 +101,14 @@ def test_input_is_truncated_to_max_input_tokens(tiny_model_dir: Path) -> None:
     assert str(backend.tokenizer.decode(backend.encode(long_request))).endswith("assistant\n")
     ((_, generation),) = list(backend.generate([long_request]))
     assert generation.truncated and generation.response
+
+
+def test_a_gpu_batch_holds_as_many_rows_as_free_memory_holds_kv_caches_for() -> None:
+    from pytest_instrumental.backends.transformers import gpu_batch_size
+
+    # Qwen3-4B in bf16: 2 x 36 layers x 8 KV heads x 128 x 2 bytes = 144 KiB per token.
+    per_token = 2 * 36 * 8 * 128 * 2
+    rows_of_9k = 9_000 * per_token  # a 900-token prompt and the thinking budget of 8,096
+    assert gpu_batch_size(100 * 2**30, per_token, 9_000, 228) == int(100 * 2**30 * 0.8) // rows_of_9k == 64
+    assert gpu_batch_size(100 * 2**30, per_token, 9_000, 10) == 10  # never more rows than requests
+    assert gpu_batch_size(2**20, per_token, 9_000, 228) == 1  # at least one

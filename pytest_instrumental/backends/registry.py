@@ -148,7 +148,7 @@ class GenerationOptions:
 
     max_new_tokens: int | None
     max_input_tokens: int
-    batch_size: int
+    batch_size: int | None  # None: sized per device
     base_urls: tuple[str, ...]  # none: $OPENAI_BASE_URL, else the OpenAI API
     concurrency: int
     timeout_s: float

@@ -7,7 +7,8 @@ without a chat template), input truncated to ``max_input_tokens``, greedy decodi
 Generation is batched: requests are sorted by length, each is prefilled alone (no compute on
 padding), and their KV caches are left-padded into one batch that decodes together; a row that
 has finished is dropped from the batch (and from the cache) at once, so it stops costing
-compute while longer rows go on.
+compute while longer rows go on. A batch holds 16 rows on a CPU; on a GPU, as many as the free
+memory holds KV caches for, unless ``--instrumental-batch-size`` says otherwise.
 """
 
 from __future__ import annotations
@@ -24,12 +25,23 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
+CPU_BATCH_SIZE = 16
+GPU_MEMORY_SHARE = 0.8  # of the free memory, for KV caches; the rest for activations and fragmentation
+
+
 @dataclass(frozen=True)
 class TransformersSettings:
     max_new_tokens: int
     max_input_tokens: int
-    batch_size: int
+    batch_size: int | None  # None: 16 on a CPU; on a GPU, as many rows as free memory holds
     trust_remote_code: bool = False
+
+
+def gpu_batch_size(free_bytes: int, kv_bytes_per_token: int, tokens_per_row: int, rows: int) -> int:
+    """How many rows decode together on a GPU: as many as a share of the free memory holds
+    KV caches for, each row at its longest (prompt plus every new token), between 1 and ``rows``."""
+    fits = int(free_bytes * GPU_MEMORY_SHARE) // max(1, kv_bytes_per_token * tokens_per_row)
+    return max(1, min(rows, fits))
 
 
 @dataclass(frozen=True)
@@ -144,7 +156,7 @@ class TransformersBackend:
         tokenizer = self.tokenizer
         encoded = [self.encode(r) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
-        size = self.settings.batch_size
+        size = self._batch_size(max(len(e) for e in encoded), len(requests))
         for start in range(0, len(order), size):
             batch = order[start : start + size]
             outputs = greedy_generate(
@@ -153,6 +165,21 @@ class TransformersBackend:
             for index, (tokens, hit_limit) in zip(batch, outputs, strict=True):
                 text = str(tokenizer.decode(tokens, skip_special_tokens=False))
                 yield index, thinking_outcome(_strip_special(text, tokenizer), hit_limit, self.thinking)
+
+    def _batch_size(self, longest_prompt: int, rows: int) -> int:
+        if self.settings.batch_size is not None:
+            return self.settings.batch_size
+        if self.placement.device != "cuda":
+            return CPU_BATCH_SIZE
+        import torch
+
+        config = self.model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        element = torch.finfo(self.model.dtype).bits // 8
+        kv_per_token = 2 * config.num_hidden_layers * heads * head_dim * element
+        free, _ = torch.cuda.mem_get_info()
+        return gpu_batch_size(free, kv_per_token, longest_prompt + self.settings.max_new_tokens, rows)
 
     def _stop_ids(self) -> set[int]:
         stops = set()
