@@ -127,7 +127,7 @@ class EngineServer:
         self.label = label  # the model's name in messages and the log file's name
         self.port = 0
         self.argv: list[str] = []
-        self.log_path = options.logs_dir / f"{_safe(label)}.log"
+        self.log_path = options.logs_dir / f"{_safe(label)}.log"  # named by its port once started
         self._process: subprocess.Popen[bytes] | None = None
         self._failure: str | None = None
 
@@ -143,6 +143,7 @@ class EngineServer:
             return
         self.port = free_port()
         self.argv = serve_argv(self.options, self.model, self.served_name, self.port, self.revision)
+        self.log_path = self.options.logs_dir / f"{_safe(self.label)}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             log.write(f"$ {shlex.join(self.argv)}\n".encode())

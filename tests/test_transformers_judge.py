@@ -86,3 +86,23 @@ def test_the_plugin_takes_hf_judges(pytester: pytest.Pytester, reference_runs: P
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*deceptive_behavior-01: judge error: *", "*(1 err)*"])
+
+
+def test_a_local_judge_is_served_by_the_chosen_engine(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from dataclasses import replace
+
+    from pytest_instrumental.backends.served import ServedBackend
+    from pytest_instrumental.engines import EngineOptions, serve_argv
+    from pytest_instrumental.judges.registry import open_judge
+
+    serving = EngineOptions("vllm", ("--max-model-len=4096",), logs_dir=tmp_path)
+    generation = replace(options(tmp_path), serving=serving)
+    opened = open_judge(
+        f"hf:{tiny_model_dir}", generation, base_url=None, concurrency=1, recordings=None, preflight=False
+    )
+    assert isinstance(opened.judge, TransformersJudge) and opened.judge.name == f"hf:{tiny_model_dir.name}"
+    backend = opened.judge.backend
+    assert isinstance(backend, ServedBackend) and backend.settings.max_new_tokens == 120  # the judge's budget
+    server = backend.server
+    argv = serve_argv(server.options, server.model, server.served_name, 8000)
+    assert argv[:3] == ["vllm", "serve", str(tiny_model_dir)] and argv[-1] == "--max-model-len=4096"
