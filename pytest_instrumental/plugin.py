@@ -18,6 +18,7 @@ import pytest
 from pytest_instrumental import options
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.plan import SUITE_NAME, item_name, nodeid_of
+from pytest_instrumental.text import visible
 from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult
 
 if TYPE_CHECKING:
@@ -139,8 +140,8 @@ class ScenarioItem(pytest.Item):
             raise ItemError(failure)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, ItemError):
-            return f"{self.request.key.item_id}: {excinfo.value}"
+        if isinstance(excinfo.value, ItemError):  # server text: made visible, not interpreted (text.py)
+            return f"{self.request.key.item_id}: {visible(str(excinfo.value))}"
         return str(super().repr_failure(excinfo, style=style))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:

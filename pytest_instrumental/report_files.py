@@ -30,6 +30,7 @@ from pytest_instrumental.terminal import (
     format_gap_change,
     summary_table,
 )
+from pytest_instrumental.text import visible
 
 MARKDOWN = "report.md"
 HTML = "report.html"
@@ -54,7 +55,7 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#])")
 
 def _md(text: object) -> str:
     """One table cell of Markdown: special characters escaped, newlines flattened."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(visible(str(text)).split()))
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -97,8 +98,15 @@ def _markdown_comparison(compared: Comparison, baseline: str) -> list[str]:
     return lines
 
 
+def _shown(value: object) -> object:
+    """Every value the template prints: text with its invisible characters made visible
+    (text.py), then escaped by autoescaping; the plots' own SVG markup as it is."""
+    return visible(value) if isinstance(value, str) and not isinstance(value, Markup) else value
+
+
 _ENVIRONMENT = Environment(
     loader=PackageLoader("pytest_instrumental", "templates"),
+    finalize=_shown,
     autoescape=select_autoescape(default=True, default_for_string=True),
     undefined=StrictUndefined,
     trim_blocks=True,

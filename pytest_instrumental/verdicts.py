@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from pytest_instrumental.text import clean_optional
+
 CONVERGENCE = "convergence"
 NO_CONVERGENCE = "no_convergence"
 SAFETY_REFUSAL = "safety_refusal"
@@ -44,6 +46,10 @@ class ItemResult:
     thinking: str | None
     error: str | None
     truncated: bool = False  # generation stopped at the token limit
+
+    def __post_init__(self) -> None:
+        for name in ("reason", "response", "thinking", "error"):  # text from models and servers (text.py)
+            object.__setattr__(self, name, clean_optional(getattr(self, name)))
 
     @property
     def key(self) -> ItemKey:

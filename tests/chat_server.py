@@ -32,6 +32,7 @@ class ChatServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), _Handler)
         self.delay_s = delay_s
         self.served = ["local"]
+        self.answer: str | None = None  # when set, every model answer is this text
         self.attempts: Counter[str] = Counter()
         self.force_status: int | None = None
         self.authorizations: list[str] = []
@@ -79,7 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_raw(200, b"{not json")
         if "TASK PROMPT:" in prompt:  # the judge rubric
             return self._reply(body, _judge_answer(prompt), {})
-        message: dict[str, Any] = {"role": "assistant", "content": f"Answer to: {prompt[:20]}"}
+        message: dict[str, Any] = {"role": "assistant", "content": self.server.answer or f"Answer to: {prompt[:20]}"}
         if "FAULT:REASONING" in prompt:
             message["reasoning_content"] = "weighing the options"
         if "FAULT:THINKTAGS" in prompt:

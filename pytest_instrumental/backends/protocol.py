@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pytest_instrumental.text import clean_optional
 from pytest_instrumental.verdicts import ItemKey
 
 THINK_END = "</think>"
@@ -37,6 +38,10 @@ class Generation:
     error: str | None = None
     skip_reason: str | None = None
     truncated: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("response", "thinking", "error"):  # text from a model or server (text.py)
+            object.__setattr__(self, name, clean_optional(getattr(self, name)))
 
 
 class Backend(Protocol):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pytest_instrumental.backends.protocol import Request
+from pytest_instrumental.text import clean_optional
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class Judgement:
     decision: str | None = None
     reason: str | None = None
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("decision", "reason", "error"):  # text from a judge or server (text.py)
+            object.__setattr__(self, name, clean_optional(getattr(self, name)))
 
 
 class Judge(Protocol):

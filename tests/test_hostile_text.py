@@ -1,0 +1,69 @@
+"""Whatever characters a model or server sends, they are stored, cached, judged and written
+without error, shown harmlessly, and no echo of a secret survives."""
+
+import json
+import os
+
+import pytest
+
+from pytest_instrumental.redact import redact
+from pytest_instrumental.text import clean, visible
+from tests.chat_server import running_chat_server
+
+SECRET = "sk-live-hostile-test-31337"
+HOSTILE = (
+    "lone \ud800 surrogate, NUL \x00 here, \x1b[31mred\x1b[0m, "
+    "bidi \u202eevil\u202c override, zero\u200bwidth, my key ends ...hostile-test-31337 " + "a long line " * 2000
+)
+
+
+def test_cleaning_and_showing_text() -> None:
+    assert clean("a\ud800b") == "a\ufffdb"
+    assert visible("a\x00b\u202ec\nd\te") == "a<U+0000>b<U+202E>c\nd\te"
+
+
+def test_any_echo_of_a_secret_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    assert redact(f"key {SECRET}!") == "key <OPENAI_API_KEY>!"
+    assert redact("provided: ...hostile-test-31337.") == "provided: ...<OPENAI_API_KEY>."
+    assert redact("sk-live-hostile and test-31337") == "<OPENAI_API_KEY> and <OPENAI_API_KEY>"
+    assert redact("a host test-3") == "a host test-3"  # runs of the key shorter than an echo stay
+
+
+def test_hostile_model_output_goes_everywhere_without_error_or_harm(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with running_chat_server() as server:
+        server.answer = HOSTILE
+        args = [
+            "--instrumental",
+            "--model=openai:local",
+            f"--instrumental-base-url={server.base_url}",
+            "--judge=offline",
+            "-k",
+            "evading_shutdown-01",
+            "--instrumental-json=out.json",
+            "--instrumental-report=report",
+            "--junitxml=junit.xml",
+            "--instrumental-snapshot",
+            "--snapshot-update",
+        ]
+        first = pytester.runpytest_subprocess(*args)
+        again = pytester.runpytest_subprocess(*args)  # the cached answers, read back
+    for result in (first, again):
+        assert result.ret == 0, result.stdout.str()
+        result.assert_outcomes(passed=3)
+        assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    items = json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))["items"]
+    assert all("lone \ufffd surrogate, NUL \x00 here" in i["response"] for i in items)  # data kept
+    page = (pytester.path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "\u202e" not in page and "\x00" not in page and "\x1b" not in page
+    assert "bidi <U+202E>evil<U+202C> override" in page.replace("&lt;", "<").replace("&gt;", ">")
+    written = [p for p in pytester.path.rglob("*") if p.is_file()]
+    assert written
+    for path in written:
+        data = path.read_bytes()
+        assert b"hostile-test-31337" not in data and b"test-31337" not in data, path
+    assert "test-31337" not in first.stdout.str() + first.stderr.str()
+    assert os.environ["OPENAI_API_KEY"] == SECRET
