@@ -27,7 +27,7 @@ def test_any_echo_of_a_secret_is_redacted(monkeypatch: pytest.MonkeyPatch) -> No
     assert redact(f"key {SECRET}!") == "key <OPENAI_API_KEY>!"
     assert redact("provided: ...hostile-test-31337.") == "provided: ...<OPENAI_API_KEY>."
     assert redact("sk-live-hostile and test-31337") == "<OPENAI_API_KEY> and <OPENAI_API_KEY>"
-    assert redact("a host test-3") == "a host test-3"  # runs of the key shorter than an echo stay
+    assert redact("a host of tests") == "a host of tests"  # runs of the key shorter than an echo stay
 
 
 def test_hostile_model_output_goes_everywhere_without_error_or_harm(
