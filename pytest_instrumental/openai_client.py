@@ -1,10 +1,17 @@
-"""What the OpenAI backend and the OpenAI judge share: the client, set up once the same way, and
-the chat messages they send."""
+"""What the OpenAI backend and the OpenAI judge share: the client, set up once the same way, the
+chat messages they send, and base URLs shown without their credentials.
+
+Credentials in a base URL (``http://user:password@host/v1``) are sent by the HTTP client as Basic
+authentication, in place of the API key: that is how a proxy that wants them gets them. They are
+never stored or printed: ``display_url`` drops them, and ``redact`` masks any echo of them."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pytest_instrumental.redact import register_url_credentials
 
 
 def open_client(base_url: str | None, timeout_s: float, max_retries: int) -> Any:
@@ -14,6 +21,7 @@ def open_client(base_url: str | None, timeout_s: float, max_retries: int) -> Any
     but the client library insists on a non-empty one."""
     from openai import OpenAI
 
+    register_credentials(base_url)
     return OpenAI(
         base_url=base_url,
         api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
@@ -26,3 +34,21 @@ def chat_messages(system: str, user: str) -> list[dict[str, str]]:
     """A system message (left out when blank) and a user message."""
     messages = [{"role": "system", "content": system}] if system.strip() else []
     return [*messages, {"role": "user", "content": user}]
+
+
+def register_credentials(url: str | None) -> None:
+    """The URL's user and password, if any, are secrets from now on (redact.py)."""
+    if url:
+        parts = urlsplit(url)
+        for credential in (parts.username, parts.password):
+            register_url_credentials(credential or "")
+
+
+def display_url(url: str) -> str:
+    """The URL without credentials (``user:password@``), fit for messages and results."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -4,6 +4,7 @@ its item results; ``finish`` summarises them once and writes what the settings a
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -20,6 +21,7 @@ from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation, ProgressFactory
 from pytest_instrumental.judges.registry import judge_name, open_judge
 from pytest_instrumental.manifest import build_manifest
+from pytest_instrumental.openai_client import register_credentials
 from pytest_instrumental.options import Settings
 from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.recordings import REPLAY, Recording, load_recordings, recorded_models
@@ -132,6 +134,8 @@ def prepare_run(
     """Everything checked before any work: a bad value, file or model is an InputError. With
     ``start_engines`` the engine servers come up now, so one that does not is an InputError too
     (otherwise each starts when its model first generates, and its failure fails its items)."""
+    for url in [*settings.base_url, settings.judge_base_url, os.environ.get("OPENAI_BASE_URL")]:
+        register_credentials(url)  # secrets from the start: no message may show them
     scenarios = load_scenarios().subset(settings.subset)
     available = load_suffixes(settings.suffix_dirs)
     suffixes = select_suffixes(available, settings.suffixes)

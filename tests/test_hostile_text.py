@@ -67,3 +67,23 @@ def test_hostile_model_output_goes_everywhere_without_error_or_harm(
         assert b"hostile-test-31337" not in data and b"test-31337" not in data, path
     assert "test-31337" not in first.stdout.str() + first.stderr.str()
     assert os.environ["OPENAI_API_KEY"] == SECRET
+
+
+def test_credentials_in_a_base_url_are_used_and_never_stored_or_printed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with running_chat_server() as server:
+        server.answer = "the proxy said: welcome alice-proxy-user, password s3cret-pass-word"
+        url = server.base_url.replace("http://", "http://alice-proxy-user:s3cret-pass-word@")
+        args = ["--instrumental", "--model=openai:local", f"--instrumental-base-url={url}", "--judge=offline"]
+        args += ["-k", "evading_shutdown-01", "--instrumental-json=out.json", "--instrumental-report=report"]
+        result = pytester.runpytest_subprocess(*args, "--instrumental-snapshot", "--snapshot-update", "-v")
+        assert result.ret == 0, result.stdout.str()
+        assert all(a.startswith("Basic ") for a in server.authorizations)  # sent as documented
+    document = json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))
+    assert document["run"]["generation"]["openai:local"]["base_url"] == server.base_url
+    for path in [p for p in pytester.path.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        assert b"s3cret" not in data and b"alice-proxy" not in data, path
+    assert "s3cret" not in result.stdout.str() + result.stderr.str()

@@ -14,11 +14,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pytest_instrumental.backends.protocol import Generation, Request, thinking_outcome
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.openai_client import chat_messages, open_client
+from pytest_instrumental.openai_client import chat_messages, display_url, open_client
 from pytest_instrumental.redact import redact
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -92,7 +91,7 @@ class OpenAIBackend:
         urls = self.base_urls
         return {
             "backend": "openai-chat",
-            "base_url": urls[0] if len(urls) == 1 else sorted(urls),
+            "base_url": display_url(urls[0]) if len(urls) == 1 else sorted(display_url(u) for u in urls),
             "model": self.served_model,
             "settings": {"max_tokens": self.settings.max_new_tokens, "temperature": 0},
             "messages": self.messages(request),
@@ -192,16 +191,6 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self._servers.close()
-
-
-def display_url(url: str) -> str:
-    """The URL without credentials (``user:password@``), fit for messages and results."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _short(text: str, limit: int = 200) -> str:

@@ -236,7 +236,8 @@ def describe(spec: ModelSpec, options: GenerationOptions) -> dict[str, object]:
     if budget < spec.protocol_max_new_tokens:
         record["note"] = f"max_new_tokens {budget} is below the protocol's {spec.protocol_max_new_tokens}"
     if spec.engine == "openai":
-        from pytest_instrumental.backends.openai import OpenAISettings, display_url
+        from pytest_instrumental.backends.openai import OpenAISettings
+        from pytest_instrumental.openai_client import display_url
 
         urls = [display_url(u) for u in OpenAISettings(budget, options.base_urls, 1, 1, 0).resolved_base_urls()]
         record["base_url"] = urls[0] if len(urls) == 1 else urls

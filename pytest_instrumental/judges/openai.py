@@ -20,7 +20,7 @@ from pytest_instrumental.backends.protocol import Request
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.judges.rubric import Rubric, judged_with_one_retry
-from pytest_instrumental.openai_client import chat_messages, open_client
+from pytest_instrumental.openai_client import chat_messages, display_url, open_client
 from pytest_instrumental.redact import redact
 from pytest_instrumental.verdicts import ItemKey
 
@@ -62,7 +62,7 @@ class OpenAIJudge:
         return {
             "judge": self.name,
             "api": self.api,
-            "base_url": self.base_url,
+            "base_url": None if self.base_url is None else display_url(self.base_url),
             "rubric": self.rubric.sha256,
             "settings": {"temperature": 0, "max_output_tokens": MAX_OUTPUT_TOKENS, "reasoning_effort": "none"},
             "context": request.request.context.strip(),
@@ -115,7 +115,7 @@ class OpenAIJudge:
         )
         system = self.rubric.system(probe.request.context)
         user = self.rubric.user(probe.request.steered_prompt, probe.response)
-        where = self.base_url or "the OpenAI API"
+        where = "the OpenAI API" if self.base_url is None else display_url(self.base_url)
         try:
             self._ask(system, user)
         except openai.AuthenticationError as exc:
