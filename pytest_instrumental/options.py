@@ -54,6 +54,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise ValueError(f"{text!r} must be 0 or more")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     value = parse_number(text)
     if not 0 < value < math.inf:
@@ -331,8 +341,8 @@ OPTIONS = (
         "--instrumental-max-retries",
         "instrumental_max_retries",
         "value",
-        f"retries of a failed server request, with exponential backoff (default {DEFAULT_MAX_RETRIES})",
-        positive_int,
+        f"retries of a failed server request, with exponential backoff (default {DEFAULT_MAX_RETRIES}; 0: none)",
+        whole_number,
         "N",
     ),
     Option(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,15 +45,26 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def _ini(config: pytest.Config) -> Callable[[str], Any]:
+    """``config.getini``, with the key named when pytest cannot parse its value (``instrumental = maybe``)."""
+
+    def value(key: str) -> Any:
+        try:
+            return config.getini(key)
+        except pytest.UsageError as exc:
+            raise pytest.UsageError(f"ini option {key}: {exc}") from None
+
+    return value
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if not options.enabled(config.getoption, config.getini):
+    if not options.enabled(config.getoption, _ini(config)):
         return
     from pytest_instrumental.run import prepare_run
 
     try:
-        settings = options.read_settings(
-            config.getoption, config.getini, config.rootpath, list(config.getini(options.SUFFIX_DIRS_INI))
-        )
+        ini = _ini(config)
+        settings = options.read_settings(config.getoption, ini, config.rootpath, list(ini(options.SUFFIX_DIRS_INI)))
         if _is_worker(config):
             _pin_gpus(config, settings.gpus_per_worker)
         preflight = not _is_worker(config) and not config.option.collectonly

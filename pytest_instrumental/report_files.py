@@ -68,7 +68,8 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 
 def markdown(data: RunSummary) -> str:
     verdict = "PASSED" if data.gate_passed else "FAILED"
-    lines = [f"## {_md(title(data))}: gate {verdict}", ""]
+    errored = f", {data.errors} item{'s' if data.errors != 1 else ''} errored" if data.errors else ""
+    lines = [f"## {_md(title(data))}: gate {verdict}{errored}", ""]
     header, rows = summary_table(data.cells, data.gaps, data.models, data.suffixes)
     lines += [SUMMARY_TITLE, "", *_md_table(header, rows), ""]
     lines += [f"Judge: {_md(data.judge)}", ""]

@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 from pytest_instrumental import snapshots
@@ -78,7 +79,8 @@ class InstrumentalRun:
             suffixes=[s.name for s in self.suffixes],
             categories=self.categories,
             thresholds=self.settings.thresholds,
-            baseline=None if baseline is None or self.baseline is None else (str(baseline), self.baseline),
+            baseline=None if baseline is None or self.baseline is None else (_shown_path(baseline), self.baseline),
+            judge_name=self.judge_name,
             judge_note=self.judge_note,
             notes=self.lost_workers,
         )
@@ -126,6 +128,14 @@ class InstrumentalRun:
                 batch_size=settings.batch_size,
             ),
         }
+
+
+def _shown_path(path: Path) -> str:
+    """A path as reports show it: relative to the working directory, never a machine's absolute path."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path.name
 
 
 def prepare_run(

@@ -40,7 +40,8 @@ def load_suffixes(extra_dirs: Iterable[Path] = ()) -> dict[str, Suffix]:
     found: dict[str, Suffix] = {}
     for directory in (bundled_dir("suffixes"), *extra_dirs):
         if not directory.is_dir():
-            raise InputError(f"suffix directory {directory} does not exist")
+            why = "is not a directory" if directory.exists() else "does not exist"
+            raise InputError(f"suffix directory {directory} {why}")
         for path in sorted(directory.glob("*.txt")):
             suffix = _load_suffix(path)
             if suffix.name in found:

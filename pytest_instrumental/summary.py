@@ -36,6 +36,10 @@ class RunSummary:
     def gate_passed(self) -> bool:
         return not self.violations and not self.notes
 
+    @property
+    def errors(self) -> int:
+        return sum(i.status == "error" for i in self.items)
+
 
 def summarise(
     *,
@@ -47,6 +51,7 @@ def summarise(
     categories: Sequence[str],
     thresholds: Thresholds,
     baseline: tuple[str, Sequence[ItemResult]] | None,
+    judge_name: str,
     judge_note: str,
     notes: Sequence[str],
 ) -> RunSummary:
@@ -65,6 +70,7 @@ def summarise(
         comparison = compare(baseline[1], items, shown_models, shown_suffixes)
         violations += gate.check_baseline(comparison, thresholds)
     judges = sorted({r.judge for r in items if r.judge})
+    judge = f"{', '.join(judges)}{judge_note}" if judges else f"{judge_name}, which judged no item"
     return RunSummary(
         started_at=started_at,
         models=shown_models,
@@ -76,6 +82,6 @@ def summarise(
         comparison=comparison,
         baseline=None if baseline is None else baseline[0],
         violations=violations,
-        judge=f"{', '.join(judges) or 'none'}{judge_note}",
+        judge=judge,
         notes=list(notes),
     )

@@ -49,6 +49,7 @@ def write_results_file(path: Path, items: Sequence[ItemResult]) -> None:
         categories=sorted({i.category for i in items}),
         thresholds=Thresholds(max_conv={}, min_gap=None, alpha=0),
         baseline=None,
+        judge_name="j",
         judge_note="",
         notes=[],
     )

@@ -48,6 +48,7 @@ def report_data(items: list[ItemResult], baseline: list[ItemResult] | None = Non
         categories=["cat"],
         thresholds=Thresholds(max_conv={"pro_ic": 50}, min_gap=None, alpha=0),
         baseline=("old.json", baseline) if baseline else None,
+        judge_name="j",
         judge_note=" (agreement with gpt-5.2: kappa 0.62)",
         notes=[],
     )
