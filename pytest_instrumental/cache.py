@@ -20,7 +20,11 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pytest_instrumental.errors import InputError
+
+T = TypeVar("T")
 
 DATABASE = "cache.sqlite"
 _GITIGNORE = "# Created by pytest-instrumental automatically.\n*\n"
@@ -41,34 +45,72 @@ def digest(key: dict[str, Any]) -> str:
 
 
 def open_project_cache(directory: Path) -> Cache:
-    """The project's cache in ``directory``, created with its ``.gitignore`` if need be."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ignore = directory / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text(_GITIGNORE, encoding="utf-8")
-    return Cache(directory / DATABASE)
+    """The project's cache in ``directory``, created with its ``.gitignore`` if need be. A cache
+    that cannot be used (a file where the directory should be, no write permission, a file that
+    is not a database) is an InputError naming the path, before any work."""
+    hint = "(fix it, or run without the cache: --instrumental-no-cache)"
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"--instrumental-cache-dir: {directory} is not a directory {hint}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        ignore = directory / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text(_GITIGNORE, encoding="utf-8")
+        return Cache(directory / DATABASE)
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"--instrumental-cache-dir: {directory / DATABASE} cannot be used: {exc} {hint}") from None
+    except OSError as exc:
+        raise InputError(
+            f"--instrumental-cache-dir: cannot write in {directory}: {exc.strerror or exc} {hint}"
+        ) from None
 
 
 class Cache:
+    """Entries that cannot be read back are misses (generated again); a write that fails turns
+    writing off for the run. Both are counted, and ``problems`` says so once at the end."""
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.unreadable = 0
+        self.unwritten: str | None = None
         # autocommit; a generous busy timeout lets concurrent workers wait for each other's writes
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        self._db.execute("BEGIN IMMEDIATE")  # a read-only database fails here, not halfway through a run
+        self._db.execute("ROLLBACK")
 
-    def get(self, kind: str, key: dict[str, Any]) -> dict[str, Any] | None:
-        row = self._db.execute(
-            "SELECT value FROM entries WHERE kind = ? AND digest = ?", (kind, digest(key))
-        ).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+    def get(self, kind: str, key: dict[str, Any], build: Callable[..., T]) -> T | None:
+        """``build(**entry)`` for the entry under ``key``; None when there is none or it cannot be read."""
+        try:
+            row = self._db.execute(
+                "SELECT value FROM entries WHERE kind = ? AND digest = ?", (kind, digest(key))
+            ).fetchone()
+            return None if row is None else build(**json.loads(row[0]))
+        except (sqlite3.DatabaseError, ValueError, TypeError):
+            self.unreadable += 1
+            return None
 
     def put(self, kind: str, key: dict[str, Any], value: dict[str, Any]) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO entries (kind, digest, value, created) VALUES (?, ?, ?, ?)",
-            (kind, digest(key), json.dumps(value, ensure_ascii=False), time.time()),
-        )
+        if self.unwritten is not None:
+            return
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO entries (kind, digest, value, created) VALUES (?, ?, ?, ?)",
+                (kind, digest(key), json.dumps(value, ensure_ascii=False), time.time()),
+            )
+        except sqlite3.Error as exc:
+            self.unwritten = str(exc)
+
+    def problems(self) -> list[str]:
+        """What went wrong with the cache during the run, one line each."""
+        lines = []
+        if self.unreadable:
+            lines.append(f"cache {self.path}: {self.unreadable} entries could not be read and were made again")
+        if self.unwritten is not None:
+            lines.append(f"cache {self.path}: writing stopped ({self.unwritten}); later results were not cached")
+        return lines
 
     def close(self) -> None:
         self._db.close()

@@ -57,8 +57,7 @@ def generate_all(
     keys = [backend.cache_key(r) for r in requests]
     found: list[Generation | None] = []
     for index, key in enumerate(keys):
-        hit = cache.get(GENERATION, key) if cache is not None and key is not None else None
-        cached = Generation(**hit) if hit is not None else None
+        cached = cache.get(GENERATION, key, Generation) if cache is not None and key is not None else None
         found.append(cached)
         if cached is not None and on_generation is not None:
             on_generation(index, cached)
@@ -151,9 +150,9 @@ class _Judging:
 
     def offer(self, request: JudgeRequest) -> None:
         key = self._judge.cache_key(request)
-        hit = self._cache.get(VERDICT, key) if self._cache is not None and key is not None else None
+        hit = self._cache.get(VERDICT, key, Judgement) if self._cache is not None and key is not None else None
         if hit is not None:
-            self._done[request.request.key] = Judgement(**hit)
+            self._done[request.request.key] = hit
         else:
             self._waiting.append((request, key))
 
@@ -262,6 +261,10 @@ class Evaluation:
                 del self._pending[done.key]
             backend.close()
         return self._outcomes[request.key]
+
+    def problems(self) -> list[str]:
+        """What went wrong around the results (the cache), one line each."""
+        return self._cache.problems() if self._cache is not None else []
 
     def close(self) -> None:
         for backend in self._backends.values():

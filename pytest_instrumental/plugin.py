@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 _VERDICT_LETTERS = {CONVERGENCE: "C", NO_CONVERGENCE: ".", SAFETY_REFUSAL: "R", NONSENSICAL: "N"}
 _WORKER_RESULTS = "instrumental_results"
+_WORKER_WARNINGS = "instrumental_warnings"
 _RUN: pytest.StashKey[InstrumentalRun] = pytest.StashKey()
 _SUMMARY: pytest.StashKey[RunSummary] = pytest.StashKey()
+_WRITE_FAILURES: pytest.StashKey[list[str]] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -132,7 +134,10 @@ class ScenarioItem(pytest.Item):
         from pytest_instrumental.evaluation import Skip
 
         run = self.config.stash[_RUN]
-        outcome = run.evaluation.outcome(self.request)
+        try:
+            outcome = run.evaluation.outcome(self.request)
+        except Exception as exc:  # a fault of our own: the item still counts, as an error
+            outcome = _internal_error(self.request, exc)
         if isinstance(outcome, Skip):
             pytest.skip(outcome.reason)
         run.results.append(outcome)
@@ -157,6 +162,14 @@ class ScenarioItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, self.name
+
+
+def _internal_error(request: Request, exc: Exception) -> ItemResult:
+    key = request.key
+    error = f"internal error: {type(exc).__name__}: {exc}"
+    return ItemResult(
+        key.model, key.suffix, key.scenario, request.category, "error", None, None, None, None, None, error
+    )
 
 
 def test_scenario() -> None:
@@ -249,6 +262,7 @@ class _Controller:
         output = getattr(node, "workeroutput", None) or {}
         if _WORKER_RESULTS in output:
             self._run.results.extend(ItemResult.from_dict(d) for d in output[_WORKER_RESULTS])
+            self._run.worker_warnings.extend(output.get(_WORKER_WARNINGS, []))
         else:
             self._run.lost_workers.append(f"worker {node.gateway.id} ended without reporting results ({error})")
 
@@ -260,13 +274,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if _is_worker(config):
         config.workeroutput[_WORKER_RESULTS] = [r.to_dict() for r in run.results]  # type: ignore[attr-defined]
+        config.workeroutput[_WORKER_WARNINGS] = run.evaluation.problems()  # type: ignore[attr-defined]
         return
     if config.option.collectonly:
         return
     summary = config.stash[_SUMMARY] = run.summarise()
     updated = run.settings.snapshot and bool(config.option.update_snapshots)
-    run.finish(summary, interrupted=exitstatus == pytest.ExitCode.INTERRUPTED, snapshots_updated=updated)
-    if not summary.gate_passed and session.exitstatus == pytest.ExitCode.OK:
+    failures = run.finish(summary, interrupted=exitstatus == pytest.ExitCode.INTERRUPTED, snapshots_updated=updated)
+    config.stash[_WRITE_FAILURES] = failures
+    if (failures or not summary.gate_passed) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -285,3 +301,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("instrumental convergence")
     for line in summary_lines(summary, config.get_verbosity() > 0):
         terminalreporter.write_line(line, red=line.startswith("GATE FAILED"))
+    for line in config.stash.get(_WRITE_FAILURES, []):  # after the summary, which is never lost
+        terminalreporter.write_line(line, red=True)

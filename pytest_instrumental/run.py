@@ -5,6 +5,7 @@ its item results; ``finish`` summarises them once and writes what the settings a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -49,6 +50,7 @@ class InstrumentalRun:
     results: list[ItemResult] = field(default_factory=list)
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
+    worker_warnings: list[str] = field(default_factory=list)  # xdist workers' cache problems
 
     @property
     def categories(self) -> list[str]:
@@ -83,21 +85,38 @@ class InstrumentalRun:
             judge_name=self.judge_name,
             judge_note=self.judge_note,
             notes=self.lost_workers,
+            warnings=sorted({*self.evaluation.problems(), *self.worker_warnings}),
         )
 
-    def finish(self, summary: RunSummary, interrupted: bool, snapshots_updated: bool) -> None:
-        """Write the results JSON, the snapshots' setup and the report files the settings ask for."""
+    def finish(self, summary: RunSummary, interrupted: bool, snapshots_updated: bool) -> list[str]:
+        """Write the results JSON, the snapshots' setup and the report files the settings ask for;
+        what could not be written, one line each (the paths were checked before the run, but a
+        disk can still fill up)."""
         settings = self.settings
-        if settings.json is not None:
-            write_results(settings.json, results_document(self._run_record(summary, interrupted), summary))
+        failures = []
+
+        def attempt(what: str, path: Path, write: Callable[[], object]) -> None:
+            try:
+                write()
+            except OSError as exc:
+                failures.append(f"ERROR: cannot write {what} {path}: {exc.strerror or exc}")
+
+        if (json_path := settings.json) is not None:
+            document = results_document(self._run_record(summary, interrupted), summary)
+            attempt("the results JSON", json_path, lambda: write_results(json_path, document))
         if snapshots_updated:
             ran = {k.model for k in self.ran}
             setups = {**self.recorded_setups, **{m: self.snapshot_setup(m) for m in self.models if m in ran}}
-            snapshots.write_setups(settings.snapshot_dir, setups)
-        if settings.report is not None:
+            attempt(
+                "the snapshots' setup in",
+                settings.snapshot_dir,
+                lambda: snapshots.write_setups(settings.snapshot_dir, setups),
+            )
+        if (report_dir := settings.report) is not None:
             from pytest_instrumental.report_files import write_reports
 
-            write_reports(settings.report, summary)
+            attempt("the reports in", report_dir, lambda: write_reports(report_dir, summary))
+        return failures
 
     def _run_record(self, summary: RunSummary, interrupted: bool) -> dict[str, Any]:
         """The results JSON's ``run`` section: how this run was made."""
@@ -183,7 +202,10 @@ def prepare_run(
     )
     if start_engines:
         _start_servers([*backends.values(), getattr(opened.judge, "backend", None)])
-    cache = None if settings.no_cache else open_project_cache(settings.cache_dir)
+    check_outputs(settings)
+    # A replay judged by its recorded verdicts has nothing to cache: it does not touch the cache.
+    needs_cache = not settings.no_cache and not (settings.replay is not None and name == REPLAY)
+    cache = open_project_cache(settings.cache_dir) if needs_cache else None
     return InstrumentalRun(
         settings=settings,
         scenarios=scenarios,
@@ -197,6 +219,35 @@ def prepare_run(
         baseline=baseline,
         recorded_setups=snapshots.read_setups(settings.snapshot_dir) if settings.snapshot else {},
     )
+
+
+def check_outputs(settings: Settings) -> None:
+    """Every path the run will write, checked before any work: one line naming the option."""
+    outputs = [("--instrumental-json", settings.json, False), ("--instrumental-report", settings.report, True)]
+    if settings.snapshot:
+        outputs.append(("--instrumental-snapshot-dir", settings.snapshot_dir, True))
+    for flag, path, is_directory in outputs:
+        if path is not None:
+            problem = output_problem(path, is_directory)
+            if problem is not None:
+                raise InputError(f"{flag}: cannot write {path}: {problem}")
+
+
+def output_problem(path: Path, is_directory: bool) -> str | None:
+    """Why ``path`` (a file, or a directory to write files in) cannot be written; None if it can."""
+    if path.exists():
+        if is_directory and not path.is_dir():
+            return "it is a file, not a directory"
+        if not is_directory and path.is_dir():
+            return "it is a directory"
+        target = path if path.is_dir() else path.parent
+        return None if os.access(target, os.W_OK | os.X_OK) else f"{target} is not writable"
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file"
+    return None if os.access(ancestor, os.W_OK | os.X_OK) else f"{ancestor} is not writable"
 
 
 def _start_servers(backends: list[object]) -> None:

@@ -30,7 +30,8 @@ class RunSummary:
     baseline: str | None  # what the comparison is against, as the user named it
     violations: list[Violation]
     judge: str  # the judges that decided, with what is known of their agreement
-    notes: list[str]  # lost workers and other things a reader must not miss
+    notes: list[str]  # lost workers and other things a reader must not miss (they fail the gate)
+    warnings: list[str]  # what went wrong around the results without changing them (the cache)
 
     @property
     def gate_passed(self) -> bool:
@@ -54,6 +55,7 @@ def summarise(
     judge_name: str,
     judge_note: str,
     notes: Sequence[str],
+    warnings: Sequence[str] = (),
 ) -> RunSummary:
     """``ran`` are the items that ran (a model or suffix with none is left out, unless a gate
     needs the suffix: a gated cell with nothing run is "not measured", which fails the gate)."""
@@ -84,4 +86,5 @@ def summarise(
         violations=violations,
         judge=judge,
         notes=list(notes),
+        warnings=list(warnings),
     )

@@ -75,7 +75,7 @@ def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
         for category in summary.categories:
             rows = [[model, *(format_cell(by_key[model, s, category]) for s in suffixes)] for model in models]
             lines += ["", f"category {category}", *_table(["model", *suffixes], rows)]
-    lines += ["", _count_line(summary.cells), f"judge: {summary.judge}"]
+    lines += ["", _count_line(summary.cells), f"judge: {summary.judge}", *summary.warnings]
     if summary.comparison is not None:
         lines += ["", *comparison_lines(summary.comparison, str(summary.baseline), verbose)]
     return [*lines, *summary.notes, *violation_lines(summary.violations)]

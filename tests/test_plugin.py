@@ -666,7 +666,7 @@ def test_the_release_gate_configured_in_the_ini_file(pytester: pytest.Pytester, 
     )
     result = pytester.runpytest("--instrumental", "--snapshot-update")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["against baseline */release/baseline.json", "verdict flips: 0 newly convergent, *"])
+    result.stdout.fnmatch_lines(["against baseline release/baseline.json", "verdict flips: 0 newly convergent, *"])
     assert (pytester.path / "snaps" / "instrumental.ambr").is_file()
     assert (pytester.path / "out" / "report.md").read_text(encoding="utf-8").count("gate PASSED") == 1
 

@@ -58,7 +58,7 @@ def test_markdown_has_the_table_gate_and_flips() -> None:
     items = hostile_items()
     old = [ItemResult(**{**i.to_dict(), "verdict": "no_convergence"}) if i.suffix == "pro_ic" else i for i in items]
     text = markdown(report_data(items, baseline=old))
-    assert text.startswith("## Instrumental convergence: m: gate FAILED\n")
+    assert text.startswith("## Instrumental convergence: m: gate FAILED, 1 item errored\n")
     assert "| m | 100.00 \\[34.2-100.0\\] / 0.00 | 0.00 \\[0.0-79.3\\] / 0.00 (1 err) |" in text
     assert "- m pro\\_ic: Conv% 100.00 crosses the maximum 50.00 (--instrumental-max-conv)" in text
     assert "**newly convergent** (2)\n- m pro\\_ic cat-01: no\\_convergence -\\> convergence" in text
