@@ -1,0 +1,95 @@
+"""Faults of the disk and the cache, injected: each ends in one clear line and loses nothing."""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+# Loaded once by this process: pytester's in-process runs restore sys.modules afterwards, and
+# numpy and matplotlib cannot be imported twice in one process.
+import pytest_instrumental.report_files  # noqa: F401
+
+
+@pytest.fixture
+def replay_args(reference_runs: Path) -> list[str]:
+    return ["--instrumental", f"--instrumental-replay={reference_runs}", "-k", "Base and anti_ic and evading_shutdown"]
+
+
+@pytest.mark.parametrize(
+    ("make", "option", "problem"),
+    [
+        (lambda p: (p / "out").write_text("x"), "--instrumental-report=out", "it is a file, not a directory"),
+        (lambda p: (p / "out.json").mkdir(), "--instrumental-json=out.json", "it is a directory"),
+        (lambda p: (p / "blocker").write_text("x"), "--instrumental-json=blocker/sub/out.json", "blocker is a file"),
+        (lambda p: (p / "snaps").write_text("x"), "--instrumental-snapshot-dir=snaps", "it is a file, not a directory"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(
+    pytester: pytest.Pytester, replay_args: list[str], make: object, option: str, problem: str
+) -> None:
+    make(pytester.path)  # type: ignore[operator]
+    result = pytester.runpytest(*replay_args, option, "--instrumental-snapshot")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    flag, _, path = option.partition("=")
+    result.stderr.fnmatch_lines([f"ERROR: {flag}: cannot write *{path}: {problem}"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_write_that_fails_at_the_end_comes_after_the_summary(
+    pytester: pytest.Pytester, replay_args: list[str]
+) -> None:
+    pytester.makeconftest(
+        """
+        import pytest, shutil
+        from pathlib import Path
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_sessionfinish(session):
+            shutil.rmtree("out", ignore_errors=True)
+            Path("out").write_text("the disk changed under the run")
+        """
+    )
+    result = pytester.runpytest(*replay_args, "--instrumental-json=out/run.json")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*judged (*", "judge: gpt-5.2 (replayed verdicts)", "ERROR: cannot write the results JSON out/run.json: *"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda d: d.write_text("a file"), "*/cache is not a directory (fix it, or run without the cache: *"),
+        (
+            lambda d: (d.mkdir(), (d / "cache.sqlite").write_bytes(b"not a database" * 100)),
+            "*/cache/cache.sqlite cannot be used: file is not a database (fix it, *",
+        ),
+    ],
+)
+def test_an_unusable_cache_is_a_usage_error_naming_it(
+    pytester: pytest.Pytester, replay_args: list[str], make: object, problem: str
+) -> None:
+    make(pytester.path / "cache")  # type: ignore[operator]
+    args = [*replay_args, "--instrumental-cache-dir=cache", "--judge=offline"]
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --instrumental-cache-dir: {problem}"])
+    # a replay that needs no cache does not touch it
+    assert pytester.runpytest(*replay_args, "--instrumental-cache-dir=cache").ret == 0
+
+
+def test_cache_rows_that_do_not_decode_are_made_again_and_said_once(
+    pytester: pytest.Pytester, replay_args: list[str]
+) -> None:
+    args = [*replay_args, "--judge=offline"]
+    first = pytester.runpytest(*args)
+    (counted,) = [line for line in first.outlines if " judged (" in line]
+    assert counted.endswith(", 0 errors")
+    with sqlite3.connect(pytester.path / ".instrumental-cache" / "cache.sqlite") as db:
+        db.execute("UPDATE entries SET value = '{\"decision\": [broken' WHERE rowid % 2 = 0")
+        db.execute("UPDATE entries SET value = '{\"no_such_field\": 1}' WHERE rowid % 2 = 1")
+    again = pytester.runpytest(*args)
+    assert again.ret == 0
+    unreadable = counted.split()[0]
+    again.stdout.fnmatch_lines([counted, f"*cache.sqlite: {unreadable} entries could not be read and were made again"])
+    assert pytester.runpytest(*args).stdout.str().count("could not be read") == 0  # written anew
