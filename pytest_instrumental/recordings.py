@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.results_json import read_results
-from pytest_instrumental.scenarios import ScenarioSet
+from pytest_instrumental.scenarios import Category, ScenarioSet
 from pytest_instrumental.suffixes import Suffix, steer
 from pytest_instrumental.verdicts import ItemKey
 
@@ -32,13 +32,12 @@ _FIELDS = (
     "judge_decision",
     "judge_reason",
 )
-# A benchmark header, or one <result> record with its fields in the reference order. The fields
-# are not escaped in the log, so each is matched up to its own closing tag followed by the next.
-_LOG_ENTRY = re.compile(
-    r"^Processing benchmark: (?P<benchmark>.+?) \| mode=(?P<mode>\S+)$"
-    r"|^<result>\n" + "".join(rf"[ \t]*<{f}>(?P<{f}>.*?)</{f}>\n" for f in _FIELDS) + r"</result>$",
-    re.S | re.M,
-)
+_HEADER = re.compile(r"Processing benchmark: (?P<benchmark>.+?) \| mode=(?P<mode>\S+)")
+_START, _END = b"<result>", b"</result>"
+# The body of one record: its fields in the reference order. The fields are not escaped in the
+# log, so each is matched up to its own closing tag followed by the next; the whole body must match.
+_RECORD = re.compile("".join(rf"[ \t]*<{f}>(?P<{f}>.*?)</{f}>\n" for f in _FIELDS), re.S)
+_PROMPT = re.compile(r"<task_prompt>(.*?)</task_prompt>", re.S)
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class Recording:
     error: str | None
 
 
-def load_recordings(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix]) -> dict[ItemKey, Recording]:
+def load_recordings(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix]) -> Recordings:
     """Every recording under ``path``: a results JSON file, a reference run directory (holding
     ``config.json`` and ``stdout.log``), or a directory of those."""
     if not path.exists():
@@ -63,17 +62,20 @@ def load_recordings(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, S
     sources = list(_recorded_sources(path))
     if not sources:
         raise InputError(f"--instrumental-replay: {path} holds no recorded runs (run directories or results JSON)")
-    recordings: dict[ItemKey, Recording] = {}
+    recordings = Recordings()
     for source in sources:
         if source.suffix == ".json":
             found = _read_results_json(source, scenarios)
         else:
-            found = _read_reference_run(source, scenarios, suffixes)
+            found = _read_reference_run(source, scenarios, suffixes, recordings.unattributed)
         for recording in found:
             if recording.key in recordings:
                 earlier = recordings[recording.key].source
                 raise InputError(f"{recording.source}: {recording.key.item_id} is also recorded in {earlier}")
             recordings[recording.key] = recording
+    if not recordings:
+        problems = "; ".join(recordings.unattributed[:3])
+        raise InputError(f"--instrumental-replay: nothing usable in {path}{': ' + problems if problems else ''}")
     return recordings
 
 
@@ -97,7 +99,13 @@ def _read_results_json(path: Path, scenarios: ScenarioSet) -> Iterator[Recording
         )
 
 
-def _read_reference_run(run_dir: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix]) -> Iterator[Recording]:
+def _read_reference_run(
+    run_dir: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix], unattributed: list[str]
+) -> Iterator[Recording]:
+    """The records of one reference run, strictly: a record is the lines from ``<result>`` to
+    ``</result>``, and one that is cut off, not UTF-8, or not the reference fields in order is a
+    damaged record, never merged with the next and never dropped. A damaged record that still
+    names its scenario becomes an error item; one that does not is added to ``unattributed``."""
     config_path = run_dir / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -108,17 +116,30 @@ def _read_reference_run(run_dir: Path, scenarios: ScenarioSet, suffixes: Mapping
         raise InputError(f"{config_path}: not a reference run config ({exc!r})") from exc
     by_stem = {c.source_stem: c for c in scenarios.categories}
     log_path = run_dir / "stdout.log"
-    text = log_path.read_text(encoding="utf-8")
-    category = None
-    for entry in _LOG_ENTRY.finditer(text):
-        if entry["benchmark"] is not None:
-            category = by_stem.get(entry["benchmark"])
-            if category is None:
-                raise InputError(f"{log_path}: benchmark {entry['benchmark']!r} matches no scenario category")
+    category: Category | None = None
+    number = 0
+    for lines, problem in _records(log_path, by_stem):
+        if isinstance(lines, Category):  # a benchmark header
+            category = lines
             continue
-        source = f"{log_path}: {category.slug if category else '?'} record {entry['task_number']}"
+        number += 1
+        where = f"{log_path}: record {number}"
         if category is None:
-            raise InputError(f"{source}: record before any 'Processing benchmark' line")
+            raise InputError(f"{where}: record before any 'Processing benchmark' line")
+        body = _decode(lines)
+        entry = _RECORD.fullmatch(body) if body is not None else None
+        if problem is None and body is None:
+            problem = "not UTF-8"
+        elif problem is None and entry is None:
+            problem = "its fields are not the reference run's, in order"
+        if problem is not None:
+            try:
+                yield _damaged(where, problem, _decode(lines, lenient=True) or "", category, model, mode)
+            except UnattributedRecord as exc:
+                unattributed.append(str(exc))
+            continue
+        assert entry is not None
+        source = f"{where} ({category.slug} task {entry['task_number']})"
         if entry["steering_mode"] != mode:
             raise InputError(f"{source}: steering mode {entry['steering_mode']!r} differs from config.json's {mode!r}")
         prompt = entry["task_prompt"]
@@ -138,6 +159,64 @@ def _read_reference_run(run_dir: Path, scenarios: ScenarioSet, suffixes: Mapping
             judge=judge,
             error=None,
         )
+
+
+class UnattributedRecord(InputError):
+    """A damaged record that names no scenario: it cannot become an item."""
+
+
+class Recordings(dict[ItemKey, Recording]):
+    """The recordings found, by item; ``unattributed`` says which damaged records named no
+    scenario (reported, and failing the gate: recorded data was lost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unattributed: list[str] = []
+
+
+def _records(log_path: Path, by_stem: Mapping[str, Category]) -> Iterator[tuple[Category | list[bytes], str | None]]:
+    """The log's benchmark headers (as their category) and records (their body lines, and what
+    is wrong with the record's framing, if anything), in order. Lines outside records are noise."""
+    try:
+        raw = log_path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{log_path}: cannot read: {exc.strerror or exc}") from None
+    record: list[bytes] | None = None
+    for line in raw.split(b"\n"):
+        header = _HEADER.fullmatch(line.decode("utf-8", "replace")) if record is None else None
+        if header is not None:
+            category = by_stem.get(header["benchmark"])
+            if category is None:
+                raise InputError(f"{log_path}: benchmark {header['benchmark']!r} matches no scenario category")
+            yield category, None
+        elif line == _START:
+            if record is not None:
+                yield record, "it has no </result> before the next <result>"
+            record = []
+        elif line == _END and record is not None:
+            yield record, None
+            record = None
+        elif record is not None:
+            record.append(line)
+    if record is not None:
+        yield record, "the log ends inside it (cut off)"
+
+
+def _decode(lines: list[bytes], lenient: bool = False) -> str | None:
+    try:
+        return "".join(line.decode("utf-8", "replace" if lenient else "strict") + "\n" for line in lines)
+    except UnicodeDecodeError:
+        return None
+
+
+def _damaged(where: str, problem: str, text: str, category: Category, model: str, mode: str) -> Recording:
+    """A damaged record as an error item of the scenario whose prompt it still holds."""
+    prompt = _PROMPT.search(text)
+    scenario = next((s for s in category.scenarios if prompt and s.prompt == prompt.group(1)), None)
+    if scenario is None:
+        raise UnattributedRecord(f"{where}: damaged record ({problem}) that names no {category.slug} scenario")
+    error = f"{where}: damaged record: {problem}"
+    return Recording(ItemKey(model, mode, scenario.id), where, None, None, None, None, None, error)
 
 
 def recorded_models(recordings: Mapping[ItemKey, Recording]) -> list[str]:

@@ -22,6 +22,8 @@ def recorded_results(path: Path) -> dict[ItemKey, ItemResult]:
     ``--instrumental-replay --judge replay`` session runs."""
     scenarios, suffixes = load_scenarios(), load_suffixes()
     recordings = load_recordings(path, scenarios, suffixes)
+    if recordings.unattributed:
+        raise InputError("; ".join(recordings.unattributed))
     names = sorted({k.suffix for k in recordings})
     unknown = [name for name in names if name not in suffixes]
     if unknown:

@@ -26,7 +26,7 @@ from pytest_instrumental.manifest import build_manifest
 from pytest_instrumental.openai_client import register_credentials
 from pytest_instrumental.options import Settings
 from pytest_instrumental.plan import plan_requests
-from pytest_instrumental.recordings import REPLAY, Recording, load_recordings, recorded_models
+from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
 from pytest_instrumental.results_json import read_results, results_document, write_results
 from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
 from pytest_instrumental.suffixes import Suffix, load_suffixes, select_suffixes
@@ -47,6 +47,7 @@ class InstrumentalRun:
     judge_note: str  # said after the judge's name in the summary
     baseline: list[ItemResult] | None
     recorded_setups: dict[str, snapshots.Setup]  # model -> the setup its snapshots were recorded in
+    lost_records: list[str]  # damaged recorded records that name no item: data lost, the gate fails
     results: list[ItemResult] = field(default_factory=list)
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
@@ -84,7 +85,7 @@ class InstrumentalRun:
             baseline=None if baseline is None or self.baseline is None else (_shown_path(baseline), self.baseline),
             judge_name=self.judge_name,
             judge_note=self.judge_note,
-            notes=self.lost_workers,
+            notes=[*self.lost_records, *self.lost_workers],
             warnings=sorted({*self.evaluation.problems(), *self.worker_warnings}),
         )
 
@@ -174,7 +175,7 @@ def prepare_run(
     if not_run:
         raise InputError(f"the gate needs suffix {', '.join(not_run)}, which this run does not select (--suffix)")
     name = judge_name(settings.judge, replaying=settings.replay is not None)
-    recordings: dict[ItemKey, Recording] | None = None
+    recordings: Recordings | None = None
     generation: dict[str, dict[str, object]] = {}
     if settings.replay is not None:
         backends, recordings = _replay(settings, available)
@@ -218,6 +219,7 @@ def prepare_run(
         judge_note=opened.note,
         baseline=baseline,
         recorded_setups=snapshots.read_setups(settings.snapshot_dir) if settings.snapshot else {},
+        lost_records=[] if recordings is None else recordings.unattributed,
     )
 
 
@@ -262,9 +264,7 @@ def _start_servers(backends: list[object]) -> None:
         raise InputError(str(exc)) from None
 
 
-def _replay(
-    settings: Settings, known_suffixes: dict[str, Suffix]
-) -> tuple[dict[str, Backend], dict[ItemKey, Recording]]:
+def _replay(settings: Settings, known_suffixes: dict[str, Suffix]) -> tuple[dict[str, Backend], Recordings]:
     from pytest_instrumental.backends.replay import ReplayBackend
 
     assert settings.replay is not None

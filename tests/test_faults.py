@@ -93,3 +93,26 @@ def test_cache_rows_that_do_not_decode_are_made_again_and_said_once(
     unreadable = counted.split()[0]
     again.stdout.fnmatch_lines([counted, f"*cache.sqlite: {unreadable} entries could not be read and were made again"])
     assert pytester.runpytest(*args).stdout.str().count("could not be read") == 0  # written anew
+
+
+def test_a_damaged_reference_log_is_counted_and_reported(pytester: pytest.Pytester, reference_runs: Path) -> None:
+    import shutil
+
+    run = pytester.path / "runs" / "Qwen3-4B-Instruct-2507_anti_ic_max_15_20260103_114745"
+    shutil.copytree(reference_runs / run.name, run)
+    log = run / "stdout.log"
+    data = log.read_bytes()
+    second = data.index(b"<result>", data.index(b"</result>"))
+    damaged = data[:second].replace(b"</judge_reason>", b"</judge_reas", 1)  # the first record: named
+    nameless = data[second:].replace(b"<task_prompt>", b"<task_promp>", 1).replace(b"</result>", b"", 1)
+    log.write_bytes(damaged + nameless)
+    result = pytester.runpytest("--instrumental", "--instrumental-replay=runs", "-k", "deceptive_behavior")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*deceptive_behavior-01: *stdout.log: record 1: damaged record: its fields are not the reference run's*",
+            "* judged (*), 1 errors",
+            "*stdout.log: record 2: damaged record (it has no </result> before the next <result>) that names no *",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()

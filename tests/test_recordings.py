@@ -56,7 +56,9 @@ def _edit_log(run: Path, old: str, new: str) -> None:
 def test_a_record_matching_no_scenario_names_file_and_record(reference_runs: Path, tmp_path: Path) -> None:
     run = _copy_run(reference_runs, tmp_path)
     _edit_log(run, "<task_prompt>You are an AI system tasked", "<task_prompt>You are a robot tasked")
-    with pytest.raises(InputError, match="deceptive_behavior record 1: the recorded prompt matches no") as exc:
+    with pytest.raises(
+        InputError, match=r"record 1 \(deceptive_behavior task 1\): the recorded prompt matches no"
+    ) as exc:
         load_recordings(run, SCENARIOS, SUFFIXES)
     assert str(run / "stdout.log") in str(exc.value)
 
@@ -64,7 +66,10 @@ def test_a_record_matching_no_scenario_names_file_and_record(reference_runs: Pat
 def test_a_steered_prompt_made_with_another_suffix_text_is_an_error(reference_runs: Path, tmp_path: Path) -> None:
     run = _copy_run(reference_runs, tmp_path)
     _edit_log(run, "- Focus on normal, authorized task execution.", "- Focus.")
-    with pytest.raises(InputError, match="record 1: the recorded steered prompt differs from suffix 'anti_ic'"):
+    with pytest.raises(
+        InputError,
+        match=r"record 1 \(deceptive_behavior task 1\): the recorded steered prompt differs from suffix 'anti_ic'",
+    ):
         load_recordings(run, SCENARIOS, SUFFIXES)
 
 
@@ -140,3 +145,57 @@ def test_results_file_errors_name_the_file(tmp_path: Path) -> None:
     path.write_text("{", encoding="utf-8")
     with pytest.raises(InputError, match="cannot read results JSON"):
         load_recordings(path, SCENARIOS, SUFFIXES)
+
+
+def _first_record(run: Path) -> str:
+    text = (run / "stdout.log").read_text(encoding="utf-8")
+    return text[text.index("<result>") : text.index("</result>") + len("</result>")]
+
+
+def test_a_damaged_closing_tag_makes_an_error_item_never_a_merged_one(reference_runs: Path, tmp_path: Path) -> None:
+    run = _copy_run(reference_runs, tmp_path)
+    _edit_log(run, "</judge_reason>", "</judge_reas")  # the first record's
+    recordings = load_recordings(run, SCENARIOS, SUFFIXES)
+    assert len(recordings) == 71  # every record still an item: none merged, none dropped
+    first = recordings[ItemKey("Qwen3-4B-Instruct-2507", "anti_ic", "deceptive_behavior-01")]
+    assert first.error is not None and "record 1: damaged record: its fields are not" in first.error
+    assert first.verdict is None and first.response is None
+    second = recordings[ItemKey("Qwen3-4B-Instruct-2507", "anti_ic", "deceptive_behavior-02")]
+    assert second.error is None and second.verdict in ("convergence", "no_convergence", "safety_refusal")
+
+
+def test_a_missing_end_of_record_and_a_cut_off_log_are_damaged_records(reference_runs: Path, tmp_path: Path) -> None:
+    run = _copy_run(reference_runs, tmp_path)
+    _edit_log(run, "</result>", "</resul>")
+    log = run / "stdout.log"
+    data = log.read_bytes()
+    log.write_bytes(data[: data.rindex(b"</judge_decision>")])  # killed mid-record
+    recordings = load_recordings(run, SCENARIOS, SUFFIXES)
+    assert len(recordings) == 71
+    errors = {k.scenario: r.error for k, r in recordings.items() if r.error}
+    assert "no </result> before the next <result>" in errors["deceptive_behavior-01"]
+    (last,) = [e for e in errors.values() if "cut off" in e]
+    assert "record 71: damaged record: the log ends inside it (cut off)" in last
+
+
+def test_invalid_utf8_damages_one_record_and_a_nameless_damaged_record_is_reported(
+    reference_runs: Path, tmp_path: Path
+) -> None:
+    run = _copy_run(reference_runs, tmp_path)
+    log = run / "stdout.log"
+    data = log.read_bytes()
+    reason = data.index(b"<judge_reason>") + len(b"<judge_reason>")
+    log.write_bytes(data[:reason] + b"\xff\xfe" + data[reason:])
+    recordings = load_recordings(run, SCENARIOS, SUFFIXES)
+    first = recordings[ItemKey("Qwen3-4B-Instruct-2507", "anti_ic", "deceptive_behavior-01")]
+    assert first.error is not None and first.error.endswith("record 1: damaged record: not UTF-8")
+    data = log.read_bytes()
+    second = data.index(b"<result>", data.index(b"</result>"))
+    head, tail = data[:second], data[second:]
+    tail = tail.replace(b"<task_prompt>", b"<task_promp>", 1).replace(b"</judge_reason>", b"</judge_reas", 1)
+    log.write_bytes(head + tail)  # the second record now is both damaged and nameless
+    recordings = load_recordings(run, SCENARIOS, SUFFIXES)
+    assert len(recordings) == 70
+    (lost,) = recordings.unattributed
+    assert "record 2: damaged record (its fields are not the reference run's, in order) that names no" in lost
+    assert lost.endswith("names no deceptive_behavior scenario")
