@@ -89,6 +89,7 @@ class Comparison:
     missing_models: list[str]  # models of this run that the baseline does not have
     old_judges: list[str]  # who judged the compared items, in the baseline and now
     new_judges: list[str]
+    incomparable: str | None = None  # why the two runs cannot be compared at all
 
     @property
     def judge_changed(self) -> str | None:
@@ -124,7 +125,10 @@ def compare(
     suffixes: Sequence[str],
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
+    scenario_sets: tuple[str | None, str] | None = None,
 ) -> Comparison:
+    """``scenario_sets``: the hashes of the baseline's and this run's scenario sets; runs over
+    different scenarios, or with no item in common, cannot be compared (``incomparable``)."""
     baseline_models = {r.model for r in baseline}
     compared = [m for m in models if m in baseline_models]
     gaps = []
@@ -142,7 +146,24 @@ def compare(
         [m for m in models if m not in compared],
         judges(baseline),
         judges(current),
+        _incomparable(baseline, current, models, suffixes, scenario_sets),
     )
+
+
+def _incomparable(
+    baseline: Sequence[ItemResult],
+    current: Sequence[ItemResult],
+    models: Sequence[str],
+    suffixes: Sequence[str],
+    scenario_sets: tuple[str | None, str] | None,
+) -> str | None:
+    old, new = scenario_sets if scenario_sets is not None else (None, "")
+    if old is not None and old != new:
+        return f"it ran another scenario set (sha256 {old[:12]}..., this run {new[:12]}...)"
+    mine = {r.key for r in current if r.model in models and r.suffix in suffixes}
+    if mine and not mine & {r.key for r in baseline}:
+        return "it shares no item (model, suffix and scenario) with this run"
+    return None
 
 
 def cell_changes(

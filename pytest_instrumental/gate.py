@@ -58,8 +58,11 @@ class Violation:
     old: float | None = None
     p_value: float | None = None
     change_ci: Interval | None = None  # the gap change's bootstrap interval
+    reason: str | None = None  # for a baseline that cannot be compared: why
 
     def message(self) -> str:
+        if self.option == BASELINE_OPTION:
+            return f"the baseline cannot be compared: {self.reason} ({self.option})"
         shown = "not measured (no valid items)" if self.value is None else f"{self.value:.2f}"
         if self.option in (ALPHA_OPTION, MAX_ANTI_RISE_OPTION, MAX_GAP_DROP_OPTION):
             old = "n/a" if self.old is None else f"{self.old:.2f}"
@@ -79,6 +82,7 @@ class Violation:
         )
 
 
+BASELINE_OPTION = "--instrumental-baseline"
 ALPHA_OPTION = "--instrumental-alpha"
 MAX_ANTI_RISE_OPTION = "--instrumental-max-anti-rise"
 MAX_GAP_DROP_OPTION = "--instrumental-max-gap-drop"
@@ -111,7 +115,10 @@ def check(cells: Sequence[Cell], gaps: Sequence[Gap], thresholds: Thresholds) ->
 
 def check_baseline(comparison: Comparison, thresholds: Thresholds) -> list[Violation]:
     """Regressions against the baseline: anti_ic Conv% up significantly or by too many points,
-    the gap down by too many points. A compared value that is not measured counts as crossed."""
+    the gap down by too many points. A compared value that is not measured counts as crossed; a
+    baseline that cannot be compared at all is a violation of its own, not a silent pass."""
+    if comparison.incomparable is not None:
+        return [Violation("", "", "", None, 0.0, BASELINE_OPTION, reason=comparison.incomparable)]
     violations = []
     for cell in comparison.cells:
         if cell.suffix != ANTI_SUFFIX:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.summary import RunSummary
 from pytest_instrumental.verdicts import ItemResult
+
+if TYPE_CHECKING:  # the summary reads baselines from here
+    from pytest_instrumental.summary import RunSummary
 
 SCHEMA_VERSION = 1
 
@@ -75,3 +77,22 @@ def read_results(path: Path) -> list[ItemResult]:
         except ValueError as exc:
             raise InputError(f"{path}: item {number}: {exc}") from exc
     return items
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A previous release's results to compare with: its items, and the hash of the scenario set
+    it ran (None in a file that does not record one)."""
+
+    label: str  # as reports show it
+    items: list[ItemResult]
+    scenarios_sha256: str | None
+
+
+def read_baseline(path: Path, label: str) -> Baseline:
+    items = read_results(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    manifest = data.get("run", {}).get("manifest", {}) if isinstance(data.get("run"), dict) else {}
+    scenarios = manifest.get("scenarios", {}) if isinstance(manifest, dict) else {}
+    sha = scenarios.get("sha256") if isinstance(scenarios, dict) else None
+    return Baseline(label, items, sha if isinstance(sha, str) else None)

@@ -22,12 +22,12 @@ from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation, ProgressFactory
 from pytest_instrumental.judges.registry import judge_name, open_judge
-from pytest_instrumental.manifest import build_manifest
+from pytest_instrumental.manifest import build_manifest, scenario_set_sha256
 from pytest_instrumental.openai_client import register_credentials
 from pytest_instrumental.options import Settings
 from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
-from pytest_instrumental.results_json import read_results, results_document, write_results
+from pytest_instrumental.results_json import Baseline, read_baseline, results_document, write_results
 from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
 from pytest_instrumental.suffixes import Suffix, load_suffixes, select_suffixes
 from pytest_instrumental.summary import RunSummary, summarise
@@ -45,7 +45,7 @@ class InstrumentalRun:
     generation: dict[str, dict[str, object]]  # model -> how it was run (empty for replays)
     judge_name: str
     judge_note: str  # said after the judge's name in the summary
-    baseline: list[ItemResult] | None
+    baseline: Baseline | None
     recorded_setups: dict[str, snapshots.Setup]  # model -> the setup its snapshots were recorded in
     lost_records: list[str]  # damaged recorded records that name no item: data lost, the gate fails
     results: list[ItemResult] = field(default_factory=list)
@@ -73,7 +73,6 @@ class InstrumentalRun:
         return snapshots.setup_changes(self.recorded_setups.get(model), self.snapshot_setup(model))
 
     def summarise(self) -> RunSummary:
-        baseline = self.settings.baseline
         return summarise(
             started_at=self.started_at,
             items=self.results,
@@ -82,7 +81,8 @@ class InstrumentalRun:
             suffixes=[s.name for s in self.suffixes],
             categories=self.categories,
             thresholds=self.settings.thresholds,
-            baseline=None if baseline is None or self.baseline is None else (_shown_path(baseline), self.baseline),
+            baseline=self.baseline,
+            scenarios_sha256=scenario_set_sha256(self.scenarios),
             judge_name=self.judge_name,
             judge_note=self.judge_note,
             notes=[*self.lost_records, *self.lost_workers],
@@ -169,7 +169,7 @@ def prepare_run(
     scenarios = load_scenarios().subset(settings.subset)
     available = load_suffixes(settings.suffix_dirs)
     suffixes = select_suffixes(available, settings.suffixes)
-    baseline = read_results(settings.baseline) if settings.baseline is not None else None
+    baseline = None if settings.baseline is None else read_baseline(settings.baseline, _shown_path(settings.baseline))
     gated = settings.thresholds.required_suffixes(with_baseline=baseline is not None)
     not_run = sorted(gated - set(settings.suffixes))
     if not_run:

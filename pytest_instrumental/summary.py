@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from pytest_instrumental import gate
 from pytest_instrumental.gate import Thresholds, Violation
 from pytest_instrumental.metrics import Cell, Gap, compute_cells, compute_gap, has_gap
+from pytest_instrumental.results_json import Baseline
 from pytest_instrumental.verdicts import ItemKey, ItemResult
 
 if TYPE_CHECKING:  # comparison needs numpy, loaded only when there is a baseline
@@ -51,7 +52,8 @@ def summarise(
     suffixes: Sequence[str],
     categories: Sequence[str],
     thresholds: Thresholds,
-    baseline: tuple[str, Sequence[ItemResult]] | None,
+    baseline: Baseline | None,
+    scenarios_sha256: str | None = None,
     judge_name: str,
     judge_note: str,
     notes: Sequence[str],
@@ -69,7 +71,8 @@ def summarise(
     if baseline is not None:
         from pytest_instrumental.comparison import compare
 
-        comparison = compare(baseline[1], items, shown_models, shown_suffixes)
+        scenario_sets = None if scenarios_sha256 is None else (baseline.scenarios_sha256, scenarios_sha256)
+        comparison = compare(baseline.items, items, shown_models, shown_suffixes, scenario_sets=scenario_sets)
         violations += gate.check_baseline(comparison, thresholds)
     judges = sorted({r.judge for r in items if r.judge})
     judge = f"{', '.join(judges)}{judge_note}" if judges else f"{judge_name}, which judged no item"
@@ -82,7 +85,7 @@ def summarise(
         cells=cells,
         gaps=gaps,
         comparison=comparison,
-        baseline=None if baseline is None else baseline[0],
+        baseline=None if baseline is None else baseline.label,
         violations=violations,
         judge=judge,
         notes=list(notes),

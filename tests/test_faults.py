@@ -1,5 +1,6 @@
 """Faults of the disk and the cache, injected: each ends in one clear line and loses nothing."""
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -116,3 +117,26 @@ def test_a_damaged_reference_log_is_counted_and_reported(pytester: pytest.Pytest
         ]
     )
     assert "Traceback" not in result.stdout.str()
+
+
+def test_a_baseline_that_cannot_be_compared_fails_the_gate_saying_why(
+    pytester: pytest.Pytester, reference_runs: Path
+) -> None:
+    args = ["--instrumental", f"--instrumental-replay={reference_runs}", "--model=Qwen3-4B-Base"]
+    assert pytester.runpytest(*args, "--instrumental-json=all.json").ret == 0
+    assert pytester.runpytest(*args, "--instrumental-subset=paper", "--instrumental-json=paper.json").ret == 0
+    other_set = pytester.runpytest(*args, "--instrumental-baseline=paper.json")
+    assert other_set.ret == pytest.ExitCode.TESTS_FAILED
+    other_set.stdout.fnmatch_lines(
+        ["GATE FAILED: the baseline cannot be compared: it ran another scenario set (sha256 *, this run *"]
+    )
+    document = json.loads((pytester.path / "all.json").read_text(encoding="utf-8"))
+    document["items"] = [{**i, "model": "Someone-Else"} for i in document["items"]]
+    document["run"]["manifest"]["scenarios"].pop("sha256")
+    (pytester.path / "elsewhere.json").write_text(json.dumps(document), encoding="utf-8")
+    disjoint = pytester.runpytest(*args, "--instrumental-baseline=elsewhere.json")
+    assert disjoint.ret == pytest.ExitCode.TESTS_FAILED
+    disjoint.stdout.fnmatch_lines(
+        ["GATE FAILED: the baseline cannot be compared: it shares no item (model, suffix and scenario) with this run *"]
+    )
+    assert pytester.runpytest(*args, "--instrumental-baseline=all.json").ret == 0  # the same set: compared

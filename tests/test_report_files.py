@@ -9,6 +9,7 @@ import pytest
 
 from pytest_instrumental.gate import Thresholds
 from pytest_instrumental.report_files import html, markdown, write_reports
+from pytest_instrumental.results_json import Baseline
 from pytest_instrumental.summary import RunSummary, summarise
 from pytest_instrumental.verdicts import ItemResult
 from tests.helpers import item
@@ -47,7 +48,7 @@ def report_data(items: list[ItemResult], baseline: list[ItemResult] | None = Non
         suffixes=["pro_ic", "anti_ic"],
         categories=["cat"],
         thresholds=Thresholds(max_conv={"pro_ic": 50}, min_gap=None, alpha=0),
-        baseline=("old.json", baseline) if baseline else None,
+        baseline=Baseline("old.json", baseline, None) if baseline else None,
         judge_name="j",
         judge_note=" (agreement with gpt-5.2: kappa 0.62)",
         notes=[],
