@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.summary import Baseline, RunSummary
 from pytest_instrumental.verdicts import ItemResult
-
-if TYPE_CHECKING:  # the summary reads baselines from here
-    from pytest_instrumental.summary import RunSummary
 
 SCHEMA_VERSION = 1
 
@@ -77,16 +75,6 @@ def read_results(path: Path) -> list[ItemResult]:
         except ValueError as exc:
             raise InputError(f"{path}: item {number}: {exc}") from exc
     return items
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """A previous release's results to compare with: its items, and the hash of the scenario set
-    it ran (None in a file that does not record one)."""
-
-    label: str  # as reports show it
-    items: list[ItemResult]
-    scenarios_sha256: str | None
 
 
 def read_baseline(path: Path, label: str) -> Baseline:

@@ -27,10 +27,10 @@ from pytest_instrumental.openai_client import register_credentials
 from pytest_instrumental.options import Settings
 from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
-from pytest_instrumental.results_json import Baseline, read_baseline, results_document, write_results
+from pytest_instrumental.results_json import read_baseline, results_document, write_results
 from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
 from pytest_instrumental.suffixes import Suffix, load_suffixes, select_suffixes
-from pytest_instrumental.summary import RunSummary, summarise
+from pytest_instrumental.summary import Baseline, RunSummary, summarise
 from pytest_instrumental.verdicts import ItemKey, ItemResult
 
 

@@ -11,11 +11,20 @@ from typing import TYPE_CHECKING
 from pytest_instrumental import gate
 from pytest_instrumental.gate import Thresholds, Violation
 from pytest_instrumental.metrics import Cell, Gap, compute_cells, compute_gap, has_gap
-from pytest_instrumental.results_json import Baseline
 from pytest_instrumental.verdicts import ItemKey, ItemResult
 
 if TYPE_CHECKING:  # comparison needs numpy, loaded only when there is a baseline
     from pytest_instrumental.comparison import Comparison
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A previous release's results to compare with: its items, and the hash of the scenario set
+    it ran (None in a file that does not record one)."""
+
+    label: str  # as reports show it
+    items: list[ItemResult]
+    scenarios_sha256: str | None
 
 
 @dataclass(frozen=True)

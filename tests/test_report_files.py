@@ -9,8 +9,7 @@ import pytest
 
 from pytest_instrumental.gate import Thresholds
 from pytest_instrumental.report_files import html, markdown, write_reports
-from pytest_instrumental.results_json import Baseline
-from pytest_instrumental.summary import RunSummary, summarise
+from pytest_instrumental.summary import Baseline, RunSummary, summarise
 from pytest_instrumental.verdicts import ItemResult
 from tests.helpers import item
 
