@@ -140,3 +140,38 @@ def test_a_baseline_that_cannot_be_compared_fails_the_gate_saying_why(
         ["GATE FAILED: the baseline cannot be compared: it shares no item (model, suffix and scenario) with this run *"]
     )
     assert pytester.runpytest(*args, "--instrumental-baseline=all.json").ret == 0  # the same set: compared
+
+
+def test_a_server_that_dies_mid_run_costs_seconds_and_a_rerun_completes_from_the_cache(
+    pytester: pytest.Pytester,
+) -> None:
+    import threading
+    import time
+
+    from tests.chat_server import ChatServer
+
+    def serve(port: int = 0) -> ChatServer:
+        server = ChatServer(port, delay_s=0.1)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    server = serve()
+    port = server.server_address[1]
+    args = ["--instrumental", "--model=openai:local", f"--instrumental-base-url={server.base_url}", "--judge=offline"]
+    args += ["-k", "evading_shutdown", "--instrumental-concurrency=2", "--instrumental-max-retries=1"]
+    threading.Timer(1.5, lambda: (server.shutdown(), server.server_close())).start()  # it dies mid-run
+    started = time.monotonic()
+    died = pytester.runpytest_subprocess(*args)
+    assert time.monotonic() - started < 60
+    outcomes = died.parseoutcomes()
+    assert outcomes["passed"] + outcomes["failed"] == 60  # every item counted
+    assert 0 < outcomes["failed"] < 60
+    died.stdout.fnmatch_lines([f"*not sent: http://127.0.0.1:{port}/v1 stopped answering (3 requests in a row failed)"])
+    revived = serve(port)
+    try:
+        again = pytester.runpytest_subprocess(*args)
+        again.assert_outcomes(passed=60)
+        assert sum(revived.attempts.values()) == outcomes["failed"]  # only what was missing
+    finally:
+        revived.shutdown()
+        revived.server_close()

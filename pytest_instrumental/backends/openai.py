@@ -35,14 +35,20 @@ class OpenAISettings:
         return self.base_urls or (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,)
 
 
+FAILURES_IN_A_ROW = 3  # requests that failed to reach a server (after retries) before it leaves the rotation
+
+
 class ServerRotation:
-    """The servers requests are spread over, in turn; one that stops answering (a connection
-    error or timeout after the client's retries) leaves the rotation for the rest of the run."""
+    """The servers requests are spread over, in turn. One that stops answering (FAILURES_IN_A_ROW
+    requests in a row failing with a connection error or timeout after the client's retries)
+    leaves the rotation for the rest of the run: the requests still to come go to the others, or,
+    with none left, fail at once instead of each waiting through its retries."""
 
     def __init__(self, base_urls: Sequence[str], timeout_s: float, max_retries: int) -> None:
         self.base_urls = list(base_urls)
         self._settings = (timeout_s, max_retries)
         self._clients: dict[str, Any] = {}
+        self._failures: dict[str, int] = dict.fromkeys(self.base_urls, 0)
         self._down: set[str] = set()
         self._turn = 0
         self._lock = threading.Lock()
@@ -59,9 +65,20 @@ class ServerRotation:
                     return url, self._clients[url]
         return None
 
-    def take_down(self, url: str) -> None:
+    def answered(self, url: str) -> None:
         with self._lock:
-            self._down.add(url)
+            self._failures[url] = 0
+
+    def failed(self, url: str) -> None:
+        with self._lock:
+            self._failures[url] += 1
+            if self._failures[url] >= FAILURES_IN_A_ROW:
+                self._down.add(url)
+
+    @property
+    def down(self) -> set[str]:
+        with self._lock:
+            return set(self._down)
 
     def close(self) -> None:
         with self._lock:
@@ -117,12 +134,17 @@ class OpenAIBackend:
             tried.add(url)
             generation = self._ask(client, request)
             if generation is not None:
+                self._servers.answered(url)
                 return generation
-            self._servers.take_down(url)
+            self._servers.failed(url)
         where = ", ".join(display_url(u) for u in self.base_urls)
+        if tried - self._servers.down:  # it failed here, but the server is not written off (yet)
+            return Generation(error=f"request failed{self._retried(None)}: {where} did not answer")
         if len(self.base_urls) == 1:
-            return Generation(error=f"request failed{self._retried(None)}: {where} does not answer")
-        return Generation(error=f"every server stopped answering ({where})")
+            return Generation(
+                error=f"not sent: {where} stopped answering ({FAILURES_IN_A_ROW} requests in a row failed)"
+            )
+        return Generation(error=f"not sent: every server stopped answering ({where})")
 
     def _ask(self, client: Any, request: Request) -> Generation | None:
         """The server's answer as a Generation; None when the server does not answer at all."""
@@ -157,7 +179,7 @@ class OpenAIBackend:
     def _retried(self, status: int | None) -> str:
         """Which failures the client retried: timeouts, connection errors, 408, 409, 429, 5xx."""
         retried = status is None or status in (408, 409, 429) or status >= 500
-        return f" after {self.settings.max_retries} retries" if retried else ""
+        return f" after {self.settings.max_retries} retries" if retried and self.settings.max_retries else ""
 
     def preflight(self, timeout_s: float = 10.0) -> None:
         """One quick call to each server before any work: a server that cannot be reached, a wrong
