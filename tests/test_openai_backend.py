@@ -92,7 +92,7 @@ def test_requests_spread_over_several_servers_and_one_that_dies_leaves_the_rotat
         url = only.base_url
     gone = OpenAIBackend("openai:local", "local", False, OpenAISettings(64, (url, url.replace("/v1", "/w")), 1, 1.0, 0))
     generated = dict(gone.generate([request(f"anyone? {n}", n) for n in range(8)]))
-    answers = [generated[n] for n in range(8)]
-    assert all(g.error for g in answers)  # every item still ends, as a counted error
-    assert answers[0].error == f"request failed: {url}, {url.replace('/v1', '/w')} did not answer"
-    assert answers[-1].error == f"not sent: every server stopped answering ({url}, {url.replace('/v1', '/w')})"
+    in_order = [generated[n] for n in range(8)]
+    assert all(g.error for g in in_order)  # every item still ends, as a counted error
+    assert in_order[0].error == f"request failed: {url}, {url.replace('/v1', '/w')} did not answer"
+    assert in_order[-1].error == f"not sent: every server stopped answering ({url}, {url.replace('/v1', '/w')})"
