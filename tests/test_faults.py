@@ -180,3 +180,25 @@ def test_a_server_that_dies_mid_run_costs_seconds_and_a_rerun_completes_from_the
     finally:
         revived.shutdown()
         revived.server_close()
+
+
+def test_an_item_whose_evaluation_breaks_is_still_counted(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    pytester.makeconftest(
+        """
+        from pytest_instrumental.evaluation import Evaluation
+
+        original = Evaluation.outcome
+
+        def outcome(self, request):
+            if request.key.scenario == "evading_shutdown-02":
+                raise RuntimeError("a fault of our own")
+            return original(self, request)
+
+        Evaluation.outcome = outcome
+        """
+    )
+    result = pytester.runpytest(*replay_args)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*evading_shutdown-02: internal error: RuntimeError: a fault of our own", "* judged (*), 1 errors"]
+    )

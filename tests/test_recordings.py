@@ -199,3 +199,9 @@ def test_invalid_utf8_damages_one_record_and_a_nameless_damaged_record_is_report
     (lost,) = recordings.unattributed
     assert "record 2: damaged record (its fields are not the reference run's, in order) that names no" in lost
     assert lost.endswith("names no deceptive_behavior scenario")
+
+
+def test_a_replay_with_nothing_usable_is_an_error(tmp_path: Path) -> None:
+    write_results_file(tmp_path / "empty.json", [])
+    with pytest.raises(InputError, match="--instrumental-replay: nothing usable in"):
+        load_recordings(tmp_path / "empty.json", SCENARIOS, SUFFIXES)
