@@ -197,7 +197,7 @@ def test_an_item_whose_evaluation_breaks_is_still_counted(pytester: pytest.Pytes
         Evaluation.outcome = outcome
         """
     )
-    result = pytester.runpytest(*replay_args)
+    result = pytester.runpytest_subprocess(*replay_args)  # a process of its own: the patch must not leak
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         ["*evading_shutdown-02: internal error: RuntimeError: a fault of our own", "* judged (*), 1 errors"]
