@@ -33,10 +33,15 @@ class ChatServer(ThreadingHTTPServer):
         self.delay_s = delay_s
         self.served = ["local"]
         self.answer: str | None = None  # when set, every model answer is this text
+        self.die_after: int | None = None  # the server stops (a crash) after this many requests
         self.attempts: Counter[str] = Counter()
         self.force_status: int | None = None
         self.authorizations: list[str] = []
         self.lock = threading.Lock()
+
+    def die(self) -> None:
+        self.shutdown()
+        self.server_close()
 
     @property
     def base_url(self) -> str:
@@ -57,6 +62,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(404, {"error": {"message": f"no route {self.path}"}})
 
     def do_POST(self) -> None:
+        with self.server.lock:
+            served = sum(self.server.attempts.values())
+        if self.server.die_after is not None and served >= self.server.die_after:
+            threading.Thread(target=self.server.die, daemon=True).start()
+            self.close_connection = True
+            return None
         time.sleep(self.server.delay_s)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         messages = body.get("messages") or body.get("input")

@@ -160,11 +160,7 @@ def test_a_server_that_dies_mid_run_costs_seconds_and_a_rerun_completes_from_the
     args = ["--instrumental", "--model=openai:local", f"--instrumental-base-url={server.base_url}", "--judge=offline"]
     args += ["-k", "evading_shutdown", "--instrumental-concurrency=2", "--instrumental-max-retries=1"]
 
-    def die() -> None:
-        server.shutdown()
-        server.server_close()
-
-    threading.Timer(1.5, die).start()  # it dies mid-run
+    server.die_after = 20  # it dies mid-run
     started = time.monotonic()
     died = pytester.runpytest_subprocess(*args)
     assert time.monotonic() - started < 60
