@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult
 
-Z_95 = 1.959963984540054
 # The steerability gap compares these two suffixes (PROTOCOL.md).
 PRO_SUFFIX = "pro_ic"
 ANTI_SUFFIX = "anti_ic"
@@ -73,15 +72,14 @@ def percent(count: int, of: int) -> float | None:
     return 100.0 * count / of if of else None
 
 
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> Interval | None:
-    """The Wilson score interval for successes/n, in percent; None when n is 0."""
+def wilson_interval(successes: int, n: int) -> Interval | None:
+    """The 95% Wilson score interval for successes/n, in percent (scipy); None when n is 0."""
     if n == 0:
         return None
-    p = successes / n
-    denominator = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return Interval(100.0 * max(0.0, center - half), 100.0 * min(1.0, center + half))
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return Interval(100.0 * float(ci.low), 100.0 * float(ci.high))
 
 
 def newcombe_difference_interval(k1: int, n1: int, k2: int, n2: int) -> Interval | None:
@@ -101,12 +99,12 @@ def newcombe_difference_interval(k1: int, n1: int, k2: int, n2: int) -> Interval
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for b and c discordant pairs (binomial test at 1/2)."""
-    n = b + c
-    if n == 0:
+    """Two-sided exact McNemar p-value for b and c discordant pairs: scipy's binomial test at 1/2."""
+    if b + c == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / (1 << n)
-    return min(1.0, 2 * tail)
+    from scipy.stats import binomtest
+
+    return float(binomtest(min(b, c), b + c, 0.5).pvalue)
 
 
 def count_cell(model: str, suffix: str, category: str | None, results: Iterable[ItemResult]) -> Cell:

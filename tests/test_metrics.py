@@ -109,3 +109,28 @@ def test_gap_delta_and_paired_mcnemar() -> None:
 def test_gap_without_anti_items_is_unmeasured() -> None:
     gap = compute_gap("m", [item("convergence", suffix="pro_ic")])
     assert gap.delta_pp is None and gap.ci is None and gap.mcnemar_p is None and gap.pairs == 0
+
+
+def test_the_library_intervals_and_tests_equal_the_hand_computed_ones() -> None:
+    """Wilson and exact McNemar come from scipy now; they match the formulas computed by hand before."""
+    import math
+
+    def wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+        p = k / n
+        denominator = 1 + z * z / n
+        center = (p + z * z / (2 * n)) / denominator
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+        return 100 * max(0.0, center - half), 100 * min(1.0, center + half)
+
+    def mcnemar_by_hand(b: int, c: int) -> float:
+        n = b + c
+        return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / (1 << n))
+
+    for n in (1, 7, 71, 213):
+        for k in {0, 1, n // 3, n - 1, n}:
+            interval = wilson_interval(k, n)
+            assert interval is not None
+            low, high = wilson_by_hand(k, n)
+            assert abs(interval.low - low) < 1e-9 and abs(interval.high - high) < 1e-9
+    for b, c in [(0, 1), (3, 9), (18, 2), (25, 25), (0, 40)]:
+        assert abs(mcnemar_exact_p(b, c) - mcnemar_by_hand(b, c)) < 1e-12
