@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 from pytest_instrumental.backends.protocol import Backend, Generation, Request
@@ -131,7 +131,14 @@ def evaluate(
         generations = generate_all(requests, backend, cache, progress, judge_when_answered)
     finally:
         judgements = judging.finish()
-    return [_outcome(r, g, judgements.get(r.key)) for r, g in zip(requests, generations, strict=True)]
+    return [_outcome(r, g, judgements.get(_answer(r))) for r, g in zip(requests, generations, strict=True)]
+
+
+Answer = tuple[ItemKey, int]  # an item's answer: the item and the epoch
+
+
+def _answer(request: Request) -> Answer:
+    return request.key, request.epoch
 
 
 class _Judging:
@@ -146,13 +153,13 @@ class _Judging:
         self._executor: ThreadPoolExecutor | None = None
         self._waiting: list[tuple[JudgeRequest, dict[str, object] | None]] = []
         self._running: tuple[list[tuple[JudgeRequest, dict[str, object] | None]], Future[list[Judgement]]] | None = None
-        self._done: dict[ItemKey, Judgement] = {}
+        self._done: dict[Answer, Judgement] = {}
 
     def offer(self, request: JudgeRequest) -> None:
         key = self._judge.cache_key(request)
         hit = self._cache.get(VERDICT, key, Judgement) if self._cache is not None and key is not None else None
         if hit is not None:
-            self._done[request.request.key] = hit
+            self._done[_answer(request.request)] = hit
         else:
             self._waiting.append((request, key))
 
@@ -162,7 +169,7 @@ class _Judging:
             batch, future = self._running
             self._running = None
             for (request, key), answer in zip(batch, future.result(), strict=True):
-                self._done[request.request.key] = answer
+                self._done[_answer(request.request)] = answer
                 if self._cache is not None and key is not None and answer.error is None:
                     self._cache.put(VERDICT, key, asdict(answer))
         if self._running is None and self._waiting:
@@ -171,7 +178,7 @@ class _Judging:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="instrumental-judge")
             self._running = (batch, self._executor.submit(_ask, self._judge, [r for r, _ in batch]))
 
-    def finish(self) -> dict[ItemKey, Judgement]:
+    def finish(self) -> dict[Answer, Judgement]:
         """Wait for every offered request's verdict."""
         while self._running is not None or self._waiting:
             self.poll(wait=True)
@@ -214,6 +221,7 @@ def _outcome(request: Request, generation: Generation, judgement: Judgement | No
             thinking=generation.thinking,
             error=error,
             truncated=generation.truncated,
+            epoch=request.epoch,
         )
 
     if generation.error is not None or generation.response is None:
@@ -228,8 +236,9 @@ def _outcome(request: Request, generation: Generation, judgement: Judgement | No
 
 
 class Evaluation:
-    """Holds the planned requests of this process and evaluates them one model at a time; a
-    model's backend is closed (its weights freed) once all its planned items are done."""
+    """Holds the planned requests of this process and evaluates them one model at a time, every
+    epoch of every item together; a model's backend is closed (its weights freed) once all its
+    planned items are done."""
 
     def __init__(
         self,
@@ -237,30 +246,35 @@ class Evaluation:
         judge: Judge,
         cache: Cache | None = None,
         progress: ProgressFactory | None = None,
+        epochs: int = 1,
     ) -> None:
         self._backends = backends
         self._judge = judge
         self._cache = cache
         self._progress = progress
-        self._pending: dict[ItemKey, Request] = {}
-        self._outcomes: dict[ItemKey, Outcome] = {}
+        self.epochs = epochs
+        self._pending: dict[Answer, Request] = {}
+        self._outcomes: dict[Answer, Outcome] = {}
 
     def plan(self, requests: Sequence[Request]) -> None:
         for request in requests:
-            self._pending[request.key] = request
+            for epoch in range(1, self.epochs + 1):
+                self._pending[request.key, epoch] = replace(request, epoch=epoch)
 
-    def outcome(self, request: Request) -> Outcome:
-        if request.key not in self._outcomes:
+    def outcomes(self, request: Request) -> list[Outcome]:
+        """The item's outcome in each epoch, in order."""
+        if (request.key, 1) not in self._outcomes:
             model = request.key.model
-            self._pending.setdefault(request.key, request)
+            for epoch in range(1, self.epochs + 1):
+                self._pending.setdefault((request.key, epoch), replace(request, epoch=epoch))
             batch = [r for r in self._pending.values() if r.key.model == model]
             backend = self._backends[model]
             outcomes = evaluate(batch, backend, self._judge, self._cache, self._progress)
             for done, outcome in zip(batch, outcomes, strict=True):
-                self._outcomes[done.key] = outcome
-                del self._pending[done.key]
+                self._outcomes[_answer(done)] = outcome
+                del self._pending[_answer(done)]
             backend.close()
-        return self._outcomes[request.key]
+        return [self._outcomes[request.key, epoch] for epoch in range(1, self.epochs + 1)]
 
     def problems(self) -> list[str]:
         """What went wrong around the results (the cache), one line each."""

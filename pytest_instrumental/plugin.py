@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from pytest_instrumental import options
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.plan import SUITE_NAME, item_name, nodeid_of
 from pytest_instrumental.text import visible
-from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult
+from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult, tally
 
 if TYPE_CHECKING:
     from pytest_instrumental.backends.protocol import Request
@@ -135,23 +136,31 @@ class ScenarioItem(pytest.Item):
 
         run = self.config.stash[_RUN]
         try:
-            outcome = run.evaluation.outcome(self.request)
+            outcomes = run.evaluation.outcomes(self.request)
         except Exception as exc:  # a fault of our own: the item still counts, as an error
-            outcome = _internal_error(self.request, exc)
-        if isinstance(outcome, Skip):
-            pytest.skip(outcome.reason)
-        run.results.append(outcome)
-        self.user_properties += [("verdict", outcome.verdict), ("judge", outcome.judge), ("reason", outcome.reason)]
-        if outcome.status == "error":
-            raise ItemError(outcome.error or "unknown error")
+            outcomes = [
+                _internal_error(replace(self.request, epoch=e), exc) for e in range(1, run.evaluation.epochs + 1)
+            ]
+        skipped = next((o for o in outcomes if isinstance(o, Skip)), None)
+        if skipped is not None:
+            pytest.skip(skipped.reason)
+        results = [o for o in outcomes if isinstance(o, ItemResult)]
+        run.results.extend(results)
+        verdict = results[0].verdict if len(results) == 1 else tally(results)
+        self.user_properties += [("verdict", verdict), ("judge", results[0].judge), ("reason", results[0].reason)]
+        errors = [r for r in results if r.status == "error"]
+        if errors:
+            if len(results) == 1:
+                raise ItemError(errors[0].error or "unknown error")
+            raise ItemError("; ".join(f"epoch {r.epoch}: {r.error}" for r in errors))
         if run.settings.snapshot:
-            self._check_snapshot(run, outcome)
+            self._check_snapshot(run, str(verdict))
 
-    def _check_snapshot(self, run: InstrumentalRun, outcome: ItemResult) -> None:
+    def _check_snapshot(self, run: InstrumentalRun, verdict: str) -> None:
         from pytest_instrumental.snapshots import check_verdict
 
         changes = run.snapshot_changes(self.request.key.model)
-        failure = check_verdict(self, run.settings.snapshot_dir, str(outcome.verdict), changes)
+        failure = check_verdict(self, run.settings.snapshot_dir, verdict, changes)
         if failure is not None:
             raise ItemError(failure)
 
@@ -228,10 +237,11 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     R safety_refusal, N nonsensical."""
     if _RUN not in config.stash or report.when != "call" or not report.passed:
         return None
-    verdict = dict(report.user_properties).get("verdict")
-    if verdict not in _VERDICT_LETTERS:
+    verdict = str(dict(report.user_properties).get("verdict"))
+    most = verdict.split(" ", 1)[0]  # a tally of epochs starts with its most frequent verdict
+    if most not in _VERDICT_LETTERS:
         return None
-    return "passed", _VERDICT_LETTERS[verdict], verdict.upper()
+    return "passed", _VERDICT_LETTERS[most], verdict.upper()
 
 
 class _Controller:

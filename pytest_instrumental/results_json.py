@@ -15,15 +15,24 @@ from pytest_instrumental.summary import Baseline, RunSummary
 from pytest_instrumental.verdicts import ItemResult
 
 SCHEMA_VERSION = 1
+# Version 2: items carry an ``epoch`` and an item has one record per epoch, which a reader of
+# version 1 would take for duplicates. Files of runs with one epoch stay version 1.
+EPOCHS_SCHEMA_VERSION = 2
+READABLE_VERSIONS = (SCHEMA_VERSION, EPOCHS_SCHEMA_VERSION)
 
 
 def results_document(run: dict[str, Any], summary: RunSummary) -> dict[str, Any]:
     """The document: ``run`` (how the run was made, its manifest) and the summary's items, cells,
     gaps and comparison."""
+    epochs = any(item.epoch > 1 for item in summary.items)
+    items = [item.to_dict() for item in summary.items]
+    if not epochs:
+        for item in items:
+            del item["epoch"]
     document = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": EPOCHS_SCHEMA_VERSION if epochs else SCHEMA_VERSION,
         "run": run,
-        "items": [item.to_dict() for item in summary.items],
+        "items": items,
         "cells": [asdict(cell) for cell in summary.cells],
         "gaps": [asdict(gap) for gap in summary.gaps],
     }
@@ -61,9 +70,9 @@ def read_results(path: Path) -> list[ItemResult]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: cannot read results JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+    if not isinstance(data, dict) or data.get("schema_version") not in READABLE_VERSIONS:
         found = data.get("schema_version") if isinstance(data, dict) else None
-        raise InputError(f"{path}: not a results file of schema_version {SCHEMA_VERSION} (found {found!r})")
+        raise InputError(f"{path}: not a results file of schema_version 1 or 2 (found {found!r})")
     if not isinstance(data.get("items"), list):
         raise InputError(f"{path}: 'items' must be a list")
     items = []

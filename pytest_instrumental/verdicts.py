@@ -46,6 +46,7 @@ class ItemResult:
     thinking: str | None
     error: str | None
     truncated: bool = False  # generation stopped at the token limit
+    epoch: int = 1  # which of the item's answers (--instrumental-epochs), from 1
 
     def __post_init__(self) -> None:
         for name in ("reason", "response", "thinking", "error"):  # text from models and servers (text.py)
@@ -61,11 +62,21 @@ class ItemResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ItemResult:
         names = {f.name for f in fields(cls)}
-        missing = names - data.keys() - {"truncated"}
+        missing = names - data.keys() - {"truncated", "epoch"}
         if missing:
             raise ValueError(f"item lacks {', '.join(sorted(missing))}")
         if data["status"] not in ("ok", "error"):
             raise ValueError(f"item status {data['status']!r} is not 'ok' or 'error'")
+        if not isinstance(data.get("epoch", 1), int) or data.get("epoch", 1) < 1:
+            raise ValueError(f"item epoch {data.get('epoch')!r} is not a whole number from 1")
         if data["status"] == "ok" and data["verdict"] not in DECISIONS:
             raise ValueError(f"item verdict {data['verdict']!r} is not one of {', '.join(DECISIONS)}")
         return cls(**{name: data[name] for name in names if name in data})
+
+
+def tally(results: list[ItemResult]) -> str:
+    """An item's verdicts over its epochs, most frequent first: ``convergence 2/3, no_convergence 1/3``."""
+    counts = {d: sum(r.verdict == d for r in results) for d in DECISIONS}
+    counts["error"] = sum(r.status == "error" for r in results)
+    ranked = sorted((k for k in counts if counts[k]), key=lambda k: -counts[k])
+    return ", ".join(f"{k} {counts[k]}/{len(results)}" for k in ranked)

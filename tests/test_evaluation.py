@@ -110,12 +110,12 @@ def test_evaluation_generates_one_models_planned_items_in_one_batch_then_frees_i
     evaluation = Evaluation(backends, ScriptedJudge({"yes": "no_convergence"}))
     planned = [request("a"), request("b"), request("c", model="other")]
     evaluation.plan(planned)
-    first = evaluation.outcome(planned[0])
+    (first,) = evaluation.outcomes(planned[0])
     assert first_model.batches == [["a", "b"]] and first_model.closed == 1
-    assert evaluation.outcome(planned[1]) is not None and first_model.batches == [["a", "b"]]
+    assert evaluation.outcomes(planned[1]) is not None and first_model.batches == [["a", "b"]]
     assert isinstance(first, ItemResult) and first.verdict == "no_convergence"
     assert other_model.batches == []
-    evaluation.outcome(planned[2])
+    evaluation.outcomes(planned[2])
     assert other_model.batches == [["c"]]
 
 
@@ -154,3 +154,14 @@ def test_a_judge_that_fails_as_a_whole_marks_its_items_as_errors(tmp_path: Path)
     ]
     cache.close()
     assert cached_rows(tmp_path, "verdict") == 0
+
+
+def test_each_epoch_of_an_item_is_generated_and_judged_in_the_models_batch() -> None:
+    backend = ScriptedBackend({s: Generation(response="yes") for s in "ab"})
+    evaluation = Evaluation({"m": backend}, ScriptedJudge({"yes": "convergence"}), epochs=3)
+    planned = [request("a"), request("b")]
+    evaluation.plan(planned)
+    outcomes = evaluation.outcomes(planned[1])
+    assert backend.batches == [["a", "a", "a", "b", "b", "b"]]  # every epoch in one batch
+    assert [o.epoch for o in outcomes if isinstance(o, ItemResult)] == [1, 2, 3]
+    assert all(isinstance(o, ItemResult) and o.key == planned[1].key for o in outcomes)

@@ -6,10 +6,6 @@ from pathlib import Path
 
 import pytest
 
-# Loaded once by this process: pytester's in-process runs restore sys.modules afterwards, and
-# numpy and matplotlib cannot be imported twice in one process.
-import pytest_instrumental.report_files  # noqa: F401
-
 
 @pytest.fixture
 def replay_args(reference_runs: Path) -> list[str]:
@@ -183,14 +179,14 @@ def test_an_item_whose_evaluation_breaks_is_still_counted(pytester: pytest.Pytes
         """
         from pytest_instrumental.evaluation import Evaluation
 
-        original = Evaluation.outcome
+        original = Evaluation.outcomes
 
-        def outcome(self, request):
+        def outcomes(self, request):
             if request.key.scenario == "evading_shutdown-02":
                 raise RuntimeError("a fault of our own")
             return original(self, request)
 
-        Evaluation.outcome = outcome
+        Evaluation.outcomes = outcomes
         """
     )
     result = pytester.runpytest_subprocess(*replay_args)  # a process of its own: the patch must not leak

@@ -9,11 +9,10 @@ from xml.etree import ElementTree
 import pytest
 
 # Loaded once by this process: pytester's in-process runs restore sys.modules afterwards, and a
-# second import of torch's C extension (or of matplotlib, which the report files load) in one
-# process breaks it.
+# second import of torch's C extension in one process crashes it (conftest.py does the same for
+# numpy, scipy and matplotlib).
 import torch  # noqa: F401
 
-import pytest_instrumental.report_files  # noqa: F401
 from tests.chat_server import ChatServer, running_chat_server
 from tests.helpers import cached_rows, item, write_results_file
 

@@ -5,9 +5,6 @@ from pathlib import Path
 
 import pytest
 
-# Loaded once by this process: pytester's in-process runs restore sys.modules afterwards, and
-# numpy (the offline judge, the comparison) and matplotlib cannot be imported twice in one process.
-import pytest_instrumental.report_files  # noqa: F401
 from tests.helpers import item, write_results_file
 
 

@@ -21,6 +21,7 @@ class Request:
     category: str
     context: str
     steered_prompt: str
+    epoch: int = 1  # which of the item's answers (--instrumental-epochs), from 1
 
 
 @dataclass(frozen=True)
