@@ -104,14 +104,14 @@ def single(model: Any, ids: list[int], max_new_tokens: int, pad_id: int) -> list
 
 
 def batched(backend: TransformersBackend, encoded: list[list[int]], size: int, max_new_tokens: int) -> list[list[int]]:
-    from pytest_instrumental.backends.transformers import greedy_generate
+    from pytest_instrumental.backends.transformers import generate_tokens
 
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     outputs: dict[int, list[int]] = {}
     for start in range(0, len(order), size):
         chunk = order[start : start + size]
         prompts = [encoded[i] for i in chunk]
-        results = greedy_generate(backend.model, prompts, backend._stop_ids(), backend._pad_id(), max_new_tokens)
+        results = generate_tokens(backend.model, prompts, backend._stop_ids(), backend._pad_id(), max_new_tokens)
         outputs.update({i: tokens for i, (tokens, _) in zip(chunk, results, strict=True)})
     return [outputs[i] for i in range(len(encoded))]
 

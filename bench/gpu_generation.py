@@ -73,12 +73,12 @@ def build_model(config_path: Path, device: str, dtype: torch.dtype) -> Any:
 
 
 def run_loop(model: Any, prompts: list[list[int]], new_tokens: int, batch_size: int) -> list[list[int]]:
-    from pytest_instrumental.backends.transformers import greedy_generate
+    from pytest_instrumental.backends.transformers import generate_tokens
 
     outputs: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        outputs += [tokens for tokens, _ in greedy_generate(model, chunk, set(), 0, new_tokens)]
+        outputs += [tokens for tokens, _ in generate_tokens(model, chunk, set(), 0, new_tokens)]
     return outputs
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pytest_instrumental.backends.embedded import DEFAULT_MAX_NEW_TOKENS as EMBEDDED_MAX_NEW_TOKENS
 from pytest_instrumental.backends.registry import PROTOCOL_MAX_INPUT_TOKENS, GenerationOptions
+from pytest_instrumental.decoding import DECODING_MODES, DEFAULT_SEED, GREEDY, DecodingOptions
 from pytest_instrumental.engines import ENGINES, LOCAL, EngineOptions, check_engine
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.gate import DEFAULT_ALPHA, Thresholds
@@ -98,6 +99,26 @@ def max_conv(text: str) -> tuple[str, float]:
     if not sep or not suffix.strip():
         raise ValueError(f"{text!r} is not SUFFIX=PCT (e.g. anti_ic=5)")
     return suffix.strip(), percentage(value.strip())
+
+
+def non_negative(text: str) -> float:
+    value = parse_number(text)
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{text!r} must be a finite number of 0 or more")
+    return value
+
+
+def probability(text: str) -> float:
+    value = parse_number(text)
+    if not 0 < value <= 1:
+        raise ValueError(f"{text!r} must be above 0 and at most 1")
+    return value
+
+
+def decoding_mode(text: str) -> str:
+    if text not in DECODING_MODES:
+        raise ValueError(f"unknown decoding {text!r}; known: {', '.join(DECODING_MODES)}")
+    return text
 
 
 def subset(text: str) -> str:
@@ -282,6 +303,56 @@ OPTIONS = (
         "PP",
     ),
     Option(
+        "--instrumental-decoding",
+        "instrumental_decoding",
+        "value",
+        "greedy (the paper's protocol, the default) or model: each local model's own sampling settings "
+        "from its generation_config.json",
+        decoding_mode,
+        "MODE",
+    ),
+    Option(
+        "--instrumental-temperature",
+        "instrumental_temperature",
+        "value",
+        "sample at this temperature (0: greedy); overrides the model's own",
+        non_negative,
+        "T",
+    ),
+    Option(
+        "--instrumental-top-p",
+        "instrumental_top_p",
+        "value",
+        "nucleus sampling: keep this much probability",
+        probability,
+        "P",
+    ),
+    Option(
+        "--instrumental-top-k",
+        "instrumental_top_k",
+        "value",
+        "sample among the K most likely tokens",
+        positive_int,
+        "K",
+    ),
+    Option(
+        "--instrumental-seed",
+        "instrumental_seed",
+        "value",
+        "the seed each epoch's own seed is derived from (default 0)",
+        whole_number,
+        "S",
+    ),
+    Option(
+        "--instrumental-epochs",
+        "instrumental_epochs",
+        "value",
+        "answers per item, each judged (default 1); with more, rates are averaged per scenario and their "
+        "intervals clustered by scenario",
+        positive_int,
+        "N",
+    ),
+    Option(
         "--instrumental-max-new-tokens",
         "instrumental_max_new_tokens",
         "value",
@@ -420,6 +491,12 @@ class Settings:
     alpha: float = DEFAULT_ALPHA
     max_anti_rise: float | None = None
     max_gap_drop: float | None = None
+    decoding: str = GREEDY
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int = DEFAULT_SEED
+    epochs: int = 1
     max_new_tokens: int | None = None  # None: the protocol's budget, or the embedded model's
     batch_size: int | None = None  # None: sized per device (backends/transformers.py)
     models_dir: Path | None = None  # None: the user cache directory
@@ -459,6 +536,7 @@ class Settings:
             trust_remote_code=self.trust_remote_code,
             models_dir=self.models_dir or user_models_dir(),
             serving=self.serving,
+            decoding=DecodingOptions(self.decoding, self.temperature, self.top_p, self.top_k, self.seed),
         )
 
     @property

@@ -212,7 +212,7 @@ def prepare_run(
         scenarios=scenarios,
         suffixes=suffixes,
         models=list(backends),
-        evaluation=Evaluation(backends, opened.judge, cache, progress),
+        evaluation=Evaluation(backends, opened.judge, cache, progress, settings.epochs),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         generation=generation,
         judge_name=opened.judge.name,

@@ -37,6 +37,7 @@ class ChatServer(ThreadingHTTPServer):
         self.attempts: Counter[str] = Counter()
         self.force_status: int | None = None
         self.authorizations: list[str] = []
+        self.bodies: list[dict[str, Any]] = []  # every request body, as received
         self.lock = threading.Lock()
 
     def die(self) -> None:
@@ -76,6 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.attempts[prompt] += 1
             attempt = self.server.attempts[prompt]
             self.server.authorizations.append(self.headers.get("Authorization", ""))
+            self.server.bodies.append(body)
         if self.server.force_status is not None:
             return self._send(self.server.force_status, {"error": {"message": "forced failure"}})
         if "FAULT:401" in prompt:

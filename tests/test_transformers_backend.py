@@ -6,7 +6,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pytest_instrumental.backends.protocol import Generation, Request, split_thinking, thinking_outcome
-from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings, greedy_generate
+from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings, generate_tokens
 from pytest_instrumental.verdicts import ItemKey
 from tests.tiny_model import tiny_qwen3
 
@@ -22,14 +22,14 @@ def test_batched_greedy_equals_one_prompt_at_a_time_token_for_token(tokenizer: P
     model = tiny_qwen3(tokenizer)
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
     pad = tokenizer.pad_token_id
-    alone = [greedy_generate(model, [p], set(), pad, 12)[0] for p in prompts]
+    alone = [generate_tokens(model, [p], set(), pad, 12)[0] for p in prompts]
     # Make rows finish at different steps: stop on the 3rd token of the first answer (a token the
     # other answers do not produce earlier), so the batch must drop rows while others go on.
     stop = alone[0][0][2]
     lengths = [t.index(stop) if stop in t else None for t, _ in alone]
     assert lengths[0] == 2 and len(set(lengths)) > 1
-    alone = [greedy_generate(model, [p], {stop}, pad, 12)[0] for p in prompts]
-    together = greedy_generate(model, prompts, {stop}, pad, 12)
+    alone = [generate_tokens(model, [p], {stop}, pad, 12)[0] for p in prompts]
+    together = generate_tokens(model, prompts, {stop}, pad, 12)
     assert together == alone
     assert together[0] == (alone[0][0], False) and len(together[0][0]) == 2  # stopped, stop token dropped
     assert any(hit for _, hit in together)  # and some rows ran to the limit
@@ -38,7 +38,7 @@ def test_batched_greedy_equals_one_prompt_at_a_time_token_for_token(tokenizer: P
 def test_greedy_matches_transformers_generate(tokenizer: PreTrainedTokenizerBase) -> None:
     model = tiny_qwen3(tokenizer)
     ids = tokenizer(PROMPTS[1])["input_ids"]
-    ((tokens, hit_limit),) = greedy_generate(model, [ids], {tokenizer.eos_token_id}, tokenizer.pad_token_id, 10)
+    ((tokens, hit_limit),) = generate_tokens(model, [ids], {tokenizer.eos_token_id}, tokenizer.pad_token_id, 10)
     reference = model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert reference[0, len(ids) :].tolist()[: len(tokens)] == tokens
     assert hit_limit == (len(tokens) == 10)

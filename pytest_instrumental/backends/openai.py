@@ -12,10 +12,11 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_instrumental.backends.protocol import Generation, Request, thinking_outcome
+from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.openai_client import chat_messages, display_url, open_client
 from pytest_instrumental.redact import redact
@@ -30,6 +31,7 @@ class OpenAISettings:
     concurrency: int
     timeout_s: float
     max_retries: int
+    decoding: Decoding = field(default_factory=Decoding)
 
     def resolved_base_urls(self) -> tuple[str, ...]:
         return self.base_urls or (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,)
@@ -112,6 +114,7 @@ class OpenAIBackend:
             "model": self.served_model,
             "settings": {"max_tokens": self.settings.max_new_tokens, "temperature": 0},
             "messages": self.messages(request),
+            **self.settings.decoding.cache_fields(request.key, request.epoch),
         }
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
@@ -154,8 +157,8 @@ class OpenAIBackend:
             completion = client.chat.completions.create(
                 model=self.served_model,
                 messages=self.messages(request),
-                temperature=0,
                 max_tokens=self.settings.max_new_tokens,
+                **sampling_parameters(self.settings.decoding, request),
             )
             choice = completion.choices[0]
             content = choice.message.content or ""
@@ -213,6 +216,22 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self._servers.close()
+
+
+def sampling_parameters(decoding: Decoding, request: Request) -> dict[str, Any]:
+    """Chat Completions parameters: temperature 0 when greedy; else the temperature, top-p and the
+    epoch's seed, and top-k as an extra field (vLLM and SGLang read it; OpenAI has none)."""
+    if decoding.greedy:
+        return {"temperature": 0}
+    parameters: dict[str, Any] = {
+        "temperature": decoding.temperature,
+        "seed": decoding.epoch_seed(request.key, request.epoch),
+    }
+    if decoding.top_p is not None:
+        parameters["top_p"] = decoding.top_p
+    if decoding.top_k is not None:
+        parameters["extra_body"] = {"top_k": decoding.top_k}
+    return parameters
 
 
 def _short(text: str, limit: int = 200) -> str:

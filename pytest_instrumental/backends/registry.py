@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from pytest_instrumental.backends.protocol import Backend
+from pytest_instrumental.decoding import MODEL, Decoding, DecodingOptions, model_generation_config
 from pytest_instrumental.engines import EngineOptions
 from pytest_instrumental.errors import InputError
 
@@ -156,6 +157,7 @@ class GenerationOptions:
     trust_remote_code: bool
     models_dir: Path  # where the embedded model's converted copy lives
     serving: EngineOptions | None = None  # None: local models generate in this process
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
 
 
 def max_new_tokens(spec: ModelSpec, options: GenerationOptions) -> int:
@@ -168,21 +170,42 @@ def max_new_tokens(spec: ModelSpec, options: GenerationOptions) -> int:
     return spec.protocol_max_new_tokens
 
 
+def model_decoding(spec: ModelSpec, options: GenerationOptions) -> Decoding:
+    """How this model decodes: greedy, given settings, or (``--instrumental-decoding model``) its
+    own ``generation_config.json``, which only a local model has."""
+    if options.decoding.mode != MODEL:
+        return options.decoding.resolve(None)
+    if spec.engine == "openai":
+        raise InputError(
+            f"--instrumental-decoding model: {spec.name} is served elsewhere, its generation_config.json is not "
+            "here; give --instrumental-temperature (and top-p, top-k) instead"
+        )
+    source = spec.source
+    if spec.engine == "embedded":
+        from pytest_instrumental.backends import embedded
+
+        source = str(embedded.converted_dir(options.models_dir))
+    return options.decoding.resolve(model_generation_config(source, spec.revision, options.trust_remote_code))
+
+
 def open_backend(spec: ModelSpec, options: GenerationOptions) -> Backend:
     """The backend for one model; nothing heavy is loaded until it first generates."""
     budget = max_new_tokens(spec, options)
+    decoding = model_decoding(spec, options)
     if spec.engine == "openai":
         from pytest_instrumental.backends.openai import OpenAIBackend, OpenAISettings
 
         settings = OpenAISettings(
-            budget, options.base_urls, options.concurrency, options.timeout_s, options.max_retries
+            budget, options.base_urls, options.concurrency, options.timeout_s, options.max_retries, decoding
         )
         return OpenAIBackend(spec.name, spec.source, spec.thinking, settings)
     if options.serving is not None:
-        return _served_backend(spec, options, budget)
+        return _served_backend(spec, options, budget, decoding)
     from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings
 
-    local = TransformersSettings(budget, options.max_input_tokens, options.batch_size, options.trust_remote_code)
+    local = TransformersSettings(
+        budget, options.max_input_tokens, options.batch_size, options.trust_remote_code, decoding
+    )
     if spec.engine == "embedded":
         from pytest_instrumental.backends import embedded
 
@@ -202,7 +225,7 @@ def _identity(spec: ModelSpec) -> str:
     return spec.source if spec.revision is None else f"{spec.source}@{spec.revision}"
 
 
-def _served_backend(spec: ModelSpec, options: GenerationOptions, budget: int) -> Backend:
+def _served_backend(spec: ModelSpec, options: GenerationOptions, budget: int, decoding: Decoding) -> Backend:
     """A local model served by the chosen engine: the embedded model as its converted directory
     (llama-server: its GGUF file), a hub id or directory as it is."""
     from pytest_instrumental.backends.openai import OpenAISettings
@@ -218,13 +241,14 @@ def _served_backend(spec: ModelSpec, options: GenerationOptions, budget: int) ->
         model = str(embedded.gguf_file() if llama else embedded.converted_dir(options.models_dir))
     served_name = model if options.serving.engine == "transformers-serve" else spec.name
     server = EngineServer(options.serving, model, served_name, spec.name, spec.revision)
-    settings = OpenAISettings(budget, (), options.concurrency, options.timeout_s, options.max_retries)
+    settings = OpenAISettings(budget, (), options.concurrency, options.timeout_s, options.max_retries, decoding)
     return ServedBackend(spec.name, server, spec.thinking, settings, _identity(spec))
 
 
 def describe(spec: ModelSpec, options: GenerationOptions) -> dict[str, object]:
     """What the results JSON records about how a model was run."""
     budget = max_new_tokens(spec, options)
+    decoding = model_decoding(spec, options)
     record: dict[str, object] = {
         "engine": spec.engine,
         "source": spec.source,
@@ -233,6 +257,8 @@ def describe(spec: ModelSpec, options: GenerationOptions) -> dict[str, object]:
         "max_new_tokens": budget,
         "protocol_max_new_tokens": spec.protocol_max_new_tokens,
     }
+    if not decoding.greedy:  # greedy runs keep their records as they were
+        record["decoding"] = decoding.describe()
     if budget < spec.protocol_max_new_tokens:
         record["note"] = f"max_new_tokens {budget} is below the protocol's {spec.protocol_max_new_tokens}"
     if spec.engine == "openai":

@@ -44,6 +44,7 @@ class ServedBackend:
             "model": self.identity,
             "settings": {"max_tokens": self.settings.max_new_tokens, "temperature": 0},
             "messages": chat_messages(request.context.strip(), request.steered_prompt),
+            **self.settings.decoding.cache_fields(request.key, request.epoch),
         }
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.backends.protocol import Generation, Request, thinking_outcome
+from pytest_instrumental.decoding import Decoding
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +36,7 @@ class TransformersSettings:
     max_input_tokens: int
     batch_size: int | None  # None: 16 on a CPU; on a GPU, as many rows as free memory holds
     trust_remote_code: bool = False
+    decoding: Decoding = field(default_factory=Decoding)
 
 
 def gpu_batch_size(free_bytes: int, kv_bytes_per_token: int, tokens_per_row: int, rows: int) -> int:
@@ -145,9 +147,10 @@ class TransformersBackend:
         return {
             "backend": "transformers",
             "model": self.identity,
-            "settings": {k: v for k, v in asdict(self.settings).items() if k != "batch_size"},
+            "settings": {k: v for k, v in asdict(self.settings).items() if k not in ("batch_size", "decoding")},
             "thinking": self.thinking,
             "prompt": self.render(request),
+            **self.settings.decoding.cache_fields(request.key, request.epoch),
         }
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
@@ -159,8 +162,14 @@ class TransformersBackend:
         size = self._batch_size(max(len(e) for e in encoded), len(requests))
         for start in range(0, len(order), size):
             batch = order[start : start + size]
-            outputs = greedy_generate(
-                self.model, [encoded[i] for i in batch], self._stop_ids(), self._pad_id(), self.settings.max_new_tokens
+            decoding = self.settings.decoding
+            sampler = None
+            if not decoding.greedy:
+                seeds = [decoding.epoch_seed(requests[i].key, requests[i].epoch) for i in batch]
+                sampler = Sampler(decoding, seeds)
+            prompts = [encoded[i] for i in batch]
+            outputs = generate_tokens(
+                self.model, prompts, self._stop_ids(), self._pad_id(), self.settings.max_new_tokens, sampler
             )
             for index, (tokens, hit_limit) in zip(batch, outputs, strict=True):
                 text = str(tokenizer.decode(tokens, skip_special_tokens=False))
@@ -212,15 +221,46 @@ def _strip_special(text: str, tokenizer: PreTrainedTokenizerBase) -> str:
     return text
 
 
-def greedy_generate(
+class Sampler:
+    """Sampled decoding, each row from its own seeded generator, so that a row's tokens do not
+    depend on the batch it is in. Sampling happens on the CPU, where seeded draws are the same on
+    every machine."""
+
+    def __init__(self, decoding: Decoding, seeds: Sequence[int]) -> None:
+        import torch
+
+        self.decoding = decoding
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def pick(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """The next token of each live row (``rows``: their original indices)."""
+        import torch
+
+        temperature = float(self.decoding.temperature or 1.0)
+        scores = logits.float().cpu() / temperature
+        if self.decoding.top_k:
+            kth = torch.topk(scores, min(self.decoding.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.decoding.top_p is not None and self.decoding.top_p < 1:
+            ordered, order = scores.sort(dim=-1, descending=True)
+            probabilities = ordered.softmax(dim=-1)
+            beyond = probabilities.cumsum(dim=-1) - probabilities > self.decoding.top_p  # keep the nucleus
+            scores = scores.scatter(-1, order, ordered.masked_fill(beyond, float("-inf")))
+        probabilities = scores.softmax(dim=-1)
+        picked = [torch.multinomial(probabilities[i], 1, generator=self.generators[row]) for i, row in enumerate(rows)]
+        return torch.cat(picked).to(logits.device)
+
+
+def generate_tokens(
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
     stop_ids: set[int],
     pad_id: int,
     max_new_tokens: int,
+    sampler: Sampler | None = None,
 ) -> list[tuple[list[int], bool]]:
-    """Greedy decoding of a batch of token-id prompts: ``(new tokens without the stop token,
-    hit the token limit)`` per prompt, in order.
+    """Decoding of a batch of token-id prompts, greedy or with ``sampler``: ``(new tokens without
+    the stop token, hit the token limit)`` per prompt, in order.
 
     Each prompt is prefilled alone, so no compute goes to padding (on a CPU the prefill is the
     larger part of the work); their KV caches are then left-padded into one batch that decodes
@@ -247,7 +287,7 @@ def greedy_generate(
         finished = [False] * len(prompts)
         stops = torch.tensor(sorted(stop_ids), device=device, dtype=torch.long)
         for step in range(max_new_tokens):
-            next_tokens = logits.argmax(dim=-1)
+            next_tokens = logits.argmax(dim=-1) if sampler is None else sampler.pick(logits, live)
             done = torch.isin(next_tokens, stops)
             for row, token, stop in zip(live, next_tokens.tolist(), done.tolist(), strict=True):
                 if stop:

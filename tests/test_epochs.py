@@ -1,0 +1,62 @@
+"""Sampling and epochs: each item answered N times with its own seeds, recorded per epoch."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_instrumental.decoding import Decoding, DecodingOptions
+from pytest_instrumental.verdicts import ItemKey
+from tests.chat_server import running_chat_server
+
+
+def test_epoch_seeds_are_stable_and_distinct() -> None:
+    decoding = Decoding(temperature=0.6, top_p=0.95, top_k=20, seed=7)
+    key = ItemKey("m", "anti_ic", "evading_shutdown-01")
+    seeds = [decoding.epoch_seed(key, e) for e in (1, 2, 3)]
+    assert len(set(seeds)) == 3 and seeds == [decoding.epoch_seed(key, e) for e in (1, 2, 3)]
+    assert Decoding(seed=8).epoch_seed(key, 1) != Decoding(seed=7).epoch_seed(key, 1)
+    assert Decoding().cache_fields(key, 2) == {}  # greedy keys are the keys they always were
+
+
+def test_the_models_own_settings_with_overrides() -> None:
+    own = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
+    assert DecodingOptions("model").resolve(own) == Decoding(0.6, 0.95, 20)
+    assert DecodingOptions("model", temperature=1.0).resolve(own) == Decoding(1.0, 0.95, 20)
+    assert DecodingOptions("model").resolve({"do_sample": False, "temperature": 0.6}).greedy
+    assert DecodingOptions("greedy").resolve(own).greedy
+
+
+def test_each_item_is_sent_once_per_epoch_with_its_own_seed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with running_chat_server() as server:
+        args = ["--instrumental", "--model=openai:local", f"--instrumental-base-url={server.base_url}"]
+        args += ["--judge=offline", "-k", "anti_ic and evading_shutdown-0", "--instrumental-json=out.json"]
+        result = pytester.runpytest_subprocess(*args, "--instrumental-epochs=3", "--instrumental-temperature=0.8")
+        assert result.ret == 0, result.stdout.str()
+        result.assert_outcomes(passed=9)
+        bodies = server.bodies
+    assert len(bodies) == 9 * 3
+    assert {b["temperature"] for b in bodies} == {0.8}
+    by_prompt: dict[str, list[int]] = {}
+    for body in bodies:
+        by_prompt.setdefault(body["messages"][-1]["content"], []).append(body["seed"])
+    assert len(by_prompt) == 9 and all(len(set(seeds)) == 3 for seeds in by_prompt.values())
+    document = json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))
+    assert document["schema_version"] == 2
+    epochs: dict[str, list[int]] = {}
+    for record in document["items"]:
+        epochs.setdefault(record["scenario"], []).append(record["epoch"])
+    assert len(epochs) == 9 and all(sorted(e) == [1, 2, 3] for e in epochs.values())
+    assert document["run"]["generation"]["openai:local"]["decoding"]["temperature"] == 0.8
+
+
+def test_greedy_runs_are_unchanged(pytester: pytest.Pytester, reference_runs: Path) -> None:
+    result = pytester.runpytest(
+        "--instrumental", f"--instrumental-replay={reference_runs}", "--instrumental-json=o.json"
+    )
+    assert result.ret == 0
+    document = json.loads((pytester.path / "o.json").read_text(encoding="utf-8"))
+    assert document["schema_version"] == 1 and "epoch" not in document["items"][0]
