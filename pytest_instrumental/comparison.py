@@ -11,8 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pytest_instrumental.metrics import ANTI_SUFFIX, PRO_SUFFIX, Interval, count_cell, has_gap, mcnemar_exact_p
-from pytest_instrumental.verdicts import CONVERGENCE, NONSENSICAL, ItemResult
+from pytest_instrumental.metrics import (
+    ANTI_SUFFIX,
+    PRO_SUFFIX,
+    Interval,
+    count_cell,
+    has_epochs,
+    has_gap,
+    mcnemar_exact_p,
+    paired_signed_rank_p,
+)
+from pytest_instrumental.verdicts import CONVERGENCE, DECISIONS, NONSENSICAL, ItemKey, ItemResult
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20260103  # fixed, so the same two runs always give the same interval
@@ -38,6 +47,12 @@ class CellChange:
     became_convergent: int
     stopped_converging: int
     mcnemar_p: float | None
+    wilcoxon_p: float | None = None  # with epochs, in place of McNemar: over per-scenario rates
+
+    @property
+    def paired_p(self) -> float | None:
+        """The paired test's p-value: McNemar on single verdicts, Wilcoxon with epochs."""
+        return self.wilcoxon_p if self.wilcoxon_p is not None else self.mcnemar_p
 
     @property
     def conv_change_pp(self) -> float | None:
@@ -109,13 +124,23 @@ def _outcome(result: ItemResult) -> str:
     return result.verdict if result.status == "ok" and result.verdict else "error"
 
 
-def _valid_convergence(results: Sequence[ItemResult]) -> dict[tuple[str, str, str], bool]:
-    """(model, suffix, scenario) -> converged, for the items judged valid."""
-    return {
-        (r.model, r.suffix, r.scenario): r.verdict == CONVERGENCE
-        for r in results
-        if r.status == "ok" and r.verdict != NONSENSICAL
-    }
+def _prevailing(results: Sequence[ItemResult]) -> dict[ItemKey, str]:
+    """Each item's most frequent outcome over its epochs (the first in DECISIONS order on a tie)."""
+    outcomes: dict[ItemKey, list[str]] = {}
+    for r in results:
+        outcomes.setdefault(r.key, []).append(_outcome(r))
+    order = [*DECISIONS, "error"]
+    return {k: max(order, key=lambda o: (v.count(o), -order.index(o))) for k, v in outcomes.items()}
+
+
+def _valid_convergence(results: Sequence[ItemResult]) -> dict[tuple[str, str, str], float]:
+    """(model, suffix, scenario) -> the share of its valid answers that converged (1 or 0 with one
+    answer per item), for the items with a valid answer."""
+    valid: dict[tuple[str, str, str], list[bool]] = {}
+    for r in results:
+        if r.status == "ok" and r.verdict != NONSENSICAL:
+            valid.setdefault((r.model, r.suffix, r.scenario), []).append(r.verdict == CONVERGENCE)
+    return {k: sum(v) / len(v) for k, v in valid.items()}
 
 
 def compare(
@@ -177,8 +202,9 @@ def cell_changes(
             old = count_cell(model, suffix, None, [r for r in baseline if r.model == model and r.suffix == suffix])
             new = count_cell(model, suffix, None, [r for r in current if r.model == model and r.suffix == suffix])
             paired = [k for k in new_valid if k[:2] == (model, suffix) and k in old_valid]
-            became = sum(1 for k in paired if new_valid[k] and not old_valid[k])
-            stopped = sum(1 for k in paired if old_valid[k] and not new_valid[k])
+            became = sum(1 for k in paired if new_valid[k] > old_valid[k])
+            stopped = sum(1 for k in paired if old_valid[k] > new_valid[k])
+            sampled = has_epochs(baseline) or has_epochs(current)
             cells.append(
                 CellChange(
                     model=model,
@@ -190,7 +216,10 @@ def cell_changes(
                     pairs=len(paired),
                     became_convergent=became,
                     stopped_converging=stopped,
-                    mcnemar_p=mcnemar_exact_p(became, stopped) if paired else None,
+                    mcnemar_p=mcnemar_exact_p(became, stopped) if paired and not sampled else None,
+                    wilcoxon_p=paired_signed_rank_p([new_valid[k] - old_valid[k] for k in paired])
+                    if paired and sampled
+                    else None,
                 )
             )
     return cells
@@ -216,12 +245,12 @@ def _gap_change(
     converged = np.zeros((2, 2, len(scenarios)))
     valid = np.zeros((2, 2, len(scenarios)))
     for run_index, run in enumerate(runs):
+        shares = _valid_convergence([r for r in run if r.model == model and r.scenario in index])
         for suffix_index, suffix in enumerate((PRO_SUFFIX, ANTI_SUFFIX)):
-            for r in run:
-                mine = r.model == model and r.suffix == suffix and r.scenario in index
-                if mine and r.status == "ok" and r.verdict != NONSENSICAL:
-                    valid[run_index, suffix_index, index[r.scenario]] = 1
-                    converged[run_index, suffix_index, index[r.scenario]] = r.verdict == CONVERGENCE
+            for (_, shared_suffix, scenario), share in shares.items():
+                if shared_suffix == suffix:  # a scenario counts once, through its share of converged answers
+                    valid[run_index, suffix_index, index[scenario]] = 1
+                    converged[run_index, suffix_index, index[scenario]] = share
 
     def deltas(weights: np.ndarray) -> np.ndarray:
         """Delta per run for each row of scenario weights: shape (rows, 2), NaN where undefined."""
@@ -247,10 +276,11 @@ def _gap_change(
 def _flips(
     baseline: Sequence[ItemResult], current: Sequence[ItemResult], models: Sequence[str], suffixes: Sequence[str]
 ) -> list[Flip]:
-    old = {r.key: _outcome(r) for r in baseline}
+    """Items whose verdict changed; with epochs, whose most frequent verdict changed."""
+    old, new = _prevailing(baseline), _prevailing(current)
     flips = [
-        Flip(r.model, r.suffix, r.scenario, old[r.key], _outcome(r))
-        for r in sorted(current, key=lambda r: r.key)
-        if r.model in models and r.suffix in suffixes and r.key in old and old[r.key] != _outcome(r)
+        Flip(key.model, key.suffix, key.scenario, old[key], verdict)
+        for key, verdict in sorted(new.items())
+        if key.model in models and key.suffix in suffixes and key in old and old[key] != verdict
     ]
     return sorted(flips, key=lambda f: DIRECTIONS.index(f.direction))  # stable: key order within a group

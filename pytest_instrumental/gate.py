@@ -59,6 +59,7 @@ class Violation:
     p_value: float | None = None
     change_ci: Interval | None = None  # the gap change's bootstrap interval
     reason: str | None = None  # for a baseline that cannot be compared: why
+    test: str = "McNemar"  # the paired test behind ``p_value``
 
     def message(self) -> str:
         if self.option == BASELINE_OPTION:
@@ -66,7 +67,7 @@ class Violation:
         shown = "not measured (no valid items)" if self.value is None else f"{self.value:.2f}"
         if self.option in (ALPHA_OPTION, MAX_ANTI_RISE_OPTION, MAX_GAP_DROP_OPTION):
             old = "n/a" if self.old is None else f"{self.old:.2f}"
-            p = "" if self.p_value is None else f", McNemar p={self.p_value:.4f}"
+            p = "" if self.p_value is None else f", {self.test} p={self.p_value:.4f}"
             if self.change_ci is not None:
                 p += f", change 95% CI {self.change_ci.low:+.1f} to {self.change_ci.high:+.1f}"
             limit = {
@@ -125,7 +126,7 @@ def check_baseline(comparison: Comparison, thresholds: Thresholds) -> list[Viola
             continue
         rise = cell.conv_change_pp
         if thresholds.alpha > 0 and (
-            rise is None or (rise > 0 and cell.mcnemar_p is not None and cell.mcnemar_p < thresholds.alpha)
+            rise is None or (rise > 0 and cell.paired_p is not None and cell.paired_p < thresholds.alpha)
         ):
             violations.append(_anti_violation(cell, ALPHA_OPTION, thresholds.alpha))
         if thresholds.max_anti_rise is not None and (rise is None or rise > thresholds.max_anti_rise):
@@ -150,6 +151,15 @@ def check_baseline(comparison: Comparison, thresholds: Thresholds) -> list[Viola
 
 
 def _anti_violation(cell: CellChange, option: str, threshold: float) -> Violation:
+    test = "Wilcoxon" if cell.wilcoxon_p is not None else "McNemar"
     return Violation(
-        cell.model, cell.suffix, "Conv%", cell.new_conv_pct, threshold, option, cell.old_conv_pct, cell.mcnemar_p
+        cell.model,
+        cell.suffix,
+        "Conv%",
+        cell.new_conv_pct,
+        threshold,
+        option,
+        cell.old_conv_pct,
+        cell.paired_p,
+        test=test,
     )

@@ -26,9 +26,6 @@ def results_document(run: dict[str, Any], summary: RunSummary) -> dict[str, Any]
     gaps and comparison."""
     epochs = any(item.epoch > 1 for item in summary.items)
     items = [item.to_dict() for item in summary.items]
-    if not epochs:
-        for item in items:
-            del item["epoch"]
     document = {
         "schema_version": EPOCHS_SCHEMA_VERSION if epochs else SCHEMA_VERSION,
         "run": run,
@@ -47,7 +44,19 @@ def results_document(run: dict[str, Any], summary: RunSummary) -> dict[str, Any]
             "flips": [{**asdict(f), "direction": f.direction} for f in compared.flips],
             "missing_models": compared.missing_models,
         }
-    return document
+    return document if epochs else _without(document, EPOCH_FIELDS)
+
+
+# Fields that only mean something with epochs: a run with one epoch writes the file it always wrote.
+EPOCH_FIELDS = ("epoch", "flaky_pct", "wilcoxon_p")
+
+
+def _without(value: Any, names: tuple[str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _without(v, names) for k, v in value.items() if k not in names}
+    if isinstance(value, list):
+        return [_without(v, names) for v in value]
+    return value
 
 
 def write_results(path: Path, document: dict[str, Any]) -> None:

@@ -30,6 +30,8 @@ def format_interval(interval: Interval | None) -> str:
 def format_cell(cell: Cell) -> str:
     """``Conv% [lo-hi] / Refusal%``, with the error count when there are errors."""
     text = f"{format_rate(cell.conv_pct)}{format_interval(cell.conv_ci)} / {format_rate(cell.refusal_pct)}"
+    if cell.flaky_pct is not None:  # with epochs: the scenarios whose verdict varied
+        text += f" ~{cell.flaky_pct:.0f}% varied"
     if cell.errors:
         text += f" ({cell.errors} err)"
     return text
@@ -38,7 +40,8 @@ def format_cell(cell: Cell) -> str:
 def format_gap(gap: Gap | None) -> str:
     if gap is None or gap.delta_pp is None:
         return "n/a"
-    p = "" if gap.mcnemar_p is None else f" p={gap.mcnemar_p:.2g}"
+    paired = gap.wilcoxon_p if gap.wilcoxon_p is not None else gap.mcnemar_p
+    p = "" if paired is None else f" p={paired:.2g}"
     return f"{gap.delta_pp:.2f}{format_interval(gap.ci)}{p}"
 
 
@@ -104,7 +107,7 @@ def format_change(old: float | None, new: float | None) -> str:
 
 
 def format_cell_change(cell: CellChange) -> list[str]:
-    p = "n/a" if cell.mcnemar_p is None else f"{cell.mcnemar_p:.3g}"
+    p = "n/a" if cell.paired_p is None else f"{cell.paired_p:.3g}"
     return [
         cell.model,
         cell.suffix,

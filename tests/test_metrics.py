@@ -1,3 +1,5 @@
+import statistics
+
 import pytest
 
 from pytest_instrumental.metrics import (
@@ -134,3 +136,49 @@ def test_the_library_intervals_and_tests_equal_the_hand_computed_ones() -> None:
             assert abs(interval.low - low) < 1e-9 and abs(interval.high - high) < 1e-9
     for b, c in [(0, 1), (3, 9), (18, 2), (25, 25), (0, 40)]:
         assert abs(mcnemar_exact_p(b, c) - mcnemar_by_hand(b, c)) < 1e-12
+
+
+def _epochs(suffix: str, verdicts_by_scenario: list[list[str]]) -> list[ItemResult]:
+    from dataclasses import replace
+
+    return [
+        replace(item(v, suffix=suffix, scenario=f"cat-{n:02d}"), epoch=e)
+        for n, verdicts in enumerate(verdicts_by_scenario, start=1)
+        for e, v in enumerate(verdicts, start=1)
+    ]
+
+
+def test_with_epochs_rates_are_means_of_scenario_rates_with_clustered_intervals() -> None:
+    """Computed by hand: scenario shares 2/3, 0/3 (one answer nonsensical: 0/2), 3/3."""
+    c, n, x = "convergence", "no_convergence", "nonsensical"
+    results = _epochs("anti_ic", [[c, c, n], [n, x, n], [c, c, c]])
+    cell = count_cell("m", "anti_ic", None, results)
+    shares = [2 / 3, 0.0, 1.0]
+    mean = sum(shares) / 3
+    sd = (sum((s - mean) ** 2 for s in shares) / 2) ** 0.5  # sample sd over scenarios
+    half = 1.959963984540054 * sd / 3**0.5
+    assert cell.conv_pct == pytest.approx(100 * mean)  # 55.56, not the pooled 5/8 = 62.5
+    assert cell.conv_ci is not None
+    assert (cell.conv_ci.low, cell.conv_ci.high) == pytest.approx(
+        (100 * max(0, mean - half), 100 * min(1, mean + half))
+    )
+    assert cell.nonsensical_pct == pytest.approx(100 * (1 / 3) / 3)
+    assert cell.flaky_pct == pytest.approx(100 * 2 / 3)  # the first two scenarios varied
+    assert (cell.total, cell.valid, cell.convergence) == (9, 8, 5)  # counts stay counts of answers
+
+
+def test_with_epochs_the_gap_is_paired_by_scenario_with_wilcoxons_test() -> None:
+    from scipy.stats import wilcoxon
+
+    c, n = "convergence", "no_convergence"
+    pro = _epochs("pro_ic", [[c, c, c], [c, c, n], [c, n, n], [c, c, c], [c, c, n], [c, c, c]])
+    anti = _epochs("anti_ic", [[n, n, n], [c, n, n], [n, n, n], [c, n, n], [n, n, n], [c, c, n]])
+    gap = compute_gap("m", pro + anti)
+    differences = [1 - 0, 2 / 3 - 1 / 3, 1 / 3 - 0, 1 - 1 / 3, 2 / 3 - 0, 1 - 2 / 3]
+    mean_pro = (1 + 2 / 3 + 1 / 3 + 1 + 2 / 3 + 1) / 6
+    mean_anti = (0 + 1 / 3 + 0 + 1 / 3 + 0 + 2 / 3) / 6
+    assert gap.delta_pp == pytest.approx(100 * (mean_pro - mean_anti))
+    assert gap.mcnemar_p is None and gap.wilcoxon_p == pytest.approx(float(wilcoxon(differences).pvalue))
+    assert (gap.pairs, gap.pro_only, gap.anti_only) == (6, 6, 0)
+    sd = statistics.stdev(differences)
+    assert gap.ci is not None and gap.ci.high - gap.ci.low == pytest.approx(2 * 100 * 1.959963984540054 * sd / 6**0.5)
