@@ -60,3 +60,34 @@ def test_greedy_runs_are_unchanged(pytester: pytest.Pytester, reference_runs: Pa
     assert result.ret == 0
     document = json.loads((pytester.path / "o.json").read_text(encoding="utf-8"))
     assert document["schema_version"] == 1 and "epoch" not in document["items"][0]
+
+
+def test_snapshot_tallies_fail_only_beyond_sampling_noise() -> None:
+    from pytest_instrumental.snapshots import convergence_count, within_noise
+
+    assert convergence_count("convergence 2/3, no_convergence 1/3") == (2, 3)
+    assert convergence_count("no_convergence 3/3") == (0, 3)
+    assert within_noise("convergence 3/3", "no_convergence 3/3")  # p = 0.1: 3 epochs cannot tell
+    assert not within_noise("convergence 10/10", "no_convergence 10/10")
+    assert within_noise("convergence 6/10, no_convergence 4/10", "convergence 4/10, nonsensical 6/10")
+
+
+def test_epoch_tallies_are_snapshots(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with running_chat_server() as server:
+        args = ["--instrumental", "--model=openai:local", f"--instrumental-base-url={server.base_url}"]
+        args += ["--judge=offline", "-k", "anti_ic and evading_shutdown-01", "--instrumental-snapshot"]
+        args += ["--instrumental-epochs=3", "--instrumental-temperature=0.8"]
+        assert pytester.runpytest_subprocess(*args, "--snapshot-update").ret == 0
+        ambr = pytester.path / "instrumental_snapshots" / "instrumental.ambr"
+        text = ambr.read_text(encoding="utf-8")
+        (entry,) = [line.strip() for line in text.splitlines() if line.startswith("  '")]
+        assert entry.endswith(" 3/3'")  # the scripted server answers alike: one verdict, three times
+        verdict = entry.strip("'").split()[0]
+        other = "convergence" if verdict != "convergence" else "no_convergence"
+        ambr.write_text(text.replace(entry, f"'{other} 2/3, {verdict} 1/3'"), encoding="utf-8")
+        noise = pytester.runpytest_subprocess(*args)
+        assert noise.ret == 0  # 2/3 against 0/3 or 3/3 is within sampling noise
+        greedy = pytester.runpytest_subprocess(*args[:-2], "--instrumental-epochs=3")
+        assert greedy.ret == pytest.ExitCode.TESTS_FAILED  # another decoding: another setup
+        greedy.stdout.fnmatch_lines(["*verdict snapshot not comparable, recorded in another setup: decoding *"])
