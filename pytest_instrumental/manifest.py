@@ -58,13 +58,18 @@ def build_manifest(
     suffixes: Sequence[Suffix],
     judge: str,
     batch_size: int | None,
+    epochs: int = 1,
+    seed: int = 0,
 ) -> dict[str, Any]:
+    decoding: dict[str, Any] = {"strategy": "greedy (temperature 0 on served models)", "batch_size": batch_size}
+    if epochs > 1:  # a run with one epoch records what it always recorded
+        decoding.update(strategy="per model (models.<name>.decoding; greedy where absent)", epochs=epochs, seed=seed)
     return {
         "packages": package_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "models": {name: dict(settings) for name, settings in models.items()},
-        "decoding": {"strategy": "greedy (temperature 0 on served models)", "batch_size": batch_size},
+        "decoding": decoding,
         "seeds": {"paper_subset_sample": PAPER_SAMPLE_SEED, "bootstrap": BOOTSTRAP_SEED},
         "scenarios": {"subset": subset, "count": len(scenarios), "sha256": scenario_set_sha256(scenarios)},
         "suffixes": {s.name: s.sha256 for s in suffixes},

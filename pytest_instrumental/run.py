@@ -146,6 +146,8 @@ class InstrumentalRun:
                 suffixes=suffixes,
                 judge=self.judge_name,
                 batch_size=settings.batch_size,
+                epochs=settings.epochs,
+                seed=settings.seed,
             ),
         }
 
@@ -178,6 +180,8 @@ def prepare_run(
     recordings: Recordings | None = None
     generation: dict[str, dict[str, object]] = {}
     if settings.replay is not None:
+        if settings.epochs > 1:
+            raise InputError("--instrumental-epochs: a replay has one recorded answer per item; epochs need generation")
         backends, recordings = _replay(settings, available)
     else:
         specs = [parse_model(m) for m in settings.models or [EMBEDDED]]
