@@ -60,7 +60,8 @@ def summary_table(
     """The overall table's header and rows: a model per row, a suffix per column, then Delta."""
     by_key = {(c.model, c.suffix): c for c in cells if c.category is None}
     gap_of = {g.model: g for g in gaps}
-    header = ["model", *suffixes, *(["Delta pp [95% CI] McNemar"] if gaps else [])]
+    test = "Wilcoxon" if any(g.wilcoxon_p is not None for g in gaps) else "McNemar"
+    header = ["model", *suffixes, *([f"Delta pp [95% CI] {test}"] if gaps else [])]
     rows = [
         [model, *(format_cell(by_key[model, s]) for s in suffixes), *([format_gap(gap_of.get(model))] if gaps else [])]
         for model in models
