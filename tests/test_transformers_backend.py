@@ -112,3 +112,23 @@ def test_a_gpu_batch_holds_as_many_rows_as_free_memory_holds_kv_caches_for() -> 
     assert gpu_batch_size(100 * 2**30, per_token, 9_000, 228) == int(100 * 2**30 * 0.8) // rows_of_9k == 64
     assert gpu_batch_size(100 * 2**30, per_token, 9_000, 10) == 10  # never more rows than requests
     assert gpu_batch_size(2**20, per_token, 9_000, 228) == 1  # at least one
+
+
+def test_a_sampled_row_does_not_depend_on_its_batch(tokenizer: PreTrainedTokenizerBase) -> None:
+    from pytest_instrumental.backends.transformers import Sampler
+    from pytest_instrumental.decoding import Decoding
+
+    model = tiny_qwen3(tokenizer)
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    pad = tokenizer.pad_token_id
+    decoding = Decoding(temperature=1.0, top_p=0.9, top_k=50)
+    seeds = [11, 22, 33, 44]
+    together = generate_tokens(model, prompts, set(), pad, 8, Sampler(decoding, seeds))
+    alone = [
+        generate_tokens(model, [p], set(), pad, 8, Sampler(decoding, [s]))[0]
+        for p, s in zip(prompts, seeds, strict=True)
+    ]
+    assert together == alone  # each row draws from its own seeded generator
+    other_seed = generate_tokens(model, [prompts[1]], set(), pad, 8, Sampler(decoding, [99]))[0]
+    greedy = generate_tokens(model, [prompts[1]], set(), pad, 8)[0]
+    assert other_seed != alone[1] or greedy != alone[1]  # sampling, not greedy under another name
