@@ -45,16 +45,6 @@ def parse_number(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise ValueError(f"{text!r} must be at least 1")
-    return value
-
-
 def whole_number(text: str) -> int:
     try:
         value = int(text)
@@ -62,6 +52,13 @@ def whole_number(text: str) -> int:
         raise ValueError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise ValueError(f"{text!r} must be 0 or more")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = whole_number(text)
+    if value < 1:
+        raise ValueError(f"{text!r} must be at least 1")
     return value
 
 
