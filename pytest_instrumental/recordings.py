@@ -92,6 +92,10 @@ def _read_results_json(path: Path, scenarios: ScenarioSet) -> Iterator[Recording
     categories = {s.id: s.category for s in scenarios}
     for number, item in enumerate(read_results(path), start=1):
         source = f"{path}: item {number}"
+        if item.epoch > 1:
+            raise InputError(
+                f"{source}: a run with epochs (epoch {item.epoch}) cannot be replayed; it can be a baseline"
+            )
         if categories.get(item.scenario) != item.category:
             raise InputError(f"{source}: scenario {item.scenario!r} ({item.category}) matches no known scenario")
         yield Recording(

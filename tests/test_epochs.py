@@ -91,3 +91,18 @@ def test_epoch_tallies_are_snapshots(pytester: pytest.Pytester, monkeypatch: pyt
         greedy = pytester.runpytest_subprocess(*args[:-2], "--instrumental-epochs=3")
         assert greedy.ret == pytest.ExitCode.TESTS_FAILED  # another decoding: another setup
         greedy.stdout.fnmatch_lines(["*verdict snapshot not comparable, recorded in another setup: decoding *"])
+
+
+def test_a_run_with_epochs_is_a_baseline_not_a_replay(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from pytest_instrumental.errors import InputError
+    from pytest_instrumental.recordings import load_recordings
+    from pytest_instrumental.scenarios import load_scenarios
+    from pytest_instrumental.suffixes import load_suffixes
+    from tests.helpers import item, write_results_file
+
+    answer = item("convergence", suffix="anti_ic", scenario="evading_shutdown-01", category="evading_shutdown")
+    write_results_file(tmp_path / "epochs.json", [answer, replace(answer, epoch=2)])
+    with pytest.raises(InputError, match=r"item 2: a run with epochs \(epoch 2\) cannot be replayed"):
+        load_recordings(tmp_path / "epochs.json", load_scenarios(), load_suffixes())
