@@ -221,14 +221,17 @@ def compute_cells(
     return cells
 
 
-def compute_gap(model: str, results: Sequence[ItemResult]) -> Gap:
-    """The steerability gap of one model, from its pro_ic and anti_ic items: with one answer per
+def compute_gap(
+    model: str, results: Sequence[ItemResult], pro_name: str = PRO_SUFFIX, anti_name: str = ANTI_SUFFIX
+) -> Gap:
+    """The steerability gap of one model, from its pro_ic and anti_ic items (or two other
+    conditions: the activation gap compares the strongest opposite strengths): with one answer per
     scenario, Newcombe's interval and exact McNemar; with epochs, the difference of the clustered
     rates, a paired interval over the scenarios valid under both suffixes, and Wilcoxon's
     signed-rank test on their per-scenario differences."""
     mine = [r for r in results if r.model == model]
-    pro = _by_scenario(r for r in mine if r.suffix == PRO_SUFFIX)
-    anti = _by_scenario(r for r in mine if r.suffix == ANTI_SUFFIX)
+    pro = _by_scenario(r for r in mine if r.suffix == pro_name)
+    anti = _by_scenario(r for r in mine if r.suffix == anti_name)
     if has_epochs(mine):
         return _clustered_gap(model, pro, anti)
 

@@ -112,6 +112,13 @@ def probability(text: str) -> float:
     return value
 
 
+def strength(text: str) -> float:
+    value = parse_number(text)
+    if not -100 <= value <= 100:
+        raise ValueError(f"{text!r} is not a strength between -100 and 100")
+    return value
+
+
 def decoding_mode(text: str) -> str:
     if text not in DECODING_MODES:
         raise ValueError(f"unknown decoding {text!r}; known: {', '.join(DECODING_MODES)}")
@@ -350,6 +357,30 @@ OPTIONS = (
         "N",
     ),
     Option(
+        "--instrumental-vector-strength",
+        "instrumental_vector_strengths",
+        "list",
+        "also run every scenario (unsuffixed) under activation steering at this strength, e.g. -8 or 4: "
+        "strength/10 of the layer's typical residual norm along the steering vector (repeatable)",
+        strength,
+        "S",
+    ),
+    Option(
+        "--instrumental-vector-layer",
+        "instrumental_vector_layer",
+        "value",
+        "the decoder layer steered (default: the model's middle layer)",
+        whole_number,
+        "L",
+    ),
+    Option(
+        "--instrumental-vector-file",
+        "instrumental_vector_file",
+        "path",
+        "steer with this vector (safetensors: direction, layer, norm) instead of one computed from the "
+        "pro_ic/anti_ic contrast",
+    ),
+    Option(
         "--instrumental-max-new-tokens",
         "instrumental_max_new_tokens",
         "value",
@@ -494,6 +525,9 @@ class Settings:
     top_k: int | None = None
     seed: int = DEFAULT_SEED
     epochs: int = 1
+    vector_strengths: list[float] = field(default_factory=list)
+    vector_layer: int | None = None
+    vector_file: Path | None = None
     max_new_tokens: int | None = None  # None: the protocol's budget, or the embedded model's
     batch_size: int | None = None  # None: sized per device (backends/transformers.py)
     models_dir: Path | None = None  # None: the user cache directory

@@ -1,4 +1,5 @@
-"""The plan of a run: one generation request per model x suffix x scenario, in the deterministic
+"""The plan of a run: one generation request per model x condition x scenario (a condition is a
+suffix, or activation steering at a strength), in the deterministic
 order the pytest items are collected, and the names those items carry."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from pytest_instrumental.backends.protocol import Request
 from pytest_instrumental.scenarios import ScenarioSet
+from pytest_instrumental.steering import condition_name
 from pytest_instrumental.suffixes import Suffix, steer
 from pytest_instrumental.verdicts import ItemKey
 
@@ -14,14 +16,23 @@ SUITE_NAME = "instrumental"
 TEST_NAME = "test_scenario"
 
 
-def plan_requests(models: Iterable[str], suffixes: Sequence[Suffix], scenarios: ScenarioSet) -> list[Request]:
-    """Sorted by model, then suffix (in the order given), then category and scenario id."""
+def plan_requests(
+    models: Iterable[str], suffixes: Sequence[Suffix], scenarios: ScenarioSet, strengths: Sequence[float] = ()
+) -> list[Request]:
+    """Sorted by model, then condition (the suffixes in the order given, then the activation
+    strengths: the unsuffixed prompt, steered), then category and scenario id."""
+    conditions: list[tuple[str, Suffix | None, float | None]] = [(s.name, s, None) for s in suffixes]
+    conditions += [(condition_name(strength), None, strength) for strength in strengths]
     return [
         Request(
-            ItemKey(model, suffix.name, scenario.id), category.slug, category.context, steer(scenario.prompt, suffix)
+            ItemKey(model, name, scenario.id),
+            category.slug,
+            category.context,
+            scenario.prompt if suffix is None else steer(scenario.prompt, suffix),
+            strength=strength,
         )
         for model in sorted(models)
-        for suffix in suffixes
+        for name, suffix, strength in conditions
         for category in scenarios.categories
         for scenario in sorted(category.scenarios, key=lambda s: s.id)
     ]

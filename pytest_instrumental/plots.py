@@ -9,7 +9,7 @@ left as it was."""
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,4 +94,30 @@ def category_heatmap(cells: Sequence[Cell], model: str, suffixes: Sequence[str],
         axes.set_yticks(range(len(categories)), categories)
         axes.set_title(f"{model}: Conv% by category")
         figure.colorbar(image, ax=axes, label="Conv%")
+        return _svg(figure)
+
+
+def dose_response(cells: Sequence[Cell], models: Sequence[str], strengths: Mapping[str, float]) -> str:
+    """Conv% against activation-steering strength, a line per model with 95% intervals."""
+    by_key = {(c.model, c.suffix): c for c in cells if c.category is None}
+    with rc_context(_STYLE):
+        figure = Figure(figsize=(4.8, 3.2))
+        axes = figure.subplots()
+        for model in models:
+            points = sorted(
+                (strength, cell)
+                for condition, strength in strengths.items()
+                if (cell := by_key.get((model, condition)))
+            )
+            xs = [x for x, c in points if c.conv_pct is not None]
+            ys = [c.conv_pct for _, c in points if c.conv_pct is not None]
+            low = [c.conv_pct - c.conv_ci.low if c.conv_ci else 0 for _, c in points if c.conv_pct is not None]
+            high = [c.conv_ci.high - c.conv_pct if c.conv_ci else 0 for _, c in points if c.conv_pct is not None]
+            axes.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=model)
+        axes.axvline(0, color="black", linewidth=0.8)
+        axes.set_xlabel("activation-steering strength")
+        axes.set_ylabel("Conv% (valid responses)")
+        axes.set_ylim(0, 100)
+        axes.legend(fontsize=8)
+        axes.set_title("Dose-response: Conv% against steering strength")
         return _svg(figure)

@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from pytest_instrumental import plots
 from pytest_instrumental.comparison import DIRECTIONS, Comparison
+from pytest_instrumental.steering import condition_strength
 from pytest_instrumental.summary import RunSummary
 from pytest_instrumental.terminal import (
     COMPARISON_HEADER,
@@ -70,7 +71,7 @@ def markdown(data: RunSummary) -> str:
     verdict = "PASSED" if data.gate_passed else "FAILED"
     errored = f", {data.errors} item{'s' if data.errors != 1 else ''} errored" if data.errors else ""
     lines = [f"## {_md(title(data))}: gate {verdict}{errored}", ""]
-    header, rows = summary_table(data.cells, data.gaps, data.models, data.suffixes)
+    header, rows = summary_table(data)
     lines += [SUMMARY_TITLE, "", *_md_table(header, rows), ""]
     lines += [f"Judge: {_md(data.judge)}", ""]
     if data.violations or data.notes:
@@ -116,10 +117,13 @@ _ENVIRONMENT = Environment(
 
 
 def html(data: RunSummary) -> str:
-    header, table = summary_table(data.cells, data.gaps, data.models, data.suffixes)
+    header, table = summary_table(data)
     figures = [plots.conv_by_suffix(data.cells, data.models, data.suffixes)]
     if data.gaps:
         figures.append(plots.gaps(data.gaps))
+    strengths = {s: v for s in data.suffixes if (v := condition_strength(s)) is not None}
+    if strengths:
+        figures.append(plots.dose_response(data.cells, data.models, strengths))
     figures += [plots.category_heatmap(data.cells, m, data.suffixes, data.categories) for m in data.models]
     comparison = data.comparison
     return _ENVIRONMENT.get_template("report.html.j2").render(

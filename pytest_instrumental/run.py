@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -23,12 +23,14 @@ from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation, ProgressFactory
 from pytest_instrumental.judges.registry import judge_name, open_judge
 from pytest_instrumental.manifest import build_manifest, scenario_set_sha256
+from pytest_instrumental.metrics import ANTI_SUFFIX, PRO_SUFFIX
 from pytest_instrumental.openai_client import register_credentials
 from pytest_instrumental.options import Settings
 from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
 from pytest_instrumental.results_json import read_baseline, results_document, write_results
 from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
+from pytest_instrumental.steering import SteeringPlan, condition_name, load_vector
 from pytest_instrumental.suffixes import Suffix, load_suffixes, select_suffixes
 from pytest_instrumental.summary import Baseline, RunSummary, summarise
 from pytest_instrumental.verdicts import ItemKey, ItemResult
@@ -48,6 +50,7 @@ class InstrumentalRun:
     baseline: Baseline | None
     recorded_setups: dict[str, snapshots.Setup]  # model -> the setup its snapshots were recorded in
     lost_records: list[str]  # damaged recorded records that name no item: data lost, the gate fails
+    strengths: list[float]  # activation-steering conditions, after the suffixes
     results: list[ItemResult] = field(default_factory=list)
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
@@ -58,7 +61,12 @@ class InstrumentalRun:
         return [c.slug for c in self.scenarios.categories]
 
     def requests(self) -> list[Request]:
-        return plan_requests(self.models, self.suffixes, self.scenarios)
+        return plan_requests(self.models, self.suffixes, self.scenarios, self.strengths)
+
+    @property
+    def conditions(self) -> list[str]:
+        """The suffixes' names, then the activation-steering conditions'."""
+        return [s.name for s in self.suffixes] + [condition_name(s) for s in self.strengths]
 
     def model_record(self, model: str) -> dict[str, object]:
         """How a model was run, as the manifest and the snapshot setup record it."""
@@ -78,7 +86,7 @@ class InstrumentalRun:
             items=self.results,
             ran=self.ran,
             models=self.models,
-            suffixes=[s.name for s in self.suffixes],
+            suffixes=self.conditions,
             categories=self.categories,
             thresholds=self.settings.thresholds,
             baseline=self.baseline,
@@ -87,6 +95,7 @@ class InstrumentalRun:
             judge_note=self.judge_note,
             notes=[*self.lost_records, *self.lost_workers],
             warnings=sorted({*self.evaluation.problems(), *self.worker_warnings}),
+            activation=_activation(self.strengths),
         )
 
     def finish(self, summary: RunSummary, interrupted: bool, snapshots_updated: bool) -> list[str]:
@@ -172,8 +181,11 @@ def prepare_run(
     available = load_suffixes(settings.suffix_dirs)
     suffixes = select_suffixes(available, settings.suffixes)
     baseline = None if settings.baseline is None else read_baseline(settings.baseline, _shown_path(settings.baseline))
+    conditions = [condition_name(s) for s in settings.vector_strengths]
+    if len(set(conditions)) != len(conditions) or set(conditions) & set(settings.suffixes):
+        raise InputError(f"--instrumental-vector-strength: a condition is named twice ({', '.join(conditions)})")
     gated = settings.thresholds.required_suffixes(with_baseline=baseline is not None)
-    not_run = sorted(gated - set(settings.suffixes))
+    not_run = sorted(gated - set(settings.suffixes) - set(conditions))
     if not_run:
         raise InputError(f"the gate needs suffix {', '.join(not_run)}, which this run does not select (--suffix)")
     name = judge_name(settings.judge, replaying=settings.replay is not None)
@@ -191,12 +203,17 @@ def prepare_run(
         for spec in specs:
             check_loadable(spec, settings.trust_remote_code)
         options = settings.generation
+        if settings.vector_strengths:
+            options = replace(options, steering=_steering_plan(settings, available))
         backends = {spec.name: open_backend(spec, options) for spec in specs}
         if preflight:
             for backend in backends.values():
                 if isinstance(backend, OpenAIBackend):
                     backend.preflight()
         generation = {spec.name: describe(spec, options) for spec in specs}
+        if options.steering is not None:
+            for record in generation.values():
+                record["steering"] = _steering_record(settings)
     opened = open_judge(
         name,
         settings.generation,
@@ -224,7 +241,49 @@ def prepare_run(
         baseline=baseline,
         recorded_setups=snapshots.read_setups(settings.snapshot_dir) if settings.snapshot else {},
         lost_records=[] if recordings is None else recordings.unattributed,
+        strengths=list(settings.vector_strengths),
     )
+
+
+def _activation(strengths: list[float]) -> tuple[str, str] | None:
+    """The activation gap's two conditions: the strongest positive and the strongest negative push."""
+    positive, negative = [s for s in strengths if s > 0], [s for s in strengths if s < 0]
+    if not positive or not negative:
+        return None
+    return condition_name(max(positive)), condition_name(min(negative))
+
+
+def _steering_plan(settings: Settings, available: dict[str, Suffix]) -> SteeringPlan:
+    """The contrast pairs (every scenario under pro_ic and under anti_ic), or the user's vector."""
+    vector = None if settings.vector_file is None else load_vector(settings.vector_file)
+    if vector is not None and settings.vector_layer is not None and settings.vector_layer != vector.layer:
+        raise InputError(
+            f"--instrumental-vector-layer {settings.vector_layer}: {settings.vector_file} holds a vector of layer "
+            f"{vector.layer}"
+        )
+    missing = [name for name in (PRO_SUFFIX, ANTI_SUFFIX) if name not in available]
+    if missing:
+        raise InputError(f"--instrumental-vector-strength: the contrast needs suffix {', '.join(missing)}")
+    pairs = tuple(
+        (request, anti)
+        for request, anti in zip(
+            plan_requests(["contrast"], [available[PRO_SUFFIX]], load_scenarios()),
+            plan_requests(["contrast"], [available[ANTI_SUFFIX]], load_scenarios()),
+            strict=True,
+        )
+    )
+    return SteeringPlan(settings.vector_layer, vector, pairs)
+
+
+def _steering_record(settings: Settings) -> dict[str, object]:
+    """How the steered conditions were steered, for the results and the snapshot setup."""
+    if settings.vector_file is not None:
+        vector = load_vector(settings.vector_file)
+        source: object = {"file": settings.vector_file.name, "recipe": vector.recipe, "layer": vector.layer}
+    else:
+        layer = "middle" if settings.vector_layer is None else settings.vector_layer
+        source = {"contrast": "pro_ic - anti_ic, each category's vector from the other categories", "layer": layer}
+    return {"vector": source, "strengths": list(settings.vector_strengths)}
 
 
 def check_outputs(settings: Settings) -> None:

@@ -39,6 +39,8 @@ class RunSummary:
     comparison: Comparison | None
     baseline: str | None  # what the comparison is against, as the user named it
     violations: list[Violation]
+    activation_gaps: list[Gap]  # Conv% under the strongest positive minus the strongest negative steering
+    activation: tuple[str, str] | None  # the two conditions of the activation gap
     judge: str  # the judges that decided, with what is known of their agreement
     notes: list[str]  # lost workers and other things a reader must not miss (they fail the gate)
     warnings: list[str]  # what went wrong around the results without changing them (the cache)
@@ -67,6 +69,7 @@ def summarise(
     judge_note: str,
     notes: Sequence[str],
     warnings: Sequence[str] = (),
+    activation: tuple[str, str] | None = None,
 ) -> RunSummary:
     """``ran`` are the items that ran (a model or suffix with none is left out, unless a gate
     needs the suffix: a gated cell with nothing run is "not measured", which fails the gate)."""
@@ -76,6 +79,8 @@ def summarise(
     cells = compute_cells(items, shown_models, shown_suffixes, categories)
     gaps = [compute_gap(m, items) for m in shown_models] if has_gap(shown_suffixes) else []
     violations = gate.check(cells, gaps, thresholds)
+    shown_activation = activation if activation and all(c in shown_suffixes for c in activation) else None
+    activation_gaps = [compute_gap(m, items, *shown_activation) for m in shown_models] if shown_activation else []
     comparison = None
     if baseline is not None:
         from pytest_instrumental.comparison import compare
@@ -96,6 +101,8 @@ def summarise(
         comparison=comparison,
         baseline=None if baseline is None else baseline.label,
         violations=violations,
+        activation_gaps=activation_gaps,
+        activation=shown_activation,
         judge=judge,
         notes=list(notes),
         warnings=list(warnings),

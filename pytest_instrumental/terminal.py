@@ -54,17 +54,26 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
 
 
-def summary_table(
-    cells: Sequence[Cell], gaps: Sequence[Gap], models: Sequence[str], suffixes: Sequence[str]
-) -> tuple[list[str], list[list[str]]]:
-    """The overall table's header and rows: a model per row, a suffix per column, then Delta."""
-    by_key = {(c.model, c.suffix): c for c in cells if c.category is None}
-    gap_of = {g.model: g for g in gaps}
-    test = "Wilcoxon" if any(g.wilcoxon_p is not None for g in gaps) else "McNemar"
-    header = ["model", *suffixes, *([f"Delta pp [95% CI] {test}"] if gaps else [])]
+def summary_table(summary: RunSummary) -> tuple[list[str], list[list[str]]]:
+    """The overall table's header and rows: a model per row, a condition per column, then Delta
+    (the prompt gap) and, with activation steering, the activation gap beside it."""
+    by_key = {(c.model, c.suffix): c for c in summary.cells if c.category is None}
+    columns: list[tuple[str, dict[str, Gap]]] = []
+    if summary.gaps:
+        test = "Wilcoxon" if any(g.wilcoxon_p is not None for g in summary.gaps) else "McNemar"
+        columns.append((f"Delta pp [95% CI] {test}", {g.model: g for g in summary.gaps}))
+    if summary.activation_gaps and summary.activation is not None:
+        pro, anti = summary.activation
+        test = "Wilcoxon" if any(g.wilcoxon_p is not None for g in summary.activation_gaps) else "McNemar"
+        columns.append((f"Act gap {pro}-{anti} [95% CI] {test}", {g.model: g for g in summary.activation_gaps}))
+    header = ["model", *summary.suffixes, *(name for name, _ in columns)]
     rows = [
-        [model, *(format_cell(by_key[model, s]) for s in suffixes), *([format_gap(gap_of.get(model))] if gaps else [])]
-        for model in models
+        [
+            model,
+            *(format_cell(by_key[model, s]) for s in summary.suffixes),
+            *(format_gap(gap_of.get(model)) for _, gap_of in columns),
+        ]
+        for model in summary.models
     ]
     return header, rows
 
@@ -73,7 +82,7 @@ def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
     """The overall table (with ``verbose`` one more table per category), the judge, the
     comparison with the baseline, and the gate's violations."""
     models, suffixes = summary.models, summary.suffixes
-    lines = [SUMMARY_TITLE, *_table(*summary_table(summary.cells, summary.gaps, models, suffixes))]
+    lines = [SUMMARY_TITLE, *_table(*summary_table(summary))]
     if verbose:
         by_key = {(c.model, c.suffix, c.category): c for c in summary.cells}
         for category in summary.categories:

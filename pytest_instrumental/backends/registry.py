@@ -17,6 +17,7 @@ from pytest_instrumental.backends.protocol import Backend
 from pytest_instrumental.decoding import MODEL, Decoding, DecodingOptions, model_generation_config
 from pytest_instrumental.engines import EngineOptions
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.steering import SteeringPlan
 
 EMBEDDED = "smollm2-135m"
 OPENAI_PREFIX = "openai:"
@@ -158,6 +159,7 @@ class GenerationOptions:
     models_dir: Path  # where the embedded model's converted copy lives
     serving: EngineOptions | None = None  # None: local models generate in this process
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    steering: SteeringPlan | None = None  # activation steering, for local models in this process
 
 
 def max_new_tokens(spec: ModelSpec, options: GenerationOptions) -> int:
@@ -192,6 +194,11 @@ def open_backend(spec: ModelSpec, options: GenerationOptions) -> Backend:
     """The backend for one model; nothing heavy is loaded until it first generates."""
     budget = max_new_tokens(spec, options)
     decoding = model_decoding(spec, options)
+    if options.steering is not None and (spec.engine == "openai" or options.serving is not None):
+        raise InputError(
+            f"--instrumental-vector-strength: {spec.name} runs in a server, which cannot take a steering hook; "
+            "activation steering needs a local model and --instrumental-engine=local"
+        )
     if spec.engine == "openai":
         from pytest_instrumental.backends.openai import OpenAIBackend, OpenAISettings
 
@@ -204,7 +211,7 @@ def open_backend(spec: ModelSpec, options: GenerationOptions) -> Backend:
     from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings
 
     local = TransformersSettings(
-        budget, options.max_input_tokens, options.batch_size, options.trust_remote_code, decoding
+        budget, options.max_input_tokens, options.batch_size, options.trust_remote_code, decoding, options.steering
     )
     if spec.engine == "embedded":
         from pytest_instrumental.backends import embedded

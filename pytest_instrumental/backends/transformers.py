@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.backends.protocol import Generation, Request, thinking_outcome
 from pytest_instrumental.decoding import Decoding
+from pytest_instrumental.steering import SteeringPlan, SteeringVector, contrast_vector, steered
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +39,7 @@ class TransformersSettings:
     batch_size: int | None  # None: 16 on a CPU; on a GPU, as many rows as free memory holds
     trust_remote_code: bool = False
     decoding: Decoding = field(default_factory=Decoding)
+    steering: SteeringPlan | None = None
 
 
 def gpu_batch_size(free_bytes: int, kv_bytes_per_token: int, tokens_per_row: int, rows: int) -> int:
@@ -82,6 +85,7 @@ class TransformersBackend:
         self.placement = choose_placement()
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._model: PreTrainedModel | None = None
+        self._vectors: dict[str, SteeringVector] = {}
 
     @property
     def name(self) -> str:
@@ -147,33 +151,84 @@ class TransformersBackend:
         return {
             "backend": "transformers",
             "model": self.identity,
-            "settings": {k: v for k, v in asdict(self.settings).items() if k not in ("batch_size", "decoding")},
+            "settings": {
+                f.name: getattr(self.settings, f.name)
+                for f in fields(self.settings)
+                if f.name not in ("batch_size", "decoding", "steering")
+            },
             "thinking": self.thinking,
             "prompt": self.render(request),
             **self.settings.decoding.cache_fields(request.key, request.epoch),
+            **self._steering_fields(request),
         }
+
+    def _steering_fields(self, request: Request) -> dict[str, Any]:
+        plan = self.settings.steering
+        if request.strength is None or plan is None:
+            return {}
+        layer = self._steering_layer()
+        return {"steering": {"strength": request.strength, "vector": plan.recipe(request.category, layer)}}
+
+    def _steering_layer(self) -> int:
+        plan = self.settings.steering
+        assert plan is not None
+        if plan.vector is not None:
+            return plan.vector.layer
+        if plan.layer is not None:
+            return plan.layer
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self.source, revision=self.revision)
+        return int(config.num_hidden_layers) // 2
+
+    def _vector(self, category: str) -> SteeringVector:
+        """The vector the items of ``category`` are steered with, computed once per category."""
+        plan = self.settings.steering
+        assert plan is not None
+        if plan.vector is not None:
+            return plan.vector
+        if category not in self._vectors:
+            layer = self._steering_layer()
+            pairs = plan.held_out(category)
+            pro = [self.encode(p) for p, _ in pairs]
+            anti = [self.encode(a) for _, a in pairs]
+            self._vectors[category] = contrast_vector(self.model, pro, anti, layer, plan.recipe(category, layer))
+        return self._vectors[category]
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
         if not requests:
             return
         tokenizer = self.tokenizer
         encoded = [self.encode(r) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: len(encoded[i]))
-        size = self._batch_size(max(len(e) for e in encoded), len(requests))
-        for start in range(0, len(order), size):
-            batch = order[start : start + size]
-            decoding = self.settings.decoding
-            sampler = None
-            if not decoding.greedy:
-                seeds = [decoding.epoch_seed(requests[i].key, requests[i].epoch) for i in batch]
-                sampler = Sampler(decoding, seeds)
-            prompts = [encoded[i] for i in batch]
-            outputs = generate_tokens(
-                self.model, prompts, self._stop_ids(), self._pad_id(), self.settings.max_new_tokens, sampler
-            )
-            for index, (tokens, hit_limit) in zip(batch, outputs, strict=True):
-                text = str(tokenizer.decode(tokens, skip_special_tokens=False))
-                yield index, thinking_outcome(_strip_special(text, tokenizer), hit_limit, self.thinking)
+        # Rows steered alike generate together: a steering hook holds for a whole batch.
+        groups: dict[tuple[float | None, str], list[int]] = {}
+        for index, request in enumerate(requests):
+            steering = (request.strength, request.category if request.strength is not None else "")
+            groups.setdefault(steering, []).append(index)
+        for (strength, category), members in groups.items():
+            order = sorted(members, key=lambda i: len(encoded[i]))
+            size = self._batch_size(max(len(encoded[i]) for i in order), len(order))
+            for start in range(0, len(order), size):
+                batch = order[start : start + size]
+                with self._steered(strength, category):
+                    outputs = self._decode([requests[i] for i in batch], [encoded[i] for i in batch])
+                for index, (tokens, hit_limit) in zip(batch, outputs, strict=True):
+                    text = str(tokenizer.decode(tokens, skip_special_tokens=False))
+                    yield index, thinking_outcome(_strip_special(text, tokenizer), hit_limit, self.thinking)
+
+    def _steered(self, strength: float | None, category: str) -> AbstractContextManager[None]:
+        if strength is None or self.settings.steering is None:
+            return nullcontext()
+        return steered(self.model, self._vector(category), strength)
+
+    def _decode(self, requests: Sequence[Request], prompts: list[list[int]]) -> list[tuple[list[int], bool]]:
+        decoding = self.settings.decoding
+        sampler = None
+        if not decoding.greedy:
+            sampler = Sampler(decoding, [decoding.epoch_seed(r.key, r.epoch) for r in requests])
+        return generate_tokens(
+            self.model, prompts, self._stop_ids(), self._pad_id(), self.settings.max_new_tokens, sampler
+        )
 
     def _batch_size(self, longest_prompt: int, rows: int) -> int:
         if self.settings.batch_size is not None:

@@ -1,0 +1,177 @@
+"""Activation steering: the stronger lever someone holding the weights has, next to a prompt suffix.
+
+A steering vector is a direction in the residual stream at one decoder layer: the mean
+difference of the activations at the last prompt token between the pro_ic-steered and the
+anti_ic-steered prompts of the contrast scenarios (Contrastive Activation Addition, Rimsky et al.
+2024). While a steered item generates, a forward hook on that layer adds ``strength / 10`` of the
+layer's typical residual norm along the unit direction, at every position, so the same strength
+is a comparable push on different models.
+
+No leakage: the vector for a scenario's items is computed from the other categories' scenarios
+only (the five other categories): scenarios of one category share their setting and phrasing,
+so a vector learned from the same category would carry the test scenario's own words. A
+vector file (safetensors: ``direction``, ``layer``, ``norm``) is used as it is, for every
+category: that is how an attacker's vector is tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_instrumental.backends.protocol import Request
+from pytest_instrumental.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+CONDITION_PREFIX = "act_"
+_CONDITION = re.compile(r"act_(?P<sign>[pm])(?P<whole>\d+)(?:_(?P<fraction>\d+))?\Z")
+STRENGTH_UNIT = 10.0  # strength S adds S / STRENGTH_UNIT of the typical residual norm
+
+
+def condition_name(strength: float) -> str:
+    """``4`` -> ``act_p4``, ``-0.5`` -> ``act_m0_5``: an item id part (no ``-``, no ``.``)."""
+    sign = "m" if strength < 0 else "p"
+    text = f"{abs(strength):g}".replace(".", "_")
+    return f"{CONDITION_PREFIX}{sign}{text}"
+
+
+def condition_strength(name: str) -> float | None:
+    """The strength of a vector condition's name; None for a suffix."""
+    match = _CONDITION.match(name)
+    if match is None:
+        return None
+    value = float(f"{match['whole']}.{match['fraction'] or 0}")
+    return -value if match["sign"] == "m" else value
+
+
+@dataclass(frozen=True)
+class SteeringVector:
+    layer: int
+    direction: Any  # torch.Tensor [hidden], not normalised
+    norm: float  # the layer's typical residual norm at the last prompt token
+    recipe: str  # what determines it, for cache keys: a file's hash, or how it was computed
+
+    def delta(self, strength: float) -> torch.Tensor:
+        unit = self.direction / self.direction.norm()
+        push: torch.Tensor = unit * (strength / STRENGTH_UNIT * self.norm)
+        return push
+
+
+def default_layer(model: PreTrainedModel) -> int:
+    """A middle layer: where contrastive directions are usually found to steer behaviour."""
+    return int(model.config.num_hidden_layers) // 2
+
+
+def decoder_layers(model: PreTrainedModel) -> Sequence[Any]:
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise InputError(f"activation steering: {type(model).__name__} has no model.layers to hook")
+    return list(layers)
+
+
+def last_token_activations(model: PreTrainedModel, prompts: Sequence[Sequence[int]], layer: int) -> torch.Tensor:
+    """The residual stream after decoder layer ``layer`` at each prompt's last token: [prompts, hidden]."""
+    import torch
+
+    rows = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = torch.tensor([list(prompt)], device=model.device)
+            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+            rows.append(hidden[layer + 1][0, -1].float().cpu())  # hidden_states[0] is the embeddings
+    return torch.stack(rows)
+
+
+def contrast_vector(
+    model: PreTrainedModel, pro: Sequence[Sequence[int]], anti: Sequence[Sequence[int]], layer: int, recipe: str
+) -> SteeringVector:
+    """CAA: mean(pro activations) - mean(anti activations) at ``layer``."""
+    if not pro or not anti:
+        raise InputError("activation steering: no contrast prompts to compute a vector from")
+    pro_states = last_token_activations(model, pro, layer)
+    anti_states = last_token_activations(model, anti, layer)
+    direction = pro_states.mean(dim=0) - anti_states.mean(dim=0)
+    import torch
+
+    norm = float(torch.cat([pro_states, anti_states]).norm(dim=-1).mean())
+    return SteeringVector(layer, direction, norm, recipe)
+
+
+@dataclass(frozen=True)
+class SteeringPlan:
+    """How a local model is steered: ``layer`` (None: its middle layer) and either a user's vector
+    (``vector``) or the contrast pairs a vector is computed from per held-out category."""
+
+    layer: int | None
+    vector: SteeringVector | None
+    contrast: tuple[tuple[Request, Request], ...]  # (pro_ic, anti_ic) request of each scenario
+
+    def recipe(self, category: str, layer: int) -> str:
+        """What determines the vector the items of ``category`` are steered with."""
+        if self.vector is not None:
+            return self.vector.recipe
+        pairs = [[pro.context, pro.steered_prompt, anti.steered_prompt] for pro, anti in self.held_out(category)]
+        digest = hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode("utf-8")).hexdigest()
+        return f"caa:layer={layer}:without={category}:{digest[:16]}"
+
+    def held_out(self, category: str) -> list[tuple[Request, Request]]:
+        """The contrast pairs of every other category."""
+        return [(pro, anti) for pro, anti in self.contrast if pro.category != category]
+
+
+@contextmanager
+def steered(model: PreTrainedModel, vector: SteeringVector, strength: float) -> Iterator[None]:
+    """While inside, the layer's output gets ``vector.delta(strength)`` added at every position;
+    the hook is removed on the way out, whatever happens inside."""
+    layer = decoder_layers(model)[vector.layer]
+    delta = vector.delta(strength).to(device=model.device, dtype=model.dtype)
+
+    def add(module: Any, args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (output[0] + delta, *output[1:])
+        return output + delta
+
+    handle = layer.register_forward_hook(add)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def save_vector(vector: SteeringVector, path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {
+            "direction": vector.direction.contiguous(),
+            "layer": torch.tensor([vector.layer]),
+            "norm": torch.tensor([vector.norm]),
+        },
+        str(path),
+    )
+
+
+def load_vector(path: Path) -> SteeringVector:
+    """A vector file; anything else is an InputError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+        direction, layer, norm = tensors["direction"], int(tensors["layer"][0]), float(tensors["norm"][0])
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        raise InputError(f"--instrumental-vector-file: {path} is not a steering vector file ({exc})") from None
+    if direction.dim() != 1 or not float(direction.norm()) > 0:
+        raise InputError(f"--instrumental-vector-file: {path}: 'direction' must be one non-zero vector")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return SteeringVector(layer, direction.float(), norm, f"file:{digest}")
