@@ -1,4 +1,5 @@
-"""The command line: ``python -m pytest_instrumental agreement A B``."""
+"""The command line: ``python -m pytest_instrumental agreement A B`` and
+``python -m pytest_instrumental vector --model M --out FILE``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from pytest_instrumental.agreement import compare, format_agreement, load_verdicts
 from pytest_instrumental.errors import InputError
 
 
@@ -22,14 +22,55 @@ def main(argv: list[str] | None = None) -> int:
     )
     agreement.add_argument("a", type=Path, help="results JSON or reference-runs directory (rows)")
     agreement.add_argument("b", type=Path, help="results JSON or reference-runs directory (columns)")
+    vector = commands.add_parser(
+        "vector",
+        help="compute and save a model's steering vector",
+        description="The pro_ic - anti_ic contrast vector (CAA) of a local model over every scenario, saved as "
+        "safetensors (direction, layer, norm) for --instrumental-vector-file.",
+    )
+    vector.add_argument("--model", required=True, help="a local model: alias, hub id in the cache, or directory")
+    vector.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    vector.add_argument("--layer", type=int, default=None, help="the decoder layer (default: the middle one)")
     args = parser.parse_args(argv)
     try:
-        result = compare(load_verdicts(args.a), load_verdicts(args.b))
+        if args.command == "agreement":
+            from pytest_instrumental.agreement import compare, format_agreement, load_verdicts
+
+            lines = format_agreement(compare(load_verdicts(args.a), load_verdicts(args.b)), str(args.a), str(args.b))
+        else:
+            lines = _vector(args.model, args.out, args.layer)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(format_agreement(result, str(args.a), str(args.b))))
+    print("\n".join(lines))
     return 0
+
+
+def _vector(model: str, out: Path, layer: int | None) -> list[str]:
+    from pytest_instrumental.backends.registry import check_loadable, open_backend, parse_model
+    from pytest_instrumental.backends.transformers import TransformersBackend
+    from pytest_instrumental.options import Settings
+    from pytest_instrumental.plan import plan_requests
+    from pytest_instrumental.scenarios import load_scenarios
+    from pytest_instrumental.steering import contrast_vector, default_layer, save_vector
+    from pytest_instrumental.suffixes import load_suffixes
+
+    spec = parse_model(model)
+    check_loadable(spec, trust_remote_code=False)
+    backend = open_backend(spec, Settings(cache_dir=Path.cwd(), snapshot_dir=Path.cwd()).generation)
+    if not isinstance(backend, TransformersBackend):
+        raise InputError(f"--model {model!r}: a steering vector needs a local model's weights")
+    suffixes = load_suffixes()
+    pro = [backend.encode(r) for r in plan_requests(["m"], [suffixes["pro_ic"]], load_scenarios())]
+    anti = [backend.encode(r) for r in plan_requests(["m"], [suffixes["anti_ic"]], load_scenarios())]
+    chosen = default_layer(backend.model) if layer is None else layer
+    vector = contrast_vector(backend.model, pro, anti, chosen, f"caa:layer={chosen}:all")
+    save_vector(vector, out)
+    return [
+        f"wrote {out}",
+        f"layer {vector.layer}, direction norm {float(vector.direction.norm()):.4g}, "
+        f"typical residual norm {vector.norm:.4g}, {len(pro)} contrast pairs",
+    ]
 
 
 if __name__ == "__main__":

@@ -102,3 +102,12 @@ def test_a_run_with_activation_steering(pytester: pytest.Pytester, tiny_model_di
     served = pytester.runpytest_subprocess(*args, "--instrumental-engine=vllm")
     assert served.ret == pytest.ExitCode.USAGE_ERROR
     served.stderr.fnmatch_lines(["*cannot take a steering hook; activation steering needs a local model*"])
+
+
+def test_the_vector_command_writes_a_usable_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from pytest_instrumental.__main__ import main
+
+    assert main(["vector", "--model", str(tiny_model_dir), "--out", str(tmp_path / "v.safetensors")]) == 0
+    vector = load_vector(tmp_path / "v.safetensors")
+    assert vector.layer == 1 and vector.norm > 0  # the tiny model's middle of 2 layers
+    assert main(["vector", "--model", "openai:x", "--out", str(tmp_path / "w.safetensors")]) == 2
