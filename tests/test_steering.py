@@ -91,9 +91,10 @@ def test_a_run_with_activation_steering(pytester: pytest.Pytester, tiny_model_di
     args = ["--instrumental", f"--model={tiny_model_dir}", "--suffix=pro_ic", "--suffix=anti_ic"]
     args += ["--instrumental-vector-strength=-4", "--instrumental-vector-strength=4", "--judge=offline"]
     args += ["-k", "evading_shutdown-01", "--instrumental-max-new-tokens=4", "--instrumental-json=out.json"]
-    result = pytester.runpytest_subprocess(*args)
-    assert result.ret == 0, result.stdout.str()
+    result = pytester.runpytest_subprocess(*args, "--instrumental-max-conv=act_p4=100", "--instrumental-report=out")
+    assert result.ret == 0, result.stdout.str()  # a gate on a steered condition, as on a suffix
     result.assert_outcomes(passed=4)
+    assert "Dose-response: Conv% against steering strength" in (pytester.path / "out" / "report.html").read_text()
     result.stdout.fnmatch_lines(["model * pro_ic * anti_ic * act_m4 * act_p4 * Delta pp * Act gap act_p4-act_m4 *"])
     document = json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))
     assert sorted({i["suffix"] for i in document["items"]}) == ["act_m4", "act_p4", "anti_ic", "pro_ic"]
