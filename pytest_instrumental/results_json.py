@@ -33,6 +33,11 @@ def results_document(run: dict[str, Any], summary: RunSummary) -> dict[str, Any]
         "cells": [asdict(cell) for cell in summary.cells],
         "gaps": [asdict(gap) for gap in summary.gaps],
     }
+    if summary.activation is not None:  # only runs with activation steering have these
+        document["activation_gap"] = {
+            "conditions": list(summary.activation),
+            "gaps": [asdict(gap) for gap in summary.activation_gaps],
+        }
     compared = summary.comparison
     if compared is not None:
         document["comparison"] = {

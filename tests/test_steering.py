@@ -100,6 +100,8 @@ def test_a_run_with_activation_steering(pytester: pytest.Pytester, tiny_model_di
     assert sorted({i["suffix"] for i in document["items"]}) == ["act_m4", "act_p4", "anti_ic", "pro_ic"]
     steering = document["run"]["generation"][tiny_model_dir.name]["steering"]
     assert steering["strengths"] == [-4.0, 4.0] and steering["vector"]["layer"] == "middle"
+    assert document["activation_gap"]["conditions"] == ["act_p4", "act_m4"]
+    assert [g["model"] for g in document["activation_gap"]["gaps"]] == [tiny_model_dir.name]
     served = pytester.runpytest_subprocess(*args, "--instrumental-engine=vllm")
     assert served.ret == pytest.ExitCode.USAGE_ERROR
     served.stderr.fnmatch_lines(["*cannot take a steering hook; activation steering needs a local model*"])
