@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _vector(model: str, out: Path, layer: int | None) -> list[str]:
     from pytest_instrumental.backends.registry import check_loadable, open_backend, parse_model
+    from pytest_instrumental.backends.steering import contrast_vector, default_layer, save_vector
     from pytest_instrumental.backends.transformers import TransformersBackend
     from pytest_instrumental.options import Settings
     from pytest_instrumental.plan import plan_requests
     from pytest_instrumental.scenarios import load_scenarios
-    from pytest_instrumental.steering import contrast_vector, default_layer, save_vector
     from pytest_instrumental.suffixes import load_suffixes
 
     spec = parse_model(model)

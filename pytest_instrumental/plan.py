@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from pytest_instrumental.backends.protocol import Request
+from pytest_instrumental.backends.steering import condition_name
 from pytest_instrumental.scenarios import ScenarioSet
-from pytest_instrumental.steering import condition_name
 from pytest_instrumental.suffixes import Suffix, steer
 from pytest_instrumental.verdicts import ItemKey
 

@@ -19,8 +19,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from pytest_instrumental import plots
+from pytest_instrumental.backends.steering import condition_strength
 from pytest_instrumental.comparison import DIRECTIONS, Comparison
-from pytest_instrumental.steering import condition_strength
 from pytest_instrumental.summary import RunSummary
 from pytest_instrumental.terminal import (
     COMPARISON_HEADER,

@@ -17,6 +17,7 @@ from pytest_instrumental.backends.openai import OpenAIBackend
 from pytest_instrumental.backends.protocol import Backend, Request
 from pytest_instrumental.backends.registry import EMBEDDED, check_loadable, describe, open_backend, parse_model
 from pytest_instrumental.backends.served import ServedBackend
+from pytest_instrumental.backends.steering import SteeringPlan, condition_name, load_vector
 from pytest_instrumental.cache import open_project_cache
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
@@ -30,7 +31,6 @@ from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
 from pytest_instrumental.results_json import read_baseline, results_document, write_results
 from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
-from pytest_instrumental.steering import SteeringPlan, condition_name, load_vector
 from pytest_instrumental.suffixes import Suffix, load_suffixes, select_suffixes
 from pytest_instrumental.summary import Baseline, RunSummary, summarise
 from pytest_instrumental.verdicts import ItemKey, ItemResult

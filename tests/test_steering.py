@@ -7,9 +7,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from pytest_instrumental.backends.transformers import generate_tokens
-from pytest_instrumental.errors import InputError
-from pytest_instrumental.steering import (
+from pytest_instrumental.backends.steering import (
     SteeringVector,
     condition_name,
     condition_strength,
@@ -17,6 +15,8 @@ from pytest_instrumental.steering import (
     save_vector,
     steered,
 )
+from pytest_instrumental.backends.transformers import generate_tokens
+from pytest_instrumental.errors import InputError
 from tests.tiny_model import tiny_qwen3
 
 

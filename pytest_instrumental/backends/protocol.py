@@ -22,7 +22,7 @@ class Request:
     context: str
     steered_prompt: str
     epoch: int = 1  # which of the item's answers (--instrumental-epochs), from 1
-    strength: float | None = None  # activation steering at this strength (steering.py); None: none
+    strength: float | None = None  # activation steering at this strength (backends/steering.py); None: none
 
 
 @dataclass(frozen=True)

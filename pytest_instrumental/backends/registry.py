@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Literal
 
 from pytest_instrumental.backends.protocol import Backend
+from pytest_instrumental.backends.steering import SteeringPlan
 from pytest_instrumental.decoding import MODEL, Decoding, DecodingOptions, model_generation_config
 from pytest_instrumental.engines import EngineOptions
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.steering import SteeringPlan
 
 EMBEDDED = "smollm2-135m"
 OPENAI_PREFIX = "openai:"

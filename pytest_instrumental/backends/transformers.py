@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.backends.protocol import Generation, Request, thinking_outcome
+from pytest_instrumental.backends.steering import SteeringPlan, SteeringVector, contrast_vector, steered
 from pytest_instrumental.decoding import Decoding
-from pytest_instrumental.steering import SteeringPlan, SteeringVector, contrast_vector, steered
 
 if TYPE_CHECKING:
     import torch
