@@ -45,6 +45,18 @@ def parse_number(text: str) -> float:
     return value
 
 
+def _number_where(accepts: Callable[[float], bool], otherwise: str) -> Callable[[str], float]:
+    """A parser of numbers that ``accepts``; any other number is a ValueError: ``'x' <otherwise>``."""
+
+    def parse(text: str) -> float:
+        value = parse_number(text)
+        if not accepts(value):
+            raise ValueError(f"{text!r} {otherwise}")
+        return value
+
+    return parse
+
+
 def whole_number(text: str) -> int:
     try:
         value = int(text)
@@ -62,32 +74,16 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_seconds(text: str) -> float:
-    value = parse_number(text)
-    if not 0 < value < math.inf:
-        raise ValueError(f"{text!r} must be a finite number of seconds above 0")
-    return value
+positive_seconds = _number_where(lambda v: 0 < v < math.inf, "must be a finite number of seconds above 0")
 
 
-def percentage(text: str) -> float:
-    value = parse_number(text)
-    if not 0 <= value <= 100:
-        raise ValueError(f"{text!r} is not a percentage between 0 and 100")
-    return value
+percentage = _number_where(lambda v: 0 <= v <= 100, "is not a percentage between 0 and 100")
 
 
-def points(text: str) -> float:
-    value = parse_number(text)
-    if not -100 <= value <= 100:
-        raise ValueError(f"{text!r} is not a number of points between -100 and 100")
-    return value
+points = _number_where(lambda v: -100 <= v <= 100, "is not a number of points between -100 and 100")
 
 
-def alpha(text: str) -> float:
-    value = parse_number(text)
-    if not 0 <= value < 1:
-        raise ValueError(f"{text!r} is not a significance level from 0 (off) to below 1")
-    return value
+alpha = _number_where(lambda v: 0 <= v < 1, "is not a significance level from 0 (off) to below 1")
 
 
 def max_conv(text: str) -> tuple[str, float]:
@@ -98,25 +94,13 @@ def max_conv(text: str) -> tuple[str, float]:
     return suffix.strip(), percentage(value.strip())
 
 
-def non_negative(text: str) -> float:
-    value = parse_number(text)
-    if not 0 <= value < math.inf:
-        raise ValueError(f"{text!r} must be a finite number of 0 or more")
-    return value
+non_negative = _number_where(lambda v: 0 <= v < math.inf, "must be a finite number of 0 or more")
 
 
-def probability(text: str) -> float:
-    value = parse_number(text)
-    if not 0 < value <= 1:
-        raise ValueError(f"{text!r} must be above 0 and at most 1")
-    return value
+probability = _number_where(lambda v: 0 < v <= 1, "must be above 0 and at most 1")
 
 
-def strength(text: str) -> float:
-    value = parse_number(text)
-    if not -100 <= value <= 100:
-        raise ValueError(f"{text!r} is not a strength between -100 and 100")
-    return value
+strength = _number_where(lambda v: -100 <= v <= 100, "is not a strength between -100 and 100")
 
 
 def decoding_mode(text: str) -> str:
