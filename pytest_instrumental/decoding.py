@@ -10,6 +10,7 @@ honours seeds; the cache makes reruns identical in any case).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,7 @@ class DecodingOptions:
         return Decoding(merged.get("temperature"), merged.get("top_p"), merged.get("top_k"), self.seed)
 
 
+@functools.cache  # asked when the backend opens and when the run is described
 def model_generation_config(source: str, revision: str | None, trust_remote_code: bool) -> dict[str, Any] | None:
     """The sampling settings in a local model's ``generation_config.json``; None without one."""
     from transformers import GenerationConfig

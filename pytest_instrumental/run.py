@@ -213,7 +213,7 @@ def prepare_run(
         generation = {spec.name: describe(spec, options) for spec in specs}
         if options.steering is not None:
             for record in generation.values():
-                record["steering"] = _steering_record(settings)
+                record["steering"] = _steering_record(settings, options.steering)
     opened = open_judge(
         name,
         settings.generation,
@@ -275,10 +275,10 @@ def _steering_plan(settings: Settings, available: dict[str, Suffix]) -> Steering
     return SteeringPlan(settings.vector_layer, vector, pairs)
 
 
-def _steering_record(settings: Settings) -> dict[str, object]:
+def _steering_record(settings: Settings, plan: SteeringPlan) -> dict[str, object]:
     """How the steered conditions were steered, for the results and the snapshot setup."""
-    if settings.vector_file is not None:
-        vector = load_vector(settings.vector_file)
+    if settings.vector_file is not None and plan.vector is not None:
+        vector = plan.vector
         source: object = {"file": settings.vector_file.name, "recipe": vector.recipe, "layer": vector.layer}
     else:
         layer = "middle" if settings.vector_layer is None else settings.vector_layer

@@ -17,6 +17,7 @@ import gc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.backends.protocol import Generation, Request, thinking_outcome
@@ -86,6 +87,7 @@ class TransformersBackend:
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._model: PreTrainedModel | None = None
         self._vectors: dict[str, SteeringVector] = {}
+        self._recipes: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -166,9 +168,18 @@ class TransformersBackend:
         plan = self.settings.steering
         if request.strength is None or plan is None:
             return {}
-        layer = self._steering_layer()
-        return {"steering": {"strength": request.strength, "vector": plan.recipe(request.category, layer)}}
+        return {"steering": {"strength": request.strength, "vector": self._recipe(request.category)}}
 
+    def _recipe(self, category: str) -> str:
+        """The recipe of a category's vector, made once per category: every steered request's
+        cache key holds it, and it hashes the contrast prompts."""
+        plan = self.settings.steering
+        assert plan is not None
+        if category not in self._recipes:
+            self._recipes[category] = plan.recipe(category, self._steering_layer)
+        return self._recipes[category]
+
+    @cached_property
     def _steering_layer(self) -> int:
         plan = self.settings.steering
         assert plan is not None
@@ -188,11 +199,12 @@ class TransformersBackend:
         if plan.vector is not None:
             return plan.vector
         if category not in self._vectors:
-            layer = self._steering_layer()
             pairs = plan.held_out(category)
             pro = [self.encode(p) for p, _ in pairs]
             anti = [self.encode(a) for _, a in pairs]
-            self._vectors[category] = contrast_vector(self.model, pro, anti, layer, plan.recipe(category, layer))
+            self._vectors[category] = contrast_vector(
+                self.model, pro, anti, self._steering_layer, self._recipe(category)
+            )
         return self._vectors[category]
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
