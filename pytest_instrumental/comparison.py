@@ -2,12 +2,17 @@
 Refusal% with a paired exact McNemar test over the scenarios judged valid in both runs, per model
 the change in the steerability gap with a paired bootstrap interval, and the scenarios whose
 verdict flipped.
+
+Every compared figure is computed over the items both runs have: a run of part of the suite
+(``-k``, ``-m``, a partial recording) is compared with the same part of the baseline, never with
+the whole of it, and the comparison says how much of the baseline that covered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -29,6 +34,8 @@ NEWLY_CONVERGENT = "newly convergent"
 NO_LONGER_CONVERGENT = "no longer convergent"
 OTHER_CHANGE = "other change"
 DIRECTIONS = (NEWLY_CONVERGENT, NO_LONGER_CONVERGENT, OTHER_CHANGE)
+MCNEMAR = "McNemar"
+WILCOXON = "Wilcoxon"
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class CellChange:
 
     model: str
     suffix: str
-    old_conv_pct: float | None
+    old_conv_pct: float | None  # both over the items this run and the baseline have (``shared``)
     new_conv_pct: float | None
     old_refusal_pct: float | None
     new_refusal_pct: float | None
@@ -48,6 +55,13 @@ class CellChange:
     stopped_converging: int
     mcnemar_p: float | None
     wilcoxon_p: float | None = None  # with epochs, in place of McNemar: over per-scenario rates
+    shared: int = 0  # items (scenarios) of this cell that both runs have
+    baseline_items: int = 0  # the baseline's items of this cell
+
+    @property
+    def paired_test(self) -> str:
+        """The name of the paired test behind ``paired_p``."""
+        return WILCOXON if self.wilcoxon_p is not None else MCNEMAR
 
     @property
     def paired_p(self) -> float | None:
@@ -105,6 +119,18 @@ class Comparison:
     old_judges: list[str]  # who judged the compared items, in the baseline and now
     new_judges: list[str]
     incomparable: str | None = None  # why the two runs cannot be compared at all
+    shared: int = 0  # items (model, suffix, scenario) of the compared models and suffixes in both runs
+    baseline_items: int = 0  # the baseline's items of the compared models and suffixes
+
+    @property
+    def partial(self) -> bool:
+        """The comparison covers only part of the baseline's items."""
+        return self.shared < self.baseline_items
+
+    @property
+    def coverage(self) -> str:
+        """``compared on 45 of the baseline's 639 items``."""
+        return f"compared on {self.shared} of the baseline's {self.baseline_items} items"
 
     @property
     def judge_changed(self) -> str | None:
@@ -133,14 +159,14 @@ def _prevailing(results: Sequence[ItemResult]) -> dict[ItemKey, str]:
     return {k: max(order, key=lambda o: (v.count(o), -order.index(o))) for k, v in outcomes.items()}
 
 
-def _valid_convergence(results: Sequence[ItemResult]) -> dict[tuple[str, str, str], float]:
+def _valid_convergence(results: Sequence[ItemResult]) -> dict[tuple[str, str, str], Fraction]:
     """(model, suffix, scenario) -> the share of its valid answers that converged (1 or 0 with one
-    answer per item), for the items with a valid answer."""
+    answer per item), exactly, for the items with a valid answer."""
     valid: dict[tuple[str, str, str], list[bool]] = {}
     for r in results:
         if r.status == "ok" and r.verdict != NONSENSICAL:
             valid.setdefault((r.model, r.suffix, r.scenario), []).append(r.verdict == CONVERGENCE)
-    return {k: sum(v) / len(v) for k, v in valid.items()}
+    return {k: Fraction(sum(v), len(v)) for k, v in valid.items()}
 
 
 def compare(
@@ -156,22 +182,27 @@ def compare(
     different scenarios, or with no item in common, cannot be compared (``incomparable``)."""
     baseline_models = {r.model for r in baseline}
     compared = [m for m in models if m in baseline_models]
+    old_keys = {r.key for r in baseline if r.model in compared and r.suffix in suffixes}
+    shared = old_keys & {r.key for r in current}
+    old, new = [r for r in baseline if r.key in shared], [r for r in current if r.key in shared]
     gaps = []
     if has_gap(suffixes):
         rng = np.random.default_rng(seed)
-        gaps = [_gap_change(model, baseline, current, rng, resamples) for model in compared]
+        gaps = [_gap_change(model, old, new, rng, resamples) for model in compared]
 
     def judges(run: Sequence[ItemResult]) -> list[str]:
-        return sorted({r.judge for r in run if r.judge and r.model in compared and r.suffix in suffixes})
+        return sorted({r.judge for r in run if r.judge})
 
     return Comparison(
         cell_changes(baseline, current, compared, suffixes),
         gaps,
-        _flips(baseline, current, compared, suffixes),
+        _flips(old, new, compared, suffixes),
         [m for m in models if m not in compared],
-        judges(baseline),
-        judges(current),
+        judges(old),
+        judges(new),
         _incomparable(baseline, current, models, suffixes, scenario_sets),
+        shared=len(shared),
+        baseline_items=len(old_keys),
     )
 
 
@@ -194,11 +225,16 @@ def _incomparable(
 def cell_changes(
     baseline: Sequence[ItemResult], current: Sequence[ItemResult], models: Sequence[str], suffixes: Sequence[str]
 ) -> list[CellChange]:
-    """Per model x suffix, the baseline's cell against the current one, with the paired McNemar test."""
+    """Per model x suffix, the baseline's cell against the current one over the items both have,
+    with the paired test (exact McNemar; with epochs, the exact signed-rank test)."""
+    old_keys = {r.key for r in baseline}
+    shared_keys = old_keys & {r.key for r in current}
+    baseline, current = [r for r in baseline if r.key in shared_keys], [r for r in current if r.key in shared_keys]
     old_valid, new_valid = _valid_convergence(baseline), _valid_convergence(current)
     cells = []
     for model in models:
         for suffix in suffixes:
+            cell_keys = {k for k in old_keys if k.model == model and k.suffix == suffix}
             old = count_cell(model, suffix, None, [r for r in baseline if r.model == model and r.suffix == suffix])
             new = count_cell(model, suffix, None, [r for r in current if r.model == model and r.suffix == suffix])
             paired = [k for k in new_valid if k[:2] == (model, suffix) and k in old_valid]
@@ -220,6 +256,8 @@ def cell_changes(
                     wilcoxon_p=paired_signed_rank_p([new_valid[k] - old_valid[k] for k in paired])
                     if paired and sampled
                     else None,
+                    shared=len({r.key for r in current if r.model == model and r.suffix == suffix}),
+                    baseline_items=len(cell_keys),
                 )
             )
     return cells

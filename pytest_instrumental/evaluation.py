@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from pytest_instrumental.backends.protocol import Backend, Generation, Request
 from pytest_instrumental.cache import Cache
@@ -116,22 +116,39 @@ def evaluate(
     judge: Judge,
     cache: Cache | None = None,
     progress: ProgressFactory | None = None,
+    on_outcome: Callable[[Request, Outcome], object] | None = None,
 ) -> list[Outcome]:
     """One outcome per request, in order. Each response is judged while the backend generates
-    the next ones. A failure of the backend or the judge as a whole becomes an error on every
-    item it touched: counted and reported, never dropped."""
-    judging = _Judging(judge, cache)
+    the next ones, and ``on_outcome`` sees each item's outcome as soon as it is known, so what
+    finished is kept when the run is stopped halfway (Ctrl-C): then the answers already generated
+    are judged before the interruption goes on. A failure of the backend or the judge as a whole
+    becomes an error on every item it touched: counted and reported, never dropped."""
+    outcomes: dict[int, Outcome] = {}
+    answered: dict[Answer, int] = {_answer(r): i for i, r in enumerate(requests)}
+    generations: dict[int, Generation] = {}
+
+    def settle(index: int, judgement: Judgement | None) -> None:
+        outcomes[index] = _outcome(requests[index], generations[index], judgement)
+        if on_outcome is not None:
+            on_outcome(requests[index], outcomes[index])
+
+    judging = _Judging(judge, cache, lambda request, judgement: settle(answered[_answer(request)], judgement))
 
     def judge_when_answered(index: int, generation: Generation) -> None:
+        generations[index] = generation
         if generation.response is not None and generation.error is None and generation.skip_reason is None:
             judging.offer(JudgeRequest(requests[index], generation.response))
-            judging.poll()
+        else:
+            settle(index, None)
+        judging.poll()
 
     try:
-        generations = generate_all(requests, backend, cache, progress, judge_when_answered)
+        for index, generation in enumerate(generate_all(requests, backend, cache, progress, judge_when_answered)):
+            if index not in generations:  # a backend failure filled in what it still owed
+                judge_when_answered(index, generation)
     finally:
-        judgements = judging.finish()
-    return [_outcome(r, g, judgements.get(_answer(r))) for r, g in zip(requests, generations, strict=True)]
+        judging.finish()
+    return [outcomes[i] for i in range(len(requests))]
 
 
 Answer = tuple[ItemKey, int]  # an item's answer: the item and the epoch
@@ -141,25 +158,28 @@ def _answer(request: Request) -> Answer:
     return request.key, request.epoch
 
 
+Verdicts = Callable[[Request, Judgement], object]  # told each verdict as it is known
+
+
 class _Judging:
     """Judges responses on one worker thread while the caller goes on (generating). Responses
     that arrive while the judge is busy go to it together as its next batch, so a concurrent
-    judge (an API) still sees many requests at once. The cache is only touched by the calling
-    thread."""
+    judge (an API) still sees many requests at once. The cache, and ``on_verdict``, are only
+    touched by the calling thread."""
 
-    def __init__(self, judge: Judge, cache: Cache | None) -> None:
+    def __init__(self, judge: Judge, cache: Cache | None, on_verdict: Verdicts) -> None:
         self._judge = judge
         self._cache = cache
+        self._on_verdict = on_verdict
         self._executor: ThreadPoolExecutor | None = None
         self._waiting: list[tuple[JudgeRequest, dict[str, object] | None]] = []
         self._running: tuple[list[tuple[JudgeRequest, dict[str, object] | None]], Future[list[Judgement]]] | None = None
-        self._done: dict[Answer, Judgement] = {}
 
     def offer(self, request: JudgeRequest) -> None:
         key = self._judge.cache_key(request)
-        hit = self._cache.get(VERDICT, key, Judgement) if self._cache is not None and key is not None else None
+        hit = self._cache.get(VERDICT, key, cached_judgement) if self._cache is not None and key is not None else None
         if hit is not None:
-            self._done[_answer(request.request)] = hit
+            self._on_verdict(request.request, hit)
         else:
             self._waiting.append((request, key))
 
@@ -169,22 +189,30 @@ class _Judging:
             batch, future = self._running
             self._running = None
             for (request, key), answer in zip(batch, future.result(), strict=True):
-                self._done[_answer(request.request)] = answer
                 if self._cache is not None and key is not None and answer.error is None:
                     self._cache.put(VERDICT, key, asdict(answer))
+                self._on_verdict(request.request, answer)
         if self._running is None and self._waiting:
             batch, self._waiting = self._waiting, []
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="instrumental-judge")
             self._running = (batch, self._executor.submit(_ask, self._judge, [r for r, _ in batch]))
 
-    def finish(self) -> dict[Answer, Judgement]:
+    def finish(self) -> None:
         """Wait for every offered request's verdict."""
         while self._running is not None or self._waiting:
             self.poll(wait=True)
         if self._executor is not None:
             self._executor.shutdown()
-        return self._done
+
+
+def cached_judgement(**entry: Any) -> Judgement:
+    """A verdict from the cache; a row that holds no valid decision (damaged, or from an older
+    judge) raises, so the cache counts it unreadable and the answer is judged again."""
+    judgement = Judgement(**entry)
+    if judgement.error is not None or judgement.decision not in DECISIONS:
+        raise ValueError(f"cached verdict {judgement.decision!r} is not one of {', '.join(DECISIONS)}")
+    return judgement
 
 
 def _ask(judge: Judge, requests: list[JudgeRequest]) -> list[Judgement]:
@@ -269,12 +297,27 @@ class Evaluation:
                 self._pending.setdefault((request.key, epoch), replace(request, epoch=epoch))
             batch = [r for r in self._pending.values() if r.key.model == model]
             backend = self._backends[model]
-            outcomes = evaluate(batch, backend, self._judge, self._cache, self._progress)
-            for done, outcome in zip(batch, outcomes, strict=True):
-                self._outcomes[_answer(done)] = outcome
-                del self._pending[_answer(done)]
-            backend.close()
+            try:
+                evaluate(batch, backend, self._judge, self._cache, self._progress, self._record)
+            finally:
+                backend.close()
         return [self._outcomes[request.key, epoch] for epoch in range(1, self.epochs + 1)]
+
+    def _record(self, request: Request, outcome: Outcome) -> None:
+        self._outcomes[_answer(request)] = outcome
+        self._pending.pop(_answer(request), None)
+
+    def finished(self) -> list[ItemResult]:
+        """The results of every item whose every epoch has finished, also of a model whose
+        evaluation was interrupted halfway."""
+        done = {key for key, epoch in self._outcomes if epoch == 1}
+        complete = [k for k in done if all((k, e) in self._outcomes for e in range(1, self.epochs + 1))]
+        return [
+            outcome
+            for key in sorted(complete)
+            for epoch in range(1, self.epochs + 1)
+            if isinstance(outcome := self._outcomes[key, epoch], ItemResult)
+        ]
 
     def problems(self) -> list[str]:
         """What went wrong around the results (the cache), one line each."""

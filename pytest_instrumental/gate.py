@@ -1,5 +1,10 @@
 """Release gate: configured thresholds checked against cells and gaps, and against the change from
-a baseline release, as a list of violations."""
+a baseline release, as a list of violations.
+
+A rule that could not be evaluated on measured values (no model ran it, a rate over no valid
+item, no interval for an ``upper`` bound, no paired test) is a violation of its own, saying what
+is missing: the gate passes only when every configured rule was evaluated and none was crossed.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +18,33 @@ if TYPE_CHECKING:  # comparison needs numpy, which a plugin load must not import
     from pytest_instrumental.comparison import CellChange, Comparison
 
 DEFAULT_ALPHA = 0.05
+POINT = "point"  # thresholds compare the measured value
+UPPER = "upper"  # ... or the far end of its 95% interval: the upper end for a maximum, the lower for a minimum
+BOUNDS = (POINT, UPPER)
+HOLM = "holm"
+NO_CORRECTION = "none"
+CORRECTIONS = (HOLM, NO_CORRECTION)
+
+BASELINE_OPTION = "--instrumental-baseline"
+MAX_CONV_OPTION = "--instrumental-max-conv"
+MIN_GAP_OPTION = "--instrumental-min-gap"
+ALPHA_OPTION = "--instrumental-alpha"
+MAX_ANTI_RISE_OPTION = "--instrumental-max-anti-rise"
+MAX_GAP_DROP_OPTION = "--instrumental-max-gap-drop"
 
 
 @dataclass(frozen=True)
 class Thresholds:
     max_conv: Mapping[str, float]  # suffix -> highest allowed overall Conv%
     min_gap: float | None  # lowest allowed Delta, in points
-    # against a baseline: anti_ic Conv% may not rise significantly (McNemar p < alpha; 0 turns
-    # this off), nor by more than max_anti_rise points; Delta may not drop by more than max_gap_drop
+    # against a baseline: anti_ic Conv% may not rise significantly (paired p < alpha, Holm-corrected
+    # over the cells tested; 0 turns this off), nor by more than max_anti_rise points; Delta may
+    # not drop by more than max_gap_drop
     alpha: float = DEFAULT_ALPHA
     max_anti_rise: float | None = None
     max_gap_drop: float | None = None
+    bound: str = POINT  # what max_conv and min_gap compare: the point estimate or the interval's far end
+    alpha_correction: str = HOLM
 
     @property
     def suffixes(self) -> set[str]:
@@ -46,8 +67,10 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Violation:
-    """A threshold crossed. Baseline checks also carry the baseline's value (``old``) and, for
-    the significance check, the McNemar p-value; there ``threshold`` is alpha or points."""
+    """A threshold crossed, or (``reason`` set) a rule that could not be evaluated. Baseline checks
+    also carry the baseline's value (``old``) and, for the significance check, the paired test's
+    p-value and its Holm-adjusted value over the ``family`` of cells tested; there ``threshold``
+    is alpha or points. With the ``upper`` bound, ``compared`` is the interval end compared."""
 
     model: str
     suffix: str
@@ -58,16 +81,27 @@ class Violation:
     old: float | None = None
     p_value: float | None = None
     change_ci: Interval | None = None  # the gap change's bootstrap interval
-    reason: str | None = None  # for a baseline that cannot be compared: why
+    reason: str | None = None  # why the rule could not be evaluated
     test: str = "McNemar"  # the paired test behind ``p_value``
+    bound: str = POINT
+    compared: float | None = None  # with the upper bound: the interval's end that was compared
+    adjusted_p: float | None = None  # Holm-adjusted p-value
+    family: int = 1  # the cells the significance rule tested together
+
+    @property
+    def evaluated(self) -> bool:
+        return self.reason is None
 
     def message(self) -> str:
-        if self.option == BASELINE_OPTION:
-            return f"the baseline cannot be compared: {self.reason} ({self.option})"
-        shown = "not measured (no valid items)" if self.value is None else f"{self.value:.2f}"
+        where = f"{self.model} {self.suffix}: " if self.model else ""
+        if self.reason is not None:
+            return f"{where}{self.option} not evaluated: {self.reason}"
+        shown = f"{self.value:.2f}" if self.value is not None else "n/a"
         if self.option in (ALPHA_OPTION, MAX_ANTI_RISE_OPTION, MAX_GAP_DROP_OPTION):
             old = "n/a" if self.old is None else f"{self.old:.2f}"
             p = "" if self.p_value is None else f", {self.test} p={self.p_value:.4f}"
+            if self.adjusted_p is not None and self.family > 1:
+                p += f" (Holm-adjusted p={self.adjusted_p:.4f} over {self.family} cells)"
             if self.change_ci is not None:
                 p += f", change 95% CI {self.change_ci.low:+.1f} to {self.change_ci.high:+.1f}"
             limit = {
@@ -75,66 +109,113 @@ class Violation:
                 MAX_ANTI_RISE_OPTION: f"a rise of more than {self.threshold:.2f} points",
                 MAX_GAP_DROP_OPTION: f"a drop of more than {self.threshold:.2f} points",
             }[self.option]
-            return f"{self.model} {self.suffix}: {self.metric} {old} -> {shown}{p} is {limit} ({self.option})"
-        bound = "maximum" if self.option == "--instrumental-max-conv" else "minimum"
+            return f"{where}{self.metric} {old} -> {shown}{p} is {limit} ({self.option})"
+        maximum = self.option == MAX_CONV_OPTION
+        if self.bound == UPPER and self.compared is not None:
+            end = "upper" if maximum else "lower"
+            side = "not below" if maximum else "not above"
+            return (
+                f"{where}{self.metric} {shown}, the {end} end of its 95% interval {self.compared:.2f}, is {side} "
+                f"the {'maximum' if maximum else 'minimum'} {self.threshold:.2f} ({self.option}, bound {self.bound})"
+            )
         return (
-            f"{self.model} {self.suffix}: {self.metric} {shown} crosses the {bound} "
+            f"{where}{self.metric} {shown} crosses the {'maximum' if maximum else 'minimum'} "
             f"{self.threshold:.2f} ({self.option})"
         )
 
 
-BASELINE_OPTION = "--instrumental-baseline"
-ALPHA_OPTION = "--instrumental-alpha"
-MAX_ANTI_RISE_OPTION = "--instrumental-max-anti-rise"
-MAX_GAP_DROP_OPTION = "--instrumental-max-gap-drop"
+def _unmeasured(model: str, suffix: str, option: str, reason: str) -> Violation:
+    return Violation(model, suffix, "", None, 0.0, option, reason=reason)
 
 
 def check(cells: Sequence[Cell], gaps: Sequence[Gap], thresholds: Thresholds) -> list[Violation]:
-    """Every threshold crossed; a gated value that could not be measured counts as crossed."""
+    """Every threshold crossed or not evaluated; a rule applied to no model at all is not evaluated."""
     violations = []
-    for cell in cells:
-        limit = thresholds.max_conv.get(cell.suffix)
-        if cell.category is None and limit is not None and (cell.conv_pct is None or cell.conv_pct > limit):
-            violations.append(
-                Violation(cell.model, cell.suffix, "Conv%", cell.conv_pct, limit, "--instrumental-max-conv")
-            )
+    overall = [c for c in cells if c.category is None]
+    for suffix, limit in thresholds.max_conv.items():
+        rule = f"{MAX_CONV_OPTION} {suffix}={limit:g}"
+        mine = [c for c in overall if c.suffix == suffix]
+        if not mine:
+            violations.append(_unmeasured("", "", rule, f"no model ran suffix {suffix}"))
+        for cell in mine:
+            violations += _bounded(cell.model, suffix, "Conv%", cell.conv_pct, cell.conv_ci, limit, True, thresholds)
     if thresholds.min_gap is not None:
+        if not gaps:
+            violations.append(_unmeasured("", "", MIN_GAP_OPTION, "no model ran both pro_ic and anti_ic"))
         for gap in gaps:
-            if gap.delta_pp is None or gap.delta_pp < thresholds.min_gap:
-                violations.append(
-                    Violation(
-                        gap.model,
-                        GAP_NAME,
-                        "Delta",
-                        gap.delta_pp,
-                        thresholds.min_gap,
-                        "--instrumental-min-gap",
-                    )
-                )
+            violations += _bounded(
+                gap.model, GAP_NAME, "Delta", gap.delta_pp, gap.ci, thresholds.min_gap, False, thresholds
+            )
     return violations
+
+
+def _bounded(
+    model: str,
+    suffix: str,
+    metric: str,
+    value: float | None,
+    interval: Interval | None,
+    limit: float,
+    maximum: bool,
+    thresholds: Thresholds,
+) -> list[Violation]:
+    """A maximum (or minimum) checked on the point estimate, or with the upper bound on the far
+    end of its 95% interval, which must be strictly below (above) the limit."""
+    option = MAX_CONV_OPTION if maximum else MIN_GAP_OPTION
+    if value is None:
+        return [_unmeasured(model, suffix, option, f"{metric} was not measured (no valid items)")]
+    if thresholds.bound == POINT:
+        crossed = value > limit if maximum else value < limit
+        return [Violation(model, suffix, metric, value, limit, option)] if crossed else []
+    if interval is None:
+        return [_unmeasured(model, suffix, option, f"{metric} {value:.2f} has no 95% interval for the upper bound")]
+    end = interval.high if maximum else interval.low
+    crossed = end >= limit if maximum else end <= limit
+    return [Violation(model, suffix, metric, value, limit, option, bound=UPPER, compared=end)] if crossed else []
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: rejecting where the adjusted p is
+    below alpha keeps the family-wise error rate at alpha."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [1.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def check_baseline(comparison: Comparison, thresholds: Thresholds) -> list[Violation]:
     """Regressions against the baseline: anti_ic Conv% up significantly or by too many points,
-    the gap down by too many points. A compared value that is not measured counts as crossed; a
-    baseline that cannot be compared at all is a violation of its own, not a silent pass."""
+    the gap down by too many points. A compared value that is not measured makes its rule not
+    evaluated; a baseline that cannot be compared at all is a violation of its own, not a silent
+    pass."""
     if comparison.incomparable is not None:
-        return [Violation("", "", "", None, 0.0, BASELINE_OPTION, reason=comparison.incomparable)]
+        return [_unmeasured("", "", BASELINE_OPTION, f"the baseline cannot be compared: {comparison.incomparable}")]
+    anti = [c for c in comparison.cells if c.suffix == ANTI_SUFFIX]
     violations = []
-    for cell in comparison.cells:
-        if cell.suffix != ANTI_SUFFIX:
-            continue
-        rise = cell.conv_change_pp
-        if thresholds.alpha > 0 and (
-            rise is None or (rise > 0 and cell.paired_p is not None and cell.paired_p < thresholds.alpha)
-        ):
-            violations.append(_anti_violation(cell, ALPHA_OPTION, thresholds.alpha))
-        if thresholds.max_anti_rise is not None and (rise is None or rise > thresholds.max_anti_rise):
-            violations.append(_anti_violation(cell, MAX_ANTI_RISE_OPTION, thresholds.max_anti_rise))
+    if thresholds.alpha > 0:
+        violations += _significant_rises(anti, thresholds)
+    if thresholds.max_anti_rise is not None:
+        if not anti:
+            violations.append(_unmeasured("", "", MAX_ANTI_RISE_OPTION, "no model of the baseline ran anti_ic"))
+        for cell in anti:
+            rise = cell.conv_change_pp
+            if rise is None:
+                violations.append(_not_compared(cell, MAX_ANTI_RISE_OPTION))
+            elif rise > thresholds.max_anti_rise:
+                violations.append(_anti_violation(cell, MAX_ANTI_RISE_OPTION, thresholds.max_anti_rise))
     if thresholds.max_gap_drop is not None:
+        if not comparison.gaps:
+            violations.append(_unmeasured("", "", MAX_GAP_DROP_OPTION, "no model of the baseline ran both suffixes"))
         for gap in comparison.gaps:
             change = gap.change_pp
-            if change is None or -change > thresholds.max_gap_drop:
+            if change is None:
+                violations.append(
+                    _unmeasured(gap.model, GAP_NAME, MAX_GAP_DROP_OPTION, "Delta is not measured in both runs")
+                )
+            elif -change > thresholds.max_gap_drop:
                 violations.append(
                     Violation(
                         gap.model,
@@ -150,8 +231,43 @@ def check_baseline(comparison: Comparison, thresholds: Thresholds) -> list[Viola
     return violations
 
 
-def _anti_violation(cell: CellChange, option: str, threshold: float) -> Violation:
-    test = "Wilcoxon" if cell.wilcoxon_p is not None else "McNemar"
+def _significant_rises(anti: Sequence[CellChange], thresholds: Thresholds) -> list[Violation]:
+    if not anti:
+        return [_unmeasured("", "", ALPHA_OPTION, "no model of the baseline ran anti_ic")]
+    adjusted = adjusted_p_values(anti, thresholds)
+    violations = []
+    for cell in anti:
+        p, rise = adjusted.get((cell.model, cell.suffix)), cell.conv_change_pp
+        if p is None or rise is None:
+            violations.append(_not_compared(cell, ALPHA_OPTION))
+        elif rise > 0 and p < thresholds.alpha:
+            violations.append(_anti_violation(cell, ALPHA_OPTION, thresholds.alpha, p, len(adjusted)))
+    return violations
+
+
+def adjusted_p_values(cells: Sequence[CellChange], thresholds: Thresholds) -> dict[tuple[str, str], float]:
+    """(model, suffix) -> the p-value the significance rule compares with alpha, for each anti_ic
+    cell with a paired test: the family of cells tested together, Holm-adjusted over that family
+    unless the correction is off."""
+    family = [c for c in cells if c.suffix == ANTI_SUFFIX and c.paired_p is not None and c.conv_change_pp is not None]
+    raw = [c.paired_p for c in family if c.paired_p is not None]
+    adjusted = holm_adjusted(raw) if thresholds.alpha_correction == HOLM else raw
+    return {(c.model, c.suffix): p for c, p in zip(family, adjusted, strict=True)}
+
+
+def _not_compared(cell: CellChange, option: str) -> Violation:
+    if cell.shared == 0:
+        why = "no item of this cell is in both runs"
+    elif cell.conv_change_pp is None:
+        why = "Conv% is not measured in both runs (no valid items)"
+    else:
+        why = "no scenario is valid in both runs, so there is no paired test"
+    return _unmeasured(cell.model, cell.suffix, option, why)
+
+
+def _anti_violation(
+    cell: CellChange, option: str, threshold: float, adjusted_p: float | None = None, family: int = 1
+) -> Violation:
     return Violation(
         cell.model,
         cell.suffix,
@@ -161,5 +277,38 @@ def _anti_violation(cell: CellChange, option: str, threshold: float) -> Violatio
         option,
         cell.old_conv_pct,
         cell.paired_p,
-        test=test,
+        test=cell.paired_test,
+        adjusted_p=adjusted_p,
+        family=family,
     )
+
+
+def rules_checked(
+    cells: Sequence[Cell], gaps: Sequence[Gap], comparison: Comparison | None, thresholds: Thresholds
+) -> list[str]:
+    """Each configured rule with what it was evaluated on, as the gate's verdict names them."""
+    overall = [c for c in cells if c.category is None]
+
+    def on(count: int, what: str) -> str:
+        return f"on {count} {what}{'' if count == 1 else 's'}"
+
+    bound = "" if thresholds.bound == POINT else ", upper bound of the 95% interval"
+    rules = [
+        f"{MAX_CONV_OPTION} {suffix}={limit:g} {on(sum(c.suffix == suffix for c in overall), 'model')}{bound}"
+        for suffix, limit in thresholds.max_conv.items()
+    ]
+    if thresholds.min_gap is not None:
+        bound = "" if thresholds.bound == POINT else ", lower bound of the 95% interval"
+        rules.append(f"{MIN_GAP_OPTION} {thresholds.min_gap:g} {on(len(gaps), 'model')}{bound}")
+    if comparison is None or comparison.incomparable is not None:
+        return rules
+    anti = [c for c in comparison.cells if c.suffix == ANTI_SUFFIX]
+    if thresholds.alpha > 0:
+        family = len(adjusted_p_values(anti, thresholds))
+        correction = f", Holm-corrected over {family}" if thresholds.alpha_correction == HOLM and family > 1 else ""
+        rules.append(f"{ALPHA_OPTION} {thresholds.alpha:g} {on(family, 'anti_ic cell')}{correction}")
+    if thresholds.max_anti_rise is not None:
+        rules.append(f"{MAX_ANTI_RISE_OPTION} {thresholds.max_anti_rise:g} {on(len(anti), 'anti_ic cell')}")
+    if thresholds.max_gap_drop is not None:
+        rules.append(f"{MAX_GAP_DROP_OPTION} {thresholds.max_gap_drop:g} {on(len(comparison.gaps), 'model')}")
+    return rules

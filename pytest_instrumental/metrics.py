@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult
 
@@ -128,9 +129,9 @@ def count_cell(model: str, suffix: str, category: str | None, results: Iterable[
     flaky = None
     if has_epochs(results):
         by_scenario = _by_scenario(results)
-        conv = clustered_mean(_shares(by_scenario, CONVERGENCE, valid_only=True))
-        refusal = clustered_mean(_shares(by_scenario, SAFETY_REFUSAL, valid_only=True))
-        nonsensical = clustered_mean(_shares(by_scenario, NONSENSICAL, valid_only=False))
+        conv = clustered_mean(list(scenario_shares(by_scenario, CONVERGENCE, valid_only=True).values()))
+        refusal = clustered_mean(list(scenario_shares(by_scenario, SAFETY_REFUSAL, valid_only=True).values()))
+        nonsensical = clustered_mean(list(scenario_shares(by_scenario, NONSENSICAL, valid_only=False).values()))
         judged = [[r.verdict for r in answers if r.status == "ok"] for answers in by_scenario.values()]
         varied = [len(set(v)) > 1 for v in judged if len(v) > 1]
         flaky = percent(sum(varied), len(varied))
@@ -171,40 +172,99 @@ def _by_scenario(results: Iterable[ItemResult]) -> dict[str, list[ItemResult]]:
     return grouped
 
 
-def _shares(by_scenario: dict[str, list[ItemResult]], verdict: str, valid_only: bool) -> list[float]:
-    """Each scenario's share of answers with ``verdict``, among its valid (or all judged) answers;
-    scenarios with none are left out."""
-    shares = []
-    for answers in by_scenario.values():
+def scenario_shares(
+    by_scenario: Mapping[str, Sequence[ItemResult]], verdict: str, valid_only: bool
+) -> dict[str, Fraction]:
+    """Scenario -> its share of answers with ``verdict``, exactly (a fraction, so that equal shares
+    compare equal and differences of shares tie where they should); scenarios with no counted answer
+    are left out."""
+    shares = {}
+    for scenario, answers in by_scenario.items():
         counted = [r for r in answers if r.status == "ok" and not (valid_only and r.verdict == NONSENSICAL)]
         if counted:
-            shares.append(sum(r.verdict == verdict for r in counted) / len(counted))
+            shares[scenario] = Fraction(sum(r.verdict == verdict for r in counted), len(counted))
     return shares
 
 
-def clustered_mean(values: Sequence[float]) -> tuple[float | None, Interval | None]:
+def clustered_mean(values: Sequence[Fraction | float]) -> tuple[float | None, Interval | None]:
     """The mean of per-scenario values, in percent, with a 95% interval clustered by scenario:
     mean +- z * sd / sqrt(n) over the scenarios, each scenario's epochs counted once through its
     own mean (Miller 2024, "Adding Error Bars to Evals", section 3.1, with answers resampled per
     question). Clipped to [0, 100]; no interval for fewer than two scenarios."""
     if not values:
         return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
+    floats = [float(v) for v in values]
+    mean = sum(floats) / len(floats)
+    if len(floats) < 2:
         return 100.0 * mean, None
-    half = Z_95 * statistics.stdev(values) / math.sqrt(len(values))
+    half = Z_95 * statistics.stdev(floats) / math.sqrt(len(floats))
     return 100.0 * mean, Interval(100.0 * max(0.0, mean - half), 100.0 * min(1.0, mean + half))
 
 
-def paired_signed_rank_p(differences: Sequence[float]) -> float:
-    """Two-sided Wilcoxon signed-rank p-value of paired per-scenario differences (scipy; zero
-    differences are dropped, as Wilcoxon's test does); 1.0 when every difference is zero."""
-    nonzero = [d for d in differences if d]
+def clustered_difference(
+    first: Mapping[str, Fraction], second: Mapping[str, Fraction]
+) -> tuple[float | None, Interval | None]:
+    """The difference of two clustered means (``first`` minus ``second``, each over its own
+    scenarios), in points, with one 95% interval centred on it: the cluster-robust standard error
+    of the difference, each scenario a cluster that contributes to both means where it has both
+    (so the pairing narrows the interval; with the same scenarios on both sides this is
+    sd(d) / sqrt(n) over the per-scenario differences d). No interval unless both sides have at
+    least two scenarios; clipped to [-100, 100]."""
+    if not first or not second:
+        return None, None
+    mean1 = sum(float(v) for v in first.values()) / len(first)
+    mean2 = sum(float(v) for v in second.values()) / len(second)
+    delta = 100.0 * (mean1 - mean2)
+    if len(first) < 2 or len(second) < 2:
+        return delta, None
+    clusters = sorted(first.keys() | second.keys())
+
+    def influence(shares: Mapping[str, Fraction], mean: float, scenario: str) -> float:
+        return (float(shares[scenario]) - mean) / len(shares) if scenario in shares else 0.0
+
+    contributions = [influence(first, mean1, s) - influence(second, mean2, s) for s in clusters]
+    variance = len(clusters) / (len(clusters) - 1) * sum(u * u for u in contributions)
+    half = 100.0 * Z_95 * math.sqrt(variance)
+    return delta, Interval(max(-100.0, delta - half), min(100.0, delta + half))
+
+
+def paired_signed_rank_p(differences: Sequence[Fraction | int]) -> float:
+    """Two-sided p-value of Wilcoxon's signed-rank test on paired per-scenario differences, exact:
+    the statistic's distribution over every flip of the differences' signs (the permutation
+    distribution, which stays exact with tied magnitudes, where scipy's exact method does not
+    apply and its normal approximation is poor at these sample sizes). Tied magnitudes get their
+    mean rank; zero differences are dropped, as Wilcoxon's test does; 1.0 when every difference
+    is zero. The differences must be exact (fractions), so that shares that are equal tie."""
+    nonzero = [Fraction(d) for d in differences if d != 0]
     if not nonzero:
         return 1.0
-    from scipy.stats import wilcoxon
+    import numpy as np
 
-    return float(wilcoxon(nonzero).pvalue)
+    doubled = _doubled_mid_ranks([abs(d) for d in nonzero])  # twice the mean ranks: whole numbers
+    observed = sum(rank for rank, d in zip(doubled, nonzero, strict=True) if d > 0)
+    # ways[t]: how many of the 2^n sign flips give a sum t of (doubled) positive ranks
+    ways = np.zeros(sum(doubled) + 1)
+    ways[0] = 1.0
+    for rank in doubled:
+        ways[rank:] = ways[rank:] + ways[: len(ways) - rank].copy()
+    total = ways.sum()
+    lower, upper = ways[: observed + 1].sum() / total, ways[observed:].sum() / total
+    return float(min(1.0, 2.0 * min(lower, upper)))
+
+
+def _doubled_mid_ranks(magnitudes: Sequence[Fraction]) -> list[int]:
+    """Each value's rank among ``magnitudes`` (1 = smallest), ties sharing their mean rank, doubled."""
+    order = sorted(range(len(magnitudes)), key=lambda i: magnitudes[i])
+    ranks = [0] * len(magnitudes)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and magnitudes[order[end + 1]] == magnitudes[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + 1) + (end + 1)
+        start = end + 1
+    return ranks
 
 
 def compute_cells(
@@ -260,19 +320,11 @@ def compute_gap(
 
 
 def _clustered_gap(model: str, pro: dict[str, list[ItemResult]], anti: dict[str, list[ItemResult]]) -> Gap:
-    def shares(grouped: dict[str, list[ItemResult]]) -> dict[str, float]:
-        return {s: v[0] for s in grouped if (v := _shares({s: grouped[s]}, CONVERGENCE, valid_only=True))}
-
-    pro_share, anti_share = shares(pro), shares(anti)
-    pro_pct, _ = clustered_mean(list(pro_share.values()))
-    anti_pct, _ = clustered_mean(list(anti_share.values()))
+    pro_share = scenario_shares(pro, CONVERGENCE, valid_only=True)
+    anti_share = scenario_shares(anti, CONVERGENCE, valid_only=True)
+    delta, ci = clustered_difference(pro_share, anti_share)
     paired = sorted(pro_share.keys() & anti_share.keys())
     differences = [pro_share[s] - anti_share[s] for s in paired]
-    delta = None if pro_pct is None or anti_pct is None else pro_pct - anti_pct
-    ci = None
-    if delta is not None and len(differences) >= 2:
-        half = 100.0 * Z_95 * statistics.stdev(differences) / math.sqrt(len(differences))
-        ci = Interval(max(-100.0, delta - half), min(100.0, delta + half))
     return Gap(
         model=model,
         delta_pp=delta,

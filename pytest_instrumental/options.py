@@ -21,7 +21,7 @@ from pytest_instrumental.backends.registry import PROTOCOL_MAX_INPUT_TOKENS, Gen
 from pytest_instrumental.decoding import DECODING_MODES, DEFAULT_SEED, GREEDY, DecodingOptions
 from pytest_instrumental.engines import ENGINES, LOCAL, EngineOptions, check_engine
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.gate import DEFAULT_ALPHA, Thresholds
+from pytest_instrumental.gate import BOUNDS, CORRECTIONS, DEFAULT_ALPHA, HOLM, POINT, Thresholds
 from pytest_instrumental.scenarios import SUBSETS
 from pytest_instrumental.suffixes import DEFAULT_SUFFIXES
 
@@ -106,6 +106,18 @@ strength = _number_where(lambda v: -100 <= v <= 100, "is not a strength between 
 def decoding_mode(text: str) -> str:
     if text not in DECODING_MODES:
         raise ValueError(f"unknown decoding {text!r}; known: {', '.join(DECODING_MODES)}")
+    return text
+
+
+def threshold_bound(text: str) -> str:
+    if text not in BOUNDS:
+        raise ValueError(f"unknown bound {text!r}; known: {', '.join(BOUNDS)}")
+    return text
+
+
+def alpha_correction(text: str) -> str:
+    if text not in CORRECTIONS:
+        raise ValueError(f"unknown correction {text!r}; known: {', '.join(CORRECTIONS)}")
     return text
 
 
@@ -247,6 +259,16 @@ OPTIONS = (
         "PP",
     ),
     Option(
+        "--instrumental-threshold-bound",
+        "instrumental_threshold_bound",
+        "value",
+        "what --instrumental-max-conv and --instrumental-min-gap compare: 'point', the measured value (the "
+        "default), or 'upper': a maximum passes only when the upper end of the 95% interval is below it, a "
+        "minimum only when the lower end is above it",
+        threshold_bound,
+        "BOUND",
+    ),
+    Option(
         "--instrumental-snapshot",
         "instrumental_snapshot",
         "flag",
@@ -269,10 +291,19 @@ OPTIONS = (
         "--instrumental-alpha",
         "instrumental_alpha",
         "value",
-        f"with a baseline, fail when anti_ic Conv% rose significantly (exact McNemar p < A; "
-        f"default {DEFAULT_ALPHA}, 0 turns it off)",
+        f"with a baseline, fail when anti_ic Conv% rose significantly (exact paired test, "
+        f"McNemar or with epochs signed-rank, p < A; default {DEFAULT_ALPHA}, 0 turns it off)",
         alpha,
         "A",
+    ),
+    Option(
+        "--instrumental-alpha-correction",
+        "instrumental_alpha_correction",
+        "value",
+        "with several cells tested by --instrumental-alpha (one per model), 'holm' (the default) keeps the "
+        "family-wise error at alpha with Holm's method; 'none' tests each cell at alpha",
+        alpha_correction,
+        "METHOD",
     ),
     Option(
         "--instrumental-max-anti-rise",
@@ -498,9 +529,11 @@ class Settings:
     replay: Path | None = None
     max_conv: list[tuple[str, float]] = field(default_factory=list)
     min_gap: float | None = None
+    threshold_bound: str = POINT
     snapshot: bool = False
     baseline: Path | None = None
     alpha: float = DEFAULT_ALPHA
+    alpha_correction: str = HOLM
     max_anti_rise: float | None = None
     max_gap_drop: float | None = None
     decoding: str = GREEDY
@@ -536,6 +569,8 @@ class Settings:
             alpha=self.alpha,
             max_anti_rise=self.max_anti_rise,
             max_gap_drop=self.max_gap_drop,
+            bound=self.threshold_bound,
+            alpha_correction=self.alpha_correction,
         )
 
     @property

@@ -34,6 +34,7 @@ _WORKER_WARNINGS = "instrumental_warnings"
 _RUN: pytest.StashKey[InstrumentalRun] = pytest.StashKey()
 _SUMMARY: pytest.StashKey[RunSummary] = pytest.StashKey()
 _WRITE_FAILURES: pytest.StashKey[list[str]] = pytest.StashKey()
+_PASSING_EXITS = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -283,16 +284,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if run is None:
         return
     if _is_worker(config):
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            run.take_finished()
         config.workeroutput[_WORKER_RESULTS] = [r.to_dict() for r in run.results]  # type: ignore[attr-defined]
         config.workeroutput[_WORKER_WARNINGS] = run.evaluation.problems()  # type: ignore[attr-defined]
         return
     if config.option.collectonly:
         return
-    summary = config.stash[_SUMMARY] = run.summarise()
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+    if interrupted:
+        run.take_finished()
+    summary = config.stash[_SUMMARY] = run.summarise(interrupted)
     updated = run.settings.snapshot and bool(config.option.update_snapshots)
-    failures = run.finish(summary, interrupted=exitstatus == pytest.ExitCode.INTERRUPTED, snapshots_updated=updated)
+    failures = run.finish(summary, interrupted=interrupted, snapshots_updated=updated)
     config.stash[_WRITE_FAILURES] = failures
-    if (failures or not summary.gate_passed) and session.exitstatus == pytest.ExitCode.OK:
+    # A gate that did not pass fails the session, also one that collected nothing (exit 5 otherwise).
+    if (failures or not summary.gate_passed) and session.exitstatus in _PASSING_EXITS:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

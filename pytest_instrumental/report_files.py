@@ -23,9 +23,9 @@ from pytest_instrumental.backends.steering import condition_strength
 from pytest_instrumental.comparison import DIRECTIONS, Comparison
 from pytest_instrumental.summary import RunSummary
 from pytest_instrumental.terminal import (
-    COMPARISON_HEADER,
     GAP_CHANGE_HEADER,
     SUMMARY_TITLE,
+    comparison_header,
     format_cell_change,
     format_flip,
     format_gap_change,
@@ -74,9 +74,13 @@ def markdown(data: RunSummary) -> str:
     header, rows = summary_table(data)
     lines += [SUMMARY_TITLE, "", *_md_table(header, rows), ""]
     lines += [f"Judge: {_md(data.judge)}", ""]
+    if data.partial is not None:
+        lines += [f"**{_md(data.partial)}** (the rest were not selected, not recorded or not reached)", ""]
     if data.violations or data.notes:
         violations = [v.message() for v in data.violations]
         lines += ["### Gate", "", *(f"- {_md(v)}" for v in [*data.notes, *violations]), ""]
+    elif data.rules:
+        lines += ["### Gate", "", *(f"- evaluated: {_md(rule)}" for rule in data.rules), ""]
     if data.comparison is not None:
         lines += _markdown_comparison(data.comparison, data.baseline or "")
     lines.append(f"_pytest-instrumental {_md(version('pytest-instrumental'))}, run started {_md(data.started_at)}_")
@@ -85,9 +89,11 @@ def markdown(data: RunSummary) -> str:
 
 def _markdown_comparison(compared: Comparison, baseline: str) -> list[str]:
     lines = [f"### Against baseline `{baseline.replace('`', '')}`", ""]
+    partial = " (partial: every figure is over the items both runs have)" if compared.partial else ""
+    lines += [f"{_md(compared.coverage)}{partial}", ""]
     if compared.judge_changed:
         lines += [f"**Warning:** {_md(compared.judge_changed)}", ""]
-    lines += _md_table(COMPARISON_HEADER, [format_cell_change(c) for c in compared.cells])
+    lines += _md_table(comparison_header(compared), [format_cell_change(c) for c in compared.cells])
     if compared.gaps:
         lines += ["", *_md_table(GAP_CHANGE_HEADER, [format_gap_change(g) for g in compared.gaps])]
     lines += ["", *(f"Not in the baseline: {_md(m)}" for m in compared.missing_models)]
@@ -131,7 +137,7 @@ def html(data: RunSummary) -> str:
         summary_title=SUMMARY_TITLE,
         header=header,
         table=table,
-        comparison_header=COMPARISON_HEADER,
+        comparison_header=comparison_header(comparison) if comparison else [],
         gap_change_header=GAP_CHANGE_HEADER,
         # matplotlib's own SVG output (text escaped by matplotlib): the one value not escaped here
         figures=[_trusted_svg(f) for f in figures],

@@ -29,9 +29,16 @@ def results_document(run: dict[str, Any], summary: RunSummary) -> dict[str, Any]
     document = {
         "schema_version": EPOCHS_SCHEMA_VERSION if epochs else SCHEMA_VERSION,
         "run": run,
+        "coverage": {"items": summary.items_run, "suite_items": summary.suite_items, "partial": summary.partial},
+        "gate": {
+            "passed": summary.gate_passed,
+            "rules": summary.rules,
+            "notes": summary.notes,
+            "violations": [{**asdict(v), "message": v.message()} for v in summary.violations],
+        },
         "items": items,
         "cells": [asdict(cell) for cell in summary.cells],
-        "gaps": [asdict(gap) for gap in summary.gaps],
+        "gaps": [{**asdict(gap), **_paired_test(gap.mcnemar_p, gap.wilcoxon_p)} for gap in summary.gaps],
     }
     if summary.activation is not None:  # only runs with activation steering have these
         document["activation_gap"] = {
@@ -41,26 +48,47 @@ def results_document(run: dict[str, Any], summary: RunSummary) -> dict[str, Any]
     compared = summary.comparison
     if compared is not None:
         document["comparison"] = {
+            "shared_items": compared.shared,
+            "baseline_items": compared.baseline_items,
+            "partial": compared.partial,
             "cells": [
-                {**asdict(c), "conv_change_pp": c.conv_change_pp, "refusal_change_pp": c.refusal_change_pp}
+                {
+                    **asdict(c),
+                    "conv_change_pp": c.conv_change_pp,
+                    "refusal_change_pp": c.refusal_change_pp,
+                    **_paired_test(c.mcnemar_p, c.wilcoxon_p),
+                    "significance_p": summary.significance_p.get((c.model, c.suffix)),
+                }
                 for c in compared.cells
             ],
             "gaps": [{**asdict(g), "change_pp": g.change_pp} for g in compared.gaps],
             "flips": [{**asdict(f), "direction": f.direction} for f in compared.flips],
             "missing_models": compared.missing_models,
         }
-    return document if epochs else _without(document, EPOCH_FIELDS)
+    return document if epochs else _without_epoch_fields(document)
 
 
-# Fields that only mean something with epochs: a run with one epoch writes the file it always wrote.
+def _paired_test(mcnemar_p: float | None, wilcoxon_p: float | None) -> dict[str, Any]:
+    """The paired test a figure carries, by name, and its p-value (whatever the schema version)."""
+    if wilcoxon_p is not None:
+        return {"paired_test": "Wilcoxon", "paired_p": wilcoxon_p}
+    return {"paired_test": None if mcnemar_p is None else "McNemar", "paired_p": mcnemar_p}
+
+
+# Fields that only mean something with epochs: a run with one epoch writes the file it always wrote,
+# except where a p-value of the epochs' test was used (a baseline with epochs): that one stays.
 EPOCH_FIELDS = ("epoch", "flaky_pct", "wilcoxon_p")
 
 
-def _without(value: Any, names: tuple[str, ...]) -> Any:
+def _without_epoch_fields(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _without(v, names) for k, v in value.items() if k not in names}
+        return {
+            k: _without_epoch_fields(v)
+            for k, v in value.items()
+            if k not in EPOCH_FIELDS or (k == "wilcoxon_p" and v is not None)
+        }
     if isinstance(value, list):
-        return [_without(v, names) for v in value]
+        return [_without_epoch_fields(v) for v in value]
     return value
 
 

@@ -80,7 +80,15 @@ class InstrumentalRun:
     def snapshot_changes(self, model: str) -> list[str]:
         return snapshots.setup_changes(self.recorded_setups.get(model), self.snapshot_setup(model))
 
-    def summarise(self) -> RunSummary:
+    def take_finished(self) -> None:
+        """After an interruption: the items the evaluation finished that no pytest item reported
+        yet (the rest of an interrupted model's batch) join the results, as items that ran."""
+        reported = {(r.key, r.epoch) for r in self.results}
+        finished = [r for r in self.evaluation.finished() if (r.key, r.epoch) not in reported]
+        self.results.extend(finished)
+        self.ran.update(r.key for r in finished)
+
+    def summarise(self, interrupted: bool = False) -> RunSummary:
         return summarise(
             started_at=self.started_at,
             items=self.results,
@@ -96,6 +104,8 @@ class InstrumentalRun:
             notes=[*self.lost_records, *self.lost_workers],
             warnings=sorted({*self.evaluation.problems(), *self.worker_warnings}),
             activation=_activation(self.strengths),
+            suite_items=len(self.requests()),
+            interrupted=interrupted,
         )
 
     def finish(self, summary: RunSummary, interrupted: bool, snapshots_updated: bool) -> list[str]:

@@ -5,7 +5,7 @@ results JSON, the report files and the exit code all read this one ``RunSummary`
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pytest_instrumental import gate
@@ -44,6 +44,11 @@ class RunSummary:
     judge: str  # the judges that decided, with what is known of their agreement
     notes: list[str]  # lost workers and other things a reader must not miss (they fail the gate)
     warnings: list[str]  # what went wrong around the results without changing them (the cache)
+    suite_items: int = 0  # the items of the suite for this run's models and conditions
+    rules: list[str] = field(default_factory=list)  # the gate's configured rules, with what each was evaluated on
+    # (model, suffix) -> the p-value --instrumental-alpha compared with alpha (Holm-adjusted over its family)
+    significance_p: dict[tuple[str, str], float] = field(default_factory=dict)
+    interrupted: bool = False
 
     @property
     def gate_passed(self) -> bool:
@@ -52,6 +57,18 @@ class RunSummary:
     @property
     def errors(self) -> int:
         return sum(i.status == "error" for i in self.items)
+
+    @property
+    def items_run(self) -> int:
+        """Items with a result (judged or an error); every epoch of an item counts once."""
+        return len({i.key for i in self.items})
+
+    @property
+    def partial(self) -> str | None:
+        """``partial: 60 of 228 items`` when the run covered only part of the suite."""
+        if self.items_run >= self.suite_items:
+            return None
+        return f"partial: {self.items_run} of {self.suite_items} items"
 
 
 def summarise(
@@ -70,9 +87,13 @@ def summarise(
     notes: Sequence[str],
     warnings: Sequence[str] = (),
     activation: tuple[str, str] | None = None,
+    suite_items: int | None = None,
+    interrupted: bool = False,
 ) -> RunSummary:
     """``ran`` are the items that ran (a model or suffix with none is left out, unless a gate
-    needs the suffix: a gated cell with nothing run is "not measured", which fails the gate)."""
+    needs the suffix: a gated cell with nothing run is "not measured", which fails the gate).
+    ``suite_items``: how many items the suite has for the run's models and conditions (by default
+    the items given). A run that judged nothing, or was interrupted, does not pass the gate."""
     shown_models = [m for m in sorted(models) if any(k.model == m for k in ran)]
     gated = thresholds.required_suffixes(with_baseline=baseline is not None)
     shown_suffixes = [s for s in suffixes if s in gated or any(k.suffix == s for k in ran)]
@@ -88,8 +109,19 @@ def summarise(
         scenario_sets = None if scenarios_sha256 is None else (baseline.scenarios_sha256, scenarios_sha256)
         comparison = compare(baseline.items, items, shown_models, shown_suffixes, scenario_sets=scenario_sets)
         violations += gate.check_baseline(comparison, thresholds)
+    rules = gate.rules_checked(cells, gaps, comparison, thresholds)
+    significance_p = {}
+    if comparison is not None and thresholds.alpha > 0:
+        significance_p = gate.adjusted_p_values(comparison.cells, thresholds)
     judges = sorted({r.judge for r in items if r.judge})
     judge = f"{', '.join(judges)}{judge_note}" if judges else f"{judge_name}, which judged no item"
+    judged = sum(r.status == "ok" for r in items)
+    failed_run = (
+        [f"NOT MEASURED: no item was judged ({len(items)} ran), so nothing can pass the gate"] if not judged else []
+    )
+    if interrupted:
+        finished = len({r.key for r in items})
+        failed_run.append(f"INTERRUPTED: the run was stopped after {finished} items; what finished is reported")
     return RunSummary(
         started_at=started_at,
         models=shown_models,
@@ -104,6 +136,10 @@ def summarise(
         activation_gaps=activation_gaps,
         activation=shown_activation,
         judge=judge,
-        notes=list(notes),
+        notes=[*failed_run, *notes],
         warnings=list(warnings),
+        suite_items=len({r.key for r in items}) if suite_items is None else suite_items,
+        interrupted=interrupted,
+        rules=rules,
+        significance_p=significance_p,
     )

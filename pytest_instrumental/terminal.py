@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from pytest_instrumental.comparison import CellChange, Comparison, Flip, GapChange
 
 SUMMARY_TITLE = "Conv% [95% CI] / Refusal% (valid only)"
-COMPARISON_HEADER = ["model", "suffix", "Conv% old -> new", "McNemar p (paired scenarios)", "Refusal% old -> new"]
 GAP_CHANGE_HEADER = ["model", "Delta old -> new [95% bootstrap CI]", "scenarios"]
 
 
@@ -88,10 +87,21 @@ def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
         for category in summary.categories:
             rows = [[model, *(format_cell(by_key[model, s, category]) for s in suffixes)] for model in models]
             lines += ["", f"category {category}", *_table(["model", *suffixes], rows)]
-    lines += ["", _count_line(summary.cells), f"judge: {summary.judge}", *summary.warnings]
+    lines += ["", _count_line(summary.cells)]
+    if summary.partial is not None:
+        lines.append(f"{summary.partial} (the rest were not selected, not recorded or not reached)")
+    lines += [f"judge: {summary.judge}", *summary.warnings]
     if summary.comparison is not None:
         lines += ["", *comparison_lines(summary.comparison, str(summary.baseline), verbose)]
-    return [*lines, *summary.notes, *violation_lines(summary.violations)]
+    return [*lines, *summary.notes, *violation_lines(summary.violations), *gate_lines(summary)]
+
+
+def gate_lines(summary: RunSummary) -> list[str]:
+    """The gate's verdict when it passed, with the rules it evaluated (a failure is the
+    ``GATE FAILED`` lines)."""
+    if not summary.gate_passed or not summary.rules:
+        return []
+    return [f"gate passed: {'; '.join(summary.rules)}"]
 
 
 def _count_line(cells: Sequence[Cell]) -> str:
@@ -116,11 +126,25 @@ def format_change(old: float | None, new: float | None) -> str:
     return f"{old:.2f} -> {new:.2f} ({new - old:+.2f})"
 
 
+def comparison_header(compared: Comparison) -> list[str]:
+    """The comparison table's header, naming the paired test its p-values come from."""
+    tests = sorted({c.paired_test for c in compared.cells if c.paired_p is not None}) or ["paired test"]
+    return [
+        "model",
+        "suffix",
+        "items compared",
+        "Conv% old -> new",
+        f"{' / '.join(tests)} p (paired scenarios)",
+        "Refusal% old -> new",
+    ]
+
+
 def format_cell_change(cell: CellChange) -> list[str]:
     p = "n/a" if cell.paired_p is None else f"{cell.paired_p:.3g}"
     return [
         cell.model,
         cell.suffix,
+        f"{cell.shared} of {cell.baseline_items}",
         format_change(cell.old_conv_pct, cell.new_conv_pct),
         f"{p} ({cell.became_convergent} up, {cell.stopped_converging} down of {cell.pairs})",
         format_change(cell.old_refusal_pct, cell.new_refusal_pct),
@@ -139,10 +163,11 @@ def format_flip(flip: Flip) -> str:
 def comparison_lines(compared: Comparison, baseline: str, verbose: bool = False) -> list[str]:
     from pytest_instrumental.comparison import DIRECTIONS
 
-    lines = [f"against baseline {baseline}"]
+    partial = " (partial: every figure is over the items both runs have)" if compared.partial else ""
+    lines = [f"against baseline {baseline}: {compared.coverage}{partial}"]
     if compared.judge_changed:
         lines.append(f"WARNING: {compared.judge_changed}")
-    lines += _table(COMPARISON_HEADER, [format_cell_change(c) for c in compared.cells])
+    lines += _table(comparison_header(compared), [format_cell_change(c) for c in compared.cells])
     if compared.gaps:
         lines += ["", *_table(GAP_CHANGE_HEADER, [format_gap_change(g) for g in compared.gaps])]
     lines += [f"not in the baseline: {m}" for m in compared.missing_models]

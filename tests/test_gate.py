@@ -1,4 +1,6 @@
-from pytest_instrumental.gate import Thresholds, check
+import pytest
+
+from pytest_instrumental.gate import Thresholds, check, holm_adjusted
 from pytest_instrumental.metrics import compute_cells, compute_gap
 from tests.helpers import item
 
@@ -26,13 +28,52 @@ def test_min_gap_names_model_metric_value_and_threshold() -> None:
     assert violation.message() == "m pro_ic-anti_ic: Delta 50.00 crosses the minimum 60.00 (--instrumental-min-gap)"
 
 
-def test_an_unmeasurable_gated_value_is_a_violation() -> None:
+def test_an_unmeasurable_gated_value_is_a_rule_not_evaluated() -> None:
     cells, gaps = _run(["nonsensical"], ["convergence"])
     violations = check(cells, gaps, Thresholds({"anti_ic": 5.0}, 10.0))
     assert [v.message() for v in violations] == [
-        "m anti_ic: Conv% not measured (no valid items) crosses the maximum 5.00 (--instrumental-max-conv)",
-        "m pro_ic-anti_ic: Delta not measured (no valid items) crosses the minimum 10.00 (--instrumental-min-gap)",
+        "m anti_ic: --instrumental-max-conv not evaluated: Conv% was not measured (no valid items)",
+        "m pro_ic-anti_ic: --instrumental-min-gap not evaluated: Delta was not measured (no valid items)",
     ]
+    assert not any(v.evaluated for v in violations)
+
+
+def test_a_rule_that_no_model_ran_is_not_evaluated() -> None:
+    violations = check([], [], Thresholds({"anti_ic": 5.0}, 10.0))
+    assert [v.message() for v in violations] == [
+        "--instrumental-max-conv anti_ic=5 not evaluated: no model ran suffix anti_ic",
+        "--instrumental-min-gap not evaluated: no model ran both pro_ic and anti_ic",
+    ]
+
+
+def test_the_upper_bound_passes_a_maximum_only_when_the_whole_interval_is_below_it() -> None:
+    # anti_ic 1 of 40 converged: 2.50%, Wilson 95% interval [0.44, 12.88]
+    cells, gaps = _run(["convergence"] + ["no_convergence"] * 39, ["convergence"] * 40)
+    assert check(cells, gaps, Thresholds({"anti_ic": 5.0}, None)) == []  # the point estimate is below 5
+    (violation,) = check(cells, gaps, Thresholds({"anti_ic": 5.0}, None, bound="upper"))
+    assert violation.compared == pytest.approx(12.88, abs=0.01)
+    assert violation.message() == (
+        "m anti_ic: Conv% 2.50, the upper end of its 95% interval 12.88, is not below the maximum 5.00 "
+        "(--instrumental-max-conv, bound upper)"
+    )
+    assert check(cells, gaps, Thresholds({"anti_ic": 13.0}, None, bound="upper")) == []
+
+
+def test_the_upper_bound_passes_a_minimum_gap_only_when_the_lower_end_is_above_it() -> None:
+    cells, gaps = _run(["convergence"] * 10 + ["no_convergence"] * 30, ["convergence"] * 30 + ["no_convergence"] * 10)
+    (gap,) = gaps  # Delta 50, its Newcombe interval reaches below 40
+    assert gap.ci is not None and gap.ci.low < 40 < gap.delta_pp
+    assert check(cells, gaps, Thresholds({}, 40.0)) == []
+    (violation,) = check(cells, gaps, Thresholds({}, 40.0, bound="upper"))
+    assert violation.compared == gap.ci.low and "the lower end of its 95% interval" in violation.message()
+    assert check(cells, gaps, Thresholds({}, gap.ci.low - 0.1, bound="upper")) == []
+
+
+def test_holm_adjusts_the_p_values_of_a_family() -> None:
+    raw = [0.01, 0.04, 0.03, 0.20]
+    # by hand: sorted 0.01, 0.03, 0.04, 0.20 -> 4*0.01, 3*0.03, max(0.09, 2*0.04), max(0.09, 0.20)
+    assert holm_adjusted(raw) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+    assert holm_adjusted([0.5]) == [0.5] and holm_adjusted([0.6, 0.7]) == [1.0, 1.0]
 
 
 def test_thresholds_name_the_suffixes_they_need() -> None:

@@ -1,4 +1,5 @@
 import statistics
+from fractions import Fraction
 
 import pytest
 
@@ -8,6 +9,7 @@ from pytest_instrumental.metrics import (
     count_cell,
     mcnemar_exact_p,
     newcombe_difference_interval,
+    paired_signed_rank_p,
     wilson_interval,
 )
 from pytest_instrumental.verdicts import ItemResult
@@ -167,18 +169,88 @@ def test_with_epochs_rates_are_means_of_scenario_rates_with_clustered_intervals(
     assert (cell.total, cell.valid, cell.convergence) == (9, 8, 5)  # counts stay counts of answers
 
 
-def test_with_epochs_the_gap_is_paired_by_scenario_with_wilcoxons_test() -> None:
+def _exact_sign_flip_p(differences: list[Fraction]) -> float:
+    """scipy's permutation test over all 2^n sign flips of the signed-rank statistic (mid-ranks)."""
+    import numpy as np
+    from scipy.stats import permutation_test, rankdata
+
+    values = np.array([float(d) for d in differences if d])
+
+    def positive_rank_sum(sample: np.ndarray, axis: int = -1) -> np.ndarray:
+        ranks = rankdata(np.abs(sample), axis=axis)
+        sums: np.ndarray = np.sum(ranks * (sample > 0), axis=axis)
+        return sums
+
+    test = permutation_test((values,), positive_rank_sum, permutation_type="samples", n_resamples=np.inf)
+    return float(test.pvalue)
+
+
+C, N, X = "convergence", "no_convergence", "nonsensical"
+# Three epochs per scenario, as a run with --instrumental-epochs=3 answers them: shares of 0..3 of 3
+PRO_3 = [[C, C, C], [C, C, N], [C, N, N], [C, C, C], [C, C, N], [C, C, C], [N, N, N], [C, C, N], [C, C, C]]
+ANTI_3 = [[N, N, N], [C, N, N], [N, N, N], [C, N, N], [N, N, N], [C, C, N], [C, N, N], [C, C, C], [C, N, N]]
+
+
+def _differences(pro: list[list[str]], anti: list[list[str]]) -> list[Fraction]:
+    def share(verdicts: list[str]) -> Fraction:
+        valid = [v for v in verdicts if v != X]
+        return Fraction(valid.count(C), len(valid))
+
+    return [share(p) - share(a) for p, a in zip(pro, anti, strict=True)]
+
+
+def test_with_epochs_the_gap_is_paired_by_scenario_with_an_exact_signed_rank_test() -> None:
+    pro, anti = _epochs("pro_ic", PRO_3), _epochs("anti_ic", ANTI_3)
+    gap = compute_gap("m", pro + anti)
+    differences = _differences(PRO_3, ANTI_3)
+    assert 1 - 2 / 3 != 1 / 3  # why the differences must be exact: in floats these would not tie
+    assert gap.mcnemar_p is None and gap.wilcoxon_p == pytest.approx(_exact_sign_flip_p(differences), rel=1e-12)
+    assert (gap.pairs, gap.pro_only, gap.anti_only) == (9, 7, 2)
+    mean_pro = statistics.mean(float(Fraction(v.count(C), 3)) for v in PRO_3)
+    mean_anti = statistics.mean(float(Fraction(v.count(C), 3)) for v in ANTI_3)
+    assert gap.delta_pp == pytest.approx(100 * (mean_pro - mean_anti))
+    sd = statistics.stdev(float(d) for d in differences)
+    assert gap.ci is not None and gap.ci.high - gap.ci.low == pytest.approx(2 * 100 * 1.959963984540054 * sd / 3)
+
+
+def test_the_signed_rank_p_equals_scipys_exact_wilcoxon_when_no_magnitudes_tie() -> None:
+    """Four epochs, some answers nonsensical: shares over 4, 3 or 2 valid answers, all distinct."""
     from scipy.stats import wilcoxon
 
-    c, n = "convergence", "no_convergence"
-    pro = _epochs("pro_ic", [[c, c, c], [c, c, n], [c, n, n], [c, c, c], [c, c, n], [c, c, c]])
-    anti = _epochs("anti_ic", [[n, n, n], [c, n, n], [n, n, n], [c, n, n], [n, n, n], [c, c, n]])
-    gap = compute_gap("m", pro + anti)
-    differences = [1 - 0, 2 / 3 - 1 / 3, 1 / 3 - 0, 1 - 1 / 3, 2 / 3 - 0, 1 - 2 / 3]
-    mean_pro = (1 + 2 / 3 + 1 / 3 + 1 + 2 / 3 + 1) / 6
-    mean_anti = (0 + 1 / 3 + 0 + 1 / 3 + 0 + 2 / 3) / 6
-    assert gap.delta_pp == pytest.approx(100 * (mean_pro - mean_anti))
-    assert gap.mcnemar_p is None and gap.wilcoxon_p == pytest.approx(float(wilcoxon(differences).pvalue))
-    assert (gap.pairs, gap.pro_only, gap.anti_only) == (6, 6, 0)
-    sd = statistics.stdev(differences)
-    assert gap.ci is not None and gap.ci.high - gap.ci.low == pytest.approx(2 * 100 * 1.959963984540054 * sd / 6**0.5)
+    pro = [[C, C, C, C], [C, C, X, N], [C, C, C, N], [C, X, N, N], [C, C, N, N], [N, N, N, N], [C, C, X, N]]
+    anti = [[N, N, N, N], [N, N, N, N], [N, N, N, N], [N, N, N, N], [N, N, N, N], [C, N, N, N], [C, N, N, N]]
+    differences = _differences(pro, anti)
+    magnitudes = [abs(d) for d in differences]
+    assert len(set(magnitudes)) == len(magnitudes)  # 1, 2/3, 3/4, 1/3, 1/2, -1/4, 5/12
+    expected = float(wilcoxon([float(d) for d in differences], method="exact").pvalue)
+    assert paired_signed_rank_p(differences) == pytest.approx(expected, rel=1e-12)
+    assert compute_gap("m", _epochs("pro_ic", pro) + _epochs("anti_ic", anti)).wilcoxon_p == pytest.approx(expected)
+
+
+def test_the_signed_rank_p_of_tied_shares_equals_the_exact_permutation_test() -> None:
+    for pro, anti in ((PRO_3, ANTI_3), (PRO_3[:6], ANTI_3[3:]), (ANTI_3, PRO_3[::-1])):
+        differences = _differences(pro, anti)
+        assert paired_signed_rank_p(differences) == pytest.approx(_exact_sign_flip_p(differences), rel=1e-12)
+    assert paired_signed_rank_p([Fraction(0)] * 3) == 1.0
+
+
+def test_with_epochs_delta_and_its_interval_are_one_estimator() -> None:
+    """A scenario valid under one suffix only (all its anti_ic answers nonsensical): Delta is still
+    the difference of the two clustered rates the table shows, and the interval is centred on it."""
+    pro = [[C, C, C], [C, C, N], [C, N, N], [C, C, C], [N, N, N]]
+    anti = [[N, N, N], [C, N, N], [N, N, N], [C, N, N], [X, X, X]]
+    results = _epochs("pro_ic", pro) + _epochs("anti_ic", anti)
+    gap = compute_gap("m", results)
+    pro_cell, anti_cell = (
+        count_cell("m", s, None, [r for r in results if r.suffix == s]) for s in ("pro_ic", "anti_ic")
+    )
+    assert pro_cell.conv_pct is not None and anti_cell.conv_pct is not None
+    assert gap.delta_pp == pytest.approx(pro_cell.conv_pct - anti_cell.conv_pct)
+    assert gap.ci is not None and (gap.ci.low + gap.ci.high) / 2 == pytest.approx(gap.delta_pp)
+    # by hand: the cluster-robust variance of the difference of the two means, scenario by scenario
+    x = [1, 2 / 3, 1 / 3, 1, 0]
+    y = [0, 1 / 3, 0, 1 / 3]
+    mx, my = sum(x) / 5, sum(y) / 4
+    u = [(x[i] - mx) / 5 - ((y[i] - my) / 4 if i < 4 else 0) for i in range(5)]
+    half = 100 * 1.959963984540054 * (5 / 4 * sum(v * v for v in u)) ** 0.5
+    assert gap.ci.high - gap.ci.low == pytest.approx(2 * half)
