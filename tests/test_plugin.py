@@ -390,7 +390,8 @@ def test_a_gated_suffix_that_ran_no_item_fails_as_not_measured(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
-            "GATE FAILED: Qwen3-4B-Base anti_ic: --instrumental-max-conv not evaluated: Conv% was not measured (no valid items)"
+            "GATE FAILED: Qwen3-4B-Base anti_ic: --instrumental-max-conv not evaluated: "
+            "Conv% was not measured (no valid items)"
         ]
     )
 
