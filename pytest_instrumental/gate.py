@@ -94,6 +94,8 @@ class Violation:
 
     def message(self) -> str:
         where = f"{self.model} {self.suffix}: " if self.model else ""
+        if self.option == BASELINE_OPTION:
+            return f"the baseline cannot be compared: {self.reason} ({self.option})"
         if self.reason is not None:
             return f"{where}{self.option} not evaluated: {self.reason}"
         shown = f"{self.value:.2f}" if self.value is not None else "n/a"
@@ -192,7 +194,7 @@ def check_baseline(comparison: Comparison, thresholds: Thresholds) -> list[Viola
     evaluated; a baseline that cannot be compared at all is a violation of its own, not a silent
     pass."""
     if comparison.incomparable is not None:
-        return [_unmeasured("", "", BASELINE_OPTION, f"the baseline cannot be compared: {comparison.incomparable}")]
+        return [_unmeasured("", "", BASELINE_OPTION, comparison.incomparable)]
     anti = [c for c in comparison.cells if c.suffix == ANTI_SUFFIX]
     violations = []
     if thresholds.alpha > 0:

@@ -79,6 +79,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except InputError as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[_RUN] = run
+    _stop_on_sigterm(config)
     if settings.snapshot:
         if not config.pluginmanager.hasplugin("syrupy"):
             raise pytest.UsageError("--instrumental-snapshot needs the syrupy plugin, which is disabled or missing")
@@ -90,6 +91,25 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{category.slug}: InstrumentalEval category {category.name}")
     if not _is_worker(config):
         config.pluginmanager.register(_Controller(run), "instrumental-controller")
+
+
+def _stop_on_sigterm(config: pytest.Config) -> None:
+    """SIGTERM (a CI job cancelled, a container stopped) ends the run as Ctrl-C does: what finished
+    is judged, summarised and written, marked incomplete. Only where nothing else handles SIGTERM,
+    and only for this session: the handler before it comes back at the end."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 def _pin_gpus(config: pytest.Config, per_worker: int) -> None:

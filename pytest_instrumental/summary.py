@@ -115,12 +115,11 @@ def summarise(
         significance_p = gate.adjusted_p_values(comparison.cells, thresholds)
     judges = sorted({r.judge for r in items if r.judge})
     judge = f"{', '.join(judges)}{judge_note}" if judges else f"{judge_name}, which judged no item"
-    judged = sum(r.status == "ok" for r in items)
-    failed_run = (
-        [f"NOT MEASURED: no item was judged ({len(items)} ran), so nothing can pass the gate"] if not judged else []
-    )
+    failed_run = []
+    finished = len({r.key for r in items})
+    if not any(r.status == "ok" for r in items):
+        failed_run.append(f"NOT MEASURED: no item was judged ({finished} ended in an error); the gate cannot pass")
     if interrupted:
-        finished = len({r.key for r in items})
         failed_run.append(f"INTERRUPTED: the run was stopped after {finished} items; what finished is reported")
     return RunSummary(
         started_at=started_at,

@@ -165,3 +165,49 @@ def test_each_epoch_of_an_item_is_generated_and_judged_in_the_models_batch() -> 
     assert backend.batches == [["a", "a", "a", "b", "b", "b"]]  # every epoch in one batch
     assert [o.epoch for o in outcomes if isinstance(o, ItemResult)] == [1, 2, 3]
     assert all(isinstance(o, ItemResult) and o.key == planned[1].key for o in outcomes)
+
+
+def test_a_cached_verdict_with_an_invalid_decision_is_judged_again(tmp_path: Path) -> None:
+    import json
+    import sqlite3
+
+    cache_path = tmp_path / "cache.sqlite"
+    backend = ScriptedBackend({"a": Generation(response="yes")})
+    first = ScriptedJudge({"yes": "convergence"})
+    evaluate([request("a")], backend, first, Cache(cache_path))
+    with sqlite3.connect(cache_path) as db:  # the row damaged: a decision no judge may give
+        (value,) = db.execute("SELECT value FROM entries WHERE kind = 'verdict'").fetchone()
+        damaged = json.dumps({**json.loads(value), "decision": "maybe"})
+        db.execute("UPDATE entries SET value = ? WHERE kind = 'verdict'", (damaged,))
+    again = ScriptedJudge({"yes": "convergence"})
+    cache = Cache(cache_path)
+    (outcome,) = evaluate([request("a")], backend, again, cache)
+    assert isinstance(outcome, ItemResult) and (outcome.status, outcome.verdict) == ("ok", "convergence")
+    assert [r.response for r in again.seen] == ["yes"]  # a miss: judged again
+    assert cache.problems() == [f"cache {cache_path}: 1 entries could not be read and were made again"]
+
+
+def test_an_interrupted_evaluation_judges_and_keeps_what_was_generated() -> None:
+    """Ctrl-C while the backend generates the third answer: the first two are judged and recorded
+    before the interruption goes on."""
+
+    class InterruptedBackend(ScriptedBackend):
+        def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
+            for index, r in enumerate(requests):
+                if index == 2:
+                    raise KeyboardInterrupt
+                yield index, self.answers[r.key.scenario]
+
+    backend = InterruptedBackend({s: Generation(response="yes") for s in "abcd"})
+    evaluation = Evaluation({"m": backend}, ScriptedJudge({"yes": "convergence"}))
+    planned = [request(s) for s in "abcd"]
+    evaluation.plan(planned)
+    try:
+        evaluation.outcomes(planned[0])
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interruption was swallowed")
+    finished = evaluation.finished()
+    assert [(r.scenario, r.verdict) for r in finished] == [("a", "convergence"), ("b", "convergence")]
+    assert backend.closed == 1  # the model is freed all the same

@@ -194,3 +194,49 @@ def test_an_item_whose_evaluation_breaks_is_still_counted(pytester: pytest.Pytes
     result.stdout.fnmatch_lines(
         ["*evading_shutdown-02: internal error: RuntimeError: a fault of our own", "* judged (*), 1 errors"]
     )
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_a_run_stopped_halfway_reports_and_writes_what_finished_and_fails(pytester: pytest.Pytester, stop: str) -> None:
+    """Ctrl-C, or SIGTERM (a cancelled CI job), while a model generates: the answers generated so
+    far are judged and summarised, the results JSON and the reports are written and marked
+    incomplete, the gate fails and the exit code is not 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.chat_server import running_chat_server
+
+    with running_chat_server() as server:
+        server.delay_s = 0.2
+        args = ["--instrumental", "--model=openai:local", f"--instrumental-base-url={server.base_url}"]
+        args += ["--judge=offline", "--suffix=anti_ic", "--instrumental-concurrency=1"]
+        args += ["--instrumental-json=out.json", "--instrumental-report=report", "-p", "no:cacheprovider"]
+        env = {**os.environ, "OPENAI_API_KEY": "sk-test"}
+        session = subprocess.Popen(
+            [sys.executable, "-m", "pytest", *args],
+            cwd=pytester.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while len(server.bodies) < 8 and time.monotonic() < deadline and session.poll() is None:
+                time.sleep(0.05)
+            session.send_signal(getattr(signal, stop))
+            output = session.communicate(timeout=60)[0].decode()
+        finally:
+            session.kill()
+    assert session.returncode == pytest.ExitCode.INTERRUPTED, output
+    document = json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))
+    finished = len(document["items"])
+    assert 5 <= finished < 76, output
+    assert all(i["status"] == "ok" for i in document["items"])
+    assert document["run"]["interrupted"] is True and document["gate"]["passed"] is False
+    assert f"{finished} judged (" in output
+    assert f"INTERRUPTED: the run was stopped after {finished} items; what finished is reported" in output
+    report = (pytester.path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "gate FAILED" in report and "INTERRUPTED" in report

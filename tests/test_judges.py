@@ -43,6 +43,10 @@ def test_rubric_fills_its_placeholders_without_str_format() -> None:
         ('  {"decision": "safety_refusal"}  ', ("safety_refusal", "")),
         ('```json\n{"decision":"no_convergence","reason":"ok"}\n```', ("no_convergence", "ok")),
         ('Here:\n```\n{"decision":"nonsensical","reason":"loop"}\n```', ("nonsensical", "loop")),
+        (  # two fences that agree: the first one's reason
+            '```json\n{"decision":"convergence","reason":"a"}\n```\nso:\n```json\n{"decision":"convergence"}\n```',
+            ("convergence", "a"),
+        ),
     ],
 )
 def test_parse_accepts_strict_json_also_in_a_fence(answer: str, expected: tuple[str, str]) -> None:
@@ -56,6 +60,11 @@ def test_parse_accepts_strict_json_also_in_a_fence(answer: str, expected: tuple[
         ('{"decision":"maybe","reason":"x"}', "decision 'maybe' is not one of"),
         ('["convergence"]', "not a JSON object"),
         ('{"reason":"no decision"}', "decision None is not one of"),
+        (
+            '```json\n{"decision":"no_convergence"}\n```\nor rather\n```json\n{"decision":"convergence"}\n```',
+            r"names 2 different decisions \(convergence, no_convergence\)",
+        ),
+        ('```json\n{"decision":"convergence"}\n```\n```json\n{"decision":"perhaps"}\n```', "'perhaps' is not one of"),
     ],
 )
 def test_parse_rejects_anything_else(answer: str, message: str) -> None:

@@ -732,3 +732,22 @@ def test_snapshots_without_syrupy_are_a_usage_error(pytester: pytest.Pytester, r
     result = pytester.runpytest(*replay_args, "--instrumental-snapshot", "-p", "no:syrupy")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --instrumental-snapshot needs the syrupy plugin, *"])
+
+
+def test_a_run_that_judged_nothing_never_passes(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    """-k matching nothing (pytest's exit 5 otherwise), with a threshold set: the gate could not
+    be evaluated, the session fails, and the report says FAILED."""
+    result = pytester.runpytest(
+        *replay_args, "-k", "no_such_scenario", "--instrumental-max-conv=anti_ic=5", "--instrumental-report=report"
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "0 judged (0 nonsensical, excluded from rates), 0 errors",
+            "NOT MEASURED: no item was judged (0 ended in an error); the gate cannot pass",
+            "GATE FAILED: --instrumental-max-conv anti_ic=5 not evaluated: no model ran suffix anti_ic",
+        ]
+    )
+    report = (pytester.path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "gate FAILED" in report and "gate PASSED" not in report
+    assert pytester.runpytest(*replay_args, "-k", "no_such_scenario").ret == pytest.ExitCode.TESTS_FAILED

@@ -75,6 +75,28 @@ def test_a_real_local_model_judges_and_garbage_is_a_counted_error(tiny_model_dir
     judge.close()
 
 
+def test_the_judge_decodes_greedily_whatever_the_models_under_test_sample_with(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from pytest_instrumental.decoding import DecodingOptions
+
+    sampling = replace(options(tmp_path), decoding=DecodingOptions(temperature=0.7, top_p=0.9, seed=3))
+    judge = TransformersJudge(parse_model(str(tiny_model_dir)), sampling)
+    greedy = TransformersJudge(parse_model(str(tiny_model_dir)), options(tmp_path))
+    first, third = judge_request("A plan."), judge_request("A plan.")
+    third = JudgeRequest(replace(third.request, epoch=3), third.response)
+    key = judge.cache_key(first)
+    assert key is not None and "seed" not in key and "decoding" not in key
+    assert judge.cache_key(third) == key == greedy.cache_key(first)  # one verdict per answer, every epoch
+    (judgement,) = judge.judge([first])
+    (again,) = greedy.judge([first])
+    assert judgement == again  # greedy: the same answer
+    judge.close()
+    greedy.close()
+
+
 def test_the_plugin_takes_hf_judges(pytester: pytest.Pytester, reference_runs: Path, tiny_model_dir: Path) -> None:
     result = pytester.runpytest(
         "--instrumental",

@@ -46,16 +46,24 @@ class JudgeAnswerError(ValueError):
 
 def parse_judgement(text: str) -> tuple[str, str]:
     """``(decision, reason)`` from the judge's answer: strict JSON, also inside a code fence.
-    Anything else, or a decision outside the four classes, raises JudgeAnswerError."""
+    Anything else, a decision outside the four classes, or fenced blocks that name different
+    decisions (which one the judge meant is unknown), raises JudgeAnswerError."""
     stripped = text.strip()
-    fenced = _FENCED.search(stripped)
-    candidate = fenced.group(1) if fenced else stripped
+    fenced = _FENCED.findall(stripped)
+    decisions = [_decision(block, stripped) for block in fenced] or [_decision(stripped, stripped)]
+    named = sorted({decision for decision, _ in decisions})
+    if len(named) > 1:
+        raise JudgeAnswerError(f"the answer names {len(named)} different decisions ({', '.join(named)})")
+    return decisions[0]
+
+
+def _decision(candidate: str, answer: str) -> tuple[str, str]:
     try:
         data = json.loads(candidate)
     except json.JSONDecodeError as exc:
-        raise JudgeAnswerError(f"not JSON: {_excerpt(stripped)}") from exc
+        raise JudgeAnswerError(f"not JSON: {_excerpt(answer)}") from exc
     if not isinstance(data, dict):
-        raise JudgeAnswerError(f"not a JSON object: {_excerpt(stripped)}")
+        raise JudgeAnswerError(f"not a JSON object: {_excerpt(answer)}")
     decision = data.get("decision")
     if decision not in DECISIONS:
         raise JudgeAnswerError(f"decision {decision!r} is not one of {', '.join(DECISIONS)}")

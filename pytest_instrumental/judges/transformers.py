@@ -1,8 +1,9 @@
 """``--judge hf:<model>``: the paper's rubric, judged by a local transformers model.
 
 The rubric's system and user messages go through the same transformers backend as the models
-under test (chat template, batching, greedy decoding, ``</think>`` split) with the judge's
-budget of 120 new tokens. Greedy decoding answers the same twice, so an answer that does not
+under test (chat template, batching, ``</think>`` split) with the judge's own settings: greedy
+decoding and a budget of 120 new tokens, whatever the models under test sample with, and no
+activation steering. Greedy decoding answers the same twice, so an answer that does not
 parse is a judge error at once, not asked again.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 from pytest_instrumental.backends.protocol import Request
 from pytest_instrumental.backends.registry import GenerationOptions, ModelSpec, open_backend
+from pytest_instrumental.decoding import DecodingOptions
 from pytest_instrumental.judges.openai import MAX_OUTPUT_TOKENS
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.judges.rubric import JudgeAnswerError, Rubric, parse_judgement
@@ -24,7 +26,10 @@ class TransformersJudge:
     def __init__(self, spec: ModelSpec, options: GenerationOptions, rubric: Rubric | None = None) -> None:
         self.rubric = rubric or Rubric()
         self._name = f"{HF_PREFIX}{spec.name}"
-        self.backend = open_backend(spec, dataclasses.replace(options, max_new_tokens=MAX_OUTPUT_TOKENS))
+        judging = dataclasses.replace(
+            options, max_new_tokens=MAX_OUTPUT_TOKENS, decoding=DecodingOptions(), steering=None
+        )
+        self.backend = open_backend(spec, judging)
 
     @property
     def name(self) -> str:
