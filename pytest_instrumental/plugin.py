@@ -108,8 +108,11 @@ def _stop_on_sigterm(config: pytest.Config) -> None:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
 
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     signal.signal(signal.SIGTERM, interrupt)
-    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    config.add_cleanup(restore)
 
 
 def _pin_gpus(config: pytest.Config, per_worker: int) -> None:
