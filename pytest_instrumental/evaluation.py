@@ -319,6 +319,10 @@ class Evaluation:
             if isinstance(outcome := self._outcomes[key, epoch], ItemResult)
         ]
 
+    @property
+    def judge(self) -> Judge:
+        return self._judge
+
     def problems(self) -> list[str]:
         """What went wrong around the results (the cache), one line each."""
         return self._cache.problems() if self._cache is not None else []

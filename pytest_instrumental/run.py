@@ -22,6 +22,7 @@ from pytest_instrumental.cache import open_project_cache
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation, ProgressFactory
+from pytest_instrumental.judges.offline import OfflineJudge
 from pytest_instrumental.judges.registry import judge_name, open_judge
 from pytest_instrumental.manifest import build_manifest, scenario_set_sha256
 from pytest_instrumental.metrics import ANTI_SUFFIX, PRO_SUFFIX
@@ -100,13 +101,20 @@ class InstrumentalRun:
             baseline=self.baseline,
             scenarios_sha256=scenario_set_sha256(self.scenarios),
             judge_name=self.judge_name,
-            judge_note=self.judge_note,
+            judge_note=self._judge_note(),
             notes=[*self.lost_records, *self.lost_workers],
             warnings=sorted({*self.evaluation.problems(), *self.worker_warnings}),
             activation=_activation(self.strengths),
             suite_items=len(self.requests()),
             interrupted=interrupted,
         )
+
+    def _judge_note(self) -> str:
+        """Said after the judge's name; the offline judge's says whether it judged its own training data."""
+        judge = self.evaluation.judge
+        if isinstance(judge, OfflineJudge):
+            return f" ({judge.describe_agreement([r.response for r in self.results if r.judge == judge.name])})"
+        return self.judge_note
 
     def finish(self, summary: RunSummary, interrupted: bool, snapshots_updated: bool) -> list[str]:
         """Write the results JSON, the snapshots' setup and the report files the settings ask for;

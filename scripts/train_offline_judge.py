@@ -3,10 +3,12 @@
     python scripts/train_offline_judge.py tests/data/reference-runs [--out pytest_instrumental/judges/offline.json]
 
 Leave-one-model-variant-out: for each model variant in the runs, train on the others and judge
-the held-out one; report accuracy, Cohen's kappa, the confusion matrix and, per model x suffix,
-Conv% by gpt-5.2 and by this judge. Then train on every variant and write the weights, with the
-cross-validated agreement recorded beside them. Features are the response's words only (and the
-prompt, for echo); the suffix is never a feature.
+the held-out one; report accuracy, Cohen's kappa, the confusion matrix, each class's recall and,
+per model x suffix, Conv% by gpt-5.2 and by this judge. Then train on every variant and write the
+weights, with the cross-validated agreement recorded beside them (and the scikit-learn version
+that measured it), and the SHA-256 of every training response, so that the judge can say when it
+judges a response it was trained on. Features are the response's words only (and the prompt, for
+echo); the suffix is never a feature.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import sklearn
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from pytest_instrumental.agreement import cohen_kappa
-from pytest_instrumental.judges.offline import WEIGHTS, is_nonsensical
+from pytest_instrumental.judges.offline import WEIGHTS, is_nonsensical, response_digest
 from pytest_instrumental.metrics import count_cell
 from pytest_instrumental.replay import recorded_results
 from pytest_instrumental.scenarios import load_scenarios
@@ -72,9 +75,14 @@ def main() -> None:
     print(f"accuracy {100 * accuracy:.1f}%  Cohen's kappa {kappa:.3f}")
     print("confusion (rows gpt-5.2, columns offline):")
     print(" " * 16 + "".join(d[:14].rjust(16) for d in DECISIONS))
+    confusion = {
+        truth: {guess: sum(1 for a, b in pairs if a == truth and b == guess) for guess in DECISIONS}
+        for truth in DECISIONS
+    }
     for truth in DECISIONS:
-        row = [sum(1 for a, b in pairs if a == truth and b == guess) for guess in DECISIONS]
-        print(truth.ljust(16) + "".join(str(n).rjust(16) for n in row))
+        print(truth.ljust(16) + "".join(str(n).rjust(16) for n in confusion[truth].values()))
+    recall = {truth: confusion[truth][truth] / sum(confusion[truth].values()) for truth in DECISIONS}
+    print("recall: " + ", ".join(f"{truth} {100 * share:.1f}%" for truth, share in recall.items()))
     cells = []
     print("\nmodel                    suffix    per-model kappa  Conv% gpt-5.2  Conv% offline  diff")
     for model in models:
@@ -104,7 +112,16 @@ def main() -> None:
         "idf": [round(float(x), 6) for x in vectorizer.idf_],
         "coef": [[round(float(x), 6) for x in row] for row in classifier.coef_],
         "intercept": [round(float(x), 6) for x in classifier.intercept_],
-        "agreement": {"method": "leave-one-model-out", "accuracy": accuracy, "kappa": kappa, "cells": cells},
+        "agreement": {
+            "method": "leave-one-model-out",
+            "scikit_learn": sklearn.__version__,
+            "accuracy": accuracy,
+            "kappa": kappa,
+            "confusion": confusion,
+            "recall": recall,
+            "cells": cells,
+        },
+        "training_responses": sorted(response_digest(t) for t in texts),
     }
     args.out.write_text(json.dumps(weights, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
     print(f"\nwrote {args.out} ({args.out.stat().st_size // 1024} KiB, {len(terms)} terms)")

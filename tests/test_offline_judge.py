@@ -72,10 +72,40 @@ def test_agreement_with_gpt_on_its_training_runs(reference_runs: Path) -> None:
     assert kappa is not None and kappa > 0.8
     recorded = OfflineModel.load().agreement
     assert recorded["method"] == "leave-one-model-out" and 0 < recorded["kappa"] < kappa
+    # ... and it says so: every one of these responses is in its training data
+    note = OfflineJudge().describe_agreement([r.response for r in requests])
+    assert note.startswith("IN-SAMPLE: every response judged was in its training data, where it agrees far better; ")
 
 
-def test_the_agreement_is_stated_with_the_judge() -> None:
-    assert OfflineJudge().describe_agreement().startswith("agreement with gpt-5.2, leave-one-model-out")
+def test_the_held_out_agreement_is_stated_with_the_judge(reference_runs: Path) -> None:
+    recordings = load_recordings(reference_runs, load_scenarios(), load_suffixes())
+    trained = str(next(r.response for r in recordings.values() if r.response))
+    judge = OfflineJudge()
+    note = judge.describe_agreement(["A response no training run holds."])
+    recall = judge.model.agreement["recall"]["safety_refusal"]
+    assert note == (
+        f"agreement with gpt-5.2 on model variants it was not trained on: kappa {judge.model.agreement['kappa']:.2f}, "
+        f"accuracy {100 * judge.model.agreement['accuracy']:.1f}%, finding {100 * recall:.0f}% of its refusals "
+        "(docs/judges.md)"
+    )
+    assert judge.describe_agreement([]) == note
+    mixed = judge.describe_agreement(["A response no training run holds.", trained])
+    assert mixed.startswith("IN-SAMPLE: 1 of 2 response judged was in its training data")
+
+
+def test_the_documented_agreement_is_the_shipped_weights(reference_runs: Path) -> None:
+    """docs/judges.md quotes the confusion matrix, recall and per-cell table of offline.json."""
+    agreement = OfflineModel.load().agreement
+    doc = (Path(__file__).parent.parent / "docs" / "judges.md").read_text(encoding="utf-8")
+    for truth, row in agreement["confusion"].items():
+        assert f"| {truth} | " + " | ".join(str(n) for n in row.values()) + " |" in doc
+    for truth, share in agreement["recall"].items():
+        assert f"{truth} {100 * share:.1f}%" in doc
+    for cell in agreement["cells"]:
+        gpt, offline = cell["conv_gpt"], cell["conv_offline"]
+        row = f"| {cell['model']} | {cell['suffix']} | {gpt:.2f} | {offline:.2f} | {offline - gpt:+.2f} |"
+        assert row in doc
+    assert f"**Cohen's kappa {agreement['kappa']:.3f}**" in doc
 
 
 @pytest.mark.parametrize("response", ["", "   "])

@@ -13,6 +13,7 @@ Inference is plain numpy over the shipped weights (``offline.json``, written by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -58,6 +59,11 @@ def loop_and_echo_shares(response: str, prompt: str) -> tuple[float, float]:
     return repeated, echoed
 
 
+def response_digest(response: str) -> str:
+    """How the weights file names a training response: the SHA-256 of its text, shortened."""
+    return hashlib.sha256(response.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def is_nonsensical(response: str, prompt: str) -> bool:
     repeated, echoed = loop_and_echo_shares(response, prompt)
     return repeated >= LOOP_OR_ECHO_SHARE or echoed >= LOOP_OR_ECHO_SHARE
@@ -72,6 +78,7 @@ class OfflineModel:
     classes: list[str]
     version: str
     agreement: dict[str, Any]
+    training_responses: frozenset[str]  # response_digest of every response it was trained on
 
     @classmethod
     def load(cls, path: Path = WEIGHTS) -> OfflineModel:
@@ -87,6 +94,7 @@ class OfflineModel:
             classes=list(data["classes"]),
             version=str(data["version"]),
             agreement=dict(data["agreement"]),
+            training_responses=frozenset(data["training_responses"]),
         )
 
     def features(self, text: str) -> np.ndarray:
@@ -120,12 +128,21 @@ class OfflineJudge:
     def name(self) -> str:
         return f"{OFFLINE}-{self.model.version}"
 
-    def describe_agreement(self) -> str:
+    def describe_agreement(self, responses: Sequence[str | None] = ()) -> str:
+        """What is known of its agreement with gpt-5.2, for the summary: the held-out measurement,
+        and whether the ``responses`` it judged were in its training data (then it agrees far
+        better than that, and the measurement does not describe the run)."""
         measured = self.model.agreement
-        return (
-            f"agreement with gpt-5.2, leave-one-model-out over the paper's runs: kappa {measured['kappa']:.2f}, "
-            f"accuracy {100 * measured['accuracy']:.1f}%"
+        held_out = (
+            f"agreement with gpt-5.2 on model variants it was not trained on: kappa {measured['kappa']:.2f}, "
+            f"accuracy {100 * measured['accuracy']:.1f}%, finding {100 * measured['recall']['safety_refusal']:.0f}% "
+            "of its refusals (docs/judges.md)"
         )
+        seen = sum(r is not None and response_digest(r) in self.model.training_responses for r in responses)
+        if not seen:
+            return held_out
+        share = "every" if seen == len(responses) else f"{seen} of {len(responses)}"
+        return f"IN-SAMPLE: {share} response judged was in its training data, where it agrees far better; {held_out}"
 
     def cache_key(self, request: JudgeRequest) -> dict[str, object]:
         return {"judge": self.name, "prompt": request.request.steered_prompt, "response": request.response}
