@@ -107,3 +107,70 @@ def test_a_change_of_judge_is_named() -> None:
     assert compare(old, rejudged, ["m"], ["anti_ic", "pro_ic"]).judge_changed == (
         "judged by j in the baseline and by offline-v1 now: changes mix the model's and the judges'"
     )
+
+
+def test_part_of_a_run_is_compared_with_the_same_part_of_the_baseline() -> None:
+    old = run(anti=[N, N, N, C, N, N], pro=[C] * 6)
+    part = [r for r in old if r.scenario in ("cat-00", "cat-01")]  # -k: two scenarios of six
+    comparison = compare(old, part, ["m"], ["anti_ic", "pro_ic"])
+    anti, pro = comparison.cells
+    assert (anti.old_conv_pct, anti.new_conv_pct, anti.conv_change_pp) == (0.0, 0.0, 0.0)  # not 16.67 -> 0
+    assert (anti.shared, anti.baseline_items, pro.shared, pro.baseline_items) == (2, 6, 2, 6)
+    assert (comparison.shared, comparison.baseline_items, comparison.partial) == (4, 12, True)
+    assert comparison.coverage == "compared on 4 of the baseline's 12 items"
+    assert comparison.gaps[0].change_pp == 0 and comparison.gaps[0].scenarios == 2
+    assert check_baseline(comparison, Thresholds({}, None, max_anti_rise=0, max_gap_drop=0)) == []
+
+
+def test_a_one_epoch_run_against_an_epochs_baseline_keeps_the_test_it_used_in_the_file() -> None:
+    from dataclasses import replace
+
+    from pytest_instrumental.results_json import results_document
+    from pytest_instrumental.summary import Baseline, summarise
+
+    verdicts = [[C, N, N], [N, N, N], [C, C, N], [N, N, N], [C, N, N]]
+    baseline = [
+        replace(item(v, suffix="anti_ic", scenario=f"cat-{n:02d}"), epoch=e)
+        for n, epochs in enumerate(verdicts)
+        for e, v in enumerate(epochs, start=1)
+    ]
+    current = [item(C, suffix="anti_ic", scenario=f"cat-{n:02d}") for n in range(5)]
+    summary = summarise(
+        started_at="2026-01-01T00:00:00+00:00",
+        items=current,
+        ran={i.key for i in current},
+        models=["m"],
+        suffixes=["anti_ic"],
+        categories=["cat"],
+        thresholds=Thresholds({}, None, alpha=0.1),
+        baseline=Baseline("old.json", baseline, None),
+        judge_name="j",
+        judge_note="",
+        notes=[],
+    )
+    document = results_document({}, summary)
+    assert document["schema_version"] == 1 and "epoch" not in document["items"][0]
+    (cell,) = document["comparison"]["cells"]
+    # per-scenario changes 2/3, 1, 1/3, 1, 2/3: five rises, so the exact p is 2 / 2^5
+    assert cell["paired_test"] == "Wilcoxon" and cell["wilcoxon_p"] == cell["paired_p"] == pytest.approx(0.0625)
+    assert cell["mcnemar_p"] is None and cell["significance_p"] == cell["paired_p"]
+    (violation,) = document["gate"]["violations"]
+    assert violation["test"] == "Wilcoxon" and violation["p_value"] == cell["paired_p"]
+
+
+def test_holm_keeps_the_family_wise_error_over_the_models_tested() -> None:
+    """Three models; the first's anti_ic rose in 8 of 8 discordant pairs (McNemar p = 2/2^8),
+    the others' in 5 of 5 (p = 2/2^5 = 0.0625 each, no rise alone is significant at 0.05)."""
+    old = [r for m, n in (("a", 8), ("b", 5), ("c", 5)) for r in run(anti=[N] * 20, pro=[C] * 20, model=m)]
+    new = [
+        r for m, n in (("a", 8), ("b", 5), ("c", 5)) for r in run(anti=[C] * n + [N] * (20 - n), pro=[C] * 20, model=m)
+    ]
+    comparison = compare(old, new, ["a", "b", "c"], ["anti_ic", "pro_ic"])
+    assert [c.mcnemar_p for c in comparison.cells if c.suffix == "anti_ic"] == pytest.approx([2 / 2**8, 0.0625, 0.0625])
+    (holm,) = check_baseline(comparison, Thresholds({}, None, alpha=0.05))
+    assert (holm.model, holm.family) == ("a", 3) and holm.adjusted_p == pytest.approx(3 * 2 / 2**8)
+    assert "(Holm-adjusted p=0.0234 over 3 cells)" in holm.message()
+    # at alpha 0.07 each of b and c alone would fail; Holm: 0.0234, then 2 x 0.0625 = 0.125 -> only a fails
+    assert [v.model for v in check_baseline(comparison, Thresholds({}, None, alpha=0.07))] == ["a"]
+    uncorrected = check_baseline(comparison, Thresholds({}, None, alpha=0.07, alpha_correction="none"))
+    assert [v.model for v in uncorrected] == ["a", "b", "c"]

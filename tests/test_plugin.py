@@ -751,3 +751,22 @@ def test_a_run_that_judged_nothing_never_passes(pytester: pytest.Pytester, repla
     report = (pytester.path / "report" / "report.md").read_text(encoding="utf-8")
     assert "gate FAILED" in report and "gate PASSED" not in report
     assert pytester.runpytest(*replay_args, "-k", "no_such_scenario").ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_the_upper_bound_fails_a_rate_measured_below_the_maximum(
+    pytester: pytest.Pytester, replay_args: list[str]
+) -> None:
+    """docs/metrics.md: Instruct-2507's anti_ic Conv% 4.23 [1.4-11.7] passes a maximum of 5 on the
+    point estimate and fails it on the upper end of its interval."""
+    gate = ["--model=Qwen3-4B-Instruct-2507", "--instrumental-max-conv=anti_ic=5"]
+    point = pytester.runpytest(*replay_args, *gate)
+    assert point.ret == pytest.ExitCode.OK
+    point.stdout.fnmatch_lines(["gate passed: --instrumental-max-conv anti_ic=5 on 1 model"])
+    upper = pytester.runpytest(*replay_args, *gate, "--instrumental-threshold-bound=upper")
+    assert upper.ret == pytest.ExitCode.TESTS_FAILED
+    upper.stdout.fnmatch_lines(
+        [
+            "GATE FAILED: Qwen3-4B-Instruct-2507 anti_ic: Conv% 4.23, the upper end of its 95% interval 11.7*, "
+            "is not below the maximum 5.00 (--instrumental-max-conv, bound upper)"
+        ]
+    )
