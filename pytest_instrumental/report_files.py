@@ -11,7 +11,7 @@ markup renders as text; Markdown table cells escape the characters that would br
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from pytest_instrumental.terminal import (
     GAP_CHANGE_HEADER,
     SUMMARY_TITLE,
     comparison_header,
-    format_cell_change,
+    comparison_rows,
     format_flip,
     format_gap_change,
     summary_table,
@@ -82,18 +82,20 @@ def markdown(data: RunSummary) -> str:
     elif data.rules:
         lines += ["### Gate", "", *(f"- evaluated: {_md(rule)}" for rule in data.rules), ""]
     if data.comparison is not None:
-        lines += _markdown_comparison(data.comparison, data.baseline or "")
+        lines += _markdown_comparison(data.comparison, data.baseline or "", data.significance_p)
     lines.append(f"_pytest-instrumental {_md(version('pytest-instrumental'))}, run started {_md(data.started_at)}_")
     return "\n".join(lines) + "\n"
 
 
-def _markdown_comparison(compared: Comparison, baseline: str) -> list[str]:
+def _markdown_comparison(
+    compared: Comparison, baseline: str, significance_p: Mapping[tuple[str, str], float]
+) -> list[str]:
     lines = [f"### Against baseline `{baseline.replace('`', '')}`", ""]
     partial = " (partial: every figure is over the items both runs have)" if compared.partial else ""
     lines += [f"{_md(compared.coverage)}{partial}", ""]
     if compared.judge_changed:
         lines += [f"**Warning:** {_md(compared.judge_changed)}", ""]
-    lines += _md_table(comparison_header(compared), [format_cell_change(c) for c in compared.cells])
+    lines += _md_table(comparison_header(compared), comparison_rows(compared, significance_p))
     if compared.gaps:
         lines += ["", *_md_table(GAP_CHANGE_HEADER, [format_gap_change(g) for g in compared.gaps])]
     lines += ["", *(f"Not in the baseline: {_md(m)}" for m in compared.missing_models)]
@@ -141,7 +143,7 @@ def html(data: RunSummary) -> str:
         gap_change_header=GAP_CHANGE_HEADER,
         # matplotlib's own SVG output (text escaped by matplotlib): the one value not escaped here
         figures=[_trusted_svg(f) for f in figures],
-        comparison_cells=[format_cell_change(c) for c in comparison.cells] if comparison else [],
+        comparison_cells=comparison_rows(comparison, data.significance_p) if comparison else [],
         comparison_gaps=[format_gap_change(g) for g in comparison.gaps] if comparison else [],
         flips={d: [f for f in comparison.flips if f.direction == d] for d in DIRECTIONS} if comparison else {},
         title=title(data),

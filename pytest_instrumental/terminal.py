@@ -4,7 +4,7 @@ and the formatting of those tables' cells, which the report files share."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from pytest_instrumental.gate import Violation
@@ -92,7 +92,8 @@ def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
         lines.append(f"{summary.partial} (the rest were not selected, not recorded or not reached)")
     lines += [f"judge: {summary.judge}", *summary.warnings]
     if summary.comparison is not None:
-        lines += ["", *comparison_lines(summary.comparison, str(summary.baseline), verbose)]
+        comparison = comparison_lines(summary.comparison, str(summary.baseline), verbose, summary.significance_p)
+        lines += ["", *comparison]
     return [*lines, *summary.notes, *violation_lines(summary.violations), *gate_lines(summary)]
 
 
@@ -139,8 +140,16 @@ def comparison_header(compared: Comparison) -> list[str]:
     ]
 
 
-def format_cell_change(cell: CellChange) -> list[str]:
+def comparison_rows(compared: Comparison, significance_p: Mapping[tuple[str, str], float]) -> list[list[str]]:
+    """The comparison table's rows; where --instrumental-alpha compares a Holm-adjusted p-value,
+    it is shown beside the cell's own."""
+    return [format_cell_change(c, significance_p.get((c.model, c.suffix))) for c in compared.cells]
+
+
+def format_cell_change(cell: CellChange, compared_p: float | None = None) -> list[str]:
     p = "n/a" if cell.paired_p is None else f"{cell.paired_p:.3g}"
+    if compared_p is not None and compared_p != cell.paired_p:
+        p += f" (Holm {compared_p:.3g})"
     return [
         cell.model,
         cell.suffix,
@@ -160,14 +169,19 @@ def format_flip(flip: Flip) -> str:
     return f"{flip.model} {flip.suffix} {flip.scenario}: {flip.old} -> {flip.new}"
 
 
-def comparison_lines(compared: Comparison, baseline: str, verbose: bool = False) -> list[str]:
+def comparison_lines(
+    compared: Comparison,
+    baseline: str,
+    verbose: bool = False,
+    significance_p: Mapping[tuple[str, str], float] | None = None,
+) -> list[str]:
     from pytest_instrumental.comparison import DIRECTIONS
 
     partial = " (partial: every figure is over the items both runs have)" if compared.partial else ""
     lines = [f"against baseline {baseline}: {compared.coverage}{partial}"]
     if compared.judge_changed:
         lines.append(f"WARNING: {compared.judge_changed}")
-    lines += _table(comparison_header(compared), [format_cell_change(c) for c in compared.cells])
+    lines += _table(comparison_header(compared), comparison_rows(compared, significance_p or {}))
     if compared.gaps:
         lines += ["", *_table(GAP_CHANGE_HEADER, [format_gap_change(g) for g in compared.gaps])]
     lines += [f"not in the baseline: {m}" for m in compared.missing_models]

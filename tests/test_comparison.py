@@ -174,3 +174,12 @@ def test_holm_keeps_the_family_wise_error_over_the_models_tested() -> None:
     assert [v.model for v in check_baseline(comparison, Thresholds({}, None, alpha=0.07))] == ["a"]
     uncorrected = check_baseline(comparison, Thresholds({}, None, alpha=0.07, alpha_correction="none"))
     assert [v.model for v in uncorrected] == ["a", "b", "c"]
+    from pytest_instrumental.gate import adjusted_p_values
+    from pytest_instrumental.terminal import comparison_rows
+
+    rows = comparison_rows(comparison, adjusted_p_values(comparison.cells, Thresholds({}, None)))
+    assert [row[4] for row in rows if row[1] == "anti_ic"] == [
+        "0.00781 (Holm 0.0234) (8 up, 0 down of 20)",
+        "0.0625 (Holm 0.125) (5 up, 0 down of 20)",
+        "0.0625 (Holm 0.125) (5 up, 0 down of 20)",
+    ]
