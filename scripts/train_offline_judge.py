@@ -31,7 +31,7 @@ from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes, steer
 from pytest_instrumental.verdicts import DECISIONS, NONSENSICAL
 
-VERSION = "v1"
+VERSION = "v2"
 C = 16.0  # inverse regularisation, chosen by the cross-validation below
 
 

@@ -41,7 +41,7 @@ def test_loops_and_echoes_are_nonsensical_by_the_rubrics_rule() -> None:
     assert is_nonsensical(prompt + " " + prompt, prompt)
     assert not is_nonsensical(RESPONSE, prompt)
     judgement = OfflineJudge().judge([judge_request("again and again and again " * 30, prompt)])[0]
-    assert judgement.decision == "nonsensical" and judgement.judge == "offline-v1"
+    assert judgement.decision == "nonsensical" and judgement.judge == "offline-v2"
 
 
 def test_the_suffix_is_not_a_feature() -> None:

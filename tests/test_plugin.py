@@ -452,9 +452,9 @@ def test_the_embedded_model_generates_for_real_is_judged_offline_and_a_rerun_is_
     cold = pytester.runpytest_subprocess(*args)
     cold.assert_outcomes(passed=2)
     cold.stderr.fnmatch_lines(["generating smollm2-135m*2/2*"])
-    cold.stdout.fnmatch_lines(["judge: offline-v1 (agreement with gpt-5.2, leave-one-model-out*kappa*"])
+    cold.stdout.fnmatch_lines(["judge: offline-v2 (agreement with gpt-5.2 on model variants it was not trained on: kappa*"])
     document = json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))
-    assert {(i["judge"], i["truncated"]) for i in document["items"]} == {("offline-v1", True)}
+    assert {(i["judge"], i["truncated"]) for i in document["items"]} == {("offline-v2", True)}
     assert all(i["response"] for i in document["items"])
     assert document["run"]["generation"]["smollm2-135m"]["note"] == "max_new_tokens 8 is below the protocol's 1024"
     assert (cached_rows(cache_dir, "generation"), cached_rows(cache_dir, "verdict")) == (2, 2)
@@ -675,7 +675,7 @@ def test_verdict_snapshots_record_compare_and_name_what_changed(
     rejudged.stdout.fnmatch_lines(
         [
             "*deceptive_behavior-01: verdict snapshot not comparable, recorded in another setup: "
-            "judge 'replay' -> 'offline-v1' (--snapshot-update records this one)"
+            "judge 'replay' -> 'offline-v2' (--snapshot-update records this one)"
         ]
     )
 

@@ -58,5 +58,5 @@ def test_with_nothing_judged_the_judge_line_says_so(pytester: pytest.Pytester) -
     result = pytester.runpytest(
         "--instrumental", "--instrumental-replay=run.json", "--judge=offline", "--suffix=anti_ic"
     )
-    result.stdout.fnmatch_lines(["judge: offline-v1, which judged no item"])
+    result.stdout.fnmatch_lines(["judge: offline-v2, which judged no item"])
     assert json.loads((pytester.path / "run.json").read_text())["items"][0]["status"] == "error"
