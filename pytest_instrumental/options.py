@@ -57,21 +57,27 @@ def _number_where(accepts: Callable[[float], bool], otherwise: str) -> Callable[
     return parse
 
 
-def whole_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise ValueError(f"{text!r} must be 0 or more")
-    return value
+def _whole_number_from(low: int, high: int | None = None) -> Callable[[str], int]:
+    """A parser of whole numbers from ``low`` (to ``high``); any other value is a ValueError saying
+    the whole range, so a value refused twice is never refused for two different reasons."""
+    allowed = f"a whole number from {low}" + ("" if high is None else f" to {high}")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not {allowed}") from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"{text!r} is not {allowed}")
+        return value
+
+    return parse
 
 
-def positive_int(text: str) -> int:
-    value = whole_number(text)
-    if value < 1:
-        raise ValueError(f"{text!r} must be at least 1")
-    return value
+MAX_RETRIES_LIMIT = 20  # each retry waits up to 8 s more: beyond this, a dead server holds a request for minutes
+whole_number = _whole_number_from(0)
+positive_int = _whole_number_from(1)
+retries = _whole_number_from(0, MAX_RETRIES_LIMIT)
 
 
 positive_seconds = _number_where(lambda v: 0 < v < math.inf, "must be a finite number of seconds above 0")
@@ -455,8 +461,9 @@ OPTIONS = (
         "--instrumental-max-retries",
         "instrumental_max_retries",
         "value",
-        f"retries of a failed server request, with exponential backoff (default {DEFAULT_MAX_RETRIES}; 0: none)",
-        whole_number,
+        f"retries of a failed server request, with exponential backoff (default {DEFAULT_MAX_RETRIES}; 0: none; "
+        f"at most {MAX_RETRIES_LIMIT})",
+        retries,
         "N",
     ),
     Option(

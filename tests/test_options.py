@@ -49,6 +49,24 @@ def test_value_parsers_range_check() -> None:
             options.positive_seconds(bad)
 
 
+@pytest.mark.parametrize(
+    ("parse", "bad", "message"),
+    [
+        (options.positive_int, "-3", "'-3' is not a whole number from 1"),  # never "0 or more", then "at least 1"
+        (options.positive_int, "0", "'0' is not a whole number from 1"),
+        (options.positive_int, "1.5", "'1.5' is not a whole number from 1"),
+        (options.whole_number, "-1", "'-1' is not a whole number from 0"),
+        (options.retries, "100000000000000000000000", "is not a whole number from 0 to 20"),
+        (options.retries, "21", "'21' is not a whole number from 0 to 20"),
+    ],
+)
+def test_whole_numbers_are_refused_with_their_whole_range(parse: Any, bad: str, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse(bad)
+    assert str(refused.value).endswith(message)
+    assert options.retries("20") == 20 and options.positive_int("3") == 3
+
+
 def settings(given: dict[str, Any], ini: dict[str, Any], root: Path = Path("/project")) -> Settings:
     return read_settings(given.get, lambda key: ini.get(key, ""), root, [])
 
