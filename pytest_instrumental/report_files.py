@@ -21,6 +21,7 @@ from markupsafe import Markup
 from pytest_instrumental import plots
 from pytest_instrumental.backends.steering import condition_strength
 from pytest_instrumental.comparison import DIRECTIONS, Comparison
+from pytest_instrumental.outputs import HTML, MARKDOWN, write_text
 from pytest_instrumental.summary import RunSummary
 from pytest_instrumental.terminal import (
     GAP_CHANGE_HEADER,
@@ -33,9 +34,6 @@ from pytest_instrumental.terminal import (
 )
 from pytest_instrumental.text import visible
 
-MARKDOWN = "report.md"
-HTML = "report.html"
-
 
 def title(summary: RunSummary) -> str:
     return f"Instrumental convergence: {', '.join(summary.models) or 'no model'}"
@@ -46,7 +44,7 @@ def write_reports(directory: Path, data: RunSummary) -> list[Path]:
     written = []
     for name, text in ((MARKDOWN, markdown(data)), (HTML, html(data))):
         path = directory / name
-        path.write_text(text, encoding="utf-8")
+        write_text(path, text)
         written.append(path)
     return written
 

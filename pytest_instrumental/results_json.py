@@ -4,13 +4,12 @@ read its items back."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.outputs import write_text
 from pytest_instrumental.summary import Baseline, RunSummary
 from pytest_instrumental.verdicts import ItemResult
 
@@ -93,17 +92,8 @@ def _without_epoch_fields(value: Any) -> Any:
 
 
 def write_results(path: Path, document: dict[str, Any]) -> None:
-    """Write atomically, so a run killed while writing never leaves half a file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, ensure_ascii=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write by the outputs' rule (outputs.py): whole, renamed into place, with the user's umask."""
+    write_text(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_results(path: Path) -> list[ItemResult]:

@@ -28,6 +28,7 @@ from pytest_instrumental.manifest import build_manifest, scenario_set_sha256
 from pytest_instrumental.metrics import ANTI_SUFFIX, PRO_SUFFIX
 from pytest_instrumental.openai_client import register_credentials
 from pytest_instrumental.options import Settings
+from pytest_instrumental.outputs import REPORTS, output_problem
 from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
 from pytest_instrumental.results_json import read_baseline, results_document, write_results
@@ -305,32 +306,19 @@ def _steering_record(settings: Settings, plan: SteeringPlan) -> dict[str, object
 
 
 def check_outputs(settings: Settings) -> None:
-    """Every path the run will write, checked before any work: one line naming the option."""
-    outputs = [("--instrumental-json", settings.json, False), ("--instrumental-report", settings.report, True)]
+    """Every path the run will write, checked before any work by the outputs' rule (outputs.py):
+    one line naming the option."""
+    outputs: list[tuple[str, Path | None, tuple[str, ...] | None]] = [
+        ("--instrumental-json", settings.json, None),
+        ("--instrumental-report", settings.report, REPORTS),
+    ]
     if settings.snapshot:
-        outputs.append(("--instrumental-snapshot-dir", settings.snapshot_dir, True))
-    for flag, path, is_directory in outputs:
+        outputs.append(("--instrumental-snapshot-dir", settings.snapshot_dir, snapshots.FILES))
+    for flag, path, files in outputs:
         if path is not None:
-            problem = output_problem(path, is_directory)
+            problem = output_problem(path, files is not None, files or ())
             if problem is not None:
                 raise InputError(f"{flag}: cannot write {path}: {problem}")
-
-
-def output_problem(path: Path, is_directory: bool) -> str | None:
-    """Why ``path`` (a file, or a directory to write files in) cannot be written; None if it can."""
-    if path.exists():
-        if is_directory and not path.is_dir():
-            return "it is a file, not a directory"
-        if not is_directory and path.is_dir():
-            return "it is a directory"
-        target = path if path.is_dir() else path.parent
-        return None if os.access(target, os.W_OK | os.X_OK) else f"{target} is not writable"
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        return f"{ancestor} is a file"
-    return None if os.access(ancestor, os.W_OK | os.X_OK) else f"{ancestor} is not writable"
 
 
 def _start_servers(backends: list[object]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.outputs import write_text
 
 if TYPE_CHECKING:
     import pytest
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 SNAPSHOT_BASENAME = "instrumental"  # the snapshot file is <directory>/instrumental.ambr
 SETUP_FILE = "instrumental.setup.json"
+FILES = (f"{SNAPSHOT_BASENAME}.ambr", SETUP_FILE)  # what this plugin writes in the snapshot directory
 
 Setup = dict[str, Any]  # {"model": {...}, "judge": str, "suffixes": {name: sha256}}
 
@@ -50,7 +52,7 @@ def read_setups(directory: Path) -> dict[str, Setup]:
 def write_setups(directory: Path, setups: Mapping[str, Setup]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(dict(sorted(setups.items())), indent=2, sort_keys=True, ensure_ascii=False)
-    (directory / SETUP_FILE).write_text(text + "\n", encoding="utf-8")
+    write_text(directory / SETUP_FILE, text + "\n")
 
 
 def setup_changes(recorded: Setup | None, current: Setup) -> list[str]:

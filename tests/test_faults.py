@@ -1,7 +1,10 @@
 """Faults of the disk and the cache, injected: each ends in one clear line and loses nothing."""
 
 import json
+import os
 import sqlite3
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,17 @@ def replay_args(reference_runs: Path) -> list[str]:
     return ["--instrumental", f"--instrumental-replay={reference_runs}", "-k", "Base and anti_ic and evading_shutdown"]
 
 
+def _link(name: str) -> Callable[[Path], None]:
+    """A symbolic link at an output's target, pointing at a file outside the output directory."""
+
+    def make(root: Path) -> None:
+        (root / "outside.txt").write_text("not yours to overwrite")
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(root / "outside.txt")
+
+    return make
+
+
 @pytest.mark.parametrize(
     ("make", "option", "problem"),
     [
@@ -19,6 +33,15 @@ def replay_args(reference_runs: Path) -> list[str]:
         (lambda p: (p / "out.json").mkdir(), "--instrumental-json=out.json", "it is a directory"),
         (lambda p: (p / "blocker").write_text("x"), "--instrumental-json=blocker/sub/out.json", "blocker is a file"),
         (lambda p: (p / "snaps").write_text("x"), "--instrumental-snapshot-dir=snaps", "it is a file, not a directory"),
+        (lambda p: os.mkfifo(p / "fifo"), "--instrumental-json=fifo", "it exists and is not a regular file *"),
+        (_link("out.json"), "--instrumental-json=out.json", "it is a symbolic link (outputs are never written *"),
+        (_link("out/report.md"), "--instrumental-report=out", "report.md in it: it is a symbolic link *"),
+        (_link("snaps/instrumental.ambr"), "--instrumental-snapshot-dir=snaps", "instrumental.ambr in it: it is a *"),
+        (
+            _link("snaps/instrumental.setup.json"),
+            "--instrumental-snapshot-dir=snaps",
+            "instrumental.setup.json in it: it is a symbolic link *",
+        ),
     ],
 )
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(
@@ -30,6 +53,20 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(
     flag, _, path = option.partition("=")
     result.stderr.fnmatch_lines([f"ERROR: {flag}: cannot write *{path}: {problem}"])
     assert "Traceback" not in result.stderr.str()
+    outside = pytester.path / "outside.txt"
+    assert not outside.exists() or outside.read_text() == "not yours to overwrite"
+
+
+def test_outputs_get_the_users_umask(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    previous = os.umask(0o027)
+    try:
+        result = pytester.runpytest(*replay_args, "--instrumental-json=out.json", "--instrumental-report=report")
+    finally:
+        os.umask(previous)
+    assert result.ret == pytest.ExitCode.OK
+    for written in ("out.json", "report/report.md", "report/report.html"):
+        assert stat.S_IMODE((pytester.path / written).stat().st_mode) == 0o640, written
+    assert not list(pytester.path.glob("**/.*.tmp"))  # nothing left beside them
 
 
 def test_a_write_that_fails_at_the_end_comes_after_the_summary(
