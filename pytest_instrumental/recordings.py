@@ -14,10 +14,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_instrumental.backends.steering import condition_strength
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.results_json import read_results
 from pytest_instrumental.scenarios import Category, ScenarioSet
 from pytest_instrumental.suffixes import Suffix, steer
+from pytest_instrumental.text import visible
 from pytest_instrumental.verdicts import ItemKey
 
 REPLAY = "replay"
@@ -65,7 +67,7 @@ def load_recordings(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, S
     recordings = Recordings()
     for source in sources:
         if source.suffix == ".json":
-            found = _read_results_json(source, scenarios)
+            found = _read_results_json(source, scenarios, suffixes)
         else:
             found = _read_reference_run(source, scenarios, suffixes, recordings.unattributed)
         for recording in found:
@@ -88,16 +90,22 @@ def _recorded_sources(path: Path) -> Iterator[Path]:
                 yield child
 
 
-def _read_results_json(path: Path, scenarios: ScenarioSet) -> Iterator[Recording]:
+def _read_results_json(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix]) -> Iterator[Recording]:
     categories = {s.id: s.category for s in scenarios}
     for number, item in enumerate(read_results(path), start=1):
         source = f"{path}: item {number}"
+        if item.suffix not in suffixes and condition_strength(item.suffix) is None:
+            known = ", ".join(sorted(suffixes))
+            raise InputError(f"{source}: suffix {visible(repr(item.suffix))} is not a known suffix ({known})")
         if item.epoch > 1:
             raise InputError(
                 f"{source}: a run with epochs (epoch {item.epoch}) cannot be replayed; it can be a baseline"
             )
         if categories.get(item.scenario) != item.category:
-            raise InputError(f"{source}: scenario {item.scenario!r} ({item.category}) matches no known scenario")
+            raise InputError(
+                f"{source}: scenario {visible(repr(item.scenario))} ({visible(item.category)}) "
+                "matches no known scenario"
+            )
         yield Recording(
             item.key, source, item.response, item.thinking, item.verdict, item.reason, item.judge, item.error
         )

@@ -11,7 +11,8 @@ from typing import Any
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.outputs import write_text
 from pytest_instrumental.summary import Baseline, RunSummary
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.text import visible
+from pytest_instrumental.verdicts import ItemKey, ItemResult
 
 SCHEMA_VERSION = 1
 # Version 2: items carry an ``epoch`` and an item has one record per epoch, which a reader of
@@ -108,13 +109,21 @@ def read_results(path: Path) -> list[ItemResult]:
     if not isinstance(data.get("items"), list):
         raise InputError(f"{path}: 'items' must be a list")
     items = []
+    seen: dict[tuple[ItemKey, int], int] = {}
     for number, raw in enumerate(data["items"], start=1):
         try:
             if not isinstance(raw, dict):
                 raise ValueError("not an object")
-            items.append(ItemResult.from_dict(raw))
+            item = ItemResult.from_dict(raw)
         except ValueError as exc:
-            raise InputError(f"{path}: item {number}: {exc}") from exc
+            raise InputError(f"{path}: item {number}: {visible(str(exc))}") from exc
+        answer = (item.key, item.epoch)
+        if answer in seen:  # which copy is the item's result is unknown: never pick one
+            raise InputError(
+                f"{path}: item {number}: {visible(item.key.item_id)} (epoch {item.epoch}) is also item {seen[answer]}"
+            )
+        seen[answer] = number
+        items.append(item)
     return items
 
 
@@ -124,4 +133,6 @@ def read_baseline(path: Path, label: str) -> Baseline:
     manifest = data.get("run", {}).get("manifest", {}) if isinstance(data.get("run"), dict) else {}
     scenarios = manifest.get("scenarios", {}) if isinstance(manifest, dict) else {}
     sha = scenarios.get("sha256") if isinstance(scenarios, dict) else None
-    return Baseline(label, items, sha if isinstance(sha, str) else None)
+    if sha is not None and not isinstance(sha, str):
+        raise InputError(f"{path}: run.manifest.scenarios.sha256 {sha!r:.60} is not a string")
+    return Baseline(label, items, sha)

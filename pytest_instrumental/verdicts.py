@@ -61,17 +61,38 @@ class ItemResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ItemResult:
+        """An item read back (a results file, an xdist worker): each field checked by type, so
+        damaged data is one error naming the field, never a crash further on."""
         names = {f.name for f in fields(cls)}
         missing = names - data.keys() - {"truncated", "epoch"}
         if missing:
             raise ValueError(f"item lacks {', '.join(sorted(missing))}")
+        for name in _NAMES:
+            if not isinstance(data[name], str) or not data[name]:
+                raise ValueError(f"item {name} {_shown(data[name])} is not a non-empty string")
+        for name in _TEXTS:
+            if data[name] is not None and not isinstance(data[name], str):
+                raise ValueError(f"item {name} {_shown(data[name])} is not a string or null")
         if data["status"] not in ("ok", "error"):
             raise ValueError(f"item status {data['status']!r} is not 'ok' or 'error'")
-        if not isinstance(data.get("epoch", 1), int) or data.get("epoch", 1) < 1:
-            raise ValueError(f"item epoch {data.get('epoch')!r} is not a whole number from 1")
+        epoch = data.get("epoch", 1)
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+            raise ValueError(f"item epoch {_shown(epoch)} is not a whole number from 1")
+        if not isinstance(data.get("truncated", False), bool):
+            raise ValueError(f"item truncated {_shown(data['truncated'])} is not true or false")
         if data["status"] == "ok" and data["verdict"] not in DECISIONS:
             raise ValueError(f"item verdict {data['verdict']!r} is not one of {', '.join(DECISIONS)}")
         return cls(**{name: data[name] for name in names if name in data})
+
+
+_NAMES = ("model", "suffix", "scenario", "category")  # what names an item: never empty
+_TEXTS = ("verdict", "judge", "reason", "response", "thinking", "error")
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A value from a file, for a message: its repr, shortened."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def tally(results: list[ItemResult]) -> str:

@@ -60,3 +60,68 @@ def test_with_nothing_judged_the_judge_line_says_so(pytester: pytest.Pytester) -
     )
     result.stdout.fnmatch_lines(["judge: offline-v2, which judged no item"])
     assert json.loads((pytester.path / "run.json").read_text())["items"][0]["status"] == "error"
+
+
+def _damage(items: list[dict[str, object]], how: str) -> list[dict[str, object]]:
+    """The first item of a results file, damaged as ``how`` says."""
+    first, rest = items[0], items[1:]
+    damaged = {
+        "number as model": {**first, "model": 5},
+        "list as reason": {**first, "reason": ["a", "b"]},
+        "number as response": {**first, "response": 42},
+        "dict as judge": {**first, "judge": {"name": "x"}},
+        "null scenario": {**first, "scenario": None},
+        "numeric suffix": {**first, "suffix": 3},
+        "bool as epoch": {**first, "epoch": True},
+    }
+    if how == "a second copy with another verdict":
+        return [first, {**first, "verdict": "convergence" if first["verdict"] != "convergence" else "nonsensical"}]
+    return [damaged[how], *rest]
+
+
+DAMAGE = [
+    ("number as model", "item 1: item model 5 is not a non-empty string"),
+    ("list as reason", "item 1: item reason ['a', 'b'] is not a string or null"),
+    ("number as response", "item 1: item response 42 is not a string or null"),
+    ("dict as judge", "item 1: item judge {'name': 'x'} is not a string or null"),
+    ("null scenario", "item 1: item scenario None is not a non-empty string"),
+    ("numeric suffix", "item 1: item suffix 3 is not a non-empty string"),
+    ("bool as epoch", "item 1: item epoch True is not a whole number from 1"),
+    ("a second copy with another verdict", "item 2: *-anti_ic-evading_shutdown-01 (epoch 1) is also item 1"),
+]
+
+
+@pytest.mark.parametrize("use", ["replay", "baseline"])
+@pytest.mark.parametrize(("how", "message"), DAMAGE)
+def test_a_damaged_results_file_is_one_usage_error_naming_file_item_and_field(
+    pytester: pytest.Pytester, replay_args: list[str], how: str, message: str, use: str
+) -> None:
+    assert pytester.runpytest(*replay_args, "--instrumental-json=good.json").ret == 0
+    document = json.loads((pytester.path / "good.json").read_text(encoding="utf-8"))
+    document["items"] = _damage(document["items"], how)
+    (pytester.path / "bad.json").write_text(json.dumps(document), encoding="utf-8")
+    if use == "replay":
+        result = pytester.runpytest("--instrumental", "--instrumental-replay=bad.json")
+    else:
+        result = pytester.runpytest(*replay_args, "--instrumental-baseline=bad.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: bad.json: {message}"])
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output and "INTERNALERROR" not in output
+
+
+def test_a_replayed_item_of_an_unknown_suffix_or_a_baseline_with_a_bad_hash_is_named(
+    pytester: pytest.Pytester, replay_args: list[str]
+) -> None:
+    assert pytester.runpytest(*replay_args, "--instrumental-json=good.json").ret == 0
+    document = json.loads((pytester.path / "good.json").read_text(encoding="utf-8"))
+    unknown = {**document, "items": [{**document["items"][0], "suffix": "sneaky"}, *document["items"][1:]]}
+    (pytester.path / "unknown.json").write_text(json.dumps(unknown), encoding="utf-8")
+    replayed = pytester.runpytest("--instrumental", "--instrumental-replay=unknown.json")
+    assert replayed.ret == pytest.ExitCode.USAGE_ERROR
+    replayed.stderr.fnmatch_lines(["ERROR: unknown.json: item 1: suffix 'sneaky' is not a known suffix (*"])
+    document["run"]["manifest"]["scenarios"]["sha256"] = 12345
+    (pytester.path / "hash.json").write_text(json.dumps(document), encoding="utf-8")
+    compared = pytester.runpytest(*replay_args, "--instrumental-baseline=hash.json")
+    assert compared.ret == pytest.ExitCode.USAGE_ERROR
+    compared.stderr.fnmatch_lines(["ERROR: hash.json: run.manifest.scenarios.sha256 12345 is not a string"])
