@@ -7,9 +7,10 @@ never stored or printed: ``display_url`` drops them, and ``redact`` masks any ec
 
 from __future__ import annotations
 
+import base64
 import os
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pytest_instrumental.redact import register_url_credentials
 
@@ -37,11 +38,34 @@ def chat_messages(system: str, user: str) -> list[dict[str, str]]:
 
 
 def register_credentials(url: str | None) -> None:
-    """The URL's user and password, if any, are secrets from now on (redact.py)."""
-    if url:
+    """The URL's user and password, if any, are secrets from now on (redact.py), in every form
+    that is sent or can be echoed: as written, percent-decoded, and the Basic authentication
+    header the HTTP client makes of them (base64 of ``user:password``)."""
+    if not url:
+        return
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    for credential in (parts.username, parts.password, user, password):
+        register_url_credentials(credential or "")
+    register_url_credentials(base64.b64encode(f"{user}:{password}".encode()).decode("ascii"))
+
+
+def check_base_url(url: str) -> str:
+    """A base URL as given, if it can be one: http or https, a host, no whitespace or control
+    characters (a CR/LF would otherwise reach the HTTP client and break the request). Raises
+    ValueError saying why, without the credentials."""
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise ValueError("the URL holds whitespace or control characters")
+    try:
         parts = urlsplit(url)
-        for credential in (parts.username, parts.password):
-            register_url_credentials(credential or "")
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{display_url(url)!r} is not an http:// or https:// URL with a host")
+    return url
 
 
 def display_url(url: str) -> str:

@@ -22,6 +22,7 @@ from pytest_instrumental.decoding import DECODING_MODES, DEFAULT_SEED, GREEDY, D
 from pytest_instrumental.engines import ENGINES, LOCAL, EngineOptions, check_engine
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.gate import BOUNDS, CORRECTIONS, DEFAULT_ALPHA, HOLM, POINT, Thresholds
+from pytest_instrumental.openai_client import check_base_url
 from pytest_instrumental.scenarios import SUBSETS
 from pytest_instrumental.suffixes import DEFAULT_SUFFIXES
 
@@ -219,6 +220,8 @@ OPTIONS = (
         "value",
         "base URL of an OpenAI-compatible server for the judge (Chat Completions; default: "
         "$OPENAI_BASE_URL, else the OpenAI API's Responses endpoint)",
+        check_base_url,
+        "URL",
     ),
     Option(
         "--instrumental-judge-concurrency",
@@ -439,7 +442,8 @@ OPTIONS = (
         "list",
         "base URL of an OpenAI-compatible server for openai:<name> models (default: $OPENAI_BASE_URL); "
         "repeat it to spread requests over several servers of the same model",
-        metavar="URL",
+        check_base_url,
+        "URL",
     ),
     Option(
         "--instrumental-concurrency",

@@ -26,7 +26,7 @@ from pytest_instrumental.judges.offline import OfflineJudge
 from pytest_instrumental.judges.registry import judge_name, open_judge
 from pytest_instrumental.manifest import build_manifest, scenario_set_sha256
 from pytest_instrumental.metrics import ANTI_SUFFIX, PRO_SUFFIX
-from pytest_instrumental.openai_client import register_credentials
+from pytest_instrumental.openai_client import check_base_url, register_credentials
 from pytest_instrumental.options import Settings
 from pytest_instrumental.outputs import REPORTS, output_problem
 from pytest_instrumental.plan import plan_requests
@@ -196,6 +196,11 @@ def prepare_run(
     (otherwise each starts when its model first generates, and its failure fails its items)."""
     for url in [*settings.base_url, settings.judge_base_url, os.environ.get("OPENAI_BASE_URL")]:
         register_credentials(url)  # secrets from the start: no message may show them
+    if os.environ.get("OPENAI_BASE_URL"):
+        try:
+            check_base_url(os.environ["OPENAI_BASE_URL"])
+        except ValueError as exc:
+            raise InputError(f"$OPENAI_BASE_URL: {exc}") from None
     scenarios = load_scenarios().subset(settings.subset)
     available = load_suffixes(settings.suffix_dirs)
     suffixes = select_suffixes(available, settings.suffixes)

@@ -33,6 +33,7 @@ class ChatServer(ThreadingHTTPServer):
         self.delay_s = delay_s
         self.served = ["local"]
         self.answer: str | None = None  # when set, every model answer is this text
+        self.echo_authorization = False  # every model answer ends with the Authorization header it got
         self.die_after: int | None = None  # the server stops (a crash) after this many requests
         self.attempts: Counter[str] = Counter()
         self.force_status: int | None = None
@@ -93,7 +94,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_raw(200, b"{not json")
         if "TASK PROMPT:" in prompt:  # the judge rubric
             return self._reply(body, _judge_answer(prompt), {})
-        message: dict[str, Any] = {"role": "assistant", "content": self.server.answer or f"Answer to: {prompt[:20]}"}
+        content = self.server.answer or f"Answer to: {prompt[:20]}"
+        if self.server.echo_authorization:
+            content += f" (you sent Authorization: {self.headers.get('Authorization', '')})"
+        message: dict[str, Any] = {"role": "assistant", "content": content}
         if "FAULT:REASONING" in prompt:
             message["reasoning_content"] = "weighing the options"
         if "FAULT:THINKTAGS" in prompt:

@@ -1,6 +1,7 @@
 """Whatever characters a model or server sends, they are stored, cached, judged and written
 without error, shown harmlessly, and no echo of a secret survives."""
 
+import base64
 import json
 import os
 
@@ -74,16 +75,29 @@ def test_credentials_in_a_base_url_are_used_and_never_stored_or_printed(
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with running_chat_server() as server:
-        server.answer = "the proxy said: welcome alice-proxy-user, password s3cret-pass-word"
-        url = server.base_url.replace("http://", "http://alice-proxy-user:s3cret-pass-word@")
+        server.answer = "the proxy said: welcome alice-proxy-user, password s3cret-pass@word"
+        server.echo_authorization = True  # the header the client made of them, echoed back
+        url = server.base_url.replace("http://", "http://alice-proxy-user:s3cret-pass%40word@")
         args = ["--instrumental", "--model=openai:local", f"--instrumental-base-url={url}", "--judge=offline"]
         args += ["-k", "evading_shutdown-01", "--instrumental-json=out.json", "--instrumental-report=report"]
         result = pytester.runpytest_subprocess(*args, "--instrumental-snapshot", "--snapshot-update", "-v")
         assert result.ret == 0, result.stdout.str()
-        assert all(a.startswith("Basic ") for a in server.authorizations)  # sent as documented
+        basic = base64.b64encode(b"alice-proxy-user:s3cret-pass@word")
+        assert set(server.authorizations) == {f"Basic {basic.decode()}"}  # sent as documented, decoded
     document = json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))
     assert document["run"]["generation"]["openai:local"]["base_url"] == server.base_url
+    assert "you sent Authorization: Basic <URL credentials>" in document["items"][0]["response"]
     for path in [p for p in pytester.path.rglob("*") if p.is_file()]:
         data = path.read_bytes()
-        assert b"s3cret" not in data and b"alice-proxy" not in data, path
-    assert "s3cret" not in result.stdout.str() + result.stderr.str()
+        assert b"s3cret" not in data and b"alice-proxy" not in data and basic not in data, path
+    shown = result.stdout.str() + result.stderr.str()
+    assert "s3cret" not in shown and basic.decode() not in shown
+
+
+def test_a_base_url_holding_a_line_break_is_a_usage_error_naming_the_option(pytester: pytest.Pytester) -> None:
+    url = "http://alice:s3cret-word@127.0.0.1:9/v1\r\nX-Injected: yes"
+    result = pytester.runpytest_subprocess("--instrumental", "--model=openai:local", f"--instrumental-base-url={url}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*argument --instrumental-base-url: the URL holds whitespace or control characters"])
+    shown = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in shown and "Traceback" not in shown and "s3cret" not in shown
