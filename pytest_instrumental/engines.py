@@ -26,12 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.redact import redact
+from pytest_instrumental.text import visible
 
 LOCAL = "local"
 ENGINES = (LOCAL, "vllm", "sglang", "transformers-serve", "llama-server")
 READY_PATHS = ("/v1/models", "/health")
 STOP_GRACE_S = 15.0
 LOG_TAIL_LINES = 12
+LOG_LINE_CHARS = 300  # a quoted log line is cut here: a server may print megabytes on one line
+_LOG_TAIL_BYTES = 64 * 1024  # only the end of the log is read for the quote
 
 
 class EngineError(Exception):
@@ -146,7 +150,7 @@ class EngineServer:
         self.log_path = self.options.logs_dir / f"{_safe(self.label)}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
-            log.write(f"$ {shlex.join(self.argv)}\n".encode())
+            log.write(f"$ {redact(shlex.join(self.argv))}\n".encode())  # a key in the command stays out
             log.flush()
             try:
                 self._process = subprocess.Popen(
@@ -178,7 +182,7 @@ class EngineServer:
         self._fail(f"did not answer within {self.options.startup_timeout_s:g} s")
 
     def _fail(self, why: str) -> None:
-        self._failure = (
+        self._failure = redact(
             f"{self.options.label} server for {self.label} {why}; log {self.log_path}, last lines:\n"
             + "\n".join(f"    {line}" for line in log_tail(self.log_path))
         )
@@ -223,13 +227,22 @@ def _die_with_parent() -> None:
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last lines of a log, decoded leniently; none when it cannot be read."""
+    """The last lines of a log, as a message may quote them: read from the log's last 64 KiB,
+    decoded leniently, secrets redacted, invisible characters made visible, each line cut at
+    LOG_LINE_CHARS; none when it cannot be read."""
     try:
         with path.open("rb") as handle:
-            tail = deque(handle, maxlen=lines)
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
+            tail = deque(handle.read().splitlines(), maxlen=lines)
     except OSError:
         return []
-    return [raw.decode("utf-8", "replace").rstrip() for raw in tail]
+    quoted = []
+    for raw in tail:
+        line = visible(redact(raw.decode("utf-8", "replace").rstrip()))
+        quoted.append(
+            line if len(line) <= LOG_LINE_CHARS else f"{line[:LOG_LINE_CHARS]}... (cut; the log has it whole)"
+        )
+    return quoted
 
 
 def _safe(name: str) -> str:

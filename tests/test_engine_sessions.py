@@ -136,3 +136,32 @@ def test_a_wrong_base_url_or_model_is_named(pytester: pytest.Pytester) -> None:
         )
         assert wrong_model.ret == pytest.ExitCode.USAGE_ERROR
         wrong_model.stderr.fnmatch_lines(["*does not serve 'qwen3'; it serves local"])
+
+
+def test_a_failed_start_quotes_a_bounded_log_without_the_key(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, smollm2_dir: Path
+) -> None:
+    """A key written into the serve command, a server printing 3 MB on one line and a terminal
+    escape: the log and the message hold none of the key, and the quote stays short and inert."""
+    key = "sk-serve-command-secret-4242"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    script = "import sys; print('x' * 3_000_000); print('\\x1b]0;pwned\\x07 the key is ' + sys.argv[-1]); sys.exit(1)"
+    command = f'{sys.executable} -c "{script}" --api-key {key}'
+    result = pytester.runpytest_subprocess(
+        "--instrumental",
+        "--judge=offline",
+        f"--instrumental-serve-command={command}",
+        f"--instrumental-models-dir={smollm2_dir.parent}",
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    shown = result.stdout.str() + result.stderr.str()
+    assert key not in shown and "\x1b" not in shown
+    assert len(shown) < 20_000
+    result.stderr.fnmatch_lines(
+        [
+            "    " + "x" * 300 + "... (cut; the log has it whole)",
+            "*<U+001B>]0;pwned<U+0007> the key is <OPENAI_API_KEY>",
+        ]
+    )
+    (log,) = (pytester.path / ".instrumental-cache").rglob("*.log")
+    assert key.encode() not in log.read_bytes().splitlines()[0]
