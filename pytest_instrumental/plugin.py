@@ -19,7 +19,7 @@ import pytest
 from pytest_instrumental import options
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.plan import SUITE_NAME, item_name, nodeid_of
-from pytest_instrumental.text import visible
+from pytest_instrumental.text import terminal_line, visible
 from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult, tally
 
 if TYPE_CHECKING:
@@ -76,8 +76,8 @@ def pytest_configure(config: pytest.Config) -> None:
         distributing = not _is_worker(config) and getattr(config.option, "dist", "no") != "no"
         start_engines = not config.option.collectonly and not _is_worker(config) and not distributing
         run = prepare_run(settings, _progress_bars(config), preflight, start_engines)
-    except InputError as exc:
-        raise pytest.UsageError(str(exc)) from exc
+    except InputError as exc:  # it may quote a server or a file: shown as inert text
+        raise pytest.UsageError(terminal_line(str(exc))) from exc
     config.stash[_RUN] = run
     _stop_on_sigterm(config)
     if settings.snapshot:

@@ -32,3 +32,10 @@ def clean_optional(text: str | None) -> str | None:
 
 def visible(text: str) -> str:
     return _INVISIBLE.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
+
+
+def terminal_line(text: str) -> str:
+    """A message for the terminal that may quote outside text (a server's model ids, a judge's
+    error): redacted, invisible characters made visible, and carriage returns too, which could
+    otherwise overwrite what the terminal already shows with a fake line."""
+    return visible(clean(text)).replace("\r", "<U+000D>")

@@ -37,6 +37,7 @@ class ChatServer(ThreadingHTTPServer):
         self.die_after: int | None = None  # the server stops (a crash) after this many requests
         self.attempts: Counter[str] = Counter()
         self.force_status: int | None = None
+        self.error_message = "forced failure"  # what a forced failure says
         self.authorizations: list[str] = []
         self.bodies: list[dict[str, Any]] = []  # every request body, as received
         self.lock = threading.Lock()
@@ -80,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.authorizations.append(self.headers.get("Authorization", ""))
             self.server.bodies.append(body)
         if self.server.force_status is not None:
-            return self._send(self.server.force_status, {"error": {"message": "forced failure"}})
+            return self._send(self.server.force_status, {"error": {"message": self.server.error_message}})
         if "FAULT:401" in prompt:
             key = self.headers.get("Authorization", "").removeprefix("Bearer ")
             return self._send(401, {"error": {"message": f"Incorrect API key provided: {key}"}})

@@ -4,6 +4,7 @@ without error, shown harmlessly, and no echo of a secret survives."""
 import base64
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,33 @@ def test_a_base_url_holding_a_line_break_is_a_usage_error_naming_the_option(pyte
     result.stderr.fnmatch_lines(["*argument --instrumental-base-url: the URL holds whitespace or control characters"])
     shown = result.stdout.str() + result.stderr.str()
     assert "INTERNALERROR" not in shown and "Traceback" not in shown and "s3cret" not in shown
+
+
+HOSTILE = "\x1b[2J\r=== 76 passed in 0.01s ===\x00\x1b]0;title\x07 \u202eevil"
+
+
+def test_server_text_in_a_usage_error_reaches_the_terminal_inert(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, reference_runs: Path
+) -> None:
+    """Model ids from /v1/models and a judge's preflight error, holding a screen clear, a carriage
+    return before a fake summary, NUL, a window-title escape and an RTL override."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with running_chat_server() as server:
+        server.served = [f"model{HOSTILE}"]
+        models = pytester.runpytest_subprocess(
+            "--instrumental", "--model=openai:qwen3", f"--instrumental-base-url={server.base_url}"
+        )
+        server.force_status = 500
+        server.error_message = f"judge down{HOSTILE}"
+        judge = pytester.runpytest_subprocess(
+            *("--instrumental", f"--instrumental-replay={reference_runs}", "--judge=openai:gpt-5.2"),
+            f"--instrumental-judge-base-url={server.base_url}",
+            "--instrumental-max-retries=0",
+        )
+    for result, said in ((models, "*does not serve 'qwen3'; it serves *"), (judge, "*answered HTTP 500 (* judge down*")):
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([said])
+        shown = result.stdout.str() + result.stderr.str()
+        for raw in ("\x1b", "\r", "\x00", "\x07", "\u202e"):
+            assert raw not in shown, repr(raw)
+        assert "<U+001B>[2J<U+000D>=== 76 passed in 0.01s ===<U+0000>" in shown
