@@ -39,15 +39,20 @@ CREATE TABLE IF NOT EXISTS entries (
 """
 
 
+LOCK_WAIT_S = 60.0  # how long a run waits for a cache another process holds
+_FIRST_WAIT_S = 2.0
+
+
 def digest(key: dict[str, Any]) -> str:
     canonical = json.dumps(key, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def open_project_cache(directory: Path) -> Cache:
+def open_project_cache(directory: Path, notice: Callable[[str], object] | None = None) -> Cache:
     """The project's cache in ``directory``, created with its ``.gitignore`` if need be. A cache
     that cannot be used (a file where the directory should be, no write permission, a file that
-    is not a database) is an InputError naming the path, before any work."""
+    is not a database, one that stays locked by another process) is an InputError naming the
+    path, before any work; ``notice`` is told when the cache is locked and the run waits for it."""
     hint = "(fix it, or run without the cache: --instrumental-no-cache)"
     if directory.exists() and not directory.is_dir():
         raise InputError(f"--instrumental-cache-dir: {directory} is not a directory {hint}")
@@ -56,7 +61,14 @@ def open_project_cache(directory: Path) -> Cache:
         ignore = directory / ".gitignore"
         if not ignore.exists():
             ignore.write_text(_GITIGNORE, encoding="utf-8")
-        return Cache(directory / DATABASE)
+        return Cache(directory / DATABASE, notice)
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise InputError(f"--instrumental-cache-dir: {directory / DATABASE} cannot be used: {exc} {hint}") from None
+        raise InputError(
+            f"--instrumental-cache-dir: {directory / DATABASE} stayed locked by another process for "
+            f"{LOCK_WAIT_S:g} s (another pytest run using this cache?) {hint}"
+        ) from None
     except sqlite3.DatabaseError as exc:
         raise InputError(f"--instrumental-cache-dir: {directory / DATABASE} cannot be used: {exc} {hint}") from None
     except OSError as exc:
@@ -69,13 +81,26 @@ class Cache:
     """Entries that cannot be read back are misses (generated again); a write that fails turns
     writing off for the run. Both are counted, and ``problems`` says so once at the end."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, notice: Callable[[str], object] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.unreadable = 0
         self.unwritten: str | None = None
-        # autocommit; a generous busy timeout lets concurrent workers wait for each other's writes
-        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        # autocommit; a short busy timeout first, so that a lock held elsewhere is said, not waited out in silence
+        self._db = sqlite3.connect(path, timeout=_FIRST_WAIT_S, isolation_level=None)
+        try:
+            self._probe()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            if notice is not None:
+                notice(f"instrumental: the cache {path} is locked by another process; waiting up to {LOCK_WAIT_S:g} s")
+            self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
+            self._probe()
+        # a generous busy timeout lets concurrent workers wait for each other's writes
+        self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
+
+    def _probe(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
         self._db.execute("BEGIN IMMEDIATE")  # a read-only database fails here, not halfway through a run

@@ -75,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # An xdist controller generates nothing: its workers start the servers they need.
         distributing = not _is_worker(config) and getattr(config.option, "dist", "no") != "no"
         start_engines = not config.option.collectonly and not _is_worker(config) and not distributing
-        run = prepare_run(settings, _progress_bars(config), preflight, start_engines)
+        run = prepare_run(settings, _progress_bars(config), preflight, start_engines, _notice(config))
     except InputError as exc:  # it may quote a server or a file: shown as inert text
         raise pytest.UsageError(terminal_line(str(exc))) from exc
     config.stash[_RUN] = run
@@ -123,6 +123,18 @@ def _pin_gpus(config: pytest.Config, per_worker: int) -> None:
     devices = visible_gpus(os.environ, driver_gpus)
     if index is not None and devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(worker_gpus(devices, index, per_worker))
+
+
+def _notice(config: pytest.Config) -> Callable[[str], None]:
+    """A line on stderr now, past pytest's capturing (the run is waiting for something)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+
+    def say(line: str) -> None:
+        uncaptured = capture.global_and_fixture_disabled() if capture is not None else nullcontext()
+        with uncaptured:
+            print(terminal_line(line), file=sys.stderr, flush=True)
+
+    return say
 
 
 def _progress_bars(config: pytest.Config) -> ProgressFactory | None:

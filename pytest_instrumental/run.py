@@ -189,7 +189,11 @@ def _shown_path(path: Path) -> str:
 
 
 def prepare_run(
-    settings: Settings, progress: ProgressFactory | None, preflight: bool, start_engines: bool
+    settings: Settings,
+    progress: ProgressFactory | None,
+    preflight: bool,
+    start_engines: bool,
+    notice: Callable[[str], object] | None = None,
 ) -> InstrumentalRun:
     """Everything checked before any work: a bad value, file or model is an InputError. With
     ``start_engines`` the engine servers come up now, so one that does not is an InputError too
@@ -251,7 +255,7 @@ def prepare_run(
     check_outputs(settings)
     # A replay judged by its recorded verdicts has nothing to cache: it does not touch the cache.
     needs_cache = not settings.no_cache and not (settings.replay is not None and name == REPLAY)
-    cache = open_project_cache(settings.cache_dir) if needs_cache else None
+    cache = open_project_cache(settings.cache_dir, notice) if needs_cache else None
     return InstrumentalRun(
         settings=settings,
         scenarios=scenarios,

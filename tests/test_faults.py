@@ -277,3 +277,27 @@ def test_a_run_stopped_halfway_reports_and_writes_what_finished_and_fails(pytest
     assert f"INTERRUPTED: the run was stopped after {finished} items; what finished is reported" in output
     report = (pytester.path / "report" / "report.md").read_text(encoding="utf-8")
     assert "gate FAILED" in report and "INTERRUPTED" in report
+
+
+def test_a_cache_locked_by_another_process_is_said_then_a_usage_error(
+    pytester: pytest.Pytester, replay_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_instrumental import cache
+
+    monkeypatch.setattr(cache, "LOCK_WAIT_S", 3.0)  # the real wait is a minute
+    directory = pytester.path / "cache"
+    cache.open_project_cache(directory).close()
+    holder = sqlite3.connect(directory / cache.DATABASE, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another run, holding it
+    try:
+        result = pytester.runpytest(*replay_args, "--judge=offline", f"--instrumental-cache-dir={directory}")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "instrumental: the cache */cache.sqlite is locked by another process; waiting up to 3 s",
+            "ERROR: --instrumental-cache-dir: */cache.sqlite stayed locked by another process for 3 s *",
+        ]
+    )

@@ -125,7 +125,10 @@ def test_server_text_in_a_usage_error_reaches_the_terminal_inert(
             f"--instrumental-judge-base-url={server.base_url}",
             "--instrumental-max-retries=0",
         )
-    for result, said in ((models, "*does not serve 'qwen3'; it serves *"), (judge, "*answered HTTP 500 (* judge down*")):
+    for result, said in (
+        (models, "*does not serve 'qwen3'; it serves *"),
+        (judge, "*answered HTTP 500 (* judge down*"),
+    ):
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([said])
         shown = result.stdout.str() + result.stderr.str()
