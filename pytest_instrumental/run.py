@@ -15,9 +15,16 @@ from typing import Any
 from pytest_instrumental import snapshots
 from pytest_instrumental.backends.openai import OpenAIBackend
 from pytest_instrumental.backends.protocol import Backend, Request
-from pytest_instrumental.backends.registry import EMBEDDED, check_loadable, describe, open_backend, parse_model
+from pytest_instrumental.backends.registry import (
+    EMBEDDED,
+    ModelSpec,
+    check_loadable,
+    describe,
+    open_backend,
+    parse_model,
+)
 from pytest_instrumental.backends.served import ServedBackend
-from pytest_instrumental.backends.steering import SteeringPlan, condition_name, load_vector
+from pytest_instrumental.backends.steering import SteeringPlan, check_fits, condition_name, load_vector
 from pytest_instrumental.cache import open_project_cache
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
@@ -231,8 +238,13 @@ def prepare_run(
         for spec in specs:
             check_loadable(spec, settings.trust_remote_code)
         options = settings.generation
+        if settings.vector_file is not None and not settings.vector_strengths:
+            raise InputError(
+                "--instrumental-vector-file: given without any --instrumental-vector-strength, it would steer nothing"
+            )
         if settings.vector_strengths:
             options = replace(options, steering=_steering_plan(settings, available))
+            _check_vector_fits(settings, options.steering, specs)
         backends = {spec.name: open_backend(spec, options) for spec in specs}
         if preflight:
             for backend in backends.values():
@@ -301,6 +313,26 @@ def _steering_plan(settings: Settings, available: dict[str, Suffix]) -> Steering
         )
     )
     return SteeringPlan(settings.vector_layer, vector, pairs)
+
+
+def _check_vector_fits(settings: Settings, plan: SteeringPlan | None, specs: list[ModelSpec]) -> None:
+    """The vector file, or the layer asked for, checked against each local model's config."""
+    if plan is None:
+        return
+    if settings.vector_file is not None:
+        where = f"--instrumental-vector-file: {settings.vector_file}"
+    else:
+        where = f"--instrumental-vector-layer {settings.vector_layer}"
+    for spec in specs:
+        if spec.engine == "embedded":
+            from pytest_instrumental.backends import embedded
+
+            config_dir = str(embedded.converted_dir(settings.generation.models_dir))
+        elif spec.engine == "transformers":
+            config_dir = spec.source
+        else:
+            continue
+        check_fits(plan.vector, settings.vector_layer, spec.name, config_dir, where)
 
 
 def _steering_record(settings: Settings, plan: SteeringPlan) -> dict[str, object]:

@@ -114,3 +114,40 @@ def test_the_vector_command_writes_a_usable_file(tiny_model_dir: Path, tmp_path:
     vector = load_vector(tmp_path / "v.safetensors")
     assert vector.layer == 1 and vector.norm > 0  # the tiny model's middle of 2 layers
     assert main(["vector", "--model", "openai:x", "--out", str(tmp_path / "w.safetensors")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("vector", "problem"),
+    [
+        (SteeringVector(1, torch.ones(10), 5.0, "x"), "holds a vector of 10 numbers; * is 64 wide"),
+        (SteeringVector(9999, torch.ones(64), 5.0, "x"), "layer 9999 is not one of *'s layers (0 to 1)"),
+        (SteeringVector(-1, torch.ones(64), 5.0, "x"), "'layer' -1 is not a decoder layer (0 or more)"),
+        (SteeringVector(1, torch.tensor([float("inf")] + [1.0] * 63), 5.0, "x"), "one non-zero vector of finite *"),
+        (SteeringVector(1, torch.ones(64), float("nan"), "x"), "'norm' nan is not a positive finite number"),
+        (SteeringVector(1, torch.ones(64), -2.0, "x"), "'norm' -2.0 is not a positive finite number"),
+    ],
+)
+def test_a_vector_file_that_does_not_fit_the_model_is_a_usage_error_naming_it(
+    pytester: pytest.Pytester, tiny_model_dir: Path, vector: SteeringVector, problem: str
+) -> None:
+    save_vector(vector, pytester.path / "v.safetensors")
+    args = ["--instrumental", f"--model={tiny_model_dir}", "--judge=offline", "--instrumental-vector-strength=4"]
+    result = pytester.runpytest_subprocess(*args, "--instrumental-vector-file=v.safetensors")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --instrumental-vector-file: v.safetensors*{problem}"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_vector_file_without_a_strength_is_said(pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+    save_vector(SteeringVector(1, torch.ones(64), 5.0, "x"), pytester.path / "v.safetensors")
+    args = [
+        "--instrumental",
+        f"--model={tiny_model_dir}",
+        "--judge=offline",
+        "--instrumental-vector-file=v.safetensors",
+    ]
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --instrumental-vector-file: given without any --instrumental-vector-strength*"]
+    )

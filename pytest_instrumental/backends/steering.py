@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -64,6 +65,24 @@ class SteeringVector:
         unit = self.direction / self.direction.norm()
         push: torch.Tensor = unit * (strength / STRENGTH_UNIT * self.norm)
         return push
+
+
+def check_fits(vector: SteeringVector | None, layer: int | None, model: str, config_dir: str, where: str) -> None:
+    """A vector file (or ``--instrumental-vector-layer``) checked against the model's config before
+    any work: its width must be the model's hidden size and its layer one of the model's layers."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(config_dir, local_files_only=True)
+    except Exception:
+        return
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    width, layers = int(text.hidden_size), int(text.num_hidden_layers)
+    if vector is not None and vector.direction.numel() != width:
+        raise InputError(f"{where} holds a vector of {vector.direction.numel()} numbers; {model} is {width} wide")
+    chosen = vector.layer if vector is not None else layer
+    if chosen is not None and chosen >= layers:
+        raise InputError(f"{where}: layer {chosen} is not one of {model}'s layers (0 to {layers - 1})")
 
 
 def default_layer(model: PreTrainedModel) -> int:
@@ -171,7 +190,13 @@ def load_vector(path: Path) -> SteeringVector:
         direction, layer, norm = tensors["direction"], int(tensors["layer"][0]), float(tensors["norm"][0])
     except Exception as exc:  # safetensors raises its own error types for a damaged file
         raise InputError(f"--instrumental-vector-file: {path} is not a steering vector file ({exc})") from None
-    if direction.dim() != 1 or not float(direction.norm()) > 0:
-        raise InputError(f"--instrumental-vector-file: {path}: 'direction' must be one non-zero vector")
+    if direction.dim() != 1 or not bool(direction.isfinite().all()) or not float(direction.norm()) > 0:
+        raise InputError(
+            f"--instrumental-vector-file: {path}: 'direction' must be one non-zero vector of finite numbers"
+        )
+    if not (math.isfinite(norm) and norm > 0):
+        raise InputError(f"--instrumental-vector-file: {path}: 'norm' {norm} is not a positive finite number")
+    if layer < 0:
+        raise InputError(f"--instrumental-vector-file: {path}: 'layer' {layer} is not a decoder layer (0 or more)")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return SteeringVector(layer, direction.float(), norm, f"file:{digest}")
