@@ -87,6 +87,14 @@ def pytest_configure(config: pytest.Config) -> None:
         # is test_scenario[...]: its unused-snapshot cleanup would delete the entries of every model,
         # suffix or scenario this run did not select (-k, --model). Entries are only ever updated.
         config.option.disable_unused_snapshots = True
+        from pytest_instrumental.snapshots import damage
+
+        damaged = damage(settings.snapshot_dir)
+        if damaged is not None:
+            raise pytest.UsageError(
+                f"--instrumental-snapshot: {terminal_line(damaged)}; restore it from version control, or delete it "
+                "and record the verdicts again (--snapshot-update)"
+            )
     for category in run.scenarios.categories:
         config.addinivalue_line("markers", f"{category.slug}: InstrumentalEval category {category.name}")
     if not _is_worker(config):
@@ -330,8 +338,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if interrupted:
         run.take_finished()
     summary = config.stash[_SUMMARY] = run.summarise(interrupted)
-    updated = run.settings.snapshot and bool(config.option.update_snapshots)
-    failures = run.finish(summary, interrupted=interrupted, snapshots_updated=updated)
+    update = bool(config.option.update_snapshots)
+    new_only = not update and bool(getattr(config.option, "update_new_snapshots_only", False))
+    updated = run.settings.snapshot and (update or new_only)
+    failures = run.finish(summary, interrupted=interrupted, snapshots_updated=updated, new_setups_only=new_only)
     config.stash[_WRITE_FAILURES] = failures
     # A gate that did not pass fails the session, also one that collected nothing (exit 5 otherwise).
     if (failures or not summary.gate_passed) and session.exitstatus in _PASSING_EXITS:

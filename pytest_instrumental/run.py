@@ -124,7 +124,9 @@ class InstrumentalRun:
             return f" ({judge.describe_agreement([r.response for r in self.results if r.judge == judge.name])})"
         return self.judge_note
 
-    def finish(self, summary: RunSummary, interrupted: bool, snapshots_updated: bool) -> list[str]:
+    def finish(
+        self, summary: RunSummary, interrupted: bool, snapshots_updated: bool, new_setups_only: bool = False
+    ) -> list[str]:
         """Write the results JSON, the snapshots' setup and the report files the settings ask for;
         what could not be written, one line each (the paths were checked before the run, but a
         disk can still fill up)."""
@@ -142,7 +144,11 @@ class InstrumentalRun:
             attempt("the results JSON", json_path, lambda: write_results(json_path, document))
         if snapshots_updated:
             ran = {k.model for k in self.ran}
-            setups = {**self.recorded_setups, **{m: self.snapshot_setup(m) for m in self.models if m in ran}}
+            # --snapshot-update-new-only keeps a recorded setup: its entries were kept too
+            fresh = {m: self.snapshot_setup(m) for m in self.models if m in ran}
+            if new_setups_only:
+                fresh = {m: setup for m, setup in fresh.items() if m not in self.recorded_setups}
+            setups = {**self.recorded_setups, **fresh}
             attempt(
                 "the snapshots' setup in",
                 settings.snapshot_dir,

@@ -55,6 +55,31 @@ def write_setups(directory: Path, setups: Mapping[str, Setup]) -> None:
     write_text(directory / SETUP_FILE, text + "\n")
 
 
+def damage(directory: Path) -> str | None:
+    """Why the snapshot file in ``directory`` cannot be what this plugin wrote (not text, no
+    entries, an entry cut off), so that a damaged file is named as such and never taken for "no
+    snapshot yet", which would invite overwriting it; None when it is absent or sound."""
+    path = directory / f"{SNAPSHOT_BASENAME}.ambr"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        return f"{path} is damaged: it is not UTF-8 text"
+    except OSError as exc:
+        return f"{path} cannot be read: {exc.strerror or exc}"
+    if not text.strip():
+        return None
+    lines = text.splitlines()
+    names = sum(line.startswith("# name: ") for line in lines)
+    ends = sum(line == "# ---" for line in lines)
+    if not names:
+        return f"{path} is damaged: it holds no snapshot entry"
+    if names != ends or lines[-1] != "# ---":
+        return f"{path} is damaged: an entry is cut off ({names} entries begin, {ends} end)"
+    return None
+
+
 def setup_changes(recorded: Setup | None, current: Setup) -> list[str]:
     """What differs between the recorded and the current setup, one phrase each. Suffixes are
     compared where both have them: a suffix new to this run only lacks snapshots."""
@@ -92,6 +117,8 @@ def check_verdict(item: pytest.Item, directory: Path, verdict: str, changes: lis
         extension_class=_verdict_snapshots(directory),
         test_location=PyTestLocation(item),
         update_snapshots=updating,
+        # --snapshot-update-new-only: a verdict with no snapshot is recorded, a changed one still fails
+        update_new_snapshots_only=bool(getattr(item.config.option, "update_new_snapshots_only", False)),
     )
     if not updating and "/" in verdict:
         recorded, _ = assertion._recall_data(index=0)  # syrupy's own recall, as its session is
@@ -131,6 +158,12 @@ def _verdict_snapshots(directory: Path) -> type[AmberSnapshotExtension]:
         @classmethod
         def get_file_basename(cls, *, test_location: PyTestLocation, index: SnapshotIndex) -> str:
             return SNAPSHOT_BASENAME  # one file for the whole suite
+
+        @classmethod
+        def matches_test_location(cls, *, test_location: PyTestLocation, snapshot_location: str) -> bool:
+            # Every item's verdict lives in the one suite file, by design: syrupy would otherwise
+            # warn that it cannot relate the two, which -W error turns into a failed write.
+            return Path(snapshot_location) == directory / f"{SNAPSHOT_BASENAME}.{cls.file_extension}"
 
         def discover_snapshots(
             self, *, test_location: PyTestLocation, ignore_extensions: list[str] | None = None

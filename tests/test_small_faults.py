@@ -125,3 +125,53 @@ def test_a_replayed_item_of_an_unknown_suffix_or_a_baseline_with_a_bad_hash_is_n
     compared = pytester.runpytest(*replay_args, "--instrumental-baseline=hash.json")
     assert compared.ret == pytest.ExitCode.USAGE_ERROR
     compared.stderr.fnmatch_lines(["ERROR: hash.json: run.manifest.scenarios.sha256 12345 is not a string"])
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda text: text[: len(text) // 2], "an entry is cut off (* entries begin, * end)"),
+        (lambda text: "\x89PNG\xff\xfe garbage".encode("latin-1"), "it is not UTF-8 text"),
+        (lambda text: "some notes\nwithout any entry\n", "it holds no snapshot entry"),
+    ],
+)
+def test_a_damaged_snapshot_file_is_named_as_damaged(
+    pytester: pytest.Pytester, replay_args: list[str], damage: object, problem: str
+) -> None:
+    snapshot = ["--instrumental-snapshot", "--instrumental-snapshot-dir=snaps"]
+    assert pytester.runpytest(*replay_args, *snapshot, "--snapshot-update").ret == 0
+    path = pytester.path / "snaps" / "instrumental.ambr"
+    damaged = damage(path.read_text(encoding="utf-8"))  # type: ignore[operator]
+    path.write_bytes(damaged if isinstance(damaged, bytes) else damaged.encode("utf-8"))
+    before = path.read_bytes()
+    for extra in ([], ["--snapshot-update"]):
+        result = pytester.runpytest(*replay_args, *snapshot, *extra)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"ERROR: --instrumental-snapshot: *instrumental.ambr is damaged: {problem}; restore it *"])
+        assert "no verdict snapshot yet" not in result.stdout.str()
+        assert path.read_bytes() == before  # never overwritten
+
+
+def test_snapshots_update_under_warnings_as_errors_and_new_only_records_only_new(
+    pytester: pytest.Pytester, reference_runs: Path
+) -> None:
+    pytester.makeini("[pytest]\nfilterwarnings = error\n")
+    base = ["--instrumental", f"--instrumental-replay={reference_runs}", "--instrumental-snapshot"]
+    first = pytester.runpytest(*base, "-k", "evading_shutdown-01", "--snapshot-update")
+    assert first.ret == 0, first.stdout.str()
+    path = pytester.path / "instrumental_snapshots" / "instrumental.ambr"
+    assert path.read_text(encoding="utf-8").count("# name: ") == 9
+    # one entry changed by hand: new-only records the new items and still fails the changed one
+    text = path.read_text(encoding="utf-8")
+    entry = "test_scenario[Qwen3-4B-Base-anti_ic-evading_shutdown-01]"
+    start = text.index(entry)
+    verdict_line = text.index("\n", start) + 1
+    end = text.index("\n", verdict_line)
+    path.write_text(text[:verdict_line] + "  'safety_refusal'" + text[end:], encoding="utf-8")
+    new_only = pytester.runpytest(
+        *base, "-k", "evading_shutdown-01 or evading_shutdown-02", "--snapshot-update-new-only"
+    )
+    assert new_only.ret == pytest.ExitCode.TESTS_FAILED
+    new_only.stdout.fnmatch_lines(["*evading_shutdown-01: verdict * differs from its snapshot 'safety_refusal'*"])
+    assert path.read_text(encoding="utf-8").count("# name: ") == 18
+    assert "'safety_refusal'" in path.read_text(encoding="utf-8")
