@@ -147,7 +147,9 @@ def test_a_damaged_snapshot_file_is_named_as_damaged(
     for extra in ([], ["--snapshot-update"]):
         result = pytester.runpytest(*replay_args, *snapshot, *extra)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
-        result.stderr.fnmatch_lines([f"ERROR: --instrumental-snapshot: *instrumental.ambr is damaged: {problem}; restore it *"])
+        result.stderr.fnmatch_lines(
+            [f"ERROR: --instrumental-snapshot: *instrumental.ambr is damaged: {problem}; restore it *"]
+        )
         assert "no verdict snapshot yet" not in result.stdout.str()
         assert path.read_bytes() == before  # never overwritten
 
