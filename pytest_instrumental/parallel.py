@@ -27,6 +27,21 @@ def model_scheduler(config: Any, log: Any, model_of: Callable[[str], str | None]
             model = model_of(nodeid.partition("@")[0])
             return model if model is not None else str(super()._split_scope(nodeid))
 
+        def remove_node(self, node: Any) -> str | None:
+            """As xdist's, except that the item a crashed worker was running is not run again:
+            xdist reports it as failed, and a rerun would count it twice."""
+            workload = self.assigned_work.pop(node)
+            if not self._pending_of(workload):
+                return None
+            crashed = next(item for unit in workload.values() for item, done in unit.items() if not done)
+            for unit in workload.values():
+                if crashed in unit:
+                    unit[crashed] = True
+            self.workqueue.update(workload)
+            for other in self.assigned_work:
+                self._reschedule(other)
+            return str(crashed)
+
     return ModelScheduling(config, log)
 
 

@@ -434,6 +434,31 @@ def test_a_crashed_xdist_worker_is_reported_and_fails_the_session(
     result.stdout.fnmatch_lines(["*worker gw* ended without reporting results*"])
 
 
+def test_the_item_of_a_killed_xdist_worker_is_counted_once(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    """A worker killed by SIGKILL mid-run (once): xdist reports its item as failed and the rest of
+    the model's items run on another worker; the killed item is not run again."""
+    pytester.makeconftest(
+        """
+        import os, signal
+        from pathlib import Path
+
+        def pytest_runtest_call(item):
+            marker = Path(str(item.config.rootpath)) / "killed-once"
+            if item.name.endswith("deceptive_behavior-03]") and not marker.exists():
+                marker.write_text("")
+                os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    selection = ["-k", "Qwen3-4B-Base and anti_ic and deceptive"]
+    result = pytester.runpytest_subprocess(*replay_args, "-n", "2", *selection, "--junitxml=junit.xml")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    selected = len(pytester.runpytest(*replay_args, *selection, "--collect-only", "-q").stdout.lines) - 2
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) + outcomes.get("skipped", 0) == selected
+    assert outcomes["failed"] == 1
+    assert (pytester.path / "junit.xml").read_text(encoding="utf-8").count("<testcase ") == selected
+
+
 def test_the_embedded_model_generates_for_real_is_judged_offline_and_a_rerun_is_served_from_the_cache(
     pytester: pytest.Pytester, smollm2_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
