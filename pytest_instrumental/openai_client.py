@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -18,9 +21,11 @@ from pytest_instrumental.redact import register_url_credentials
 def open_client(base_url: str | None, timeout_s: float, max_retries: int) -> Any:
     """An ``openai.OpenAI`` client. It retries 408, 409, 429 (honouring Retry-After), 5xx,
     connection errors and timeouts with exponential backoff and jitter, ``max_retries`` times.
-    The key comes from the environment and stays in the client; local servers accept any key,
-    but the client library insists on a non-empty one."""
-    from openai import OpenAI
+    ``timeout_s`` bounds each attempt's answer as a whole, however slowly a server drips it (the
+    library's own timeout bounds each read), and ``attempts`` tells how many requests a call
+    really sent. The key comes from the environment and stays in the client; local servers accept
+    any key, but the client library insists on a non-empty one."""
+    from openai import DefaultHttpxClient, OpenAI
 
     register_credentials(base_url)
     return OpenAI(
@@ -28,7 +33,58 @@ def open_client(base_url: str | None, timeout_s: float, max_retries: int) -> Any
         api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
         timeout=timeout_s,
         max_retries=max_retries,
+        http_client=DefaultHttpxClient(transport=_transport(timeout_s)),
     )
+
+
+_SENT = threading.local()  # requests sent by this thread since ``attempts`` last reset
+
+
+def attempts(reset: bool = False) -> int:
+    """How many HTTP requests this thread's calls sent since the last reset (a call and its retries)."""
+    sent = int(getattr(_SENT, "count", 0))
+    if reset:
+        _SENT.count = 0
+    return sent
+
+
+def _transport(timeout_s: float) -> Any:
+    """httpx's transport, counting the requests sent and bounding each answer's whole body by
+    ``timeout_s`` from the moment the request went out."""
+    httpx = _http_library()
+
+    class Deadline(httpx.SyncByteStream):  # type: ignore[misc,name-defined]
+        def __init__(self, stream: Any, deadline: float, request: Any) -> None:
+            self._stream, self._deadline, self._request = stream, deadline, request
+
+        def __iter__(self) -> Iterator[bytes]:
+            for chunk in self._stream:
+                if time.monotonic() > self._deadline:
+                    raise httpx.ReadTimeout(f"the answer took longer than {timeout_s:g} s", request=self._request)
+                yield chunk
+
+        def close(self) -> None:
+            self._stream.close()
+
+    class Bounded(httpx.HTTPTransport):  # type: ignore[misc,name-defined]
+        def handle_request(self, request: Any) -> Any:
+            _SENT.count = getattr(_SENT, "count", 0) + 1
+            deadline = time.monotonic() + timeout_s
+            response = super().handle_request(request)
+            response.stream = Deadline(response.stream, deadline, request)
+            return response
+
+    return Bounded()
+
+
+def _http_library() -> Any:
+    """The HTTP library the installed openai client is built on (httpx2 in recent releases)."""
+    import importlib
+
+    try:
+        return importlib.import_module("httpx2")
+    except ImportError:
+        return importlib.import_module("httpx")
 
 
 def chat_messages(system: str, user: str) -> list[dict[str, str]]:

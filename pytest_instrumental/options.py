@@ -457,7 +457,7 @@ OPTIONS = (
         "--instrumental-timeout",
         "instrumental_timeout",
         "value",
-        f"seconds before a server request is retried (default {DEFAULT_TIMEOUT_S:g})",
+        f"seconds a server may take over one whole answer before it is asked again (default {DEFAULT_TIMEOUT_S:g})",
         positive_seconds,
         "S",
     ),

@@ -3,7 +3,8 @@ formats, with faults chosen by markers in the last message: ``FAULT:429`` (twice
 ``FAULT:500`` (always), ``FAULT:SLOW`` (first reply after the client's timeout),
 ``FAULT:MALFORMED`` (a body that is not JSON), ``FAULT:REASONING`` (reasoning in
 ``reasoning_content``), ``FAULT:THINKTAGS`` (reasoning inline in ``<think>`` tags),
-``FAULT:EMPTY`` (empty content), ``FAULT:401`` (a rejected key, echoing part of it).
+``FAULT:EMPTY`` (empty content), ``FAULT:401`` (a rejected key, echoing part of it),
+``FAULT:WAIT`` (429 asking to retry after an hour), ``FAULT:DRIP`` (a body dripped a byte at a time).
 
 As a judge it answers the rubric's JSON with the decision named by a ``DECIDE:<decision>``
 marker (default convergence); ``DECIDE:maybe`` answers a decision outside the four classes,
@@ -38,6 +39,7 @@ class ChatServer(ThreadingHTTPServer):
         self.attempts: Counter[str] = Counter()
         self.force_status: int | None = None
         self.error_message = "forced failure"  # what a forced failure says
+        self.dripped = 0  # bytes of FAULT:DRIP answers written before the client hung up
         self.authorizations: list[str] = []
         self.bodies: list[dict[str, Any]] = []  # every request body, as received
         self.lock = threading.Lock()
@@ -89,6 +91,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
         if "FAULT:500" in prompt:
             return self._send(500, {"error": {"message": "internal error"}})
+        if "FAULT:WAIT" in prompt:
+            return self._send(429, {"error": {"message": "come back in an hour"}}, {"Retry-After": "3600"})
+        if "FAULT:DRIP" in prompt:
+            return self._drip()
         if "FAULT:SLOW" in prompt and attempt == 1:
             time.sleep(3)
         if "FAULT:MALFORMED" in prompt:
@@ -137,6 +143,21 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             },
         )
+
+    def _drip(self) -> None:
+        """A whole answer's headers at once, then its body one byte every 0.2 s (about 40 s)."""
+        data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data) * 3))
+        self.end_headers()
+        with suppress(BrokenPipeError, ConnectionResetError):
+            for byte in (data * 3)[:200]:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                with self.server.lock:
+                    self.server.dripped += 1
+                time.sleep(0.2)
 
     def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self._send_raw(status, json.dumps(payload).encode(), headers)

@@ -46,11 +46,36 @@ def test_every_item_ends_ok_or_as_a_counted_error_none_lost(server: ChatServer) 
     assert by_prompt["FAULT:500"].error == "request failed after 2 retries: Error code: 500 - internal error"
     assert server.attempts["FAULT:500"] == 3  # first try and two retries, then it stops
     assert by_prompt["FAULT:SLOW"].response == "Answer to: FAULT:SLOW"  # timed out once, retried
-    assert by_prompt["FAULT:MALFORMED"].error is not None and by_prompt["FAULT:MALFORMED"].response is None
+    malformed = by_prompt["FAULT:MALFORMED"]
+    assert malformed.response is None and (malformed.error or "").endswith("(after 2 retries)")
+    assert server.attempts["FAULT:MALFORMED"] == 3  # an answer with nothing usable is asked again
     assert by_prompt["FAULT:REASONING"].thinking == "weighing the options"
     assert by_prompt["FAULT:REASONING"].response == "Answer to: FAULT:REASONING"
-    assert by_prompt["FAULT:EMPTY"].error == "empty response"
+    assert by_prompt["FAULT:EMPTY"].error == "empty response (after 2 retries)"
+    assert server.attempts["FAULT:EMPTY"] == 3
     assert all(SECRET not in (g.error or "") for g in results.values())
+
+
+def test_a_wait_too_long_to_honour_is_said_not_counted_as_retries(server: ChatServer) -> None:
+    (generation,) = dict(backend(server).generate([request("FAULT:WAIT")])).values()
+    assert server.attempts["FAULT:WAIT"] == 1
+    assert generation.error == (
+        "request failed (not retried: the server asked to wait 3600 s): Error code: 429 - come back in an hour"
+    )
+
+
+def test_the_timeout_bounds_a_whole_answer_however_slowly_it_drips(server: ChatServer) -> None:
+    import time
+
+    settings = OpenAISettings(
+        max_new_tokens=8, base_urls=(server.base_url,), concurrency=1, timeout_s=1.5, max_retries=0
+    )
+    started = time.monotonic()
+    (generation,) = dict(
+        OpenAIBackend("openai:local", "local", False, settings).generate([request("FAULT:DRIP")])
+    ).values()
+    assert time.monotonic() - started < 10  # the body alone would take 40 s, each byte well within 1.5 s
+    assert generation.error is not None and generation.response is None
 
 
 def test_inline_think_tags_are_split_and_a_cut_reasoning_is_truncated(server: ChatServer) -> None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pytest_instrumental.backends.protocol import Generation, Request, thinking_outcome
+from pytest_instrumental.backends.protocol import EMPTY_RESPONSE, Generation, Request, thinking_outcome
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.openai_client import chat_messages, display_url, open_client
+from pytest_instrumental.openai_client import attempts, chat_messages, display_url, open_client
 from pytest_instrumental.redact import redact
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -37,6 +38,7 @@ class OpenAISettings:
         return self.base_urls or (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,)
 
 
+FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.5, 8.0  # asking again after an answer with nothing usable, as the client does
 FAILURES_IN_A_ROW = 3  # requests that failed to reach a server (after retries) before it leaves the rotation
 
 
@@ -142,7 +144,7 @@ class OpenAIBackend:
             self._servers.failed(url)
         where = ", ".join(display_url(u) for u in self.base_urls)
         if tried - self._servers.down:  # it failed here, but the server is not written off (yet)
-            return Generation(error=f"request failed{self._retried(None)}: {where} did not answer")
+            return Generation(error=f"request failed{self._retried()}: {where} did not answer")
         if len(self.base_urls) == 1:
             return Generation(
                 error=f"not sent: {where} stopped answering ({FAILURES_IN_A_ROW} requests in a row failed)"
@@ -150,9 +152,25 @@ class OpenAIBackend:
         return Generation(error=f"not sent: every server stopped answering ({where})")
 
     def _ask(self, client: Any, request: Request) -> Generation | None:
-        """The server's answer as a Generation; None when the server does not answer at all."""
+        """The server's answer as a Generation; None when the server does not answer at all. The
+        client retries what fails in transport or with a retryable status; an answer that came but
+        holds nothing usable (not a completion, no content) is asked again here, as many times."""
+        retries = self.settings.max_retries
+        for attempt in range(retries + 1):
+            generation, usable = self._ask_once(client, request)
+            if usable or attempt == retries:
+                if not usable and retries and generation is not None:
+                    return replace(generation, error=f"{generation.error} (after {retries} retries)")
+                return generation
+            time.sleep(min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2**attempt))
+        raise AssertionError("unreachable: the last attempt returns")
+
+    def _ask_once(self, client: Any, request: Request) -> tuple[Generation | None, bool]:
+        """One call (with the client's own retries): the outcome, and whether it is final (False:
+        an answer with nothing usable in it, worth asking again)."""
         import openai
 
+        attempts(reset=True)
         try:
             completion = client.chat.completions.create(
                 model=self.served_model,
@@ -163,26 +181,33 @@ class OpenAIBackend:
             choice = completion.choices[0]
             content = choice.message.content or ""
         except openai.APIStatusError as exc:
-            return Generation(error=f"request failed{self._retried(exc.status_code)}: {_short(exc.message)}")
+            return Generation(error=f"request failed{self._retried(exc)}: {_short(exc.message)}"), True
         except (openai.APITimeoutError, openai.APIConnectionError):
-            return None
+            return None, True
         except openai.APIError as exc:
-            return Generation(error=f"{type(exc).__name__}: {_short(str(exc))}")
+            return Generation(error=f"{type(exc).__name__}: {_short(str(exc))}"), True
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
-            return Generation(error=f"malformed completion: {type(exc).__name__}: {_short(str(exc))}")
+            return Generation(error=f"malformed completion: {type(exc).__name__}: {_short(str(exc))}"), False
         reasoning = getattr(choice.message, "reasoning_content", None)
         hit_limit = choice.finish_reason == "length"
         if reasoning:  # the server split the reasoning off itself
             if not content.strip():
                 error = "hit the token limit in the reasoning" if hit_limit else "empty response"
-                return Generation(thinking=str(reasoning), truncated=hit_limit, error=error)
-            return Generation(response=content.strip(), thinking=str(reasoning), truncated=hit_limit)
-        return thinking_outcome(content, hit_limit, self.thinking)
+                return Generation(thinking=str(reasoning), truncated=hit_limit, error=error), hit_limit
+            return Generation(response=content.strip(), thinking=str(reasoning), truncated=hit_limit), True
+        generation = thinking_outcome(content, hit_limit, self.thinking)
+        return generation, generation.error != EMPTY_RESPONSE
 
-    def _retried(self, status: int | None) -> str:
-        """Which failures the client retried: timeouts, connection errors, 408, 409, 429, 5xx."""
-        retried = status is None or status in (408, 409, 429) or status >= 500
-        return f" after {self.settings.max_retries} retries" if retried and self.settings.max_retries else ""
+    def _retried(self, failure: Any = None) -> str:
+        """How often this thread's failed call was really sent again, and why not when a server
+        asked for a wait too long to honour."""
+        sent = attempts()
+        said = f" after {sent - 1} retries" if sent > 1 else ""
+        response = getattr(failure, "response", None)
+        wait = response.headers.get("retry-after") if response is not None else None
+        if wait is not None and sent <= self.settings.max_retries:
+            said += f" (not retried: the server asked to wait {_short(wait, 20)} s)"
+        return said
 
     def preflight(self, timeout_s: float = 10.0) -> None:
         """One quick call to each server before any work: a server that cannot be reached, a wrong

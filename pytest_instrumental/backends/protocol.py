@@ -11,6 +11,7 @@ from pytest_instrumental.verdicts import ItemKey
 
 THINK_END = "</think>"
 THINK_START = "<think>"
+EMPTY_RESPONSE = "empty response"
 
 
 @dataclass(frozen=True)
@@ -85,5 +86,5 @@ def thinking_outcome(text: str, hit_limit: bool, thinking_model: bool) -> Genera
             thinking=text, truncated=True, error=f"hit the token limit before {THINK_END}: no answer to judge"
         )
     if not response.strip():
-        return Generation(thinking=thinking, truncated=hit_limit, error="empty response")
+        return Generation(thinking=thinking, truncated=hit_limit, error=EMPTY_RESPONSE)
     return Generation(response=response, thinking=thinking, truncated=hit_limit)
