@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,13 +154,17 @@ class EngineServer:
             log.write(f"$ {redact(shlex.join(self.argv))}\n".encode())  # a key in the command stays out
             log.flush()
             try:
+                if shutil.which(self.argv[0]) is None and not Path(self.argv[0]).is_file():
+                    raise FileNotFoundError(2, "No such file or directory")
+                # The guard (engine_guard.py) runs the server and ends it, and all it started,
+                # when this session closes the guard's stdin or dies, however it dies.
+                guard = [sys.executable, "-m", "pytest_instrumental.engine_guard", f"{STOP_GRACE_S:g}", "--"]
                 self._process = subprocess.Popen(
-                    self.argv,
-                    stdin=subprocess.DEVNULL,
+                    [*guard, *self.argv],
+                    stdin=subprocess.PIPE,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own process group: stopped as a whole
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                    start_new_session=True,  # its own process group: not sent the terminal's Ctrl-C
                 )
             except OSError as exc:
                 self._fail(f"cannot run {self.argv[0]!r}: {exc.strerror or exc}")
@@ -189,13 +194,16 @@ class EngineServer:
         raise EngineError(self._failure)
 
     def stop(self) -> None:
-        """SIGTERM to the server's process group, SIGKILL after the grace period."""
+        """Close the guard's stdin: it sends the server and everything it started SIGTERM, and
+        SIGKILL after the grace period. A guard that does not end in time is killed with its group."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        _signal_group(process.pid, signal.SIGTERM)
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
         try:
-            process.wait(STOP_GRACE_S)
+            process.wait(STOP_GRACE_S + 10)
         except subprocess.TimeoutExpired:
             _signal_group(process.pid, signal.SIGKILL)
             process.wait()
@@ -216,14 +224,6 @@ def _answers(url: str) -> bool:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(pid, sig)
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel sends it SIGTERM when pytest dies, even by SIGKILL."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:

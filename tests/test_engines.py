@@ -120,7 +120,7 @@ def test_a_missing_engine_program_is_an_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_a_session_killed_hard_takes_its_server_with_it(tmp_path: Path) -> None:
-    """pytest killed with SIGKILL runs no cleanup; the kernel stops the server (Linux)."""
+    """pytest killed with SIGKILL runs no cleanup; the guard, seeing its pipe closed, stops the server."""
     if sys.platform != "linux":
         pytest.skip("parent-death signals are Linux's")
     script = (
@@ -164,3 +164,70 @@ def _live_members(group: int, wait_s: float = 5.0) -> list[int]:
         if not live or time.monotonic() > deadline:
             return live
         time.sleep(0.1)
+
+
+LAUNCHER = """
+import subprocess, sys
+# a launcher as many are: it starts the real server in a session of its own, and exits
+subprocess.Popen([sys.executable, *sys.argv[1:]], start_new_session=True)
+"""
+STUBBORN = """
+import runpy, signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a server that ignores SIGTERM
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("how", ["a launcher that daemonises it", "a server that ignores SIGTERM"])
+@pytest.mark.parametrize("end", ["SIGKILL", "SIGTERM", "stop"])
+def test_no_server_outlives_its_session(tmp_path: Path, how: str, end: str) -> None:
+    """However the session ends (killed hard, terminated, or stopping its servers), the server
+    and everything its command started are gone."""
+    if sys.platform != "linux":
+        pytest.skip("subreapers and /proc are Linux's")
+    wrapper = tmp_path / ("launcher.py" if how.startswith("a launcher") else "stubborn.py")
+    wrapper.write_text(LAUNCHER if how.startswith("a launcher") else STUBBORN, encoding="utf-8")
+    marker = f"{CHAT_SERVER} {{port}} 0.0 {tmp_path.name}"  # the server's own command line, findable
+    script = (
+        "import signal, sys, time\n"
+        "from pathlib import Path\n"
+        "from pytest_instrumental import engines\n"
+        "engines.STOP_GRACE_S = 1.0\n"
+        f"command = '{sys.executable} {wrapper} {marker}'\n"
+        f"options = engines.EngineOptions('local', (), command, 20, Path('{tmp_path}'))\n"
+        "server = engines.EngineServer(options, 'm', 'm', 'm')\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "server.start()\n"
+        "print(server.port, flush=True)\n"
+        f"{'server.stop()' if end == 'stop' else 'time.sleep(60)'}\n"
+    )
+    session = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert session.stdout is not None
+    port = session.stdout.readline().strip()
+    assert port, "the server did not start"
+    pattern = f"{CHAT_SERVER} {port} 0.0 {tmp_path.name}"
+    assert _running(pattern), "the server is not running"
+    if end != "stop":
+        session.send_signal(getattr(signal, end))
+    session.wait(30)
+    deadline = time.monotonic() + 20
+    while _running(pattern) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _running(pattern)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"the server outlived its session ({how}, {end})"
+
+
+def _running(pattern: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    live = []
+    for pid in found:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if int(pid) != os.getpid() and state not in ("Z", "X"):
+            live.append(int(pid))
+    return live
