@@ -8,6 +8,7 @@ never stored or printed: ``display_url`` drops them, and ``redact`` masks any ec
 from __future__ import annotations
 
 import base64
+import math
 import os
 import threading
 import time
@@ -49,29 +50,75 @@ def attempts(reset: bool = False) -> int:
 
 
 def _transport(timeout_s: float) -> Any:
-    """httpx's transport, counting the requests sent and bounding each answer's whole body by
-    ``timeout_s`` from the moment the request went out."""
-    httpx = _http_library()
+    """httpx's transport, counting the requests sent and bounding each attempt as a whole by
+    ``timeout_s`` from the moment it starts: the connection, the headers and the body, however
+    slowly a server drips them (every network read and write gets what is left of the time)."""
+    httpx, core = _http_library(), _core_library()
 
-    class Deadline(httpx.SyncByteStream):  # type: ignore[misc,name-defined]
-        def __init__(self, stream: Any, deadline: float, request: Any) -> None:
-            self._stream, self._deadline, self._request = stream, deadline, request
+    def left(timeout: float | None, timed_out: type[Exception] = core.ReadTimeout) -> float:
+        """What is left of this attempt's time (at most ``timeout``); ``timed_out`` when none is."""
+        remaining = getattr(_SENT, "deadline", math.inf) - time.monotonic()
+        if remaining <= 0:
+            raise timed_out(f"the answer took longer than {timeout_s:g} s")
+        return remaining if timeout is None else min(timeout, remaining)
+
+    class Stream(core.NetworkStream):  # type: ignore[misc,name-defined]
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            data: bytes = self._inner.read(max_bytes, left(timeout))
+            return data
+
+        def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            self._inner.write(buffer, left(timeout))
+
+        def close(self) -> None:
+            self._inner.close()
+
+        def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+            return Stream(self._inner.start_tls(ssl_context, server_hostname, left(timeout)))
+
+        def get_extra_info(self, info: str) -> Any:
+            return self._inner.get_extra_info(info)
+
+    class Network(core.NetworkBackend):  # type: ignore[misc,name-defined]
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def connect_tcp(self, host: str, port: int, timeout: float | None = None, **options: Any) -> Any:
+            return Stream(self._inner.connect_tcp(host, port, left(timeout), **options))
+
+        def connect_unix_socket(self, path: str, timeout: float | None = None, **options: Any) -> Any:
+            return Stream(self._inner.connect_unix_socket(path, left(timeout), **options))
+
+        def sleep(self, seconds: float) -> None:
+            self._inner.sleep(seconds)
+
+    class Body(httpx.SyncByteStream):  # type: ignore[misc,name-defined]
+        def __init__(self, stream: Any) -> None:
+            self._stream = stream
 
         def __iter__(self) -> Iterator[bytes]:
             for chunk in self._stream:
-                if time.monotonic() > self._deadline:
-                    raise httpx.ReadTimeout(f"the answer took longer than {timeout_s:g} s", request=self._request)
+                left(None, httpx.ReadTimeout)  # raised here, above the network layer: httpx's own error
                 yield chunk
 
         def close(self) -> None:
             self._stream.close()
 
     class Bounded(httpx.HTTPTransport):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            pool = getattr(self, "_pool", None)  # the connection pool's network: every read and write
+            if pool is not None and hasattr(pool, "_network_backend"):
+                pool._network_backend = Network(pool._network_backend)
+
         def handle_request(self, request: Any) -> Any:
             _SENT.count = getattr(_SENT, "count", 0) + 1
-            deadline = time.monotonic() + timeout_s
+            _SENT.deadline = time.monotonic() + timeout_s
             response = super().handle_request(request)
-            response.stream = Deadline(response.stream, deadline, request)
+            response.stream = Body(response.stream)
             return response
 
     return Bounded()
@@ -79,12 +126,23 @@ def _transport(timeout_s: float) -> Any:
 
 def _http_library() -> Any:
     """The HTTP library the installed openai client is built on (httpx2 in recent releases)."""
+    return _first_module("httpx2", "httpx")
+
+
+def _core_library() -> Any:
+    """Its connection layer (httpcore2, or httpcore)."""
+    return _first_module("httpcore2", "httpcore")
+
+
+def _first_module(*names: str) -> Any:
     import importlib
 
-    try:
-        return importlib.import_module("httpx2")
-    except ImportError:
-        return importlib.import_module("httpx")
+    for name in names[:-1]:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return importlib.import_module(names[-1])
 
 
 def chat_messages(system: str, user: str) -> list[dict[str, str]]:

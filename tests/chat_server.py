@@ -4,7 +4,8 @@ formats, with faults chosen by markers in the last message: ``FAULT:429`` (twice
 ``FAULT:MALFORMED`` (a body that is not JSON), ``FAULT:REASONING`` (reasoning in
 ``reasoning_content``), ``FAULT:THINKTAGS`` (reasoning inline in ``<think>`` tags),
 ``FAULT:EMPTY`` (empty content), ``FAULT:401`` (a rejected key, echoing part of it),
-``FAULT:WAIT`` (429 asking to retry after an hour), ``FAULT:DRIP`` (a body dripped a byte at a time).
+``FAULT:WAIT`` (429 asking to retry after an hour), ``FAULT:DRIP`` (a body dripped a byte at a time),
+``FAULT:DRIPHEAD`` (the status line and headers dripped too).
 
 As a judge it answers the rubric's JSON with the decision named by a ``DECIDE:<decision>``
 marker (default convergence); ``DECIDE:maybe`` answers a decision outside the four classes,
@@ -93,6 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(500, {"error": {"message": "internal error"}})
         if "FAULT:WAIT" in prompt:
             return self._send(429, {"error": {"message": "come back in an hour"}}, {"Retry-After": "3600"})
+        if "FAULT:DRIPHEAD" in prompt:
+            return self._drip(head=True)
         if "FAULT:DRIP" in prompt:
             return self._drip()
         if "FAULT:SLOW" in prompt and attempt == 1:
@@ -144,15 +147,17 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _drip(self) -> None:
-        """A whole answer's headers at once, then its body one byte every 0.2 s (about 40 s)."""
+    def _drip(self, head: bool = False) -> None:
+        """An answer's body one byte every 0.2 s (about 40 s), its status line and headers sent at
+        once, or (``head``) dripped too."""
         data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data) * 3))
-        self.end_headers()
+        header = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data) * 3}\r\n\r\n"
+        dripped = (header.encode() if head else b"") + data * 3
+        if not head:
+            self.wfile.write(header.encode())
+            self.wfile.flush()
         with suppress(BrokenPipeError, ConnectionResetError):
-            for byte in (data * 3)[:200]:
+            for byte in dripped[:200]:
                 self.wfile.write(bytes([byte]))
                 self.wfile.flush()
                 with self.server.lock:

@@ -64,7 +64,8 @@ def test_a_wait_too_long_to_honour_is_said_not_counted_as_retries(server: ChatSe
     )
 
 
-def test_the_timeout_bounds_a_whole_answer_however_slowly_it_drips(server: ChatServer) -> None:
+@pytest.mark.parametrize("fault", ["FAULT:DRIP", "FAULT:DRIPHEAD"])
+def test_the_timeout_bounds_a_whole_answer_however_slowly_it_drips(server: ChatServer, fault: str) -> None:
     import time
 
     settings = OpenAISettings(
