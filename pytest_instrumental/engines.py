@@ -1,11 +1,12 @@
 """Engine servers the session starts and stops: vLLM, SGLang, transformers serve, llama.cpp's
 llama-server, or any command that serves the OpenAI API.
 
-Each local model under test gets its own server on 127.0.0.1 and a free port. The server runs in
-its own process group, with its output in a log file; the session waits (bounded) until
-``/v1/models`` or ``/health`` answers, generates through the OpenAI backend, and stops the whole
-group at the end: SIGTERM, then SIGKILL after a grace period. If pytest itself is killed, the
-kernel sends the server SIGTERM (Linux), so no server outlives its session.
+Each local model under test gets its own server on 127.0.0.1 and a free port. The server runs
+under a guard process (``engine_guard.py``) with its output in a log file; the session waits
+(bounded) until ``/v1/models`` or ``/health`` answers, generates through the OpenAI backend, and
+at the end closes the guard's pipe: the guard ends the server and all it started, SIGTERM, then
+SIGKILL after a grace period. The guard does the same when pytest dies, however it dies, so no
+server outlives its session.
 """
 
 from __future__ import annotations
