@@ -104,7 +104,7 @@ def test_a_base_url_holding_a_line_break_is_a_usage_error_naming_the_option(pyte
     assert "INTERNALERROR" not in shown and "Traceback" not in shown and "s3cret" not in shown
 
 
-HOSTILE = "\x1b[2J\r=== 76 passed in 0.01s ===\x00\x1b]0;title\x07 \u202eevil"
+TERMINAL_ATTACK = "\x1b[2J\r=== 76 passed in 0.01s ===\x00\x1b]0;title\x07 \u202eevil"
 
 
 def test_server_text_in_a_usage_error_reaches_the_terminal_inert(
@@ -114,12 +114,12 @@ def test_server_text_in_a_usage_error_reaches_the_terminal_inert(
     return before a fake summary, NUL, a window-title escape and an RTL override."""
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with running_chat_server() as server:
-        server.served = [f"model{HOSTILE}"]
+        server.served = [f"model{TERMINAL_ATTACK}"]
         models = pytester.runpytest_subprocess(
             "--instrumental", "--model=openai:qwen3", f"--instrumental-base-url={server.base_url}"
         )
         server.force_status = 500
-        server.error_message = f"judge down{HOSTILE}"
+        server.error_message = f"judge down{TERMINAL_ATTACK}"
         judge = pytester.runpytest_subprocess(
             *("--instrumental", f"--instrumental-replay={reference_runs}", "--judge=openai:gpt-5.2"),
             f"--instrumental-judge-base-url={server.base_url}",
