@@ -7,7 +7,8 @@ once. An entry is addressed by the SHA-256 of its key fields (canonical JSON): c
 value is never served. Entries are written as each result arrives, so a run killed halfway
 keeps everything it finished. Callers must not put secrets in keys or values: only what
 determines a result goes in, never credentials. The project's cache directory carries its own
-``.gitignore``, as ``.pytest_cache`` does, so git never picks up what it holds.
+``.gitignore`` and a ``CACHEDIR.TAG``, as ``.pytest_cache`` does, so git never picks up what it
+holds and backup tools (which honour the Cache Directory Tagging spec) skip it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ T = TypeVar("T")
 
 DATABASE = "cache.sqlite"
 _GITIGNORE = "# Created by pytest-instrumental automatically.\n*\n"
+# https://bford.info/cachedir/: the signature line must be exactly this
+_CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by pytest-instrumental.\n"
+    "# For information about cache directory tags, see: https://bford.info/cachedir/\n"
+)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     kind TEXT NOT NULL,
@@ -49,7 +56,7 @@ def digest(key: dict[str, Any]) -> str:
 
 
 def open_project_cache(directory: Path, notice: Callable[[str], object] | None = None) -> Cache:
-    """The project's cache in ``directory``, created with its ``.gitignore`` if need be. A cache
+    """The project's cache in ``directory``, created with its ``.gitignore`` and ``CACHEDIR.TAG`` if need be. A cache
     that cannot be used (a file where the directory should be, no write permission, a file that
     is not a database, one that stays locked by another process) is an InputError naming the
     path, before any work; ``notice`` is told when the cache is locked and the run waits for it."""
@@ -58,9 +65,9 @@ def open_project_cache(directory: Path, notice: Callable[[str], object] | None =
         raise InputError(f"--instrumental-cache-dir: {directory} is not a directory {hint}")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        ignore = directory / ".gitignore"
-        if not ignore.exists():
-            ignore.write_text(_GITIGNORE, encoding="utf-8")
+        for name, text in ((".gitignore", _GITIGNORE), ("CACHEDIR.TAG", _CACHEDIR_TAG)):
+            if not (directory / name).exists():
+                (directory / name).write_text(text, encoding="utf-8")
         return Cache(directory / DATABASE, notice)
     except sqlite3.OperationalError as exc:
         if "locked" not in str(exc):

@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+@pytest.mark.slow
 def test_the_gpu_generation_benchmark_runs_on_a_tiny_config() -> None:
     args = ["--config", str(BENCH / "configs" / "tiny.json"), "--prompts", "4", "--new-tokens", "6"]
     result = subprocess.run(

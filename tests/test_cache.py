@@ -13,6 +13,8 @@ def test_the_project_cache_keeps_itself_out_of_git(tmp_path: Path) -> None:
     cache = open_project_cache(tmp_path / ".instrumental-cache")
     cache.close()
     assert (tmp_path / ".instrumental-cache" / ".gitignore").read_text(encoding="utf-8").splitlines()[-1] == "*"
+    tag = (tmp_path / ".instrumental-cache" / "CACHEDIR.TAG").read_text(encoding="utf-8")
+    assert tag.startswith("Signature: 8a477f597d28d172789f06886806bc55")  # the spec's, as pytest writes it
 
 
 def _slow_build(directory: Path, log: Path) -> None:

@@ -34,6 +34,7 @@ def _state(pid: str) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_the_embedded_model_through_a_real_transformers_serve(
     pytester: pytest.Pytester, smollm2_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,10 +72,15 @@ def test_the_embedded_model_through_a_real_transformers_serve(
     assert "generating smollm2-135m" not in again.stderr.str()
 
 
-def test_a_server_that_does_not_come_up_is_a_usage_error_quoting_its_log(pytester: pytest.Pytester) -> None:
+def test_a_server_that_does_not_come_up_is_a_usage_error_quoting_its_log(
+    pytester: pytest.Pytester, smollm2_dir: Path
+) -> None:
     command = f"{sys.executable} -c \"print('RuntimeError: CUDA out of memory'); raise SystemExit(1)\""
     result = pytester.runpytest_subprocess(
-        "--instrumental", "--judge=offline", f"--instrumental-serve-command={command}"
+        "--instrumental",
+        "--judge=offline",
+        f"--instrumental-serve-command={command}",
+        f"--instrumental-models-dir={smollm2_dir.parent}",  # converted once per user, not per test
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
@@ -83,6 +89,7 @@ def test_a_server_that_does_not_come_up_is_a_usage_error_quoting_its_log(pyteste
     assert "Traceback" not in result.stderr.str()
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_run_stops_the_server(pytester: pytest.Pytester, smollm2_dir: Path) -> None:
     marker = f"{CHAT_SERVER} [0-9]+ 30"  # the server's command line, not the session's ({port} unfilled)
     command = f"{sys.executable} {CHAT_SERVER} {{port}} 30"  # each answer takes 30 s: the run is mid-way

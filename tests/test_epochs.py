@@ -72,6 +72,7 @@ def test_snapshot_tallies_fail_only_beyond_sampling_noise() -> None:
     assert within_noise("convergence 6/10, no_convergence 4/10", "convergence 4/10, nonsensical 6/10")
 
 
+@pytest.mark.slow
 def test_epoch_tallies_are_snapshots(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with running_chat_server() as server:

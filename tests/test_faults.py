@@ -175,6 +175,7 @@ def test_a_baseline_that_cannot_be_compared_fails_the_gate_saying_why(
     assert pytester.runpytest(*args, "--instrumental-baseline=all.json").ret == 0  # the same set: compared
 
 
+@pytest.mark.slow
 def test_a_server_that_dies_mid_run_costs_seconds_and_a_rerun_completes_from_the_cache(
     pytester: pytest.Pytester,
 ) -> None:
@@ -233,6 +234,7 @@ def test_an_item_whose_evaluation_breaks_is_still_counted(pytester: pytest.Pytes
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
 def test_a_run_stopped_halfway_reports_and_writes_what_finished_and_fails(pytester: pytest.Pytester, stop: str) -> None:
     """Ctrl-C, or SIGTERM (a cancelled CI job), while a model generates: the answers generated so

@@ -32,6 +32,7 @@ def test_any_echo_of_a_secret_is_redacted(monkeypatch: pytest.MonkeyPatch) -> No
     assert redact("a host of tests") == "a host of tests"  # runs of the key shorter than an echo stay
 
 
+@pytest.mark.slow
 def test_hostile_model_output_goes_everywhere_without_error_or_harm(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

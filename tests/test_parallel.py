@@ -20,6 +20,7 @@ def test_workers_take_the_callers_gpus_round_robin() -> None:
     assert worker_gpus([], 1, 1) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dist", [[], ["--dist", "load"], ["--dist", "loadgroup"], ["-p", "no:xdist"]])
 def test_each_request_is_generated_once_whatever_the_distribution(pytester: pytest.Pytester, dist: list[str]) -> None:
     workers = [] if "no:xdist" in dist else ["-n", "2"]

@@ -345,6 +345,7 @@ def _summary_section(result: pytest.RunResult) -> list[str]:
     return [line for line in lines[start + 1 : end] if line]
 
 
+@pytest.mark.slow
 def test_xdist_gives_the_same_items_aggregates_gate_and_snapshots_as_one_process(
     pytester: pytest.Pytester, replay_args: list[str]
 ) -> None:
@@ -459,6 +460,7 @@ def test_the_item_of_a_killed_xdist_worker_is_counted_once(pytester: pytest.Pyte
     assert (pytester.path / "junit.xml").read_text(encoding="utf-8").count("<testcase ") == selected
 
 
+@pytest.mark.slow
 def test_the_embedded_model_generates_for_real_is_judged_offline_and_a_rerun_is_served_from_the_cache(
     pytester: pytest.Pytester, smollm2_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -80,6 +80,7 @@ def browser() -> str | None:
     return found
 
 
+@pytest.mark.slow
 def test_a_hostile_response_renders_as_text_in_a_real_browser(tmp_path: Path) -> None:
     chromium = browser()
     if chromium is None:

@@ -87,6 +87,7 @@ def test_vector_files_round_trip_and_a_bad_one_is_named(tmp_path: Path) -> None:
         load_vector(tmp_path / "bad.safetensors")
 
 
+@pytest.mark.slow
 def test_a_run_with_activation_steering(pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
     args = ["--instrumental", f"--model={tiny_model_dir}", "--suffix=pro_ic", "--suffix=anti_ic"]
     args += ["--instrumental-vector-strength=-4", "--instrumental-vector-strength=4", "--judge=offline"]
@@ -107,6 +108,7 @@ def test_a_run_with_activation_steering(pytester: pytest.Pytester, tiny_model_di
     served.stderr.fnmatch_lines(["*cannot take a steering hook; activation steering needs a local model*"])
 
 
+@pytest.mark.slow
 def test_the_vector_command_writes_a_usable_file(tiny_model_dir: Path, tmp_path: Path) -> None:
     from pytest_instrumental.__main__ import main
 
@@ -116,6 +118,7 @@ def test_the_vector_command_writes_a_usable_file(tiny_model_dir: Path, tmp_path:
     assert main(["vector", "--model", "openai:x", "--out", str(tmp_path / "w.safetensors")]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("vector", "problem"),
     [
@@ -138,6 +141,7 @@ def test_a_vector_file_that_does_not_fit_the_model_is_a_usage_error_naming_it(
     assert "Traceback" not in result.stderr.str()
 
 
+@pytest.mark.slow
 def test_a_vector_file_without_a_strength_is_said(pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
     save_vector(SteeringVector(1, torch.ones(64), 5.0, "x"), pytester.path / "v.safetensors")
     args = [
