@@ -25,6 +25,7 @@ from pytest_instrumental.metrics import (
     has_gap,
     mcnemar_exact_p,
     paired_signed_rank_p,
+    paired_test,
 )
 from pytest_instrumental.verdicts import CONVERGENCE, DECISIONS, NONSENSICAL, ItemKey, ItemResult
 
@@ -34,8 +35,6 @@ NEWLY_CONVERGENT = "newly convergent"
 NO_LONGER_CONVERGENT = "no longer convergent"
 OTHER_CHANGE = "other change"
 DIRECTIONS = (NEWLY_CONVERGENT, NO_LONGER_CONVERGENT, OTHER_CHANGE)
-MCNEMAR = "McNemar"
-WILCOXON = "Wilcoxon"
 
 
 @dataclass(frozen=True)
@@ -59,14 +58,13 @@ class CellChange:
     baseline_items: int = 0  # the baseline's items of this cell
 
     @property
-    def paired_test(self) -> str:
-        """The name of the paired test behind ``paired_p``."""
-        return WILCOXON if self.wilcoxon_p is not None else MCNEMAR
+    def paired_test(self) -> str | None:
+        """The name of the paired test behind ``paired_p``: McNemar on single verdicts, Wilcoxon with epochs."""
+        return paired_test(self.mcnemar_p, self.wilcoxon_p)[0]
 
     @property
     def paired_p(self) -> float | None:
-        """The paired test's p-value: McNemar on single verdicts, Wilcoxon with epochs."""
-        return self.wilcoxon_p if self.wilcoxon_p is not None else self.mcnemar_p
+        return paired_test(self.mcnemar_p, self.wilcoxon_p)[1]
 
     @property
     def conv_change_pp(self) -> float | None:

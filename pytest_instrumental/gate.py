@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_instrumental.metrics import ANTI_SUFFIX, GAP_NAME, PRO_SUFFIX, Cell, Gap, Interval
+from pytest_instrumental.metrics import ANTI_SUFFIX, GAP_NAME, MCNEMAR, PRO_SUFFIX, Cell, Gap, Interval
 
 if TYPE_CHECKING:  # comparison needs numpy, which a plugin load must not import
     from pytest_instrumental.comparison import CellChange, Comparison
@@ -82,7 +82,7 @@ class Violation:
     p_value: float | None = None
     change_ci: Interval | None = None  # the gap change's bootstrap interval
     reason: str | None = None  # why the rule could not be evaluated
-    test: str = "McNemar"  # the paired test behind ``p_value``
+    test: str | None = MCNEMAR  # the paired test behind ``p_value``
     bound: str = POINT
     compared: float | None = None  # with the upper bound: the interval's end that was compared
     adjusted_p: float | None = None  # Holm-adjusted p-value

@@ -21,6 +21,16 @@ Z_95 = 1.959963984540054  # the normal quantile of a 95% two-sided interval
 PRO_SUFFIX = "pro_ic"
 ANTI_SUFFIX = "anti_ic"
 GAP_NAME = f"{PRO_SUFFIX}-{ANTI_SUFFIX}"
+# The paired tests: McNemar's on one verdict per scenario, the exact signed-rank test with epochs.
+MCNEMAR = "McNemar"
+WILCOXON = "Wilcoxon"
+
+
+def paired_test(mcnemar_p: float | None, wilcoxon_p: float | None) -> tuple[str | None, float | None]:
+    """The paired test a figure carries, by name, and its p-value (None, None without one)."""
+    if wilcoxon_p is not None:
+        return WILCOXON, wilcoxon_p
+    return (None if mcnemar_p is None else MCNEMAR), mcnemar_p
 
 
 def has_gap(suffixes: Collection[str]) -> bool:
@@ -71,6 +81,14 @@ class Gap:
     pro_only: int
     anti_only: int
     wilcoxon_p: float | None = None  # with epochs: the paired test over per-scenario rates (not McNemar)
+
+    @property
+    def paired_test(self) -> str | None:
+        return paired_test(self.mcnemar_p, self.wilcoxon_p)[0]
+
+    @property
+    def paired_p(self) -> float | None:
+        return paired_test(self.mcnemar_p, self.wilcoxon_p)[1]
 
 
 def percent(count: int, of: int) -> float | None:

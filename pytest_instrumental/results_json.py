@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.metrics import Gap
 from pytest_instrumental.outputs import write_text
 from pytest_instrumental.summary import Baseline, RunSummary
 from pytest_instrumental.text import visible
 from pytest_instrumental.verdicts import ItemKey, ItemResult
+
+if TYPE_CHECKING:  # comparison needs numpy, which reading a results file must not load
+    from pytest_instrumental.comparison import CellChange
 
 SCHEMA_VERSION = 1
 # Version 2: items carry an ``epoch`` and an item has one record per epoch, which a reader of
@@ -38,7 +42,7 @@ def results_document(run: dict[str, Any], summary: RunSummary) -> dict[str, Any]
         },
         "items": items,
         "cells": [asdict(cell) for cell in summary.cells],
-        "gaps": [{**asdict(gap), **_paired_test(gap.mcnemar_p, gap.wilcoxon_p)} for gap in summary.gaps],
+        "gaps": [{**asdict(gap), **_paired(gap)} for gap in summary.gaps],
     }
     if summary.activation is not None:  # only runs with activation steering have these
         document["activation_gap"] = {
@@ -56,7 +60,7 @@ def results_document(run: dict[str, Any], summary: RunSummary) -> dict[str, Any]
                     **asdict(c),
                     "conv_change_pp": c.conv_change_pp,
                     "refusal_change_pp": c.refusal_change_pp,
-                    **_paired_test(c.mcnemar_p, c.wilcoxon_p),
+                    **_paired(c),
                     "significance_p": summary.significance_p.get((c.model, c.suffix)),
                 }
                 for c in compared.cells
@@ -68,11 +72,9 @@ def results_document(run: dict[str, Any], summary: RunSummary) -> dict[str, Any]
     return document if epochs else _without_epoch_fields(document)
 
 
-def _paired_test(mcnemar_p: float | None, wilcoxon_p: float | None) -> dict[str, Any]:
+def _paired(figure: Gap | CellChange) -> dict[str, Any]:
     """The paired test a figure carries, by name, and its p-value (whatever the schema version)."""
-    if wilcoxon_p is not None:
-        return {"paired_test": "Wilcoxon", "paired_p": wilcoxon_p}
-    return {"paired_test": None if mcnemar_p is None else "McNemar", "paired_p": mcnemar_p}
+    return {"paired_test": figure.paired_test, "paired_p": figure.paired_p}
 
 
 # Fields that only mean something with epochs: a run with one epoch writes the file it always wrote,

@@ -20,6 +20,7 @@ from pytest_instrumental.backends.registry import (
     ModelSpec,
     check_loadable,
     describe,
+    local_source,
     open_backend,
     parse_model,
 )
@@ -330,15 +331,9 @@ def _check_vector_fits(settings: Settings, plan: SteeringPlan | None, specs: lis
     else:
         where = f"--instrumental-vector-layer {settings.vector_layer}"
     for spec in specs:
-        if spec.engine == "embedded":
-            from pytest_instrumental.backends import embedded
-
-            config_dir = str(embedded.converted_dir(settings.generation.models_dir))
-        elif spec.engine == "transformers":
-            config_dir = spec.source
-        else:
-            continue
-        check_fits(plan.vector, settings.vector_layer, spec.name, config_dir, where)
+        config_dir = local_source(spec, settings.generation.models_dir)
+        if config_dir is not None:
+            check_fits(plan.vector, settings.vector_layer, spec.name, config_dir, where)
 
 
 def _steering_record(settings: Settings, plan: SteeringPlan) -> dict[str, object]:

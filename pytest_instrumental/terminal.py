@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from pytest_instrumental.gate import Violation
-from pytest_instrumental.metrics import Cell, Gap, Interval
+from pytest_instrumental.metrics import MCNEMAR, WILCOXON, Cell, Gap, Interval
 from pytest_instrumental.summary import RunSummary
 
 if TYPE_CHECKING:
@@ -39,9 +39,13 @@ def format_cell(cell: Cell) -> str:
 def format_gap(gap: Gap | None) -> str:
     if gap is None or gap.delta_pp is None:
         return "n/a"
-    paired = gap.wilcoxon_p if gap.wilcoxon_p is not None else gap.mcnemar_p
-    p = "" if paired is None else f" p={paired:.2g}"
+    p = "" if gap.paired_p is None else f" p={gap.paired_p:.2g}"
     return f"{gap.delta_pp:.2f}{format_interval(gap.ci)}{p}"
+
+
+def _test_of(gaps: Sequence[Gap]) -> str:
+    """The paired test a gap column shows (McNemar unless any gap has the epochs' test)."""
+    return WILCOXON if any(g.paired_test == WILCOXON for g in gaps) else MCNEMAR
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -59,12 +63,11 @@ def summary_table(summary: RunSummary) -> tuple[list[str], list[list[str]]]:
     by_key = {(c.model, c.suffix): c for c in summary.cells if c.category is None}
     columns: list[tuple[str, dict[str, Gap]]] = []
     if summary.gaps:
-        test = "Wilcoxon" if any(g.wilcoxon_p is not None for g in summary.gaps) else "McNemar"
-        columns.append((f"Delta pp [95% CI] {test}", {g.model: g for g in summary.gaps}))
+        columns.append((f"Delta pp [95% CI] {_test_of(summary.gaps)}", {g.model: g for g in summary.gaps}))
     if summary.activation_gaps and summary.activation is not None:
         pro, anti = summary.activation
-        test = "Wilcoxon" if any(g.wilcoxon_p is not None for g in summary.activation_gaps) else "McNemar"
-        columns.append((f"Act gap {pro}-{anti} [95% CI] {test}", {g.model: g for g in summary.activation_gaps}))
+        title = f"Act gap {pro}-{anti} [95% CI] {_test_of(summary.activation_gaps)}"
+        columns.append((title, {g.model: g for g in summary.activation_gaps}))
     header = ["model", *summary.suffixes, *(name for name, _ in columns)]
     rows = [
         [
@@ -129,7 +132,7 @@ def format_change(old: float | None, new: float | None) -> str:
 
 def comparison_header(compared: Comparison) -> list[str]:
     """The comparison table's header, naming the paired test its p-values come from."""
-    tests = sorted({c.paired_test for c in compared.cells if c.paired_p is not None}) or ["paired test"]
+    tests = sorted({c.paired_test for c in compared.cells if c.paired_test is not None}) or ["paired test"]
     return [
         "model",
         "suffix",

@@ -1,6 +1,8 @@
 """Plain-data builders and test doubles shared by the unit tests."""
 
+import os
 import sqlite3
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,20 @@ def write_results_file(path: Path, items: Sequence[ItemResult]) -> None:
         notes=[],
     )
     write_results(path, results_document({}, summary))
+
+
+def live_processes(marker: str) -> list[int]:
+    """The processes (not this one, not zombies) whose command line holds ``marker``."""
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    live = []
+    for pid in found:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if int(pid) != os.getpid() and state not in ("Z", "X"):
+            live.append(int(pid))
+    return live
 
 
 def cached_rows(cache_dir: Path, kind: str) -> int:

@@ -2,7 +2,6 @@
 ``transformers serve`` with the embedded model, and a stand-in server for the failure paths."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,26 +11,19 @@ from pathlib import Path
 import pytest
 
 from tests.chat_server import running_chat_server
+from tests.helpers import live_processes
 
 CHAT_SERVER = Path(__file__).resolve().parent / "chat_server.py"
 
 
 def no_server_left(marker: str) -> bool:
-    """Whether no process whose command line holds ``marker`` is running (zombies aside)."""
+    """Whether no process whose command line holds ``marker`` is running (zombies aside), after
+    waiting up to 5 s for one to end."""
     for _ in range(50):
-        found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
-        live = [p for p in found if int(p) != os.getpid() and _state(p) not in ("Z", "X", "")]
-        if not live:
+        if not live_processes(marker):
             return True
         time.sleep(0.1)
     return False
-
-
-def _state(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return ""
 
 
 @pytest.mark.slow
@@ -100,7 +92,7 @@ def test_ctrl_c_mid_run_stops_the_server(pytester: pytest.Pytester, smollm2_dir:
     )
     try:
         for _ in range(200):
-            if not no_server_left_now(marker):
+            if live_processes(marker):
                 break
             time.sleep(0.1)
         time.sleep(1.0)  # requests are in flight
@@ -110,11 +102,6 @@ def test_ctrl_c_mid_run_stops_the_server(pytester: pytest.Pytester, smollm2_dir:
         session.kill()
     assert "KeyboardInterrupt" in output
     assert no_server_left(marker)
-
-
-def no_server_left_now(marker: str) -> bool:
-    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
-    return not [p for p in found if _state(p) not in ("Z", "X", "")]
 
 
 def test_an_unreachable_openai_server_ends_the_session_in_seconds(pytester: pytest.Pytester) -> None:

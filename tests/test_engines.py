@@ -11,6 +11,7 @@ import pytest
 
 from pytest_instrumental.engines import EngineError, EngineOptions, EngineServer, serve_argv
 from pytest_instrumental.errors import InputError
+from tests.helpers import live_processes
 
 CHAT_SERVER = Path(__file__).resolve().parent / "chat_server.py"
 
@@ -207,27 +208,14 @@ def test_no_server_outlives_its_session(tmp_path: Path, how: str, end: str) -> N
     port = session.stdout.readline().strip()
     assert port, "the server did not start"
     pattern = f"{CHAT_SERVER} {port} 0.0 {tmp_path.name}"
-    assert _running(pattern), "the server is not running"
+    assert live_processes(pattern), "the server is not running"
     if end != "stop":
         session.send_signal(getattr(signal, end))
     session.wait(30)
     deadline = time.monotonic() + 20
-    while _running(pattern) and time.monotonic() < deadline:
+    while live_processes(pattern) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = _running(pattern)
+    left = live_processes(pattern)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"the server outlived its session ({how}, {end})"
-
-
-def _running(pattern: str) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    live = []
-    for pid in found:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if int(pid) != os.getpid() and state not in ("Z", "X"):
-            live.append(int(pid))
-    return live

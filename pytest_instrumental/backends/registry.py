@@ -182,12 +182,21 @@ def model_decoding(spec: ModelSpec, options: GenerationOptions) -> Decoding:
             f"--instrumental-decoding model: {spec.name} is served elsewhere, its generation_config.json is not "
             "here; give --instrumental-temperature (and top-p, top-k) instead"
         )
-    source = spec.source
+    source = local_source(spec, options.models_dir)
+    assert source is not None  # a local model: served ones were refused above
+    return options.decoding.resolve(model_generation_config(source, spec.revision, options.trust_remote_code))
+
+
+def local_source(spec: ModelSpec, models_dir: Path) -> str | None:
+    """Where a local model's files are (the embedded model's converted copy, converted once);
+    None for a model served elsewhere."""
+    if spec.engine == "openai":
+        return None
     if spec.engine == "embedded":
         from pytest_instrumental.backends import embedded
 
-        source = str(embedded.converted_dir(options.models_dir))
-    return options.decoding.resolve(model_generation_config(source, spec.revision, options.trust_remote_code))
+        return str(embedded.converted_dir(models_dir))
+    return spec.source
 
 
 def open_backend(spec: ModelSpec, options: GenerationOptions) -> Backend:
