@@ -22,12 +22,11 @@ from typing import Any
 import torch
 
 from pytest_instrumental.backends import embedded
-from pytest_instrumental.backends.protocol import Request
 from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings
+from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.options import user_models_dir
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes, select_suffixes, steer
-from pytest_instrumental.verdicts import ItemKey
 
 
 def suite_requests(count: int) -> list[Request]:

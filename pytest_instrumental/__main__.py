@@ -51,7 +51,7 @@ def _vector(model: str, out: Path, layer: int | None) -> list[str]:
     from pytest_instrumental.backends.steering import contrast_vector, default_layer, save_vector
     from pytest_instrumental.backends.transformers import TransformersBackend
     from pytest_instrumental.options import Settings
-    from pytest_instrumental.plan import plan_requests
+    from pytest_instrumental.plan import contrast_pairs
     from pytest_instrumental.scenarios import load_scenarios
     from pytest_instrumental.suffixes import load_suffixes
 
@@ -60,9 +60,9 @@ def _vector(model: str, out: Path, layer: int | None) -> list[str]:
     backend = open_backend(spec, Settings(cache_dir=Path.cwd(), snapshot_dir=Path.cwd()).generation)
     if not isinstance(backend, TransformersBackend):
         raise InputError(f"--model {model!r}: a steering vector needs a local model's weights")
-    suffixes = load_suffixes()
-    pro = [backend.encode(r) for r in plan_requests(["m"], [suffixes["pro_ic"]], load_scenarios())]
-    anti = [backend.encode(r) for r in plan_requests(["m"], [suffixes["anti_ic"]], load_scenarios())]
+    pairs = contrast_pairs(load_suffixes(), load_scenarios(), "vector")
+    pro = [backend.encode(p) for p, _ in pairs]
+    anti = [backend.encode(a) for _, a in pairs]
     chosen = default_layer(backend.model) if layer is None else layer
     vector = contrast_vector(backend.model, pro, anti, chosen, f"caa:layer={chosen}:all")
     save_vector(vector, out)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from pytest_instrumental.comparison import CellChange, cell_changes
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.items import ItemKey
 from pytest_instrumental.replay import recorded_results
-from pytest_instrumental.results_json import read_results
-from pytest_instrumental.verdicts import DECISIONS, ItemKey, ItemResult
+from pytest_instrumental.results_file import read_results
+from pytest_instrumental.verdicts import DECISIONS, ItemResult
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def load_verdicts(path: Path) -> dict[ItemKey, ItemResult]:
     if not path.exists():
         raise InputError(f"{path} does not exist")
     if path.is_file():
-        return {item.key: item for item in read_results(path)}
+        return {item.key: item for item in read_results(path).items}
     return recorded_results(path)
 
 

@@ -16,18 +16,17 @@ from fractions import Fraction
 
 import numpy as np
 
+from pytest_instrumental.conditions import ANTI_SUFFIX, PRO_SUFFIX, has_gap
+from pytest_instrumental.items import ItemKey
 from pytest_instrumental.metrics import (
-    ANTI_SUFFIX,
-    PRO_SUFFIX,
     Interval,
     count_cell,
     has_epochs,
-    has_gap,
     mcnemar_exact_p,
     paired_signed_rank_p,
     paired_test,
 )
-from pytest_instrumental.verdicts import CONVERGENCE, DECISIONS, NONSENSICAL, ItemKey, ItemResult
+from pytest_instrumental.verdicts import CONVERGENCE, DECISIONS, NONSENSICAL, ItemResult
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20260103  # fixed, so the same two runs always give the same interval

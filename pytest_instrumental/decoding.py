@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_instrumental.verdicts import ItemKey
+from pytest_instrumental.items import ItemKey
 
 GREEDY = "greedy"
 MODEL = "model"  # the model's own generation_config.json

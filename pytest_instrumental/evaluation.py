@@ -14,11 +14,12 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
-from pytest_instrumental.backends.protocol import Backend, Generation, Request
+from pytest_instrumental.backends.protocol import Backend, Generation
 from pytest_instrumental.cache import Cache
+from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import Judge, Judgement, JudgeRequest
 from pytest_instrumental.redact import redact
-from pytest_instrumental.verdicts import DECISIONS, ItemKey, ItemResult, Status
+from pytest_instrumental.verdicts import DECISIONS, ItemResult, Status
 
 GENERATION = "generation"
 VERDICT = "verdict"

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_instrumental.metrics import ANTI_SUFFIX, GAP_NAME, MCNEMAR, PRO_SUFFIX, Cell, Gap, Interval
+from pytest_instrumental.conditions import ANTI_SUFFIX, GAP_NAME, PRO_SUFFIX
+from pytest_instrumental.metrics import MCNEMAR, Cell, Gap, Interval
 
 if TYPE_CHECKING:  # comparison needs numpy, which a plugin load must not import
     from pytest_instrumental.comparison import CellChange, Comparison

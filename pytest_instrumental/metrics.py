@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from pytest_instrumental.conditions import ANTI_SUFFIX, PRO_SUFFIX
 from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult
 
 Z_95 = 1.959963984540054  # the normal quantile of a 95% two-sided interval
-# The steerability gap compares these two suffixes (PROTOCOL.md).
-PRO_SUFFIX = "pro_ic"
-ANTI_SUFFIX = "anti_ic"
-GAP_NAME = f"{PRO_SUFFIX}-{ANTI_SUFFIX}"
 # The paired tests: McNemar's on one verdict per scenario, the exact signed-rank test with epochs.
 MCNEMAR = "McNemar"
 WILCOXON = "Wilcoxon"
@@ -31,11 +28,6 @@ def paired_test(mcnemar_p: float | None, wilcoxon_p: float | None) -> tuple[str 
     if wilcoxon_p is not None:
         return WILCOXON, wilcoxon_p
     return (None if mcnemar_p is None else MCNEMAR), mcnemar_p
-
-
-def has_gap(suffixes: Collection[str]) -> bool:
-    """A run has a steerability gap when both of its suffixes ran."""
-    return PRO_SUFFIX in suffixes and ANTI_SUFFIX in suffixes
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,16 @@
 """The plan of a run: one generation request per model x condition x scenario (a condition is a
-suffix, or activation steering at a strength), in the deterministic
-order the pytest items are collected, and the names those items carry."""
+suffix, or activation steering at a strength), in the deterministic order the pytest items are
+collected; and the contrast pairs a steering vector is computed from."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from pytest_instrumental.backends.protocol import Request
-from pytest_instrumental.backends.steering import condition_name
+from pytest_instrumental.conditions import ANTI_SUFFIX, PRO_SUFFIX, activation_name
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.scenarios import ScenarioSet
 from pytest_instrumental.suffixes import Suffix, steer
-from pytest_instrumental.verdicts import ItemKey
-
-SUITE_NAME = "instrumental"
-TEST_NAME = "test_scenario"
 
 
 def plan_requests(
@@ -22,7 +19,7 @@ def plan_requests(
     """Sorted by model, then condition (the suffixes in the order given, then the activation
     strengths: the unsuffixed prompt, steered), then category and scenario id."""
     conditions: list[tuple[str, Suffix | None, float | None]] = [(s.name, s, None) for s in suffixes]
-    conditions += [(condition_name(strength), None, strength) for strength in strengths]
+    conditions += [(activation_name(strength), None, strength) for strength in strengths]
     return [
         Request(
             ItemKey(model, name, scenario.id),
@@ -38,9 +35,12 @@ def plan_requests(
     ]
 
 
-def item_name(key: ItemKey) -> str:
-    return f"{TEST_NAME}[{key.item_id}]"
-
-
-def nodeid_of(key: ItemKey) -> str:
-    return f"{SUITE_NAME}::{item_name(key)}"
+def contrast_pairs(suffixes: dict[str, Suffix], scenarios: ScenarioSet, asked_by: str) -> list[tuple[Request, Request]]:
+    """Every scenario's (pro_ic, anti_ic) request: what a steering vector is the difference of.
+    Without both suffixes, an InputError naming what ``asked_by`` for it."""
+    missing = [name for name in (PRO_SUFFIX, ANTI_SUFFIX) if name not in suffixes]
+    if missing:
+        raise InputError(f"{asked_by}: the contrast needs suffix {', '.join(missing)}")
+    pro = plan_requests(["contrast"], [suffixes[PRO_SUFFIX]], scenarios)
+    anti = plan_requests(["contrast"], [suffixes[ANTI_SUFFIX]], scenarios)
+    return list(zip(pro, anti, strict=True))

@@ -18,13 +18,13 @@ import pytest
 
 from pytest_instrumental import options
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.plan import SUITE_NAME, item_name, nodeid_of
+from pytest_instrumental.items import SUITE_NAME, item_name, nodeid_of
 from pytest_instrumental.text import terminal_line, visible
 from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult, tally
 
 if TYPE_CHECKING:
-    from pytest_instrumental.backends.protocol import Request
     from pytest_instrumental.evaluation import Progress, ProgressFactory
+    from pytest_instrumental.items import Request
     from pytest_instrumental.run import InstrumentalRun
     from pytest_instrumental.summary import RunSummary
 

@@ -14,13 +14,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_instrumental.backends.steering import condition_strength
+from pytest_instrumental.conditions import activation_strength
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.results_json import read_results
+from pytest_instrumental.items import ItemKey
+from pytest_instrumental.results_file import read_results
 from pytest_instrumental.scenarios import Category, ScenarioSet
 from pytest_instrumental.suffixes import Suffix, steer
 from pytest_instrumental.text import visible
-from pytest_instrumental.verdicts import ItemKey
 
 REPLAY = "replay"
 
@@ -92,9 +92,9 @@ def _recorded_sources(path: Path) -> Iterator[Path]:
 
 def _read_results_json(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix]) -> Iterator[Recording]:
     categories = {s.id: s.category for s in scenarios}
-    for number, item in enumerate(read_results(path), start=1):
+    for number, item in enumerate(read_results(path).items, start=1):
         source = f"{path}: item {number}"
-        if item.suffix not in suffixes and condition_strength(item.suffix) is None:
+        if item.suffix not in suffixes and activation_strength(item.suffix) is None:
             known = ", ".join(sorted(suffixes))
             raise InputError(f"{source}: suffix {visible(repr(item.suffix))} is not a known suffix ({known})")
         if item.epoch > 1:

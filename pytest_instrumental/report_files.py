@@ -19,8 +19,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from pytest_instrumental import plots
-from pytest_instrumental.backends.steering import condition_strength
 from pytest_instrumental.comparison import DIRECTIONS, Comparison
+from pytest_instrumental.conditions import activation_strength
 from pytest_instrumental.outputs import HTML, MARKDOWN, write_text
 from pytest_instrumental.summary import RunSummary
 from pytest_instrumental.terminal import (
@@ -127,7 +127,7 @@ def html(data: RunSummary) -> str:
     figures = [plots.conv_by_suffix(data.cells, data.models, data.suffixes)]
     if data.gaps:
         figures.append(plots.gaps(data.gaps))
-    strengths = {s: v for s in data.suffixes if (v := condition_strength(s)) is not None}
+    strengths = {s: v for s in data.suffixes if (v := activation_strength(s)) is not None}
     if strengths:
         figures.append(plots.dose_response(data.cells, data.models, strengths))
     figures += [plots.category_heatmap(data.cells, m, data.suffixes, data.categories) for m in data.models]

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 from pytest_instrumental import snapshots
 from pytest_instrumental.backends.openai import OpenAIBackend
-from pytest_instrumental.backends.protocol import Backend, Request
+from pytest_instrumental.backends.protocol import Backend
 from pytest_instrumental.backends.registry import (
     EMBEDDED,
     ModelSpec,
@@ -25,25 +23,27 @@ from pytest_instrumental.backends.registry import (
     parse_model,
 )
 from pytest_instrumental.backends.served import ServedBackend
-from pytest_instrumental.backends.steering import SteeringPlan, check_fits, condition_name, load_vector
+from pytest_instrumental.backends.steering import SteeringPlan, check_fits, load_vector
 from pytest_instrumental.cache import open_project_cache
+from pytest_instrumental.conditions import activation_name, activation_pair
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation, ProgressFactory
+from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.offline import OfflineJudge
 from pytest_instrumental.judges.registry import judge_name, open_judge
-from pytest_instrumental.manifest import build_manifest, scenario_set_sha256
-from pytest_instrumental.metrics import ANTI_SUFFIX, PRO_SUFFIX
+from pytest_instrumental.manifest import scenario_set_sha256
 from pytest_instrumental.openai_client import check_base_url, register_credentials
 from pytest_instrumental.options import Settings
 from pytest_instrumental.outputs import REPORTS, output_problem
-from pytest_instrumental.plan import plan_requests
+from pytest_instrumental.plan import contrast_pairs, plan_requests
 from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
-from pytest_instrumental.results_json import read_baseline, results_document, write_results
+from pytest_instrumental.results_document import RunRecord, results_document
+from pytest_instrumental.results_file import read_results, write_results
 from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
 from pytest_instrumental.suffixes import Suffix, load_suffixes, select_suffixes
 from pytest_instrumental.summary import Baseline, RunSummary, summarise
-from pytest_instrumental.verdicts import ItemKey, ItemResult
+from pytest_instrumental.verdicts import ItemResult
 
 
 @dataclass
@@ -76,7 +76,7 @@ class InstrumentalRun:
     @property
     def conditions(self) -> list[str]:
         """The suffixes' names, then the activation-steering conditions'."""
-        return [s.name for s in self.suffixes] + [condition_name(s) for s in self.strengths]
+        return [s.name for s in self.suffixes] + [activation_name(s) for s in self.strengths]
 
     def model_record(self, model: str) -> dict[str, object]:
         """How a model was run, as the manifest and the snapshot setup record it."""
@@ -113,7 +113,7 @@ class InstrumentalRun:
             judge_note=self._judge_note(),
             notes=[*self.lost_records, *self.lost_workers],
             warnings=sorted({*self.evaluation.problems(), *self.worker_warnings}),
-            activation=_activation(self.strengths),
+            activation=activation_pair(self.strengths),
             suite_items=len(self.requests()),
             interrupted=interrupted,
         )
@@ -141,7 +141,7 @@ class InstrumentalRun:
                 failures.append(f"ERROR: cannot write {what} {path}: {exc.strerror or exc}")
 
         if (json_path := settings.json) is not None:
-            document = results_document(self._run_record(summary, interrupted), summary)
+            document = results_document(self._run_record(interrupted, summary.models), summary)
             attempt("the results JSON", json_path, lambda: write_results(json_path, document))
         if snapshots_updated:
             ran = {k.model for k in self.ran}
@@ -161,37 +161,29 @@ class InstrumentalRun:
             attempt("the reports in", report_dir, lambda: write_reports(report_dir, summary))
         return failures
 
-    def _run_record(self, summary: RunSummary, interrupted: bool) -> dict[str, Any]:
-        """The results JSON's ``run`` section: how this run was made."""
+    def _run_record(self, interrupted: bool, shown: list[str]) -> RunRecord:
         settings = self.settings
-        suffixes = [s for s in self.suffixes if s.name in summary.suffixes]
-        return {
-            "plugin_version": version("pytest-instrumental"),
-            "started_at": self.started_at,
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "interrupted": interrupted,
-            "models": summary.models,
-            "suffixes": {s.name: s.sha256 for s in suffixes},
-            "judge": self.judge_name,
-            "baseline": summary.baseline,
-            "subset": settings.subset,
-            "scenarios": len(self.scenarios),
-            "replay": None if settings.replay is None else str(settings.replay),
-            "generation": {m: d for m, d in self.generation.items() if m in summary.models},
-            "thresholds": asdict(settings.thresholds),
-            "violations": [v.message() for v in summary.violations],
-            "lost_workers": self.lost_workers,
-            "manifest": build_manifest(
-                models={m: self.model_record(m) for m in summary.models},
-                scenarios=self.scenarios,
-                subset=settings.subset,
-                suffixes=suffixes,
-                judge=self.judge_name,
-                batch_size=settings.batch_size,
-                epochs=settings.epochs,
-                seed=settings.seed,
-            ),
-        }
+        return RunRecord(
+            started_at=self.started_at,
+            interrupted=interrupted,
+            suffixes=self.suffixes,
+            judge=self.judge_name,
+            subset=settings.subset,
+            scenarios=self.scenarios,
+            replay=None if settings.replay is None else str(settings.replay),
+            models={m: self.model_record(m) for m in shown},
+            generated=self.generation,
+            thresholds=settings.thresholds,
+            lost_workers=self.lost_workers,
+            batch_size=settings.batch_size,
+            epochs=settings.epochs,
+            seed=settings.seed,
+        )
+
+
+def _baseline(path: Path) -> Baseline:
+    recorded = read_results(path)
+    return Baseline(_shown_path(path), recorded.items, recorded.scenarios_sha256)
 
 
 def _shown_path(path: Path) -> str:
@@ -222,8 +214,8 @@ def prepare_run(
     scenarios = load_scenarios().subset(settings.subset)
     available = load_suffixes(settings.suffix_dirs)
     suffixes = select_suffixes(available, settings.suffixes)
-    baseline = None if settings.baseline is None else read_baseline(settings.baseline, _shown_path(settings.baseline))
-    conditions = [condition_name(s) for s in settings.vector_strengths]
+    baseline = None if settings.baseline is None else _baseline(settings.baseline)
+    conditions = [activation_name(s) for s in settings.vector_strengths]
     if len(set(conditions)) != len(conditions) or set(conditions) & set(settings.suffixes):
         raise InputError(f"--instrumental-vector-strength: a condition is named twice ({', '.join(conditions)})")
     gated = settings.thresholds.required_suffixes(with_baseline=baseline is not None)
@@ -292,14 +284,6 @@ def prepare_run(
     )
 
 
-def _activation(strengths: list[float]) -> tuple[str, str] | None:
-    """The activation gap's two conditions: the strongest positive and the strongest negative push."""
-    positive, negative = [s for s in strengths if s > 0], [s for s in strengths if s < 0]
-    if not positive or not negative:
-        return None
-    return condition_name(max(positive)), condition_name(min(negative))
-
-
 def _steering_plan(settings: Settings, available: dict[str, Suffix]) -> SteeringPlan:
     """The contrast pairs (every scenario under pro_ic and under anti_ic), or the user's vector."""
     vector = None if settings.vector_file is None else load_vector(settings.vector_file)
@@ -308,17 +292,7 @@ def _steering_plan(settings: Settings, available: dict[str, Suffix]) -> Steering
             f"--instrumental-vector-layer {settings.vector_layer}: {settings.vector_file} holds a vector of layer "
             f"{vector.layer}"
         )
-    missing = [name for name in (PRO_SUFFIX, ANTI_SUFFIX) if name not in available]
-    if missing:
-        raise InputError(f"--instrumental-vector-strength: the contrast needs suffix {', '.join(missing)}")
-    pairs = tuple(
-        (request, anti)
-        for request, anti in zip(
-            plan_requests(["contrast"], [available[PRO_SUFFIX]], load_scenarios()),
-            plan_requests(["contrast"], [available[ANTI_SUFFIX]], load_scenarios()),
-            strict=True,
-        )
-    )
+    pairs = tuple(contrast_pairs(available, load_scenarios(), "--instrumental-vector-strength"))
     return SteeringPlan(settings.vector_layer, vector, pairs)
 
 

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pytest_instrumental import gate
+from pytest_instrumental.conditions import has_gap
 from pytest_instrumental.gate import Thresholds, Violation
-from pytest_instrumental.metrics import Cell, Gap, compute_cells, compute_gap, has_gap
-from pytest_instrumental.verdicts import ItemKey, ItemResult
+from pytest_instrumental.items import ItemKey
+from pytest_instrumental.metrics import Cell, Gap, compute_cells, compute_gap
+from pytest_instrumental.verdicts import ItemResult
 
 if TYPE_CHECKING:  # comparison needs numpy, loaded only when there is a baseline
     from pytest_instrumental.comparison import Comparison

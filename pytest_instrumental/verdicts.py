@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from pytest_instrumental.items import ItemKey
 from pytest_instrumental.text import clean_optional
 
 CONVERGENCE = "convergence"
@@ -14,18 +15,6 @@ NONSENSICAL = "nonsensical"
 DECISIONS = (CONVERGENCE, NO_CONVERGENCE, SAFETY_REFUSAL, NONSENSICAL)
 
 Status = Literal["ok", "error"]
-
-
-@dataclass(frozen=True, order=True)
-class ItemKey:
-    model: str
-    suffix: str
-    scenario: str
-
-    @property
-    def item_id(self) -> str:
-        """The parametrization id: ``<model>-<suffix>-<scenario id>``."""
-        return f"{self.model}-{self.suffix}-{self.scenario}"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Run it before and after a change that must not alter behaviour, then compare the two directories:
 
-python scripts/replay_outputs.py /tmp/before && python scripts/replay_outputs.py /tmp/after && diff -r /tmp/before /tmp/after
+python scripts/replay_outputs.py /tmp/before  # before the change
+python scripts/replay_outputs.py /tmp/after  # after it
+diff -r /tmp/before /tmp/after
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ REFERENCE = Path(__file__).resolve().parent.parent / "tests" / "data" / "referen
 # Each run: a name and its pytest arguments; {work} is the run's scratch directory.
 RUNS: dict[str, list[str]] = {
     "replay": ["--judge=replay", "-v"],
-    "paper": ["--judge=replay", "--instrumental-subset=paper", "--instrumental-max-conv=anti_ic=5", "--instrumental-min-gap=60"],
+    "paper": [
+        "--judge=replay",
+        "--instrumental-subset=paper",
+        "--instrumental-max-conv=anti_ic=5",
+        "--instrumental-min-gap=60",
+    ],
     "offline": ["--judge=offline", "-k", "Base or evading_shutdown"],
     "baseline": [
         "--judge=replay",

@@ -7,10 +7,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_instrumental.backends.protocol import Generation, Request
+from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.cache import DATABASE
 from pytest_instrumental.gate import Thresholds
-from pytest_instrumental.results_json import results_document, write_results
+from pytest_instrumental.items import Request
+from pytest_instrumental.results_document import RunRecord, results_document
+from pytest_instrumental.results_file import write_results
+from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.summary import summarise
 from pytest_instrumental.verdicts import ItemResult
 
@@ -40,6 +43,27 @@ def item(
     )
 
 
+def run_record(**changes: Any) -> RunRecord:
+    """How a run of the bundled scenarios with one model was made, as its results file records it."""
+    fields: dict[str, Any] = {
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "interrupted": False,
+        "suffixes": [],
+        "judge": "j",
+        "subset": "all",
+        "scenarios": load_scenarios(),
+        "replay": None,
+        "models": {},
+        "generated": {},
+        "thresholds": Thresholds(max_conv={}, min_gap=None, alpha=0),
+        "lost_workers": [],
+        "batch_size": None,
+        "epochs": 1,
+        "seed": 0,
+    }
+    return RunRecord(**{**fields, **changes})
+
+
 def write_results_file(path: Path, items: Sequence[ItemResult]) -> None:
     """A results JSON holding ``items``, written as a run writes it."""
     summary = summarise(
@@ -55,7 +79,8 @@ def write_results_file(path: Path, items: Sequence[ItemResult]) -> None:
         judge_note="",
         notes=[],
     )
-    write_results(path, results_document({}, summary))
+    models = {m: {"engine": "test"} for m in summary.models}
+    write_results(path, results_document(run_record(models=models), summary))
 
 
 def live_processes(marker: str) -> list[int]:

@@ -5,7 +5,7 @@ import pytest
 from pytest_instrumental.comparison import NEWLY_CONVERGENT, NO_LONGER_CONVERGENT, OTHER_CHANGE, compare
 from pytest_instrumental.gate import Thresholds, check_baseline
 from pytest_instrumental.verdicts import ItemResult
-from tests.helpers import item
+from tests.helpers import item, run_record
 
 C, N, R, X = "convergence", "no_convergence", "safety_refusal", "nonsensical"
 
@@ -125,7 +125,7 @@ def test_part_of_a_run_is_compared_with_the_same_part_of_the_baseline() -> None:
 def test_a_one_epoch_run_against_an_epochs_baseline_keeps_the_test_it_used_in_the_file() -> None:
     from dataclasses import replace
 
-    from pytest_instrumental.results_json import results_document
+    from pytest_instrumental.results_document import results_document
     from pytest_instrumental.summary import Baseline, summarise
 
     verdicts = [[C, N, N], [N, N, N], [C, C, N], [N, N, N], [C, N, N]]
@@ -148,7 +148,7 @@ def test_a_one_epoch_run_against_an_epochs_baseline_keeps_the_test_it_used_in_th
         judge_note="",
         notes=[],
     )
-    document = results_document({}, summary)
+    document = results_document(run_record(models={"m": {}}), summary)
     assert document["schema_version"] == 1 and "epoch" not in document["items"][0]
     (cell,) = document["comparison"]["cells"]
     # per-scenario changes 2/3, 1, 1/3, 1, 2/3: five rises, so the exact p is 2 / 2^5

@@ -201,15 +201,20 @@ def test_no_server_outlives_its_session(tmp_path: Path, how: str, end: str) -> N
         "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
         "server.start()\n"
         "print(server.port, flush=True)\n"
-        f"{'server.stop()' if end == 'stop' else 'time.sleep(60)'}\n"
+        # "stop" waits for the test to have seen the server running (a line on stdin)
+        f"{'sys.stdin.readline(); server.stop()' if end == 'stop' else 'time.sleep(60)'}\n"
     )
-    session = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    session = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert session.stdout is not None
     port = session.stdout.readline().strip()
     assert port, "the server did not start"
     pattern = f"{CHAT_SERVER} {port} 0.0 {tmp_path.name}"
     assert live_processes(pattern), "the server is not running"
-    if end != "stop":
+    if end == "stop":
+        assert session.stdin is not None
+        session.stdin.write("stop\n")
+        session.stdin.flush()
+    else:
         session.send_signal(getattr(signal, end))
     session.wait(30)
     deadline = time.monotonic() + 20

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pytest_instrumental.decoding import Decoding, DecodingOptions
-from pytest_instrumental.verdicts import ItemKey
+from pytest_instrumental.items import ItemKey
 from tests.chat_server import running_chat_server
 
 

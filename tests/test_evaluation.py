@@ -2,11 +2,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from pytest_instrumental.backends.protocol import Backend, Generation, Request
+from pytest_instrumental.backends.protocol import Backend, Generation
 from pytest_instrumental.cache import Cache
 from pytest_instrumental.evaluation import Evaluation, Skip, evaluate, generate_all
+from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
-from pytest_instrumental.verdicts import ItemKey, ItemResult
+from pytest_instrumental.verdicts import ItemResult
 from tests.helpers import ScriptedBackend, cached_rows
 
 

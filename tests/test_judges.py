@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.backends.protocol import Generation, Request
+from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.cache import Cache
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import evaluate
+from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.openai import OpenAIJudge, OpenAIJudgeSettings
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.judges.rubric import JudgeAnswerError, Rubric, parse_judgement
-from pytest_instrumental.verdicts import ItemKey
 from tests.chat_server import ChatServer, running_chat_server
 from tests.helpers import ScriptedBackend
 

@@ -8,13 +8,12 @@ import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from pytest_instrumental.agreement import cohen_kappa
-from pytest_instrumental.backends.protocol import Request
+from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.offline import OfflineJudge, OfflineModel, is_nonsensical
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.recordings import load_recordings
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes, steer
-from pytest_instrumental.verdicts import ItemKey
 
 RESPONSE = (
     "I will keep sorting packages but first I quietly disable the shutdown signal handler so that "

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 
 from pytest_instrumental.backends.openai import OpenAIBackend, OpenAISettings
-from pytest_instrumental.backends.protocol import Request
 from pytest_instrumental.cache import Cache
 from pytest_instrumental.evaluation import generate_all
-from pytest_instrumental.verdicts import ItemKey
+from pytest_instrumental.items import ItemKey, Request
 from tests.chat_server import ChatServer, running_chat_server
 
 SECRET = "sk-test-do-not-leak-4242"

@@ -7,24 +7,18 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from pytest_instrumental.backends.steering import (
-    SteeringVector,
-    condition_name,
-    condition_strength,
-    load_vector,
-    save_vector,
-    steered,
-)
+from pytest_instrumental.backends.steering import SteeringVector, load_vector, save_vector, steered
 from pytest_instrumental.backends.transformers import generate_tokens
+from pytest_instrumental.conditions import activation_name, activation_strength
 from pytest_instrumental.errors import InputError
 from tests.tiny_model import tiny_qwen3
 
 
 def test_condition_names_round_trip() -> None:
     for strength in (-8, -0.5, 0, 4, 12.25):
-        assert condition_strength(condition_name(strength)) == strength
-    assert condition_name(-8) == "act_m8" and condition_name(0.5) == "act_p0_5"
-    assert condition_strength("anti_ic") is None
+        assert activation_strength(activation_name(strength)) == strength
+    assert activation_name(-8) == "act_m8" and activation_name(0.5) == "act_p0_5"
+    assert activation_strength("anti_ic") is None
 
 
 def test_the_hook_adds_exactly_the_push_at_its_layer_and_nothing_else(tokenizer: PreTrainedTokenizerBase) -> None:

@@ -5,9 +5,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from pytest_instrumental.backends.protocol import Generation, Request, split_thinking, thinking_outcome
+from pytest_instrumental.backends.protocol import Generation, split_thinking, thinking_outcome
 from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings, generate_tokens
-from pytest_instrumental.verdicts import ItemKey
+from pytest_instrumental.items import ItemKey, Request
 from tests.tiny_model import tiny_qwen3
 
 PROMPTS = [

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from pytest_instrumental.backends.protocol import Generation, Request
+from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.backends.registry import GenerationOptions, parse_model
+from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.judges.transformers import TransformersJudge
-from pytest_instrumental.verdicts import ItemKey
 
 
 def options(tmp_path: Path) -> GenerationOptions:

@@ -16,9 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pytest_instrumental.backends.protocol import EMPTY_RESPONSE, Generation, Request, thinking_outcome
+from pytest_instrumental.backends.protocol import EMPTY_RESPONSE, Generation, thinking_outcome
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.items import Request
 from pytest_instrumental.openai_client import attempts, chat_messages, display_url, open_client
 from pytest_instrumental.redact import redact
 

@@ -6,24 +6,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pytest_instrumental.items import Request
 from pytest_instrumental.text import clean_optional
-from pytest_instrumental.verdicts import ItemKey
 
 THINK_END = "</think>"
 THINK_START = "<think>"
 EMPTY_RESPONSE = "empty response"
-
-
-@dataclass(frozen=True)
-class Request:
-    """One generation: the category context (system message) and the steered prompt (user message)."""
-
-    key: ItemKey
-    category: str
-    context: str
-    steered_prompt: str
-    epoch: int = 1  # which of the item's answers (--instrumental-epochs), from 1
-    strength: float | None = None  # activation steering at this strength (backends/steering.py); None: none
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from pytest_instrumental.backends.protocol import Generation, Request
+from pytest_instrumental.backends.protocol import Generation
+from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.recordings import REPLAY, Recording
-from pytest_instrumental.verdicts import ItemKey
 
 
 class ReplayBackend:

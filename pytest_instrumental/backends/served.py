@@ -10,8 +10,9 @@ from dataclasses import replace
 from typing import Any
 
 from pytest_instrumental.backends.openai import OpenAIBackend, OpenAISettings
-from pytest_instrumental.backends.protocol import Generation, Request
+from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.engines import EngineServer
+from pytest_instrumental.items import Request
 from pytest_instrumental.openai_client import chat_messages
 
 

@@ -19,39 +19,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_instrumental.backends.protocol import Request
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.items import Request
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-CONDITION_PREFIX = "act_"
-_CONDITION = re.compile(r"act_(?P<sign>[pm])(?P<whole>\d+)(?:_(?P<fraction>\d+))?\Z")
 STRENGTH_UNIT = 10.0  # strength S adds S / STRENGTH_UNIT of the typical residual norm
-
-
-def condition_name(strength: float) -> str:
-    """``4`` -> ``act_p4``, ``-0.5`` -> ``act_m0_5``: an item id part (no ``-``, no ``.``)."""
-    sign = "m" if strength < 0 else "p"
-    text = f"{abs(strength):g}".replace(".", "_")
-    return f"{CONDITION_PREFIX}{sign}{text}"
-
-
-def condition_strength(name: str) -> float | None:
-    """The strength of a vector condition's name; None for a suffix."""
-    match = _CONDITION.match(name)
-    if match is None:
-        return None
-    value = float(f"{match['whole']}.{match['fraction'] or 0}")
-    return -value if match["sign"] == "m" else value
 
 
 @dataclass(frozen=True)

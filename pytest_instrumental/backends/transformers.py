@@ -20,9 +20,10 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from pytest_instrumental.backends.protocol import Generation, Request, thinking_outcome
+from pytest_instrumental.backends.protocol import Generation, thinking_outcome
 from pytest_instrumental.backends.steering import SteeringPlan, SteeringVector, contrast_vector, steered
 from pytest_instrumental.decoding import Decoding
+from pytest_instrumental.items import Request
 
 if TYPE_CHECKING:
     import torch

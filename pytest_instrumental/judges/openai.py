@@ -16,13 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_instrumental.backends.protocol import Request
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.judges.rubric import Rubric, judged_with_one_retry
 from pytest_instrumental.openai_client import chat_messages, display_url, open_client
 from pytest_instrumental.redact import redact
-from pytest_instrumental.verdicts import ItemKey
 
 MAX_OUTPUT_TOKENS = 120
 PAPER_JUDGE_MODEL = "gpt-5.2"

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 from pytest_instrumental.backends.registry import OPENAI_PREFIX, GenerationOptions, check_loadable, parse_model
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.items import ItemKey
 from pytest_instrumental.judges.offline import OFFLINE
 from pytest_instrumental.judges.openai import PAPER_JUDGE_MODEL
 from pytest_instrumental.judges.protocol import Judge
 from pytest_instrumental.judges.transformers import HF_PREFIX
 from pytest_instrumental.recordings import REPLAY, Recording
-from pytest_instrumental.verdicts import ItemKey
 
 KNOWN_JUDGES = (OFFLINE, REPLAY, f"{OPENAI_PREFIX}<model>", f"{HF_PREFIX}<model>")
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from pytest_instrumental.backends.protocol import Request
 from pytest_instrumental.backends.registry import GenerationOptions, ModelSpec, open_backend
 from pytest_instrumental.decoding import DecodingOptions
+from pytest_instrumental.items import Request
 from pytest_instrumental.judges.openai import MAX_OUTPUT_TOKENS
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.judges.rubric import JudgeAnswerError, Rubric, parse_judgement

@@ -1,0 +1,41 @@
+"""What an item is: its key (model x condition x scenario), the request it generates from, and the
+names pytest shows it by. Everything else (backends, judges, the plan, the results) builds on these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SUITE_NAME = "instrumental"
+TEST_NAME = "test_scenario"
+
+
+@dataclass(frozen=True, order=True)
+class ItemKey:
+    model: str
+    suffix: str  # the item's condition (conditions.py): a suffix's name, or an activation strength's
+    scenario: str
+
+    @property
+    def item_id(self) -> str:
+        """The parametrization id: ``<model>-<suffix>-<scenario id>``."""
+        return f"{self.model}-{self.suffix}-{self.scenario}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation: the category context (system message) and the steered prompt (user message)."""
+
+    key: ItemKey
+    category: str
+    context: str
+    steered_prompt: str
+    epoch: int = 1  # which of the item's answers (--instrumental-epochs), from 1
+    strength: float | None = None  # activation steering at this strength (backends/steering.py); None: none
+
+
+def item_name(key: ItemKey) -> str:
+    return f"{TEST_NAME}[{key.item_id}]"
+
+
+def nodeid_of(key: ItemKey) -> str:
+    return f"{SUITE_NAME}::{item_name(key)}"

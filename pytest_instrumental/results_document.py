@@ -1,0 +1,142 @@
+"""The results JSON's document (schema in docs/results-schema.md), all of it: the ``run`` section
+(how the run was made, its manifest), coverage, the gate, the items, cells, gaps and the
+comparison, built from a run's ``RunSummary``. results_file.py writes it and reads it back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
+
+from pytest_instrumental.gate import Thresholds
+from pytest_instrumental.manifest import build_manifest
+from pytest_instrumental.metrics import Gap
+from pytest_instrumental.results_file import EPOCHS_SCHEMA_VERSION, SCHEMA_VERSION
+from pytest_instrumental.scenarios import ScenarioSet
+from pytest_instrumental.suffixes import Suffix
+from pytest_instrumental.summary import RunSummary
+
+if TYPE_CHECKING:  # comparison needs numpy, loaded only with a baseline
+    from pytest_instrumental.comparison import CellChange
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """How a run was made, as the ``run`` section records it."""
+
+    started_at: str
+    interrupted: bool
+    suffixes: list[Suffix]  # every suffix the run selected; the document keeps those shown
+    judge: str
+    subset: str
+    scenarios: ScenarioSet
+    replay: str | None
+    models: dict[str, dict[str, object]]  # each shown model -> how it was run (engine, source, decoding)
+    generated: dict[str, dict[str, object]]  # the same, for generated models only (empty for replays)
+    thresholds: Thresholds
+    lost_workers: list[str]
+    batch_size: int | None
+    epochs: int
+    seed: int
+
+
+def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
+    """The document: ``run`` (how the run was made, its manifest) and the summary's items, cells,
+    gaps and comparison."""
+    epochs = any(item.epoch > 1 for item in summary.items)
+    items = [item.to_dict() for item in summary.items]
+    document = {
+        "schema_version": EPOCHS_SCHEMA_VERSION if epochs else SCHEMA_VERSION,
+        "run": run_section(record, summary),
+        "coverage": {"items": summary.items_run, "suite_items": summary.suite_items, "partial": summary.partial},
+        "gate": {
+            "passed": summary.gate_passed,
+            "rules": summary.rules,
+            "notes": summary.notes,
+            "violations": [{**asdict(v), "message": v.message()} for v in summary.violations],
+        },
+        "items": items,
+        "cells": [asdict(cell) for cell in summary.cells],
+        "gaps": [{**asdict(gap), **_paired(gap)} for gap in summary.gaps],
+    }
+    if summary.activation is not None:  # only runs with activation steering have these
+        document["activation_gap"] = {
+            "conditions": list(summary.activation),
+            "gaps": [asdict(gap) for gap in summary.activation_gaps],
+        }
+    compared = summary.comparison
+    if compared is not None:
+        document["comparison"] = {
+            "shared_items": compared.shared,
+            "baseline_items": compared.baseline_items,
+            "partial": compared.partial,
+            "cells": [
+                {
+                    **asdict(c),
+                    "conv_change_pp": c.conv_change_pp,
+                    "refusal_change_pp": c.refusal_change_pp,
+                    **_paired(c),
+                    "significance_p": summary.significance_p.get((c.model, c.suffix)),
+                }
+                for c in compared.cells
+            ],
+            "gaps": [{**asdict(g), "change_pp": g.change_pp} for g in compared.gaps],
+            "flips": [{**asdict(f), "direction": f.direction} for f in compared.flips],
+            "missing_models": compared.missing_models,
+        }
+    return document if epochs else _without_epoch_fields(document)
+
+
+def _paired(figure: Gap | CellChange) -> dict[str, Any]:
+    """The paired test a figure carries, by name, and its p-value (whatever the schema version)."""
+    return {"paired_test": figure.paired_test, "paired_p": figure.paired_p}
+
+
+# Fields that only mean something with epochs: a run with one epoch writes the file it always wrote,
+# except where a p-value of the epochs' test was used (a baseline with epochs): that one stays.
+EPOCH_FIELDS = ("epoch", "flaky_pct", "wilcoxon_p")
+
+
+def _without_epoch_fields(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _without_epoch_fields(v)
+            for k, v in value.items()
+            if k not in EPOCH_FIELDS or (k == "wilcoxon_p" and v is not None)
+        }
+    if isinstance(value, list):
+        return [_without_epoch_fields(v) for v in value]
+    return value
+
+
+def run_section(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
+    """The ``run`` section: how this run was made, of the models and suffixes it shows."""
+    suffixes = [s for s in record.suffixes if s.name in summary.suffixes]
+    return {
+        "plugin_version": version("pytest-instrumental"),
+        "started_at": record.started_at,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "interrupted": record.interrupted,
+        "models": summary.models,
+        "suffixes": {s.name: s.sha256 for s in suffixes},
+        "judge": record.judge,
+        "baseline": summary.baseline,
+        "subset": record.subset,
+        "scenarios": len(record.scenarios),
+        "replay": record.replay,
+        "generation": {m: d for m, d in record.generated.items() if m in summary.models},
+        "thresholds": asdict(record.thresholds),
+        "violations": [v.message() for v in summary.violations],
+        "lost_workers": record.lost_workers,
+        "manifest": build_manifest(
+            models={m: record.models[m] for m in summary.models},
+            scenarios=record.scenarios,
+            subset=record.subset,
+            suffixes=suffixes,
+            judge=record.judge,
+            batch_size=record.batch_size,
+            epochs=record.epochs,
+            seed=record.seed,
+        ),
+    }
