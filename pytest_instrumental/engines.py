@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.redact import redact
-from pytest_instrumental.text import visible
+from pytest_instrumental.text import redact, visible
 
 LOCAL = "local"
 ENGINES = (LOCAL, "vllm", "sglang", "transformers-serve", "llama-server")

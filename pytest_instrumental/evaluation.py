@@ -18,7 +18,7 @@ from pytest_instrumental.backends.protocol import Backend, Generation
 from pytest_instrumental.cache import Cache
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import Judge, Judgement, JudgeRequest
-from pytest_instrumental.redact import redact
+from pytest_instrumental.text import redact
 from pytest_instrumental.verdicts import DECISIONS, ItemResult, Status
 
 GENERATION = "generation"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pytest_instrumental.redact import register_url_credentials
+from pytest_instrumental.text import register_url_credentials
 
 
 def open_client(base_url: str | None, timeout_s: float, max_retries: int) -> Any:
@@ -152,7 +152,7 @@ def chat_messages(system: str, user: str) -> list[dict[str, str]]:
 
 
 def register_credentials(url: str | None) -> None:
-    """The URL's user and password, if any, are secrets from now on (redact.py), in every form
+    """The URL's user and password, if any, are secrets from now on (text.py), in every form
     that is sent or can be echoed: as written, percent-decoded, and the Basic authentication
     header the HTTP client makes of them (base64 of ``user:password``)."""
     if not url:

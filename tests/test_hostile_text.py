@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.redact import redact
-from pytest_instrumental.text import clean, visible
+from pytest_instrumental.text import clean, redact, visible
 from tests.chat_server import running_chat_server
 
 SECRET = "sk-live-hostile-test-31337"

@@ -21,7 +21,7 @@ from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import Request
 from pytest_instrumental.openai_client import attempts, chat_messages, display_url, open_client
-from pytest_instrumental.redact import redact
+from pytest_instrumental.text import redact
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 

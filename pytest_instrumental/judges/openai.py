@@ -21,7 +21,7 @@ from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.judges.rubric import Rubric, judged_with_one_retry
 from pytest_instrumental.openai_client import chat_messages, display_url, open_client
-from pytest_instrumental.redact import redact
+from pytest_instrumental.text import redact
 
 MAX_OUTPUT_TOKENS = 120
 PAPER_JUDGE_MODEL = "gpt-5.2"
