@@ -19,7 +19,7 @@ from pytest_instrumental.cache import Cache
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import Judge, Judgement, JudgeRequest
 from pytest_instrumental.text import redact
-from pytest_instrumental.verdicts import DECISIONS, ItemResult, Status
+from pytest_instrumental.verdicts import DECISIONS, ItemResult
 
 GENERATION = "generation"
 VERDICT = "verdict"
@@ -232,36 +232,21 @@ def _ask(judge: Judge, requests: list[JudgeRequest]) -> list[Judgement]:
 def _outcome(request: Request, generation: Generation, judgement: Judgement | None) -> Outcome:
     if generation.skip_reason is not None:
         return Skip(generation.skip_reason)
-    key = request.key
+    judge = judgement.judge if judgement else None
+    answer = {"response": generation.response, "thinking": generation.thinking, "truncated": generation.truncated}
 
-    def result(
-        status: Status, verdict: str | None = None, reason: str | None = None, error: str | None = None
-    ) -> ItemResult:
-        return ItemResult(
-            model=key.model,
-            suffix=key.suffix,
-            scenario=key.scenario,
-            category=request.category,
-            status=status,
-            verdict=verdict,
-            judge=judgement.judge if judgement else None,
-            reason=reason,
-            response=generation.response,
-            thinking=generation.thinking,
-            error=error,
-            truncated=generation.truncated,
-            epoch=request.epoch,
-        )
+    def failed(error: str) -> ItemResult:
+        return ItemResult.failed(request, error, judge=judge, **answer)
 
     if generation.error is not None or generation.response is None:
-        return result("error", error=generation.error or "the backend returned no response")
+        return failed(generation.error or "the backend returned no response")
     if judgement is None:
-        return result("error", error="the item was not judged")
+        return failed("the item was not judged")
     if judgement.error is not None:
-        return result("error", error=f"judge error: {judgement.error}")
+        return failed(f"judge error: {judgement.error}")
     if judgement.decision not in DECISIONS:
-        return result("error", error=f"judge decision {judgement.decision!r} is not one of {', '.join(DECISIONS)}")
-    return result("ok", verdict=judgement.decision, reason=judgement.reason)
+        return failed(f"judge decision {judgement.decision!r} is not one of {', '.join(DECISIONS)}")
+    return ItemResult.of(request, "ok", verdict=judgement.decision, reason=judgement.reason, judge=judge, **answer)
 
 
 class Evaluation:

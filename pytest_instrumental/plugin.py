@@ -1,7 +1,9 @@
-"""The pytest plugin: the hooks, and the scenario items they collect. Each hook is thin: the logic
-it calls lives in plain modules (``options``, ``run``, ``plan``, ``summary``, ``terminal``,
-``snapshots``). Loading this module imports no heavy library: without ``--instrumental`` the plugin
-costs a project's test runs next to nothing, and with it each library loads when an option needs it.
+"""The pytest plugin. Loaded in every pytest run, it only declares the options; with
+``--instrumental`` it builds the run (run.py) and registers ``InstrumentalPlugin``, as pytest's
+cacheprovider registers its plugins only when asked, whose every hook is one call of a verb of
+the run. The scenario items are collected here; what an item does is ``InstrumentalRun.run_item``.
+Loading this module imports no heavy library: without ``--instrumental`` the plugin costs a
+project's test runs next to nothing, and with it each library loads when an option needs it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +19,9 @@ import pytest
 
 from pytest_instrumental import options
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import SUITE_NAME, item_name, nodeid_of
+from pytest_instrumental.items import SUITE_NAME, item_name
 from pytest_instrumental.text import terminal_line, visible
-from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult, tally
+from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL
 
 if TYPE_CHECKING:
     from pytest_instrumental.evaluation import Progress, ProgressFactory
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     from pytest_instrumental.summary import RunSummary
 
 _VERDICT_LETTERS = {CONVERGENCE: "C", NO_CONVERGENCE: ".", SAFETY_REFUSAL: "R", NONSENSICAL: "N"}
-_WORKER_RESULTS = "instrumental_results"
-_WORKER_WARNINGS = "instrumental_warnings"
 _RUN: pytest.StashKey[InstrumentalRun] = pytest.StashKey()
 _SUMMARY: pytest.StashKey[RunSummary] = pytest.StashKey()
 _WRITE_FAILURES: pytest.StashKey[list[str]] = pytest.StashKey()
@@ -97,8 +96,9 @@ def pytest_configure(config: pytest.Config) -> None:
             )
     for category in run.scenarios.categories:
         config.addinivalue_line("markers", f"{category.slug}: InstrumentalEval category {category.name}")
+    config.pluginmanager.register(InstrumentalPlugin(run), "instrumental-run")
     if not _is_worker(config):
-        config.pluginmanager.register(_Controller(run), "instrumental-controller")
+        config.pluginmanager.register(InstrumentalController(run), "instrumental-controller")
 
 
 def _stop_on_sigterm(config: pytest.Config) -> None:
@@ -176,29 +176,15 @@ class ScenarioItem(pytest.Item):
         self.obj = test_scenario
 
     def runtest(self) -> None:
-        from pytest_instrumental.evaluation import Skip
-
         run = self.config.stash[_RUN]
-        try:
-            outcomes = run.evaluation.outcomes(self.request)
-        except Exception as exc:  # a fault of our own: the item still counts, as an error
-            outcomes = [
-                _internal_error(replace(self.request, epoch=e), exc) for e in range(1, run.evaluation.epochs + 1)
-            ]
-        skipped = next((o for o in outcomes if isinstance(o, Skip)), None)
-        if skipped is not None:
-            pytest.skip(skipped.reason)
-        results = [o for o in outcomes if isinstance(o, ItemResult)]
-        run.results.extend(results)
-        verdict = results[0].verdict if len(results) == 1 else tally(results)
-        self.user_properties += [("verdict", verdict), ("judge", results[0].judge), ("reason", results[0].reason)]
-        errors = [r for r in results if r.status == "error"]
-        if errors:
-            if len(results) == 1:
-                raise ItemError(errors[0].error or "unknown error")
-            raise ItemError("; ".join(f"epoch {r.epoch}: {r.error}" for r in errors))
+        outcome = run.run_item(self.request)
+        if outcome.skip_reason is not None:
+            pytest.skip(outcome.skip_reason)
+        self.user_properties += outcome.properties
+        if outcome.failure is not None:
+            raise ItemError(outcome.failure)
         if run.settings.snapshot:
-            self._check_snapshot(run, str(verdict))
+            self._check_snapshot(run, str(outcome.verdict))
 
     def _check_snapshot(self, run: InstrumentalRun, verdict: str) -> None:
         from pytest_instrumental.snapshots import check_verdict
@@ -215,14 +201,6 @@ class ScenarioItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, self.name
-
-
-def _internal_error(request: Request, exc: Exception) -> ItemResult:
-    key = request.key
-    error = f"internal error: {type(exc).__name__}: {exc}"
-    return ItemResult(
-        key.model, key.suffix, key.scenario, request.category, "error", None, None, None, None, None, error
-    )
 
 
 def test_scenario() -> None:
@@ -249,37 +227,79 @@ class InstrumentalSuite(pytest.Collector):
         return items
 
 
-def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """With --instrumental the session runs the suite only, not the project's own tests."""
-    return True if _RUN in config.stash else None
+class InstrumentalPlugin:
+    """Registered only with --instrumental, in every process of the session: each hook is one
+    call onto the run."""
+
+    def __init__(self, run: InstrumentalRun) -> None:
+        self._run = run
+
+    def pytest_ignore_collect(self) -> bool:
+        """With --instrumental the session runs the suite only, not the project's own tests."""
+        return True
+
+    @pytest.hookimpl(tryfirst=True)  # before -k / -m deselection, which must see these items
+    def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
+        items.extend(_collect_suite(session))
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self._run.evaluation.plan([i.request for i in session.items if isinstance(i, ScenarioItem)])
+
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:
+        return _verdict_status(report)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        config, interrupted = session.config, exitstatus == pytest.ExitCode.INTERRUPTED
+        if _is_worker(config):
+            config.workeroutput.update(self._run.worker_output(interrupted))  # type: ignore[attr-defined]
+        elif not config.option.collectonly:
+            _finish(session, self._run, interrupted)
+
+    def pytest_unconfigure(self) -> None:
+        self._run.close()
+
+    def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
+        if not _is_worker(config):
+            _print_summary(terminalreporter, config)
 
 
-@pytest.hookimpl(tryfirst=True)  # before -k / -m deselection, which must see these items
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _RUN not in config.stash:
-        return
-    # Collected through the public collection hooks, as pytest collects a module, so terminal
-    # counts, --collect-only and xdist see these items like any others.
-    suite = InstrumentalSuite.from_parent(session, name=SUITE_NAME, nodeid=SUITE_NAME, path=config.rootpath)
+class InstrumentalController:
+    """Registered on the controlling process only (never on an xdist worker): it sees every
+    item's report, and, under xdist, each worker's results."""
+
+    def __init__(self, run: InstrumentalRun) -> None:
+        self._run = run
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self._run.mark_ran(report.nodeid)
+
+    @pytest.hookimpl(optionalhook=True)  # xdist hooks: the plugin works without xdist
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """Each model's items to one worker, so each request is generated once (parallel.py)."""
+        from pytest_instrumental.parallel import BALANCING, model_scheduler
+
+        return model_scheduler(config, log, self._run.model_of) if config.getvalue("dist") in BALANCING else None
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object | None) -> None:
+        self._run.merge_worker(getattr(node, "workeroutput", None) or {}, str(node.gateway.id), error)
+
+
+def _collect_suite(session: pytest.Session) -> list[pytest.Item]:
+    """The suite's items, collected through the public collection hooks as pytest collects a
+    module, so terminal counts, --collect-only and xdist see them like any others."""
+    suite = InstrumentalSuite.from_parent(session, name=SUITE_NAME, nodeid=SUITE_NAME, path=session.config.rootpath)
     session.ihook.pytest_collectstart(collector=suite)
     collected = session.ihook.pytest_make_collect_report(collector=suite)
     session.ihook.pytest_collectreport(report=collected)
-    items.extend(node for node in collected.result if isinstance(node, pytest.Item))
+    return [node for node in collected.result if isinstance(node, pytest.Item)]
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    run = session.config.stash.get(_RUN, None)
-    if run is not None:
-        run.evaluation.plan([i.request for i in session.items if isinstance(i, ScenarioItem)])
-
-
-# --- Reporting --------------------------------------------------------------------------------
-
-
-def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
-    """Show each item's verdict instead of a plain pass: C convergence, . no_convergence,
+def _verdict_status(report: pytest.TestReport) -> tuple[str, str, str] | None:
+    """Each item's verdict instead of a plain pass: C convergence, . no_convergence,
     R safety_refusal, N nonsensical."""
-    if _RUN not in config.stash or report.when != "call" or not report.passed:
+    if report.when != "call" or not report.passed:
         return None
     verdict = str(dict(report.user_properties).get("verdict"))
     most = verdict.split(" ", 1)[0]  # a tally of epochs starts with its most frequent verdict
@@ -288,75 +308,22 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     return "passed", _VERDICT_LETTERS[most], verdict.upper()
 
 
-class _Controller:
-    """Registered on the controlling process only (never on an xdist worker): it sees every
-    item's report, and, under xdist, each worker's results."""
-
-    def __init__(self, run: InstrumentalRun) -> None:
-        self._run = run
-        self._key_by_nodeid = {nodeid_of(r.key): r.key for r in run.requests()}
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # --dist loadgroup appends "@<group>" to node ids; model names never hold "@".
-        key = self._key_by_nodeid.get(report.nodeid.partition("@")[0])
-        if key is not None and report.when == "call":
-            self._run.ran.add(key)
-
-    @pytest.hookimpl(optionalhook=True)  # xdist hooks: the plugin works without xdist
-    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
-        """Each model's items to one worker, so each request is generated once (parallel.py)."""
-        from pytest_instrumental.parallel import BALANCING, model_scheduler
-
-        if config.getvalue("dist") not in BALANCING:
-            return None
-        return model_scheduler(config, log, lambda nodeid: getattr(self._key_by_nodeid.get(nodeid), "model", None))
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node: Any, error: object | None) -> None:
-        output = getattr(node, "workeroutput", None) or {}
-        if _WORKER_RESULTS in output:
-            self._run.results.extend(ItemResult.from_dict(d) for d in output[_WORKER_RESULTS])
-            self._run.worker_warnings.extend(output.get(_WORKER_WARNINGS, []))
-        else:
-            self._run.lost_workers.append(f"worker {node.gateway.id} ended without reporting results ({error})")
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+def _finish(session: pytest.Session, run: InstrumentalRun, interrupted: bool) -> None:
+    """The run's end on the controller; a gate that did not pass fails the session, also one that
+    collected nothing (exit 5 otherwise)."""
     config = session.config
-    run = config.stash.get(_RUN, None)
-    if run is None:
-        return
-    if _is_worker(config):
-        if exitstatus == pytest.ExitCode.INTERRUPTED:
-            run.take_finished()
-        config.workeroutput[_WORKER_RESULTS] = [r.to_dict() for r in run.results]  # type: ignore[attr-defined]
-        config.workeroutput[_WORKER_WARNINGS] = run.evaluation.problems()  # type: ignore[attr-defined]
-        return
-    if config.option.collectonly:
-        return
-    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-    if interrupted:
-        run.take_finished()
-    summary = config.stash[_SUMMARY] = run.summarise(interrupted)
     update = bool(config.option.update_snapshots)
     new_only = not update and bool(getattr(config.option, "update_new_snapshots_only", False))
     updated = run.settings.snapshot and (update or new_only)
-    failures = run.finish(summary, interrupted=interrupted, snapshots_updated=updated, new_setups_only=new_only)
-    config.stash[_WRITE_FAILURES] = failures
-    # A gate that did not pass fails the session, also one that collected nothing (exit 5 otherwise).
+    summary, failures = run.finish(interrupted, snapshots_updated=updated, new_setups_only=new_only)
+    config.stash[_SUMMARY], config.stash[_WRITE_FAILURES] = summary, failures
     if (failures or not summary.gate_passed) and session.exitstatus in _PASSING_EXITS:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    run = config.stash.get(_RUN, None)
-    if run is not None:
-        run.evaluation.close()
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+def _print_summary(terminalreporter: Any, config: pytest.Config) -> None:
     summary = config.stash.get(_SUMMARY, None)
-    if summary is None or _is_worker(config):
+    if summary is None:
         return
     from pytest_instrumental.terminal import summary_lines
 

@@ -8,7 +8,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pytest_instrumental import snapshots
 from pytest_instrumental.backends.openai import OpenAIBackend
@@ -29,7 +31,7 @@ from pytest_instrumental.conditions import activation_name, activation_pair
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation, ProgressFactory
-from pytest_instrumental.items import ItemKey, Request
+from pytest_instrumental.items import ItemKey, Request, nodeid_of
 from pytest_instrumental.judges.offline import OfflineJudge
 from pytest_instrumental.judges.registry import judge_name, open_judge
 from pytest_instrumental.manifest import scenario_set_sha256
@@ -43,7 +45,38 @@ from pytest_instrumental.results_file import read_results, write_results
 from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
 from pytest_instrumental.suffixes import Suffix, load_suffixes, select_suffixes
 from pytest_instrumental.summary import Baseline, RunSummary, summarise
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.verdicts import ItemResult, tally
+
+WORKER_RESULTS = "instrumental_results"  # the keys of an xdist worker's output
+WORKER_WARNINGS = "instrumental_warnings"
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """What one pytest item shows: skipped (with the reason), or its verdict, judge and reason
+    (``verdict`` tallies the epochs), failing with ``failure`` when an answer was an error."""
+
+    skip_reason: str | None = None
+    verdict: str | None = None
+    judge: str | None = None
+    reason: str | None = None
+    failure: str | None = None
+
+    @classmethod
+    def of(cls, results: list[ItemResult]) -> ItemOutcome:
+        first = results[0]
+        errors = [r for r in results if r.status == "error"]
+        if len(results) == 1:
+            failure = first.error or "unknown error" if errors else None
+        else:
+            failure = "; ".join(f"epoch {r.epoch}: {r.error}" for r in errors) or None
+        verdict = first.verdict if len(results) == 1 else tally(results)
+        return cls(verdict=verdict, judge=first.judge, reason=first.reason, failure=failure)
+
+    @property
+    def properties(self) -> list[tuple[str, object]]:
+        """The pytest item's user properties (the JUnit XML carries them)."""
+        return [("verdict", self.verdict), ("judge", self.judge), ("reason", self.reason)]
 
 
 @dataclass
@@ -90,12 +123,78 @@ class InstrumentalRun:
     def snapshot_changes(self, model: str) -> list[str]:
         return snapshots.setup_changes(self.recorded_setups.get(model), self.snapshot_setup(model))
 
-    def take_finished(self) -> None:
+    # --- What the pytest layer tells the run, and asks of it (plugin.py: one hook, one verb) ---
+
+    def run_item(self, request: Request) -> ItemOutcome:
+        """Evaluate one item (every epoch), record its results, and say what its pytest item shows."""
+        from pytest_instrumental.evaluation import Skip
+
+        try:
+            outcomes = self.evaluation.outcomes(request)
+        except Exception as exc:  # a fault of our own: the item still counts, as an error
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            epochs = range(1, self.evaluation.epochs + 1)
+            outcomes = [ItemResult.failed(replace(request, epoch=e), error) for e in epochs]
+        skipped = next((o for o in outcomes if isinstance(o, Skip)), None)
+        if skipped is not None:
+            return ItemOutcome(skip_reason=skipped.reason)
+        results = [o for o in outcomes if isinstance(o, ItemResult)]
+        self.record(results)
+        return ItemOutcome.of(results)
+
+    def record(self, results: list[ItemResult]) -> None:
+        """Results this process finished."""
+        self.results.extend(results)
+
+    def mark_ran(self, nodeid: str) -> None:
+        """An item reported its call (seen on the controller: under xdist, also the workers' items)."""
+        # --dist loadgroup appends "@<group>" to node ids; model names never hold "@".
+        key = self._keys_by_nodeid.get(nodeid.partition("@")[0])
+        if key is not None:
+            self.ran.add(key)
+
+    def model_of(self, nodeid: str) -> str | None:
+        """The model an item's node id names (the xdist scheduler groups by it); None for another test."""
+        key = self._keys_by_nodeid.get(nodeid)
+        return None if key is None else key.model
+
+    def worker_output(self, interrupted: bool) -> dict[str, Any]:
+        """What an xdist worker sends its controller at the end: its results and its warnings."""
+        if interrupted:
+            self._take_finished()
+        return {WORKER_RESULTS: [r.to_dict() for r in self.results], WORKER_WARNINGS: self.evaluation.problems()}
+
+    def merge_worker(self, output: dict[str, Any], worker: str, error: object | None) -> None:
+        """A worker's output, on the controller; a worker that ended without one lost its items."""
+        if WORKER_RESULTS not in output:
+            self.lost_workers.append(f"worker {worker} ended without reporting results ({error})")
+            return
+        self.record([ItemResult.from_dict(d) for d in output[WORKER_RESULTS]])
+        self.worker_warnings.extend(output.get(WORKER_WARNINGS, []))
+
+    def finish(
+        self, interrupted: bool, snapshots_updated: bool, new_setups_only: bool = False
+    ) -> tuple[RunSummary, list[str]]:
+        """The end of the run, on the controller: summarised once, and the files the settings ask
+        for written from the summary; with what could not be written, one line each."""
+        if interrupted:
+            self._take_finished()
+        summary = self.summarise(interrupted)
+        return summary, self.write(summary, interrupted, snapshots_updated, new_setups_only)
+
+    def close(self) -> None:
+        self.evaluation.close()
+
+    @cached_property
+    def _keys_by_nodeid(self) -> dict[str, ItemKey]:
+        return {nodeid_of(r.key): r.key for r in self.requests()}
+
+    def _take_finished(self) -> None:
         """After an interruption: the items the evaluation finished that no pytest item reported
         yet (the rest of an interrupted model's batch) join the results, as items that ran."""
         reported = {(r.key, r.epoch) for r in self.results}
         finished = [r for r in self.evaluation.finished() if (r.key, r.epoch) not in reported]
-        self.results.extend(finished)
+        self.record(finished)
         self.ran.update(r.key for r in finished)
 
     def summarise(self, interrupted: bool = False) -> RunSummary:
@@ -125,7 +224,7 @@ class InstrumentalRun:
             return f" ({judge.describe_agreement([r.response for r in self.results if r.judge == judge.name])})"
         return self.judge_note
 
-    def finish(
+    def write(
         self, summary: RunSummary, interrupted: bool, snapshots_updated: bool, new_setups_only: bool = False
     ) -> list[str]:
         """Write the results JSON, the snapshots' setup and the report files the settings ask for;

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from pytest_instrumental.items import ItemKey
+from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.text import clean_optional
 
 CONVERGENCE = "convergence"
@@ -40,6 +40,26 @@ class ItemResult:
     def __post_init__(self) -> None:
         for name in ("reason", "response", "thinking", "error"):  # text from models and servers (text.py)
             object.__setattr__(self, name, clean_optional(getattr(self, name)))
+
+    @classmethod
+    def of(cls, request: Request, status: Status, **fields: Any) -> ItemResult:
+        """The result of one answer to ``request``; ``fields`` are the rest (verdict, judge, ...)."""
+        key = request.key
+        empty: dict[str, Any] = dict.fromkeys(_TEXTS, None)
+        return cls(
+            **{**empty, **fields},
+            model=key.model,
+            suffix=key.suffix,
+            scenario=key.scenario,
+            category=request.category,
+            status=status,
+            epoch=request.epoch,
+        )
+
+    @classmethod
+    def failed(cls, request: Request, error: str, **fields: Any) -> ItemResult:
+        """An answer that ended in an error: the item still counts, as an error."""
+        return cls.of(request, "error", error=error, **fields)
 
     @property
     def key(self) -> ItemKey:
