@@ -258,6 +258,7 @@ class InstrumentalPlugin:
     def pytest_unconfigure(self) -> None:
         self._run.close()
 
+    @pytest.hookimpl(trylast=True)  # the gate's verdict last, after other plugins' sections (syrupy's)
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         if not _is_worker(config):
             _print_summary(terminalreporter, config)
