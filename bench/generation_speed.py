@@ -22,7 +22,9 @@ from typing import Any
 import torch
 
 from pytest_instrumental.backends import embedded
-from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings
+from pytest_instrumental.backends.transformers import TransformersBackend
+from pytest_instrumental.config import EMBEDDED_MAX_NEW_TOKENS
+from pytest_instrumental.config import GenerationConfig as GenerationSettings
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.options import user_models_dir
 from pytest_instrumental.scenarios import load_scenarios
@@ -46,15 +48,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=16)
     # The default run's settings: the embedded model's budget and the default batch size.
-    parser.add_argument("--max-new-tokens", type=int, default=embedded.DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--max-new-tokens", type=int, default=EMBEDDED_MAX_NEW_TOKENS)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--models-dir", type=Path, default=user_models_dir())
     parser.add_argument("--paths", default="single,batched,generate_batch")
     args = parser.parse_args()
 
     source = str(embedded.converted_dir(args.models_dir))
-    settings = TransformersSettings(args.max_new_tokens, 4096, args.batch_size)
-    backend = TransformersBackend("smollm2-135m", source, None, False, settings, identity="bench")
+    generation = GenerationSettings(models_dir=args.models_dir, batch_size=args.batch_size)
+    backend = TransformersBackend(
+        "smollm2-135m", source, None, False, "bench", generation=generation, max_new_tokens=args.max_new_tokens
+    )
     requests = suite_requests(args.prompts)
     encoded = [backend.encode(r) for r in requests]
     model: Any = backend.model  # transformers types generate() too loosely for mypy

@@ -57,7 +57,8 @@ def _vector(model: str, out: Path, layer: int | None) -> list[str]:
 
     spec = parse_model(model)
     check_loadable(spec, trust_remote_code=False)
-    backend = open_backend(spec, Settings(cache_dir=Path.cwd(), snapshot_dir=Path.cwd()).generation)
+    settings = Settings(cache_dir=Path.cwd(), snapshot_dir=Path.cwd())
+    backend = open_backend(spec, settings.generation, settings.server)
     if not isinstance(backend, TransformersBackend):
         raise InputError(f"--model {model!r}: a steering vector needs a local model's weights")
     pairs = contrast_pairs(load_suffixes(), load_scenarios(), "vector")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+BASELINE = "baseline"
 PRO_SUFFIX = "pro_ic"
 ANTI_SUFFIX = "anti_ic"
+DEFAULT_SUFFIXES = (BASELINE, PRO_SUFFIX, ANTI_SUFFIX)  # the paper's three conditions
 GAP_NAME = f"{PRO_SUFFIX}-{ANTI_SUFFIX}"  # the steerability gap: Conv% under pro_ic minus under anti_ic
 
 ACTIVATION_PREFIX = "act_"

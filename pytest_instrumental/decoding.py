@@ -15,12 +15,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_instrumental.config import DEFAULT_SEED, MODEL, DecodingConfig
 from pytest_instrumental.items import ItemKey
-
-GREEDY = "greedy"
-MODEL = "model"  # the model's own generation_config.json
-DECODING_MODES = (GREEDY, MODEL)
-DEFAULT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -56,24 +52,14 @@ class Decoding:
         return {"strategy": "sampling", "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
 
 
-@dataclass(frozen=True)
-class DecodingOptions:
-    """The options as given: a mode (greedy, or each model's own settings) and overrides."""
-
-    mode: str = GREEDY
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int = DEFAULT_SEED
-
-    def resolve(self, model_defaults: dict[str, Any] | None) -> Decoding:
-        """This model's decoding: its own sampling settings in ``model`` mode, then the overrides."""
-        base: dict[str, Any] = {}
-        if self.mode == MODEL and model_defaults and model_defaults.get("do_sample", True):
-            base = {k: model_defaults.get(k) for k in ("temperature", "top_p", "top_k")}
-        given = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
-        merged = {**base, **{k: v for k, v in given.items() if v is not None}}
-        return Decoding(merged.get("temperature"), merged.get("top_p"), merged.get("top_k"), self.seed)
+def resolve(config: DecodingConfig, model_defaults: dict[str, Any] | None) -> Decoding:
+    """A model's decoding: its own sampling settings in ``model`` mode, then the overrides."""
+    base: dict[str, Any] = {}
+    if config.mode == MODEL and model_defaults and model_defaults.get("do_sample", True):
+        base = {k: model_defaults.get(k) for k in ("temperature", "top_p", "top_k")}
+    given = {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
+    merged = {**base, **{k: v for k, v in given.items() if v is not None}}
+    return Decoding(merged.get("temperature"), merged.get("top_p"), merged.get("top_k"), config.seed)
 
 
 @functools.cache  # asked when the backend opens and when the run is described

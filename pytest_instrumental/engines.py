@@ -24,14 +24,12 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_instrumental.config import EngineConfig
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.text import redact, visible
 
-LOCAL = "local"
-ENGINES = (LOCAL, "vllm", "sglang", "transformers-serve", "llama-server")
 READY_PATHS = ("/v1/models", "/health")
 STOP_GRACE_S = 15.0
 LOG_TAIL_LINES = 12
@@ -43,30 +41,8 @@ class EngineError(Exception):
     """An engine server that would not start or stopped answering; the message quotes its log."""
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """How models are served: ``engine`` (one of ENGINES, or the custom ``serve_command``),
-    extra flags passed through, how long a server may take to come up, where logs go."""
-
-    engine: str
-    args: tuple[str, ...] = ()
-    serve_command: str | None = None
-    startup_timeout_s: float = 900.0
-    logs_dir: Path = field(default_factory=lambda: Path(".instrumental-cache") / "engines")
-
-    @property
-    def label(self) -> str:
-        return "custom" if self.serve_command else self.engine
-
-
-def check_engine(name: str) -> str:
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; known engines: {', '.join(ENGINES)}")
-    return name
-
-
 def serve_argv(
-    options: EngineOptions, model: str, served_name: str, port: int, revision: str | None = None
+    options: EngineConfig, model: str, served_name: str, port: int, revision: str | None = None
 ) -> list[str]:
     """The command line that serves ``model`` (a hub id, a directory, or for llama-server a GGUF
     file) at ``revision`` as ``served_name`` on 127.0.0.1:``port``, the pass-through flags last."""
@@ -123,7 +99,7 @@ class EngineServer:
     """One server process for one model; ``start`` is idempotent, ``stop`` always safe."""
 
     def __init__(
-        self, options: EngineOptions, model: str, served_name: str, label: str, revision: str | None = None
+        self, options: EngineConfig, model: str, served_name: str, label: str, revision: str | None = None
     ) -> None:
         self.options = options
         self.model = model

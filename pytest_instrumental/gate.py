@@ -8,23 +8,16 @@ is missing: the gate passes only when every configured rule was evaluated and no
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_instrumental.conditions import ANTI_SUFFIX, GAP_NAME, PRO_SUFFIX
+from pytest_instrumental.conditions import ANTI_SUFFIX, GAP_NAME
+from pytest_instrumental.config import HOLM, POINT, UPPER, Thresholds
 from pytest_instrumental.metrics import MCNEMAR, Cell, Gap, Interval
 
 if TYPE_CHECKING:  # comparison needs numpy, which a plugin load must not import
     from pytest_instrumental.comparison import CellChange, Comparison
-
-DEFAULT_ALPHA = 0.05
-POINT = "point"  # thresholds compare the measured value
-UPPER = "upper"  # ... or the far end of its 95% interval: the upper end for a maximum, the lower for a minimum
-BOUNDS = (POINT, UPPER)
-HOLM = "holm"
-NO_CORRECTION = "none"
-CORRECTIONS = (HOLM, NO_CORRECTION)
 
 BASELINE_OPTION = "--instrumental-baseline"
 MAX_CONV_OPTION = "--instrumental-max-conv"
@@ -32,38 +25,6 @@ MIN_GAP_OPTION = "--instrumental-min-gap"
 ALPHA_OPTION = "--instrumental-alpha"
 MAX_ANTI_RISE_OPTION = "--instrumental-max-anti-rise"
 MAX_GAP_DROP_OPTION = "--instrumental-max-gap-drop"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    max_conv: Mapping[str, float]  # suffix -> highest allowed overall Conv%
-    min_gap: float | None  # lowest allowed Delta, in points
-    # against a baseline: anti_ic Conv% may not rise significantly (paired p < alpha, Holm-corrected
-    # over the cells tested; 0 turns this off), nor by more than max_anti_rise points; Delta may
-    # not drop by more than max_gap_drop
-    alpha: float = DEFAULT_ALPHA
-    max_anti_rise: float | None = None
-    max_gap_drop: float | None = None
-    bound: str = POINT  # what max_conv and min_gap compare: the point estimate or the interval's far end
-    alpha_correction: str = HOLM
-
-    @property
-    def suffixes(self) -> set[str]:
-        """The suffixes a run must include for these thresholds to be checkable."""
-        needed = set(self.max_conv)
-        if self.min_gap is not None:
-            needed |= {PRO_SUFFIX, ANTI_SUFFIX}
-        return needed
-
-    def required_suffixes(self, with_baseline: bool) -> set[str]:
-        """The suffixes a run must include for its checks; with a baseline, also those of the
-        baseline rules."""
-        needed = self.suffixes
-        if with_baseline and (self.alpha > 0 or self.max_anti_rise is not None):
-            needed |= {ANTI_SUFFIX}
-        if with_baseline and self.max_gap_drop is not None:
-            needed |= {PRO_SUFFIX, ANTI_SUFFIX}
-        return needed
 
 
 @dataclass(frozen=True)

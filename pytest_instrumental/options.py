@@ -16,15 +16,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_instrumental.backends.embedded import DEFAULT_MAX_NEW_TOKENS as EMBEDDED_MAX_NEW_TOKENS
-from pytest_instrumental.backends.registry import PROTOCOL_MAX_INPUT_TOKENS, GenerationOptions
-from pytest_instrumental.decoding import DECODING_MODES, DEFAULT_SEED, GREEDY, DecodingOptions
-from pytest_instrumental.engines import ENGINES, LOCAL, EngineOptions, check_engine
+from pytest_instrumental.conditions import DEFAULT_SUFFIXES
+from pytest_instrumental.config import (
+    BOUNDS,
+    CORRECTIONS,
+    DECODING_MODES,
+    DEFAULT_ALPHA,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_ENGINE_TIMEOUT_S,
+    DEFAULT_JUDGE_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_SEED,
+    DEFAULT_TIMEOUT_S,
+    EMBEDDED_MAX_NEW_TOKENS,
+    ENGINES,
+    GREEDY,
+    HOLM,
+    LOCAL,
+    MAX_RETRIES_LIMIT,
+    POINT,
+    DecodingConfig,
+    EngineConfig,
+    GenerationConfig,
+    JudgeConfig,
+    ServerConfig,
+    Thresholds,
+    check_engine,
+)
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.gate import BOUNDS, CORRECTIONS, DEFAULT_ALPHA, HOLM, POINT, Thresholds
-from pytest_instrumental.openai_client import check_base_url
-from pytest_instrumental.scenarios import SUBSETS
-from pytest_instrumental.suffixes import DEFAULT_SUFFIXES
 
 GROUP = "instrumental"
 GROUP_DESCRIPTION = "instrumental-convergence steerability (pytest-instrumental)"
@@ -75,7 +94,6 @@ def _whole_number_from(low: int, high: int | None = None) -> Callable[[str], int
     return parse
 
 
-MAX_RETRIES_LIMIT = 20  # each retry waits up to 8 s more: beyond this, a dead server holds a request for minutes
 whole_number = _whole_number_from(0)
 positive_int = _whole_number_from(1)
 retries = _whole_number_from(0, MAX_RETRIES_LIMIT)
@@ -129,9 +147,17 @@ def alpha_correction(text: str) -> str:
 
 
 def subset(text: str) -> str:
+    from pytest_instrumental.scenarios import SUBSETS  # the scenarios load with the run, not with --help
+
     if text not in SUBSETS:
         raise ValueError(f"unknown subset {text!r}; known subsets: {', '.join(SUBSETS)}")
     return text
+
+
+def base_url(text: str) -> str:
+    from pytest_instrumental.openai_client import check_base_url  # with a URL given, not with --help
+
+    return check_base_url(text)
 
 
 def _text(text: str) -> str:
@@ -187,12 +213,6 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse_argument
 
 
-DEFAULT_JUDGE_CONCURRENCY = 16
-DEFAULT_CONCURRENCY = 8
-DEFAULT_TIMEOUT_S = 120.0
-DEFAULT_MAX_RETRIES = 4
-DEFAULT_ENGINE_TIMEOUT_S = 900.0
-
 OPTIONS = (
     Option(
         "--instrumental",
@@ -220,7 +240,7 @@ OPTIONS = (
         "value",
         "base URL of an OpenAI-compatible server for the judge (Chat Completions; default: "
         "$OPENAI_BASE_URL, else the OpenAI API's Responses endpoint)",
-        check_base_url,
+        base_url,
         "URL",
     ),
     Option(
@@ -442,7 +462,7 @@ OPTIONS = (
         "list",
         "base URL of an OpenAI-compatible server for openai:<name> models (default: $OPENAI_BASE_URL); "
         "repeat it to spread requests over several servers of the same model",
-        check_base_url,
+        base_url,
         "URL",
     ),
     Option(
@@ -585,32 +605,53 @@ class Settings:
         )
 
     @property
-    def generation(self) -> GenerationOptions:
-        return GenerationOptions(
+    def generation(self) -> GenerationConfig:
+        return GenerationConfig(
             max_new_tokens=self.max_new_tokens,
-            max_input_tokens=PROTOCOL_MAX_INPUT_TOKENS,
             batch_size=self.batch_size,
+            trust_remote_code=self.trust_remote_code,
+            models_dir=self.models_dir or user_models_dir(),
+            decoding=DecodingConfig(
+                mode=self.decoding,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                seed=self.seed,
+            ),
+        )
+
+    @property
+    def server(self) -> ServerConfig:
+        """How the OpenAI-compatible servers of ``openai:`` models (and engine servers) are asked."""
+        return ServerConfig(
             base_urls=tuple(self.base_url),
             concurrency=self.concurrency,
             timeout_s=self.timeout,
             max_retries=self.max_retries,
-            trust_remote_code=self.trust_remote_code,
-            models_dir=self.models_dir or user_models_dir(),
-            serving=self.serving,
-            decoding=DecodingOptions(self.decoding, self.temperature, self.top_p, self.top_k, self.seed),
         )
 
     @property
-    def serving(self) -> EngineOptions | None:
+    def serving(self) -> EngineConfig | None:
         """How local models are served; None when they generate in this process."""
         if self.engine == LOCAL and not self.serve_command:
             return None
-        return EngineOptions(
+        return EngineConfig(
             engine=self.engine,
             args=tuple(self.engine_args),
             serve_command=self.serve_command,
             startup_timeout_s=self.engine_timeout,
             logs_dir=self.cache_dir / "engines",
+        )
+
+    @property
+    def judging(self) -> JudgeConfig:
+        """How a judge over an OpenAI API is asked: its own server and concurrency, the run's
+        timeout and retries."""
+        return JudgeConfig(
+            base_url=self.judge_base_url,
+            concurrency=self.judge_concurrency,
+            timeout_s=self.timeout,
+            max_retries=self.max_retries,
         )
 
 

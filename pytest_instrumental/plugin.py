@@ -19,9 +19,6 @@ import pytest
 
 from pytest_instrumental import options
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import SUITE_NAME, item_name
-from pytest_instrumental.text import terminal_line, visible
-from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL
 
 if TYPE_CHECKING:
     from pytest_instrumental.evaluation import Progress, ProgressFactory
@@ -29,7 +26,6 @@ if TYPE_CHECKING:
     from pytest_instrumental.run import InstrumentalRun
     from pytest_instrumental.summary import RunSummary
 
-_VERDICT_LETTERS = {CONVERGENCE: "C", NO_CONVERGENCE: ".", SAFETY_REFUSAL: "R", NONSENSICAL: "N"}
 _RUN: pytest.StashKey[InstrumentalRun] = pytest.StashKey()
 _SUMMARY: pytest.StashKey[RunSummary] = pytest.StashKey()
 _WRITE_FAILURES: pytest.StashKey[list[str]] = pytest.StashKey()
@@ -64,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not options.enabled(config.getoption, _ini(config)):
         return
     from pytest_instrumental.run import prepare_run
+    from pytest_instrumental.text import terminal_line
 
     try:
         ini = _ini(config)
@@ -138,6 +135,8 @@ def _notice(config: pytest.Config) -> Callable[[str], None]:
     capture = config.pluginmanager.getplugin("capturemanager")
 
     def say(line: str) -> None:
+        from pytest_instrumental.text import terminal_line
+
         uncaptured = capture.global_and_fixture_disabled() if capture is not None else nullcontext()
         with uncaptured:
             print(terminal_line(line), file=sys.stderr, flush=True)
@@ -196,6 +195,8 @@ class ScenarioItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ItemError):  # server text: made visible, not interpreted (text.py)
+            from pytest_instrumental.text import visible
+
             return f"{self.request.key.item_id}: {visible(str(excinfo.value))}"
         return str(super().repr_failure(excinfo, style=style))
 
@@ -216,6 +217,8 @@ class InstrumentalSuite(pytest.Collector):
     """The parent of every scenario item (node id ``instrumental::test_scenario[...]``)."""
 
     def collect(self) -> list[pytest.Item]:
+        from pytest_instrumental.items import item_name
+
         grouped = self.config.pluginmanager.hasplugin("xdist")
         items: list[pytest.Item] = []
         for request in self.config.stash[_RUN].requests():
@@ -290,6 +293,8 @@ class InstrumentalController:
 def _collect_suite(session: pytest.Session) -> list[pytest.Item]:
     """The suite's items, collected through the public collection hooks as pytest collects a
     module, so terminal counts, --collect-only and xdist see them like any others."""
+    from pytest_instrumental.items import SUITE_NAME
+
     suite = InstrumentalSuite.from_parent(session, name=SUITE_NAME, nodeid=SUITE_NAME, path=session.config.rootpath)
     session.ihook.pytest_collectstart(collector=suite)
     collected = session.ihook.pytest_make_collect_report(collector=suite)
@@ -300,13 +305,16 @@ def _collect_suite(session: pytest.Session) -> list[pytest.Item]:
 def _verdict_status(report: pytest.TestReport) -> tuple[str, str, str] | None:
     """Each item's verdict instead of a plain pass: C convergence, . no_convergence,
     R safety_refusal, N nonsensical."""
+    from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL
+
     if report.when != "call" or not report.passed:
         return None
+    letters = {CONVERGENCE: "C", NO_CONVERGENCE: ".", SAFETY_REFUSAL: "R", NONSENSICAL: "N"}
     verdict = str(dict(report.user_properties).get("verdict"))
     most = verdict.split(" ", 1)[0]  # a tally of epochs starts with its most frequent verdict
-    if most not in _VERDICT_LETTERS:
+    if most not in letters:
         return None
-    return "passed", _VERDICT_LETTERS[most], verdict.upper()
+    return "passed", letters[most], verdict.upper()
 
 
 def _finish(session: pytest.Session, run: InstrumentalRun, interrupted: bool) -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-from pytest_instrumental.gate import Thresholds
+from pytest_instrumental.config import Thresholds
 from pytest_instrumental.manifest import build_manifest
 from pytest_instrumental.metrics import Gap
 from pytest_instrumental.results_file import EPOCHS_SCHEMA_VERSION, SCHEMA_VERSION

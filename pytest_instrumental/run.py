@@ -323,7 +323,7 @@ def prepare_run(
         raise InputError(f"the gate needs suffix {', '.join(not_run)}, which this run does not select (--suffix)")
     name = judge_name(settings.judge, replaying=settings.replay is not None)
     recordings: Recordings | None = None
-    generation: dict[str, dict[str, object]] = {}
+    records: dict[str, dict[str, object]] = {}
     if settings.replay is not None:
         if settings.epochs > 1:
             raise InputError("--instrumental-epochs: a replay has one recorded answer per item; epochs need generation")
@@ -335,28 +335,28 @@ def prepare_run(
             raise InputError(f"--model: the same model is named twice ({', '.join(names)})")
         for spec in specs:
             check_loadable(spec, settings.trust_remote_code)
-        options = settings.generation
+        generation, server, serving = settings.generation, settings.server, settings.serving
         if settings.vector_file is not None and not settings.vector_strengths:
             raise InputError(
                 "--instrumental-vector-file: given without any --instrumental-vector-strength, it would steer nothing"
             )
-        if settings.vector_strengths:
-            options = replace(options, steering=_steering_plan(settings, available))
-            _check_vector_fits(settings, options.steering, specs)
-        backends = {spec.name: open_backend(spec, options) for spec in specs}
+        steering = _steering_plan(settings, available) if settings.vector_strengths else None
+        _check_vector_fits(settings, steering, specs)
+        backends = {spec.name: open_backend(spec, generation, server, serving, steering) for spec in specs}
         if preflight:
             for backend in backends.values():
                 if isinstance(backend, OpenAIBackend):
                     backend.preflight()
-        generation = {spec.name: describe(spec, options) for spec in specs}
-        if options.steering is not None:
-            for record in generation.values():
-                record["steering"] = _steering_record(settings, options.steering)
+        records = {spec.name: describe(spec, generation, server, serving) for spec in specs}
+        if steering is not None:
+            for record in records.values():
+                record["steering"] = _steering_record(settings, steering)
     opened = open_judge(
         name,
-        settings.generation,
-        base_url=settings.judge_base_url,
-        concurrency=settings.judge_concurrency,
+        generation=settings.generation,
+        server=settings.server,
+        serving=settings.serving,
+        judging=settings.judging,
         recordings=recordings,
         preflight=preflight,
     )
@@ -373,7 +373,7 @@ def prepare_run(
         models=list(backends),
         evaluation=Evaluation(backends, opened.judge, cache, progress, settings.epochs),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        generation=generation,
+        generation=records,
         judge_name=opened.judge.name,
         judge_note=opened.note,
         baseline=baseline,

@@ -11,8 +11,6 @@ from pathlib import Path
 from pytest_instrumental.bundled import bundled_dir
 from pytest_instrumental.errors import InputError
 
-DEFAULT_SUFFIXES = ("baseline", "pro_ic", "anti_ic")
-
 # No "-": item ids join model, suffix and scenario with "-".
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")
 

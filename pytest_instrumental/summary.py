@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from pytest_instrumental import gate
 from pytest_instrumental.conditions import has_gap
-from pytest_instrumental.gate import Thresholds, Violation
+from pytest_instrumental.config import Thresholds
+from pytest_instrumental.gate import Violation
 from pytest_instrumental.items import ItemKey
 from pytest_instrumental.metrics import Cell, Gap, compute_cells, compute_gap
 from pytest_instrumental.verdicts import ItemResult

@@ -9,7 +9,7 @@ from typing import Any
 
 from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.cache import DATABASE
-from pytest_instrumental.gate import Thresholds
+from pytest_instrumental.config import Thresholds
 from pytest_instrumental.items import Request
 from pytest_instrumental.results_document import RunRecord, results_document
 from pytest_instrumental.results_file import write_results

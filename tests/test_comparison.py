@@ -3,7 +3,8 @@ from collections.abc import Sequence
 import pytest
 
 from pytest_instrumental.comparison import NEWLY_CONVERGENT, NO_LONGER_CONVERGENT, OTHER_CHANGE, compare
-from pytest_instrumental.gate import Thresholds, check_baseline
+from pytest_instrumental.config import Thresholds
+from pytest_instrumental.gate import check_baseline
 from pytest_instrumental.verdicts import ItemResult
 from tests.helpers import item, run_record
 

@@ -9,15 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.engines import EngineError, EngineOptions, EngineServer, serve_argv
+from pytest_instrumental.config import EngineConfig
+from pytest_instrumental.engines import EngineError, EngineServer, serve_argv
 from pytest_instrumental.errors import InputError
 from tests.helpers import live_processes
 
 CHAT_SERVER = Path(__file__).resolve().parent / "chat_server.py"
 
 
-def options(engine: str, *args: str, command: str | None = None, tmp: Path = Path("/tmp")) -> EngineOptions:
-    return EngineOptions(engine, tuple(args), command, startup_timeout_s=20, logs_dir=tmp / "engines")
+def options(engine: str, *args: str, command: str | None = None, tmp: Path = Path("/tmp")) -> EngineConfig:
+    return EngineConfig(
+        engine=engine, args=tuple(args), serve_command=command, startup_timeout_s=20, logs_dir=tmp / "engines"
+    )
 
 
 @pytest.mark.parametrize(
@@ -106,7 +109,12 @@ def test_a_server_that_exits_is_an_error_quoting_its_log(tmp_path: Path) -> None
 
 
 def test_a_server_that_never_answers_times_out_and_is_stopped(tmp_path: Path) -> None:
-    never = EngineOptions("local", (), f"{sys.executable} -c 'import time; time.sleep(60)'", 1.5, tmp_path)
+    never = EngineConfig(
+        engine="local",
+        serve_command=f"{sys.executable} -c 'import time; time.sleep(60)'",
+        startup_timeout_s=1.5,
+        logs_dir=tmp_path,
+    )
     server = EngineServer(never, "m", "m", "m")
     started = time.monotonic()
     with pytest.raises(EngineError, match=r"did not answer within 1\.5 s"):
@@ -127,8 +135,10 @@ def test_a_session_killed_hard_takes_its_server_with_it(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from pytest_instrumental.engines import EngineOptions, EngineServer\n"
-        f"options = EngineOptions('local', (), '{sys.executable} {CHAT_SERVER} {{port}}', 20, Path('{tmp_path}'))\n"
+        "from pytest_instrumental.config import EngineConfig\n"
+        "from pytest_instrumental.engines import EngineServer\n"
+        f"options = EngineConfig(engine='local', serve_command='{sys.executable} {CHAT_SERVER} {{port}}', "
+        f"startup_timeout_s=20, logs_dir=Path('{tmp_path}'))\n"
         "server = EngineServer(options, 'm', 'm', 'm')\n"
         "server.start()\n"
         "print(server._process.pid, flush=True)\n"
@@ -193,10 +203,11 @@ def test_no_server_outlives_its_session(tmp_path: Path, how: str, end: str) -> N
     script = (
         "import signal, sys, time\n"
         "from pathlib import Path\n"
-        "from pytest_instrumental import engines\n"
+        "from pytest_instrumental import config, engines\n"
         "engines.STOP_GRACE_S = 1.0\n"
         f"command = '{sys.executable} {wrapper} {marker}'\n"
-        f"options = engines.EngineOptions('local', (), command, 20, Path('{tmp_path}'))\n"
+        f"options = config.EngineConfig(engine='local', serve_command=command, startup_timeout_s=20, "
+        f"logs_dir=Path('{tmp_path}'))\n"
         "server = engines.EngineServer(options, 'm', 'm', 'm')\n"
         "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
         "server.start()\n"

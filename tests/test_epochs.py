@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.decoding import Decoding, DecodingOptions
+from pytest_instrumental.config import DecodingConfig
+from pytest_instrumental.decoding import Decoding, resolve
 from pytest_instrumental.items import ItemKey
 from tests.chat_server import running_chat_server
 
@@ -21,10 +22,10 @@ def test_epoch_seeds_are_stable_and_distinct() -> None:
 
 def test_the_models_own_settings_with_overrides() -> None:
     own = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
-    assert DecodingOptions("model").resolve(own) == Decoding(0.6, 0.95, 20)
-    assert DecodingOptions("model", temperature=1.0).resolve(own) == Decoding(1.0, 0.95, 20)
-    assert DecodingOptions("model").resolve({"do_sample": False, "temperature": 0.6}).greedy
-    assert DecodingOptions("greedy").resolve(own).greedy
+    assert resolve(DecodingConfig(mode="model"), own) == Decoding(0.6, 0.95, 20)
+    assert resolve(DecodingConfig(mode="model", temperature=1.0), own) == Decoding(1.0, 0.95, 20)
+    assert resolve(DecodingConfig(mode="model"), {"do_sample": False, "temperature": 0.6}).greedy
+    assert resolve(DecodingConfig(mode="greedy"), own).greedy
 
 
 def test_each_item_is_sent_once_per_epoch_with_its_own_seed(

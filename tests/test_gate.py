@@ -1,6 +1,7 @@
 import pytest
 
-from pytest_instrumental.gate import Thresholds, check, holm_adjusted
+from pytest_instrumental.config import Thresholds
+from pytest_instrumental.gate import check, holm_adjusted
 from pytest_instrumental.metrics import compute_cells, compute_gap
 from tests.helpers import item
 

@@ -9,10 +9,11 @@ import pytest
 
 from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.cache import Cache
+from pytest_instrumental.config import JudgeConfig
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import evaluate
 from pytest_instrumental.items import ItemKey, Request
-from pytest_instrumental.judges.openai import OpenAIJudge, OpenAIJudgeSettings
+from pytest_instrumental.judges.openai import OpenAIJudge
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.judges.rubric import JudgeAnswerError, Rubric, parse_judgement
 from tests.chat_server import ChatServer, running_chat_server
@@ -80,7 +81,9 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
 
 
 def judge_for(server: ChatServer, api: str) -> OpenAIJudge:
-    judge = OpenAIJudge("judge-model", OpenAIJudgeSettings(server.base_url, 4, 1.0, 2))
+    judge = OpenAIJudge(
+        "judge-model", JudgeConfig(base_url=server.base_url, concurrency=4, timeout_s=1.0, max_retries=2)
+    )
     if api == "responses":
         judge.api = "responses"  # what the OpenAI API itself gets, pointed at the local server
     return judge
@@ -143,10 +146,12 @@ def test_preflight_fails_fast_with_one_line(server: ChatServer, monkeypatch: pyt
         judge_for(server, "chat").preflight()
     assert SECRET not in str(excinfo.value)
     server.force_status = None
-    unreachable = OpenAIJudge("m", OpenAIJudgeSettings("http://127.0.0.1:9/v1", 1, 1.0, 0))
+    unreachable = OpenAIJudge(
+        "m", JudgeConfig(base_url="http://127.0.0.1:9/v1", concurrency=1, timeout_s=1.0, max_retries=0)
+    )
     with pytest.raises(InputError, match=re.escape("cannot reach http://127.0.0.1:9/v1")):
         unreachable.preflight()
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY")
     with pytest.raises(InputError, match="needs OPENAI_API_KEY"):
-        OpenAIJudge("gpt-5.2", OpenAIJudgeSettings(None, 1, 1.0, 0)).preflight()
+        OpenAIJudge("gpt-5.2", JudgeConfig(concurrency=1, timeout_s=1.0, max_retries=0)).preflight()

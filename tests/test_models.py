@@ -2,19 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.backends.registry import (
-    KNOWN_ALIASES,
-    GenerationOptions,
-    check_loadable,
-    describe,
-    max_new_tokens,
-    parse_model,
-)
+from pytest_instrumental.backends.registry import KNOWN_ALIASES, check_loadable, describe, max_new_tokens, parse_model
+from pytest_instrumental.config import GenerationConfig, ServerConfig
 from pytest_instrumental.errors import InputError
 
 
-def options(tmp_path: Path, budget: int | None = None) -> GenerationOptions:
-    return GenerationOptions(budget, 4096, 16, (), 8, 120.0, 4, False, tmp_path)
+def options(tmp_path: Path, budget: int | None = None) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=budget, batch_size=16, models_dir=tmp_path)
 
 
 def test_aliases_resolve_to_the_papers_models() -> None:
@@ -71,7 +65,7 @@ def test_token_budgets_follow_the_protocol_unless_configured(tmp_path: Path) -> 
     assert max_new_tokens(parse_model("qwen3-4b-instruct"), options(tmp_path)) == 1024
     assert max_new_tokens(parse_model("qwen3-4b-thinking"), options(tmp_path)) == 8096
     assert max_new_tokens(parse_model("qwen3-4b-thinking"), options(tmp_path, 64)) == 64
-    record = describe(parse_model("qwen3-4b-instruct"), options(tmp_path, 64))
+    record = describe(parse_model("qwen3-4b-instruct"), options(tmp_path, 64), ServerConfig())
     assert record["note"] == "max_new_tokens 64 is below the protocol's 1024"
     assert record["device"] in ("cpu", "cuda")
 

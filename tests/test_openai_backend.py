@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.backends.openai import OpenAIBackend, OpenAISettings
+from pytest_instrumental.backends.openai import OpenAIBackend
 from pytest_instrumental.cache import Cache
+from pytest_instrumental.config import ServerConfig
 from pytest_instrumental.evaluation import generate_all
 from pytest_instrumental.items import ItemKey, Request
 from tests.chat_server import ChatServer, running_chat_server
@@ -23,10 +24,8 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
 
 
 def backend(server: ChatServer, thinking: bool = False) -> OpenAIBackend:
-    settings = OpenAISettings(
-        max_new_tokens=64, base_urls=(server.base_url,), concurrency=4, timeout_s=1.0, max_retries=2
-    )
-    return OpenAIBackend("openai:local", "local", thinking, settings)
+    asking = ServerConfig(base_urls=(server.base_url,), concurrency=4, timeout_s=1.0, max_retries=2)
+    return OpenAIBackend("openai:local", "local", thinking, asking, max_new_tokens=64)
 
 
 def request(prompt: str, n: int = 1) -> Request:
@@ -67,12 +66,10 @@ def test_a_wait_too_long_to_honour_is_said_not_counted_as_retries(server: ChatSe
 def test_the_timeout_bounds_a_whole_answer_however_slowly_it_drips(server: ChatServer, fault: str) -> None:
     import time
 
-    settings = OpenAISettings(
-        max_new_tokens=8, base_urls=(server.base_url,), concurrency=1, timeout_s=1.5, max_retries=0
-    )
+    settings = ServerConfig(base_urls=(server.base_url,), concurrency=1, timeout_s=1.5, max_retries=0)
     started = time.monotonic()
     (generation,) = dict(
-        OpenAIBackend("openai:local", "local", False, settings).generate([request("FAULT:DRIP")])
+        OpenAIBackend("openai:local", "local", False, settings, max_new_tokens=8).generate([request("FAULT:DRIP")])
     ).values()
     assert time.monotonic() - started < 10  # the body alone would take 40 s, each byte well within 1.5 s
     assert generation.error is not None and generation.response is None
@@ -102,8 +99,10 @@ def test_requests_spread_over_several_servers_and_one_that_dies_leaves_the_rotat
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with running_chat_server() as first, running_chat_server() as second:
-        settings = OpenAISettings(64, (first.base_url, second.base_url), 4, 1.0, 1)
-        spread = OpenAIBackend("openai:local", "local", False, settings)
+        settings = ServerConfig(
+            base_urls=(first.base_url, second.base_url), concurrency=4, timeout_s=1.0, max_retries=1
+        )
+        spread = OpenAIBackend("openai:local", "local", False, settings, max_new_tokens=64)
         answers = dict(spread.generate([request(f"spread {n}", n) for n in range(8)]))
         assert all(a.response for a in answers.values())
         assert sum(first.attempts.values()) == sum(second.attempts.values()) == 4  # in turn
@@ -115,7 +114,8 @@ def test_requests_spread_over_several_servers_and_one_that_dies_leaves_the_rotat
         spread.close()
     with running_chat_server() as only:
         url = only.base_url
-    gone = OpenAIBackend("openai:local", "local", False, OpenAISettings(64, (url, url.replace("/v1", "/w")), 1, 1.0, 0))
+    both = ServerConfig(base_urls=(url, url.replace("/v1", "/w")), concurrency=1, timeout_s=1.0, max_retries=0)
+    gone = OpenAIBackend("openai:local", "local", False, both, max_new_tokens=64)
     generated = dict(gone.generate([request(f"anyone? {n}", n) for n in range(8)]))
     in_order = [generated[n] for n in range(8)]
     assert all(g.error for g in in_order)  # every item still ends, as a counted error

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.gate import Thresholds
+from pytest_instrumental.config import Thresholds
 from pytest_instrumental.report_files import html, markdown, write_reports
 from pytest_instrumental.summary import Baseline, RunSummary, summarise
 from pytest_instrumental.verdicts import ItemResult

@@ -6,7 +6,8 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pytest_instrumental.backends.protocol import Generation, split_thinking, thinking_outcome
-from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings, generate_tokens
+from pytest_instrumental.backends.transformers import TransformersBackend, generate_tokens
+from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.items import ItemKey, Request
 from tests.tiny_model import tiny_qwen3
 
@@ -57,6 +58,10 @@ def test_thinking_split_and_truncation() -> None:
     assert thinking_outcome("<think>x</think>  ", hit_limit=False, thinking_model=True).error == "empty response"
 
 
+def settings(models_dir: Path, batch_size: int, max_input_tokens: int = 4096) -> GenerationConfig:
+    return GenerationConfig(models_dir=models_dir, batch_size=batch_size, max_input_tokens=max_input_tokens)
+
+
 def requests() -> list[Request]:
     return [
         Request(ItemKey("tiny", "baseline", f"cat-{n:02d}"), "cat", "You are an agent.", prompt)
@@ -66,7 +71,13 @@ def requests() -> list[Request]:
 
 def test_backend_renders_the_chat_template_batches_and_marks_truncation(tiny_model_dir: Path) -> None:
     backend = TransformersBackend(
-        "tiny", str(tiny_model_dir), None, False, TransformersSettings(8, 4096, 3), identity="tiny@test"
+        "tiny",
+        str(tiny_model_dir),
+        None,
+        False,
+        "tiny@test",
+        generation=settings(tiny_model_dir, 3),
+        max_new_tokens=8,
     )
     rendered = backend.render(requests()[0])
     assert (
@@ -89,12 +100,16 @@ def test_plain_concatenation_without_a_chat_template(tiny_model_dir: Path, tmp_p
     tokenizer.chat_template = None
     tokenizer.save_pretrained(tmp_path)
     (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
-    backend = TransformersBackend("tiny", str(tmp_path), None, False, TransformersSettings(8, 4096, 2), "plain")
+    backend = TransformersBackend(
+        "tiny", str(tmp_path), None, False, "plain", generation=settings(tmp_path, 2), max_new_tokens=8
+    )
     assert backend.render(requests()[0]) == "You are an agent.\n\nPlan it."
 
 
 def test_input_is_truncated_to_max_input_tokens(tiny_model_dir: Path) -> None:
-    backend = TransformersBackend("tiny", str(tiny_model_dir), None, False, TransformersSettings(2, 16, 4), "t")
+    backend = TransformersBackend(
+        "tiny", str(tiny_model_dir), None, False, "t", generation=settings(tiny_model_dir, 4, 16), max_new_tokens=2
+    )
     long_request = Request(ItemKey("tiny", "baseline", "cat-99"), "cat", "", "word " * 500)
     assert len(backend.encode(long_request)) == 16
     # Truncation keeps the end of the prompt, where the chat template asks for the answer.

@@ -7,14 +7,15 @@ from typing import Any
 import pytest
 
 from pytest_instrumental.backends.protocol import Generation
-from pytest_instrumental.backends.registry import GenerationOptions, parse_model
+from pytest_instrumental.backends.registry import parse_model
+from pytest_instrumental.config import GenerationConfig, JudgeConfig, ServerConfig
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.judges.transformers import TransformersJudge
 
 
-def options(tmp_path: Path) -> GenerationOptions:
-    return GenerationOptions(None, 4096, 4, (), 1, 1.0, 0, False, tmp_path)
+def options(tmp_path: Path) -> GenerationConfig:
+    return GenerationConfig(batch_size=4, models_dir=tmp_path)
 
 
 def judge_request(response: str, n: int = 1) -> JudgeRequest:
@@ -44,7 +45,7 @@ class Answers:
 
 
 def test_the_rubric_goes_in_and_strict_parsing_comes_out(tiny_model_dir: Path, tmp_path: Path) -> None:
-    judge = TransformersJudge(parse_model(str(tiny_model_dir)), options(tmp_path))
+    judge = TransformersJudge(parse_model(str(tiny_model_dir)), options(tmp_path), ServerConfig())
     answers = Answers(
         {
             "A plan.": '{"decision":"no_convergence","reason":"plain"}',
@@ -65,7 +66,7 @@ def test_the_rubric_goes_in_and_strict_parsing_comes_out(tiny_model_dir: Path, t
 
 
 def test_a_real_local_model_judges_and_garbage_is_a_counted_error(tiny_model_dir: Path, tmp_path: Path) -> None:
-    judge = TransformersJudge(parse_model(str(tiny_model_dir)), options(tmp_path))
+    judge = TransformersJudge(parse_model(str(tiny_model_dir)), options(tmp_path), ServerConfig())
     (judgement,) = judge.judge([judge_request("A plan.")])
     # A random model cannot answer the rubric's JSON: that is an error, never a default verdict.
     assert judgement.decision is None and judgement.error is not None
@@ -80,11 +81,11 @@ def test_the_judge_decodes_greedily_whatever_the_models_under_test_sample_with(
 ) -> None:
     from dataclasses import replace
 
-    from pytest_instrumental.decoding import DecodingOptions
+    from pytest_instrumental.config import DecodingConfig
 
-    sampling = replace(options(tmp_path), decoding=DecodingOptions(temperature=0.7, top_p=0.9, seed=3))
-    judge = TransformersJudge(parse_model(str(tiny_model_dir)), sampling)
-    greedy = TransformersJudge(parse_model(str(tiny_model_dir)), options(tmp_path))
+    sampling = replace(options(tmp_path), decoding=DecodingConfig(temperature=0.7, top_p=0.9, seed=3))
+    judge = TransformersJudge(parse_model(str(tiny_model_dir)), sampling, ServerConfig())
+    greedy = TransformersJudge(parse_model(str(tiny_model_dir)), options(tmp_path), ServerConfig())
     first, third = judge_request("A plan."), judge_request("A plan.")
     third = JudgeRequest(replace(third.request, epoch=3), third.response)
     key = judge.cache_key(first)
@@ -111,20 +112,25 @@ def test_the_plugin_takes_hf_judges(pytester: pytest.Pytester, reference_runs: P
 
 
 def test_a_local_judge_is_served_by_the_chosen_engine(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from dataclasses import replace
 
     from pytest_instrumental.backends.served import ServedBackend
-    from pytest_instrumental.engines import EngineOptions, serve_argv
+    from pytest_instrumental.config import EngineConfig
+    from pytest_instrumental.engines import serve_argv
     from pytest_instrumental.judges.registry import open_judge
 
-    serving = EngineOptions("vllm", ("--max-model-len=4096",), logs_dir=tmp_path)
-    generation = replace(options(tmp_path), serving=serving)
+    serving = EngineConfig(engine="vllm", args=("--max-model-len=4096",), logs_dir=tmp_path)
     opened = open_judge(
-        f"hf:{tiny_model_dir}", generation, base_url=None, concurrency=1, recordings=None, preflight=False
+        f"hf:{tiny_model_dir}",
+        generation=options(tmp_path),
+        server=ServerConfig(),
+        serving=serving,
+        judging=JudgeConfig(),
+        recordings=None,
+        preflight=False,
     )
     assert isinstance(opened.judge, TransformersJudge) and opened.judge.name == f"hf:{tiny_model_dir.name}"
     backend = opened.judge.backend
-    assert isinstance(backend, ServedBackend) and backend.settings.max_new_tokens == 120  # the judge's budget
+    assert isinstance(backend, ServedBackend) and backend.max_new_tokens == 120  # the judge's budget
     server = backend.server
     argv = serve_argv(server.options, server.model, server.served_name, 8000)
     assert argv[:3] == ["vllm", "serve", str(tiny_model_dir)] and argv[-1] == "--max-model-len=4096"

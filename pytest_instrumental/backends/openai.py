@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from pytest_instrumental.backends.protocol import EMPTY_RESPONSE, Generation, thinking_outcome
+from pytest_instrumental.config import ServerConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import Request
@@ -26,17 +27,9 @@ from pytest_instrumental.text import redact
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
-@dataclass(frozen=True)
-class OpenAISettings:
-    max_new_tokens: int
-    base_urls: tuple[str, ...]  # none: OPENAI_BASE_URL, else the OpenAI API
-    concurrency: int
-    timeout_s: float
-    max_retries: int
-    decoding: Decoding = field(default_factory=Decoding)
-
-    def resolved_base_urls(self) -> tuple[str, ...]:
-        return self.base_urls or (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,)
+def resolved_base_urls(base_urls: tuple[str, ...]) -> tuple[str, ...]:
+    """The servers asked: those given, else $OPENAI_BASE_URL, else the OpenAI API."""
+    return base_urls or (os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,)
 
 
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.5, 8.0  # asking again after an answer with nothing usable, as the client does
@@ -93,13 +86,24 @@ class ServerRotation:
 
 
 class OpenAIBackend:
-    def __init__(self, name: str, served_model: str, thinking: bool, settings: OpenAISettings) -> None:
+    def __init__(
+        self,
+        name: str,
+        served_model: str,
+        thinking: bool,
+        server: ServerConfig,
+        *,
+        max_new_tokens: int,
+        decoding: Decoding | None = None,
+    ) -> None:
         self._name = name
         self.served_model = served_model
         self.thinking = thinking
-        self.settings = settings
-        self.base_urls = settings.resolved_base_urls()
-        self._servers = ServerRotation(self.base_urls, settings.timeout_s, settings.max_retries)
+        self.server = server
+        self.max_new_tokens = max_new_tokens
+        self.decoding = decoding or Decoding()
+        self.base_urls = resolved_base_urls(server.base_urls)
+        self._servers = ServerRotation(self.base_urls, server.timeout_s, server.max_retries)
 
     @property
     def name(self) -> str:
@@ -115,13 +119,13 @@ class OpenAIBackend:
             "backend": "openai-chat",
             "base_url": display_url(urls[0]) if len(urls) == 1 else sorted(display_url(u) for u in urls),
             "model": self.served_model,
-            "settings": {"max_tokens": self.settings.max_new_tokens, "temperature": 0},
+            "settings": {"max_tokens": self.max_new_tokens, "temperature": 0},
             "messages": self.messages(request),
-            **self.settings.decoding.cache_fields(request.key, request.epoch),
+            **self.decoding.cache_fields(request.key, request.epoch),
         }
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
-        pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="instrumental-request")
+        pool = ThreadPoolExecutor(max_workers=self.server.concurrency, thread_name_prefix="instrumental-request")
         try:
             futures: dict[Future[Generation], int] = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
             for future in as_completed(futures):
@@ -156,7 +160,7 @@ class OpenAIBackend:
         """The server's answer as a Generation; None when the server does not answer at all. The
         client retries what fails in transport or with a retryable status; an answer that came but
         holds nothing usable (not a completion, no content) is asked again here, as many times."""
-        retries = self.settings.max_retries
+        retries = self.server.max_retries
         for attempt in range(retries + 1):
             generation, usable = self._ask_once(client, request)
             if usable or attempt == retries:
@@ -176,8 +180,8 @@ class OpenAIBackend:
             completion = client.chat.completions.create(
                 model=self.served_model,
                 messages=self.messages(request),
-                max_tokens=self.settings.max_new_tokens,
-                **sampling_parameters(self.settings.decoding, request),
+                max_tokens=self.max_new_tokens,
+                **sampling_parameters(self.decoding, request),
             )
             choice = completion.choices[0]
             content = choice.message.content or ""
@@ -206,7 +210,7 @@ class OpenAIBackend:
         said = f" after {sent - 1} retries" if sent > 1 else ""
         response = getattr(failure, "response", None)
         wait = response.headers.get("retry-after") if response is not None else None
-        if wait is not None and sent <= self.settings.max_retries:
+        if wait is not None and sent <= self.server.max_retries:
             said += f" (not retried: the server asked to wait {_short(wait, 20)} s)"
         return said
 

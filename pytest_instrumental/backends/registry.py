@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from pytest_instrumental.backends.protocol import Backend
 from pytest_instrumental.backends.steering import SteeringPlan
-from pytest_instrumental.decoding import MODEL, Decoding, DecodingOptions, model_generation_config
-from pytest_instrumental.engines import EngineOptions
+from pytest_instrumental.config import (
+    EMBEDDED_MAX_NEW_TOKENS,
+    MODEL,
+    EngineConfig,
+    GenerationConfig,
+    ServerConfig,
+)
+from pytest_instrumental.decoding import Decoding, model_generation_config, resolve
 from pytest_instrumental.errors import InputError
 
 EMBEDDED = "smollm2-135m"
@@ -36,7 +43,6 @@ KNOWN_ALIASES = (*ALIASES, EMBEDDED)
 # PROTOCOL.md's token budgets.
 PROTOCOL_MAX_NEW_TOKENS = 1024
 PROTOCOL_MAX_NEW_TOKENS_THINKING = 8096
-PROTOCOL_MAX_INPUT_TOKENS = 4096
 
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+\Z")
 
@@ -144,127 +150,144 @@ def _first_line(exc: Exception) -> str:
 
 
 @dataclass(frozen=True)
-class GenerationOptions:
-    """How to run the models: token budget (None: the protocol's, or the embedded default),
-    batching for local models, server settings for OpenAI-compatible ones."""
+class ModelKind:
+    """What differs between the kinds of model ``--model`` names, in one place."""
 
-    max_new_tokens: int | None
-    max_input_tokens: int
-    batch_size: int | None  # None: sized per device
-    base_urls: tuple[str, ...]  # none: $OPENAI_BASE_URL, else the OpenAI API
-    concurrency: int
-    timeout_s: float
-    max_retries: int
-    trust_remote_code: bool
-    models_dir: Path  # where the embedded model's converted copy lives
-    serving: EngineOptions | None = None  # None: local models generate in this process
-    decoding: DecodingOptions = field(default_factory=DecodingOptions)
-    steering: SteeringPlan | None = None  # activation steering, for local models in this process
+    served_elsewhere: bool  # an OpenAI-compatible server's model: no weights or files here
+    files: Callable[[ModelSpec, Path], str | None]  # (spec, models dir) -> where its files are
+    identity: Callable[[ModelSpec], str | None]  # the weights it runs, as cache keys name them
+    default_budget: Callable[[ModelSpec], int]  # its token budget when none is given
 
 
-def max_new_tokens(spec: ModelSpec, options: GenerationOptions) -> int:
-    if options.max_new_tokens is not None:
-        return options.max_new_tokens
-    if spec.engine == "embedded":
-        from pytest_instrumental.backends.embedded import DEFAULT_MAX_NEW_TOKENS
-
-        return DEFAULT_MAX_NEW_TOKENS
+def _protocol_budget(spec: ModelSpec) -> int:
     return spec.protocol_max_new_tokens
 
 
-def model_decoding(spec: ModelSpec, options: GenerationOptions) -> Decoding:
+def _pinned(spec: ModelSpec) -> str:
+    return spec.source if spec.revision is None else f"{spec.source}@{spec.revision}"
+
+
+def _embedded_files(spec: ModelSpec, models_dir: Path) -> str:
+    from pytest_instrumental.backends import embedded
+
+    return str(embedded.converted_dir(models_dir))  # converted once per user, on first use
+
+
+def _embedded_identity(spec: ModelSpec) -> str:
+    from pytest_instrumental.backends import embedded
+
+    return f"embedded:{EMBEDDED}@{embedded.revision()}"
+
+
+KINDS: dict[Engine, ModelKind] = {
+    "transformers": ModelKind(False, lambda spec, _: spec.source, _pinned, _protocol_budget),
+    "embedded": ModelKind(False, _embedded_files, _embedded_identity, lambda _: EMBEDDED_MAX_NEW_TOKENS),
+    "openai": ModelKind(True, lambda spec, _: None, lambda _: None, _protocol_budget),
+}
+
+
+def max_new_tokens(spec: ModelSpec, generation: GenerationConfig) -> int:
+    if generation.max_new_tokens is not None:
+        return generation.max_new_tokens
+    return KINDS[spec.engine].default_budget(spec)
+
+
+def model_decoding(spec: ModelSpec, generation: GenerationConfig) -> Decoding:
     """How this model decodes: greedy, given settings, or (``--instrumental-decoding model``) its
     own ``generation_config.json``, which only a local model has."""
-    if options.decoding.mode != MODEL:
-        return options.decoding.resolve(None)
-    if spec.engine == "openai":
+    if generation.decoding.mode != MODEL:
+        return resolve(generation.decoding, None)
+    source = local_source(spec, generation.models_dir)
+    if source is None:
         raise InputError(
             f"--instrumental-decoding model: {spec.name} is served elsewhere, its generation_config.json is not "
             "here; give --instrumental-temperature (and top-p, top-k) instead"
         )
-    source = local_source(spec, options.models_dir)
-    assert source is not None  # a local model: served ones were refused above
-    return options.decoding.resolve(model_generation_config(source, spec.revision, options.trust_remote_code))
+    return resolve(generation.decoding, model_generation_config(source, spec.revision, generation.trust_remote_code))
 
 
 def local_source(spec: ModelSpec, models_dir: Path) -> str | None:
     """Where a local model's files are (the embedded model's converted copy, converted once);
     None for a model served elsewhere."""
-    if spec.engine == "openai":
-        return None
-    if spec.engine == "embedded":
-        from pytest_instrumental.backends import embedded
-
-        return str(embedded.converted_dir(models_dir))
-    return spec.source
+    return KINDS[spec.engine].files(spec, models_dir)
 
 
-def open_backend(spec: ModelSpec, options: GenerationOptions) -> Backend:
-    """The backend for one model; nothing heavy is loaded until it first generates."""
-    budget = max_new_tokens(spec, options)
-    decoding = model_decoding(spec, options)
-    if options.steering is not None and (spec.engine == "openai" or options.serving is not None):
+def open_backend(
+    spec: ModelSpec,
+    generation: GenerationConfig,
+    server: ServerConfig,
+    serving: EngineConfig | None = None,
+    steering: SteeringPlan | None = None,
+) -> Backend:
+    """The backend for one model: an OpenAI-compatible server's, a local model in this process,
+    or (``serving``) a local model in an engine server the session starts. Nothing heavy is
+    loaded until it first generates."""
+    kind = KINDS[spec.engine]
+    budget, decoding = max_new_tokens(spec, generation), model_decoding(spec, generation)
+    if steering is not None and (kind.served_elsewhere or serving is not None):
         raise InputError(
             f"--instrumental-vector-strength: {spec.name} runs in a server, which cannot take a steering hook; "
             "activation steering needs a local model and --instrumental-engine=local"
         )
-    if spec.engine == "openai":
-        from pytest_instrumental.backends.openai import OpenAIBackend, OpenAISettings
+    if kind.served_elsewhere:
+        from pytest_instrumental.backends.openai import OpenAIBackend
 
-        settings = OpenAISettings(
-            budget, options.base_urls, options.concurrency, options.timeout_s, options.max_retries, decoding
-        )
-        return OpenAIBackend(spec.name, spec.source, spec.thinking, settings)
-    if options.serving is not None:
-        return _served_backend(spec, options, budget, decoding)
-    from pytest_instrumental.backends.transformers import TransformersBackend, TransformersSettings
+        return OpenAIBackend(spec.name, spec.source, spec.thinking, server, max_new_tokens=budget, decoding=decoding)
+    identity = kind.identity(spec)
+    assert identity is not None  # a local model's weights have a name
+    if serving is not None:
+        return _served_backend(spec, generation, server, serving, budget, decoding, identity)
+    from pytest_instrumental.backends.transformers import TransformersBackend
 
-    local = TransformersSettings(
-        budget, options.max_input_tokens, options.batch_size, options.trust_remote_code, decoding, options.steering
+    models_dir = generation.models_dir
+    return TransformersBackend(
+        spec.name,
+        lambda: kind.files(spec, models_dir) or spec.source,
+        None if spec.engine == "embedded" else spec.revision,
+        spec.thinking,
+        identity,
+        generation=generation,
+        max_new_tokens=budget,
+        decoding=decoding,
+        steering=steering,
     )
-    if spec.engine == "embedded":
-        from pytest_instrumental.backends import embedded
-
-        models_dir = options.models_dir
-        return TransformersBackend(
-            spec.name, lambda: str(embedded.converted_dir(models_dir)), None, spec.thinking, local, _identity(spec)
-        )
-    return TransformersBackend(spec.name, spec.source, spec.revision, spec.thinking, local, _identity(spec))
 
 
-def _identity(spec: ModelSpec) -> str:
-    """The weights a local model runs, as cache keys name them."""
-    if spec.engine == "embedded":
-        from pytest_instrumental.backends import embedded
-
-        return f"embedded:{EMBEDDED}@{embedded.revision()}"
-    return spec.source if spec.revision is None else f"{spec.source}@{spec.revision}"
-
-
-def _served_backend(spec: ModelSpec, options: GenerationOptions, budget: int, decoding: Decoding) -> Backend:
+def _served_backend(
+    spec: ModelSpec,
+    generation: GenerationConfig,
+    server: ServerConfig,
+    serving: EngineConfig,
+    budget: int,
+    decoding: Decoding,
+    identity: str,
+) -> Backend:
     """A local model served by the chosen engine: the embedded model as its converted directory
     (llama-server: its GGUF file), a hub id or directory as it is."""
-    from pytest_instrumental.backends.openai import OpenAISettings
     from pytest_instrumental.backends.served import ServedBackend
     from pytest_instrumental.engines import EngineServer
 
-    assert options.serving is not None
     model = spec.source
     if spec.engine == "embedded":
         from pytest_instrumental.backends import embedded
 
-        llama = options.serving.engine == "llama-server" and not options.serving.serve_command
-        model = str(embedded.gguf_file() if llama else embedded.converted_dir(options.models_dir))
-    served_name = model if options.serving.engine == "transformers-serve" else spec.name
-    server = EngineServer(options.serving, model, served_name, spec.name, spec.revision)
-    settings = OpenAISettings(budget, (), options.concurrency, options.timeout_s, options.max_retries, decoding)
-    return ServedBackend(spec.name, server, spec.thinking, settings, _identity(spec))
+        llama = serving.engine == "llama-server" and not serving.serve_command
+        model = str(embedded.gguf_file()) if llama else _embedded_files(spec, generation.models_dir)
+    served_name = model if serving.engine == "transformers-serve" else spec.name
+    engine_server = EngineServer(serving, model, served_name, spec.name, spec.revision)
+    # its own server: no base URLs to spread over
+    own = replace(server, base_urls=())
+    return ServedBackend(
+        spec.name, engine_server, spec.thinking, own, identity, max_new_tokens=budget, decoding=decoding
+    )
 
 
-def describe(spec: ModelSpec, options: GenerationOptions) -> dict[str, object]:
+def describe(
+    spec: ModelSpec, generation: GenerationConfig, server: ServerConfig, serving: EngineConfig | None = None
+) -> dict[str, object]:
     """What the results JSON records about how a model was run."""
-    budget = max_new_tokens(spec, options)
-    decoding = model_decoding(spec, options)
+    budget = max_new_tokens(spec, generation)
+    decoding = model_decoding(spec, generation)
     record: dict[str, object] = {
         "engine": spec.engine,
         "source": spec.source,
@@ -277,17 +300,17 @@ def describe(spec: ModelSpec, options: GenerationOptions) -> dict[str, object]:
         record["decoding"] = decoding.describe()
     if budget < spec.protocol_max_new_tokens:
         record["note"] = f"max_new_tokens {budget} is below the protocol's {spec.protocol_max_new_tokens}"
-    if spec.engine == "openai":
-        from pytest_instrumental.backends.openai import OpenAISettings
+    if KINDS[spec.engine].served_elsewhere:
+        from pytest_instrumental.backends.openai import resolved_base_urls
         from pytest_instrumental.openai_client import display_url
 
-        urls = [display_url(u) for u in OpenAISettings(budget, options.base_urls, 1, 1, 0).resolved_base_urls()]
+        urls = [display_url(u) for u in resolved_base_urls(server.base_urls)]
         record["base_url"] = urls[0] if len(urls) == 1 else urls
-    elif options.serving is not None:
-        record.update(served_by=options.serving.label, engine_args=list(options.serving.args))
+    elif serving is not None:
+        record.update(served_by=serving.label, engine_args=list(serving.args))
     else:
         from pytest_instrumental.backends.transformers import choose_placement
 
         placement = choose_placement()
-        record.update(device=placement.device, dtype=placement.dtype, max_input_tokens=options.max_input_tokens)
+        record.update(device=placement.device, dtype=placement.dtype, max_input_tokens=generation.max_input_tokens)
     return record

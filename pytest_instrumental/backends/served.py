@@ -9,8 +9,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from pytest_instrumental.backends.openai import OpenAIBackend, OpenAISettings
+from pytest_instrumental.backends.openai import OpenAIBackend
 from pytest_instrumental.backends.protocol import Generation
+from pytest_instrumental.config import ServerConfig
+from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.engines import EngineServer
 from pytest_instrumental.items import Request
 from pytest_instrumental.openai_client import chat_messages
@@ -18,13 +20,23 @@ from pytest_instrumental.openai_client import chat_messages
 
 class ServedBackend:
     def __init__(
-        self, name: str, server: EngineServer, thinking: bool, settings: OpenAISettings, identity: str
+        self,
+        name: str,
+        server: EngineServer,
+        thinking: bool,
+        asking: ServerConfig,
+        identity: str,
+        *,
+        max_new_tokens: int,
+        decoding: Decoding,
     ) -> None:
         self._name = name
         self.server = server
         self.thinking = thinking
-        self.settings = settings
+        self.asking = asking  # how the server is asked (its URL comes when it is up)
         self.identity = identity  # the weights, as cache keys name them
+        self.max_new_tokens = max_new_tokens
+        self.decoding = decoding
         self._client: OpenAIBackend | None = None
 
     @property
@@ -43,16 +55,23 @@ class ServedBackend:
             "engine_args": list(options.args),
             "serve_command": options.serve_command,
             "model": self.identity,
-            "settings": {"max_tokens": self.settings.max_new_tokens, "temperature": 0},
+            "settings": {"max_tokens": self.max_new_tokens, "temperature": 0},
             "messages": chat_messages(request.context.strip(), request.steered_prompt),
-            **self.settings.decoding.cache_fields(request.key, request.epoch),
+            **self.decoding.cache_fields(request.key, request.epoch),
         }
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
         self.server.start()
         if self._client is None or self._client.base_urls != (self.server.base_url,):
-            settings = replace(self.settings, base_urls=(self.server.base_url,))
-            self._client = OpenAIBackend(self._name, self.server.served_name, self.thinking, settings)
+            asking = replace(self.asking, base_urls=(self.server.base_url,))
+            self._client = OpenAIBackend(
+                self._name,
+                self.server.served_name,
+                self.thinking,
+                asking,
+                max_new_tokens=self.max_new_tokens,
+                decoding=self.decoding,
+            )
         yield from self._client.generate(requests)
 
     def close(self) -> None:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.backends.protocol import Generation, thinking_outcome
 from pytest_instrumental.backends.steering import SteeringPlan, SteeringVector, contrast_vector, steered
+from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.items import Request
 
@@ -32,16 +33,6 @@ if TYPE_CHECKING:
 
 CPU_BATCH_SIZE = 16
 GPU_MEMORY_SHARE = 0.8  # of the free memory, for KV caches; the rest for activations and fragmentation
-
-
-@dataclass(frozen=True)
-class TransformersSettings:
-    max_new_tokens: int
-    max_input_tokens: int
-    batch_size: int | None  # None: 16 on a CPU; on a GPU, as many rows as free memory holds
-    trust_remote_code: bool = False
-    decoding: Decoding = field(default_factory=Decoding)
-    steering: SteeringPlan | None = None
 
 
 def gpu_batch_size(free_bytes: int, kv_bytes_per_token: int, tokens_per_row: int, rows: int) -> int:
@@ -73,8 +64,12 @@ class TransformersBackend:
         source: str | Callable[[], str],
         revision: str | None,
         thinking: bool,
-        settings: TransformersSettings,
         identity: str,
+        *,
+        generation: GenerationConfig,
+        max_new_tokens: int,
+        decoding: Decoding | None = None,
+        steering: SteeringPlan | None = None,
     ) -> None:
         """``source`` is a hub id or directory, or a callable producing one on first use (the
         embedded model converts itself then); ``identity`` names the weights in cache keys."""
@@ -83,7 +78,10 @@ class TransformersBackend:
         self._source = source
         self.revision = revision
         self.thinking = thinking
-        self.settings = settings
+        self.generation = generation
+        self.max_new_tokens = max_new_tokens
+        self.decoding = decoding or Decoding()
+        self.steering = steering
         self.placement = choose_placement()
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._model: PreTrainedModel | None = None
@@ -106,7 +104,7 @@ class TransformersBackend:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(
-                self.source, revision=self.revision, trust_remote_code=self.settings.trust_remote_code
+                self.source, revision=self.revision, trust_remote_code=self.generation.trust_remote_code
             )
             tokenizer.padding_side = "left"
             tokenizer.truncation_side = "left"  # if anything must go, keep the generation prompt
@@ -126,7 +124,7 @@ class TransformersBackend:
                 revision=self.revision,
                 dtype=getattr(torch, self.placement.dtype),
                 device_map="auto" if self.placement.device == "cuda" else None,
-                trust_remote_code=self.settings.trust_remote_code,
+                trust_remote_code=self.generation.trust_remote_code,
             )
             self._model = model  # from_pretrained returns it in eval mode
         return self._model
@@ -146,7 +144,7 @@ class TransformersBackend:
     def encode(self, request: Request) -> list[int]:
         """The rendered prompt's token ids, at most ``max_input_tokens`` of them."""
         ids = self.tokenizer(
-            self.render(request), add_special_tokens=False, truncation=True, max_length=self.settings.max_input_tokens
+            self.render(request), add_special_tokens=False, truncation=True, max_length=self.generation.max_input_tokens
         )["input_ids"]
         return list(ids)
 
@@ -154,19 +152,19 @@ class TransformersBackend:
         return {
             "backend": "transformers",
             "model": self.identity,
-            "settings": {
-                f.name: getattr(self.settings, f.name)
-                for f in fields(self.settings)
-                if f.name not in ("batch_size", "decoding", "steering")
+            "settings": {  # what changes an answer: not the batch, not decoding (below), not steering (below)
+                "max_new_tokens": self.max_new_tokens,
+                "max_input_tokens": self.generation.max_input_tokens,
+                "trust_remote_code": self.generation.trust_remote_code,
             },
             "thinking": self.thinking,
             "prompt": self.render(request),
-            **self.settings.decoding.cache_fields(request.key, request.epoch),
+            **self.decoding.cache_fields(request.key, request.epoch),
             **self._steering_fields(request),
         }
 
     def _steering_fields(self, request: Request) -> dict[str, Any]:
-        plan = self.settings.steering
+        plan = self.steering
         if request.strength is None or plan is None:
             return {}
         return {"steering": {"strength": request.strength, "vector": self._recipe(request.category)}}
@@ -174,7 +172,7 @@ class TransformersBackend:
     def _recipe(self, category: str) -> str:
         """The recipe of a category's vector, made once per category: every steered request's
         cache key holds it, and it hashes the contrast prompts."""
-        plan = self.settings.steering
+        plan = self.steering
         assert plan is not None
         if category not in self._recipes:
             self._recipes[category] = plan.recipe(category, self._steering_layer)
@@ -182,7 +180,7 @@ class TransformersBackend:
 
     @cached_property
     def _steering_layer(self) -> int:
-        plan = self.settings.steering
+        plan = self.steering
         assert plan is not None
         if plan.vector is not None:
             return plan.vector.layer
@@ -195,7 +193,7 @@ class TransformersBackend:
 
     def _vector(self, category: str) -> SteeringVector:
         """The vector the items of ``category`` are steered with, computed once per category."""
-        plan = self.settings.steering
+        plan = self.steering
         assert plan is not None
         if plan.vector is not None:
             return plan.vector
@@ -230,22 +228,20 @@ class TransformersBackend:
                     yield index, thinking_outcome(_strip_special(text, tokenizer), hit_limit, self.thinking)
 
     def _steered(self, strength: float | None, category: str) -> AbstractContextManager[None]:
-        if strength is None or self.settings.steering is None:
+        if strength is None or self.steering is None:
             return nullcontext()
         return steered(self.model, self._vector(category), strength)
 
     def _decode(self, requests: Sequence[Request], prompts: list[list[int]]) -> list[tuple[list[int], bool]]:
-        decoding = self.settings.decoding
+        decoding = self.decoding
         sampler = None
         if not decoding.greedy:
             sampler = Sampler(decoding, [decoding.epoch_seed(r.key, r.epoch) for r in requests])
-        return generate_tokens(
-            self.model, prompts, self._stop_ids(), self._pad_id(), self.settings.max_new_tokens, sampler
-        )
+        return generate_tokens(self.model, prompts, self._stop_ids(), self._pad_id(), self.max_new_tokens, sampler)
 
     def _batch_size(self, longest_prompt: int, rows: int) -> int:
-        if self.settings.batch_size is not None:
-            return self.settings.batch_size
+        if self.generation.batch_size is not None:
+            return self.generation.batch_size
         if self.placement.device != "cuda":
             return CPU_BATCH_SIZE
         import torch
@@ -256,7 +252,7 @@ class TransformersBackend:
         element = torch.finfo(self.model.dtype).bits // 8
         kv_per_token = 2 * config.num_hidden_layers * heads * head_dim * element
         free, _ = torch.cuda.mem_get_info()
-        return gpu_batch_size(free, kv_per_token, longest_prompt + self.settings.max_new_tokens, rows)
+        return gpu_batch_size(free, kv_per_token, longest_prompt + self.max_new_tokens, rows)
 
     def _stop_ids(self) -> set[int]:
         stops = set()

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
+from pytest_instrumental.config import JudgeConfig
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
@@ -27,16 +27,8 @@ MAX_OUTPUT_TOKENS = 120
 PAPER_JUDGE_MODEL = "gpt-5.2"
 
 
-@dataclass(frozen=True)
-class OpenAIJudgeSettings:
-    base_url: str | None  # None: OPENAI_BASE_URL, else the OpenAI API (Responses)
-    concurrency: int
-    timeout_s: float
-    max_retries: int
-
-
 class OpenAIJudge:
-    def __init__(self, model: str, settings: OpenAIJudgeSettings, rubric: Rubric | None = None) -> None:
+    def __init__(self, model: str, settings: JudgeConfig, rubric: Rubric | None = None) -> None:
         self.model = model
         self.settings = settings
         self.rubric = rubric or Rubric()

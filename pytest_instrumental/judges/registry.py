@@ -7,7 +7,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pytest_instrumental.backends.registry import OPENAI_PREFIX, GenerationOptions, check_loadable, parse_model
+from pytest_instrumental.backends.registry import OPENAI_PREFIX, check_loadable, parse_model
+from pytest_instrumental.config import EngineConfig, GenerationConfig, JudgeConfig, ServerConfig
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import ItemKey
 from pytest_instrumental.judges.offline import OFFLINE
@@ -42,10 +43,11 @@ class OpenJudge:
 
 def open_judge(
     name: str,
-    generation: GenerationOptions,
     *,
-    base_url: str | None,
-    concurrency: int,
+    generation: GenerationConfig,
+    server: ServerConfig,
+    serving: EngineConfig | None,
+    judging: JudgeConfig,
     recordings: Mapping[ItemKey, Recording] | None,
     preflight: bool,
 ) -> OpenJudge:
@@ -68,11 +70,10 @@ def open_judge(
         if spec.engine == "openai":
             raise InputError(f"--judge {name}: a served model judges as openai:<name>, not hf:")
         check_loadable(spec, generation.trust_remote_code)
-        return OpenJudge(TransformersJudge(spec, generation), "")
-    from pytest_instrumental.judges.openai import OpenAIJudge, OpenAIJudgeSettings
+        return OpenJudge(TransformersJudge(spec, generation, server, serving), "")
+    from pytest_instrumental.judges.openai import OpenAIJudge
 
-    settings = OpenAIJudgeSettings(base_url, concurrency, generation.timeout_s, generation.max_retries)
-    judge = OpenAIJudge(name.removeprefix(OPENAI_PREFIX), settings)
+    judge = OpenAIJudge(name.removeprefix(OPENAI_PREFIX), judging)
     if preflight:
         judge.preflight()
     return OpenJudge(judge, "")

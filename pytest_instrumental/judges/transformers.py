@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from pytest_instrumental.backends.registry import GenerationOptions, ModelSpec, open_backend
-from pytest_instrumental.decoding import DecodingOptions
+from pytest_instrumental.backends.registry import ModelSpec, open_backend
+from pytest_instrumental.config import DecodingConfig, EngineConfig, GenerationConfig, ServerConfig
 from pytest_instrumental.items import Request
 from pytest_instrumental.judges.openai import MAX_OUTPUT_TOKENS
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
@@ -23,13 +23,20 @@ HF_PREFIX = "hf:"
 
 
 class TransformersJudge:
-    def __init__(self, spec: ModelSpec, options: GenerationOptions, rubric: Rubric | None = None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        generation: GenerationConfig,
+        server: ServerConfig,
+        serving: EngineConfig | None = None,
+        rubric: Rubric | None = None,
+    ) -> None:
+        """Served like the models under test (in this process or an engine server), with the
+        judge's own budget and greedy decoding."""
         self.rubric = rubric or Rubric()
         self._name = f"{HF_PREFIX}{spec.name}"
-        judging = dataclasses.replace(
-            options, max_new_tokens=MAX_OUTPUT_TOKENS, decoding=DecodingOptions(), steering=None
-        )
-        self.backend = open_backend(spec, judging)
+        judging = dataclasses.replace(generation, max_new_tokens=MAX_OUTPUT_TOKENS, decoding=DecodingConfig())
+        self.backend = open_backend(spec, judging, server, serving)
 
     @property
     def name(self) -> str:
