@@ -1,8 +1,10 @@
 """The model registry: what ``--model`` accepts, and which backend serves it.
 
 ``--model`` takes an alias (the paper's Qwen3 models, or the embedded ``smollm2-135m``), a
-Hugging Face model id (``org/name``), a local model directory, or ``openai:<name>`` (any
-OpenAI-compatible server). ``NAME@REVISION`` pins a revision.
+Hugging Face model id (``org/name``), a local model directory, ``openai:<name>`` (any
+OpenAI-compatible server), or ``<prefix>:<name>`` for a backend another package registers under
+the ``pytest_instrumental.backends`` entry-point group (docs/extending.md). ``NAME@REVISION`` pins
+a revision.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pytest_instrumental.backends.protocol import Backend
 from pytest_instrumental.backends.steering import SteeringPlan
@@ -46,7 +49,22 @@ PROTOCOL_MAX_NEW_TOKENS_THINKING = 8096
 
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+\Z")
 
-Engine = Literal["transformers", "embedded", "openai"]
+Engine = Literal["transformers", "embedded", "openai", "registered"]
+BACKENDS_GROUP = "pytest_instrumental.backends"  # the entry points of third-party backends
+
+
+class BackendFactory(Protocol):
+    """What a ``pytest_instrumental.backends`` entry point loads: a callable that opens the backend
+    of ``--model <prefix>:<name>``, given ``name`` and the run's configs."""
+
+    def __call__(
+        self, name: str, *, generation: GenerationConfig, server: ServerConfig, max_new_tokens: int, decoding: Decoding
+    ) -> Backend: ...
+
+
+def registered_backends() -> dict[str, EntryPoint]:
+    """The backends other packages register, by the prefix ``--model`` names them with."""
+    return {ep.name: ep for ep in entry_points(group=BACKENDS_GROUP)}
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,9 @@ def parse_model(text: str) -> ModelSpec:
     pin = revision or None
     if name == EMBEDDED:
         return ModelSpec(EMBEDDED, "embedded", EMBEDDED, pin, thinking=False)
+    prefix, colon, rest = name.partition(":")
+    if colon and rest and prefix in registered_backends():
+        return ModelSpec(name, "registered", name, pin, thinking="thinking" in rest.lower())
     if name.startswith(OPENAI_PREFIX) and len(name) > len(OPENAI_PREFIX):
         served = name.removeprefix(OPENAI_PREFIX)
         return ModelSpec(name, "openai", served, pin, thinking="thinking" in served.lower())
@@ -89,9 +110,15 @@ def parse_model(text: str) -> ModelSpec:
     if _HUB_ID.match(name):
         return ModelSpec(name.rsplit("/", 1)[1], "transformers", name, pin, "thinking" in name.lower())
     raise InputError(
-        f"--model {text!r}: not a known alias, a local model directory, a Hugging Face id (org/name) "
-        f"or openai:<name>; known aliases: {', '.join(KNOWN_ALIASES)}"
+        f"--model {text!r}: not a known alias, a local model directory, a Hugging Face id (org/name), "
+        f"openai:<name> or a registered backend's <prefix>:<name> ({_registered_prefixes()}); "
+        f"known aliases: {', '.join(KNOWN_ALIASES)}"
     )
+
+
+def _registered_prefixes() -> str:
+    prefixes = sorted(registered_backends())
+    return f"registered: {', '.join(prefixes)}" if prefixes else "none registered"
 
 
 def check_loadable(spec: ModelSpec, trust_remote_code: bool) -> None:
@@ -149,14 +176,19 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else repr(exc)
 
 
+# (spec, generation, server, token budget, decoding) -> the backend of a model served elsewhere
+BackendOpener = Callable[[ModelSpec, GenerationConfig, ServerConfig, int, Decoding], Backend]
+
+
 @dataclass(frozen=True)
 class ModelKind:
     """What differs between the kinds of model ``--model`` names, in one place."""
 
-    served_elsewhere: bool  # an OpenAI-compatible server's model: no weights or files here
+    served_elsewhere: bool  # no weights or files here: an OpenAI-compatible server's, or a registered backend's
     files: Callable[[ModelSpec, Path], str | None]  # (spec, models dir) -> where its files are
     identity: Callable[[ModelSpec], str | None]  # the weights it runs, as cache keys name them
     default_budget: Callable[[ModelSpec], int]  # its token budget when none is given
+    opens: BackendOpener | None = None  # how a model served elsewhere opens (local models: in open_backend)
 
 
 def _protocol_budget(spec: ModelSpec) -> int:
@@ -179,10 +211,40 @@ def _embedded_identity(spec: ModelSpec) -> str:
     return f"embedded:{EMBEDDED}@{embedded.revision()}"
 
 
+def _open_openai(
+    spec: ModelSpec, generation: GenerationConfig, server: ServerConfig, budget: int, decoding: Decoding
+) -> Backend:
+    from pytest_instrumental.backends.openai import OpenAIBackend
+
+    return OpenAIBackend(spec.name, spec.source, spec.thinking, server, max_new_tokens=budget, decoding=decoding)
+
+
+def _open_registered(
+    spec: ModelSpec, generation: GenerationConfig, server: ServerConfig, budget: int, decoding: Decoding
+) -> Backend:
+    prefix, _, name = spec.name.partition(":")
+    entry_point = registered_backends()[prefix]
+    try:
+        factory: BackendFactory = entry_point.load()
+        return factory(name, generation=generation, server=server, max_new_tokens=budget, decoding=decoding)
+    except InputError:
+        raise
+    except Exception as exc:  # another package's code: its failure is one line naming it
+        raise InputError(
+            f"--model {spec.name}: the backend registered as {prefix!r} ({entry_point.value}) failed to open: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _no_files(spec: ModelSpec, models_dir: Path) -> None:
+    return None
+
+
 KINDS: dict[Engine, ModelKind] = {
     "transformers": ModelKind(False, lambda spec, _: spec.source, _pinned, _protocol_budget),
     "embedded": ModelKind(False, _embedded_files, _embedded_identity, lambda _: EMBEDDED_MAX_NEW_TOKENS),
-    "openai": ModelKind(True, lambda spec, _: None, lambda _: None, _protocol_budget),
+    "openai": ModelKind(True, _no_files, lambda _: None, _protocol_budget, _open_openai),
+    "registered": ModelKind(True, _no_files, lambda _: None, _protocol_budget, _open_registered),
 }
 
 
@@ -229,10 +291,8 @@ def open_backend(
             f"--instrumental-vector-strength: {spec.name} runs in a server, which cannot take a steering hook; "
             "activation steering needs a local model and --instrumental-engine=local"
         )
-    if kind.served_elsewhere:
-        from pytest_instrumental.backends.openai import OpenAIBackend
-
-        return OpenAIBackend(spec.name, spec.source, spec.thinking, server, max_new_tokens=budget, decoding=decoding)
+    if kind.opens is not None:
+        return kind.opens(spec, generation, server, budget, decoding)
     identity = kind.identity(spec)
     assert identity is not None  # a local model's weights have a name
     if serving is not None:
@@ -300,7 +360,9 @@ def describe(
         record["decoding"] = decoding.describe()
     if budget < spec.protocol_max_new_tokens:
         record["note"] = f"max_new_tokens {budget} is below the protocol's {spec.protocol_max_new_tokens}"
-    if KINDS[spec.engine].served_elsewhere:
+    if spec.engine == "registered":
+        record["registered_by"] = registered_backends()[spec.name.partition(":")[0]].value
+    elif spec.engine == "openai":
         from pytest_instrumental.backends.openai import resolved_base_urls
         from pytest_instrumental.openai_client import display_url
 
