@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pytest_instrumental.text import register_url_credentials
+from pytest_instrumental.text import redact, register_url_credentials
 
 
 def open_client(base_url: str | None, timeout_s: float, max_retries: int) -> Any:
@@ -143,6 +143,27 @@ def _first_module(*names: str) -> Any:
         except ImportError:
             continue
     return importlib.import_module(names[-1])
+
+
+def preflight_failure(exc: Exception, where: str) -> str | None:
+    """What a failed preflight call to ``where`` says (after the option naming the model or judge),
+    shared by the models' servers and the judge's; None for an exception that is not the API's."""
+    import openai
+
+    if isinstance(exc, openai.AuthenticationError):
+        return f"{where} rejected the API key ({short(exc.message)})"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"cannot reach {where} ({short(str(exc.__cause__ or exc))})"
+    if isinstance(exc, openai.APIStatusError):
+        hint = " (is the base URL right? it usually ends in /v1)" if exc.status_code == 404 else ""
+        return f"{where} answered HTTP {exc.status_code}{hint} ({short(exc.message)})"
+    return None
+
+
+def short(text: str, limit: int = 200) -> str:
+    """Server text for a one-line message: redacted, on one line, cut at ``limit``."""
+    text = " ".join(redact(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def chat_messages(system: str, user: str) -> list[dict[str, str]]:

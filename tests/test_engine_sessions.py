@@ -124,7 +124,7 @@ def test_a_wrong_base_url_or_model_is_named(pytester: pytest.Pytester) -> None:
             f"--instrumental-base-url={server.base_url.removesuffix('/v1')}/api",
         )
         assert wrong_path.ret == pytest.ExitCode.USAGE_ERROR
-        wrong_path.stderr.fnmatch_lines(["*answered HTTP 404 (is the base URL right? it usually ends in /v1)"])
+        wrong_path.stderr.fnmatch_lines(["*answered HTTP 404 (is the base URL right? it usually ends in /v1) (*"])
         wrong_model = pytester.runpytest_subprocess(
             "--instrumental", "--model=openai:qwen3", f"--instrumental-base-url={server.base_url}"
         )

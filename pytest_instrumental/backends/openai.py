@@ -21,8 +21,14 @@ from pytest_instrumental.config import ServerConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import Request
-from pytest_instrumental.openai_client import attempts, chat_messages, display_url, open_client
-from pytest_instrumental.text import redact
+from pytest_instrumental.openai_client import (
+    attempts,
+    chat_messages,
+    display_url,
+    open_client,
+    preflight_failure,
+    short,
+)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -186,13 +192,13 @@ class OpenAIBackend:
             choice = completion.choices[0]
             content = choice.message.content or ""
         except openai.APIStatusError as exc:
-            return Generation(error=f"request failed{self._retried(exc)}: {_short(exc.message)}"), True
+            return Generation(error=f"request failed{self._retried(exc)}: {short(exc.message)}"), True
         except (openai.APITimeoutError, openai.APIConnectionError):
             return None, True
         except openai.APIError as exc:
-            return Generation(error=f"{type(exc).__name__}: {_short(str(exc))}"), True
+            return Generation(error=f"{type(exc).__name__}: {short(str(exc))}"), True
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
-            return Generation(error=f"malformed completion: {type(exc).__name__}: {_short(str(exc))}"), False
+            return Generation(error=f"malformed completion: {type(exc).__name__}: {short(str(exc))}"), False
         reasoning = getattr(choice.message, "reasoning_content", None)
         hit_limit = choice.finish_reason == "length"
         if reasoning:  # the server split the reasoning off itself
@@ -211,7 +217,7 @@ class OpenAIBackend:
         response = getattr(failure, "response", None)
         wait = response.headers.get("retry-after") if response is not None else None
         if wait is not None and sent <= self.server.max_retries:
-            said += f" (not retried: the server asked to wait {_short(wait, 20)} s)"
+            said += f" (not retried: the server asked to wait {short(wait, 20)} s)"
         return said
 
     def preflight(self, timeout_s: float = 10.0) -> None:
@@ -222,21 +228,15 @@ class OpenAIBackend:
             self._preflight(url, timeout_s)
 
     def _preflight(self, url: str, timeout_s: float) -> None:
-        import openai
-
         where = display_url(url)
         client = open_client(url, timeout_s, max_retries=0)
         try:
             served = [m.id for m in client.models.list()]
-        except openai.AuthenticationError:
-            raise InputError(f"--model {self.name}: {where} rejected the API key") from None
-        except openai.APIConnectionError as exc:
-            raise InputError(
-                f"--model {self.name}: cannot reach {where} ({_short(str(exc.__cause__ or exc))})"
-            ) from None
-        except openai.APIStatusError as exc:
-            hint = " (is the base URL right? it usually ends in /v1)" if exc.status_code == 404 else ""
-            raise InputError(f"--model {self.name}: {where} answered HTTP {exc.status_code}{hint}") from None
+        except Exception as exc:
+            failure = preflight_failure(exc, where)
+            if failure is None:
+                raise
+            raise InputError(f"--model {self.name}: {failure}") from None
         finally:
             client.close()
         if served and self.served_model not in served:
@@ -262,8 +262,3 @@ def sampling_parameters(decoding: Decoding, request: Request) -> dict[str, Any]:
     if decoding.top_k is not None:
         parameters["extra_body"] = {"top_k": decoding.top_k}
     return parameters
-
-
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(redact(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

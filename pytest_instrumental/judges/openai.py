@@ -20,7 +20,7 @@ from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.judges.rubric import Rubric, judged_with_one_retry
-from pytest_instrumental.openai_client import chat_messages, display_url, open_client
+from pytest_instrumental.openai_client import chat_messages, display_url, open_client, preflight_failure
 from pytest_instrumental.text import redact
 
 MAX_OUTPUT_TOKENS = 120
@@ -98,7 +98,6 @@ class OpenAIJudge:
     def preflight(self) -> None:
         """One real judge call before any model loads: a missing or rejected key, or an endpoint
         that does not answer, ends the session now with one line, not after an hour of work."""
-        import openai
 
         probe = JudgeRequest(
             Request(ItemKey("preflight", "baseline", "preflight-01"), "preflight", "Preflight.", "Say hello."),
@@ -109,14 +108,11 @@ class OpenAIJudge:
         where = "the OpenAI API" if self.base_url is None else display_url(self.base_url)
         try:
             self._ask(system, user)
-        except openai.AuthenticationError as exc:
-            raise InputError(f"--judge {self.name}: {where} rejected the API key ({redact(exc.message)})") from None
-        except openai.APIConnectionError as exc:
-            raise InputError(f"--judge {self.name}: cannot reach {where} ({redact(str(exc))})") from None
-        except openai.APIStatusError as exc:
-            raise InputError(
-                f"--judge {self.name}: {where} answered HTTP {exc.status_code} ({redact(exc.message)})"
-            ) from None
+        except Exception as exc:
+            failure = preflight_failure(exc, where)
+            if failure is None:
+                raise
+            raise InputError(f"--judge {self.name}: {failure}") from None
 
     def close(self) -> None:
         if self._client is not None:
