@@ -67,11 +67,10 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = options.read_settings(config.getoption, ini, config.rootpath, list(ini(options.SUFFIX_DIRS_INI)))
         if _is_worker(config):
             _pin_gpus(config, settings.gpus_per_worker)
-        preflight = not _is_worker(config) and not config.option.collectonly
+        prepare = not _is_worker(config) and not config.option.collectonly
         # An xdist controller generates nothing: its workers start the servers they need.
-        distributing = not _is_worker(config) and getattr(config.option, "dist", "no") != "no"
-        start_engines = not config.option.collectonly and not _is_worker(config) and not distributing
-        run = prepare_run(settings, _progress_bars(config), preflight, start_engines, _notice(config))
+        generates_here = getattr(config.option, "dist", "no") == "no"
+        run = prepare_run(settings, _progress_bars(config), prepare, generates_here, _notice(config))
     except InputError as exc:  # it may quote a server or a file: shown as inert text
         raise pytest.UsageError(terminal_line(str(exc))) from exc
     config.stash[_RUN] = run

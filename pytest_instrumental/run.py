@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_instrumental import snapshots
-from pytest_instrumental.backends.openai import OpenAIBackend
-from pytest_instrumental.backends.protocol import Backend
+from pytest_instrumental.backends.protocol import Backend, Prepares
 from pytest_instrumental.backends.registry import (
     EMBEDDED,
     ModelSpec,
@@ -24,7 +23,6 @@ from pytest_instrumental.backends.registry import (
     open_backend,
     parse_model,
 )
-from pytest_instrumental.backends.served import ServedBackend
 from pytest_instrumental.backends.steering import SteeringPlan, check_fits, load_vector
 from pytest_instrumental.cache import open_project_cache
 from pytest_instrumental.conditions import activation_name, activation_pair
@@ -33,6 +31,7 @@ from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation, ProgressFactory
 from pytest_instrumental.items import ItemKey, Request, nodeid_of
 from pytest_instrumental.judges.offline import OfflineJudge
+from pytest_instrumental.judges.protocol import Judge
 from pytest_instrumental.judges.registry import judge_name, open_judge
 from pytest_instrumental.manifest import scenario_set_sha256
 from pytest_instrumental.openai_client import check_base_url, register_credentials
@@ -296,13 +295,15 @@ def _shown_path(path: Path) -> str:
 def prepare_run(
     settings: Settings,
     progress: ProgressFactory | None,
-    preflight: bool,
-    start_engines: bool,
+    prepare: bool,
+    generates_here: bool,
     notice: Callable[[str], object] | None = None,
 ) -> InstrumentalRun:
     """Everything checked before any work: a bad value, file or model is an InputError. With
-    ``start_engines`` the engine servers come up now, so one that does not is an InputError too
-    (otherwise each starts when its model first generates, and its failure fails its items)."""
+    ``prepare`` (the process that runs the session) the backends and the judge are prepared too:
+    servers checked, and with ``generates_here`` (no xdist workers generate instead) engine
+    servers started, so one that does not come up is an InputError (otherwise each starts when
+    its model first generates, and its failure fails its items)."""
     for url in [*settings.base_url, settings.judge_base_url, os.environ.get("OPENAI_BASE_URL")]:
         register_credentials(url)  # secrets from the start: no message may show them
     if os.environ.get("OPENAI_BASE_URL"):
@@ -343,10 +344,6 @@ def prepare_run(
         steering = _steering_plan(settings, available) if settings.vector_strengths else None
         _check_vector_fits(settings, steering, specs)
         backends = {spec.name: open_backend(spec, generation, server, serving, steering) for spec in specs}
-        if preflight:
-            for backend in backends.values():
-                if isinstance(backend, OpenAIBackend):
-                    backend.preflight()
         records = {spec.name: describe(spec, generation, server, serving) for spec in specs}
         if steering is not None:
             for record in records.values():
@@ -358,10 +355,9 @@ def prepare_run(
         serving=settings.serving,
         judging=settings.judging,
         recordings=recordings,
-        preflight=preflight,
     )
-    if start_engines:
-        _start_servers([*backends.values(), getattr(opened.judge, "backend", None)])
+    if prepare:
+        _prepare([*backends.values(), opened.judge], generates_here)
     check_outputs(settings)
     # A replay judged by its recorded verdicts has nothing to cache: it does not touch the cache.
     needs_cache = not settings.no_cache and not (settings.replay is not None and name == REPLAY)
@@ -436,15 +432,15 @@ def check_outputs(settings: Settings) -> None:
                 raise InputError(f"{flag}: cannot write {path}: {problem}")
 
 
-def _start_servers(backends: list[object]) -> None:
-    """Start every engine server these backends need; if one fails, stop those already up."""
-    served = [b for b in backends if isinstance(b, ServedBackend)]
+def _prepare(parts: list[Backend | Judge], generates_here: bool) -> None:
+    """Each backend's and the judge's ``prepare`` (a preflight call, an engine server started),
+    before any work; if one fails, what the others started is stopped."""
     try:
-        for backend in served:
-            backend.start()
-    except EngineError as exc:
-        for backend in served:
-            backend.close()
+        for preparing in [part for part in parts if isinstance(part, Prepares)]:
+            preparing.prepare(generates_here)
+    except (EngineError, InputError) as exc:
+        for part in parts:
+            part.close()
         raise InputError(str(exc)) from None
 
 

@@ -126,7 +126,6 @@ def test_a_local_judge_is_served_by_the_chosen_engine(tmp_path: Path, tiny_model
         serving=serving,
         judging=JudgeConfig(),
         recordings=None,
-        preflight=False,
     )
     assert isinstance(opened.judge, TransformersJudge) and opened.judge.name == f"hf:{tiny_model_dir.name}"
     backend = opened.judge.backend

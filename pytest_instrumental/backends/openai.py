@@ -220,6 +220,9 @@ class OpenAIBackend:
             said += f" (not retried: the server asked to wait {short(wait, 20)} s)"
         return said
 
+    def prepare(self, generates_here: bool) -> None:
+        self.preflight()
+
     def preflight(self, timeout_s: float = 10.0) -> None:
         """One quick call to each server before any work: a server that cannot be reached, a wrong
         base URL, a rejected key or a model the server does not serve ends the session now, in

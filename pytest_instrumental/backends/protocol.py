@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pytest_instrumental.items import Request
 from pytest_instrumental.text import clean_optional
@@ -53,6 +53,19 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free what the backend holds (model weights, connections)."""
+        ...
+
+
+@runtime_checkable
+class Prepares(Protocol):
+    """What a backend or judge may add to its protocol: ``prepare`` is called once before any work
+    on the process that runs the session (not an xdist worker, not --collect-only), so that what
+    cannot work fails now, as one usage error, not on every item after its retries."""
+
+    def prepare(self, generates_here: bool) -> None:
+        """Check what can be checked (a server's preflight call); with ``generates_here`` (this
+        process generates: no xdist workers do it instead) also start what generation needs
+        (an engine server)."""
         ...
 
 

@@ -43,6 +43,12 @@ class ServedBackend:
     def name(self) -> str:
         return self._name
 
+    def prepare(self, generates_here: bool) -> None:
+        """The server comes up now where this process generates, so one that does not is a usage
+        error; under xdist each worker starts its own when its model first generates."""
+        if generates_here:
+            self.start()
+
     def start(self) -> None:
         self.server.start()
 

@@ -95,6 +95,9 @@ class OpenAIJudge:
         )
         return str(completion.choices[0].message.content or "")
 
+    def prepare(self, generates_here: bool) -> None:
+        self.preflight()
+
     def preflight(self) -> None:
         """One real judge call before any model loads: a missing or rejected key, or an endpoint
         that does not answer, ends the session now with one line, not after an hour of work."""

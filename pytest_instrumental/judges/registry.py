@@ -72,10 +72,9 @@ def open_judge(
     serving: EngineConfig | None,
     judging: JudgeConfig,
     recordings: Mapping[ItemKey, Recording] | None,
-    preflight: bool,
 ) -> OpenJudge:
-    """The judge ``name`` (already checked by ``judge_name``). An OpenAI judge makes one real call
-    first when ``preflight``, so a bad key or endpoint ends the session before any model loads."""
+    """The judge ``name`` (already checked by ``judge_name``); nothing is called yet (its
+    ``prepare``, where it has one, checks it before any model loads)."""
     if name == REPLAY:
         from pytest_instrumental.judges.replay import ReplayJudge
 
@@ -99,8 +98,6 @@ def open_judge(
     from pytest_instrumental.judges.openai import OpenAIJudge
 
     judge = OpenAIJudge(name.removeprefix(OPENAI_PREFIX), judging)
-    if preflight:
-        judge.preflight()
     return OpenJudge(judge, "")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from pytest_instrumental.backends.protocol import Prepares
 from pytest_instrumental.backends.registry import ModelSpec, open_backend
 from pytest_instrumental.config import DecodingConfig, EngineConfig, GenerationConfig, ServerConfig
 from pytest_instrumental.items import Request
@@ -41,6 +42,11 @@ class TransformersJudge:
     @property
     def name(self) -> str:
         return self._name
+
+    def prepare(self, generates_here: bool) -> None:
+        """Its backend's preparation (an engine server, when the judge is served by one)."""
+        if isinstance(self.backend, Prepares):
+            self.backend.prepare(generates_here)
 
     def _as_generation(self, request: JudgeRequest) -> Request:
         original = request.request
