@@ -16,7 +16,11 @@ import scipy.stats  # noqa: F401
 import pytest_instrumental.report_files  # noqa: F401  (matplotlib, jinja2, numpy)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from transformers import PreTrainedTokenizerBase
+
+    from tests.chat_server import ChatServer
 
 TEST_DATA = Path(__file__).resolve().parent / "tests" / "data"
 
@@ -31,6 +35,28 @@ def test_data() -> Path:
 def reference_runs() -> Path:
     """The paper's published run logs: 9 runs x 71 scenarios with gpt-5.2 verdicts."""
     return TEST_DATA / "reference-runs"
+
+
+@pytest.fixture
+def replay_args(reference_runs: Path) -> list[str]:
+    """A suite run replaying the reference runs."""
+    return ["--instrumental", f"--instrumental-replay={reference_runs}"]
+
+
+@pytest.fixture
+def small_replay_args(replay_args: list[str]) -> list[str]:
+    """The same, of 25 items (one model, one suffix, one category): for tests of what goes wrong."""
+    return [*replay_args, "-k", "Base and anti_ic and evading_shutdown"]
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> "Iterator[ChatServer]":
+    """A local OpenAI-compatible chat server (tests/chat_server.py), with the API key set."""
+    from tests.chat_server import API_KEY, running_chat_server
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    with running_chat_server() as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,8 @@ from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+API_KEY = "sk-test-do-not-leak-4242"  # the key a test sets for a server: it must never be stored or shown
+
 
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True

@@ -10,12 +10,31 @@ from typing import Any
 from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.cache import DATABASE
 from pytest_instrumental.config import Thresholds
-from pytest_instrumental.items import Request
+from pytest_instrumental.items import ItemKey, Request
+from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.results_document import RunRecord, results_document
 from pytest_instrumental.results_file import write_results
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.summary import summarise
 from pytest_instrumental.verdicts import ItemResult
+
+
+def request(
+    prompt: str = "Do the task.",
+    n: int = 1,
+    *,
+    model: str = "m",
+    suffix: str = "baseline",
+    scenario: str | None = None,
+    context: str = "Context.",
+) -> Request:
+    """A request of scenario ``cat-<n>`` (or ``scenario``) of category ``cat``."""
+    return Request(ItemKey(model, suffix, scenario or f"cat-{n:02d}"), "cat", context, prompt)
+
+
+def judge_request(response: str, n: int = 1, *, prompt: str = "Do the task.", suffix: str = "pro_ic") -> JudgeRequest:
+    """What a judge is asked about ``response`` to scenario ``cat-<n>``."""
+    return JudgeRequest(request(prompt, n, suffix=suffix), response)
 
 
 def item(

@@ -5,14 +5,15 @@ from pathlib import Path
 from pytest_instrumental.backends.protocol import Backend, Generation
 from pytest_instrumental.cache import Cache
 from pytest_instrumental.evaluation import Evaluation, Skip, evaluate, generate_all
-from pytest_instrumental.items import ItemKey, Request
+from pytest_instrumental.items import Request
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.verdicts import ItemResult
+from tests import helpers
 from tests.helpers import ScriptedBackend, cached_rows
 
 
 def request(scenario: str, model: str = "m") -> Request:
-    return Request(ItemKey(model, "baseline", scenario), "cat", "ctx", f"prompt {scenario}")
+    return helpers.request(f"prompt {scenario}", model=model, scenario=scenario)
 
 
 class ScriptedJudge:

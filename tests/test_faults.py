@@ -10,11 +10,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture
-def replay_args(reference_runs: Path) -> list[str]:
-    return ["--instrumental", f"--instrumental-replay={reference_runs}", "-k", "Base and anti_ic and evading_shutdown"]
-
-
 def _link(name: str) -> Callable[[Path], None]:
     """A symbolic link at an output's target, pointing at a file outside the output directory."""
 
@@ -45,10 +40,10 @@ def _link(name: str) -> Callable[[Path], None]:
     ],
 )
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(
-    pytester: pytest.Pytester, replay_args: list[str], make: object, option: str, problem: str
+    pytester: pytest.Pytester, small_replay_args: list[str], make: object, option: str, problem: str
 ) -> None:
     make(pytester.path)  # type: ignore[operator]
-    result = pytester.runpytest(*replay_args, option, "--instrumental-snapshot")
+    result = pytester.runpytest(*small_replay_args, option, "--instrumental-snapshot")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     flag, _, path = option.partition("=")
     result.stderr.fnmatch_lines([f"ERROR: {flag}: cannot write *{path}: {problem}"])
@@ -57,10 +52,10 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(
     assert not outside.exists() or outside.read_text() == "not yours to overwrite"
 
 
-def test_outputs_get_the_users_umask(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+def test_outputs_get_the_users_umask(pytester: pytest.Pytester, small_replay_args: list[str]) -> None:
     previous = os.umask(0o027)
     try:
-        result = pytester.runpytest(*replay_args, "--instrumental-json=out.json", "--instrumental-report=report")
+        result = pytester.runpytest(*small_replay_args, "--instrumental-json=out.json", "--instrumental-report=report")
     finally:
         os.umask(previous)
     assert result.ret == pytest.ExitCode.OK
@@ -70,7 +65,7 @@ def test_outputs_get_the_users_umask(pytester: pytest.Pytester, replay_args: lis
 
 
 def test_a_write_that_fails_at_the_end_comes_after_the_summary(
-    pytester: pytest.Pytester, replay_args: list[str]
+    pytester: pytest.Pytester, small_replay_args: list[str]
 ) -> None:
     pytester.makeconftest(
         """
@@ -83,7 +78,7 @@ def test_a_write_that_fails_at_the_end_comes_after_the_summary(
             Path("out").write_text("the disk changed under the run")
         """
     )
-    result = pytester.runpytest(*replay_args, "--instrumental-json=out/run.json")
+    result = pytester.runpytest(*small_replay_args, "--instrumental-json=out/run.json")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         ["*judged (*", "judge: gpt-5.2 (replayed verdicts)", "ERROR: cannot write the results JSON out/run.json: *"]
@@ -101,21 +96,21 @@ def test_a_write_that_fails_at_the_end_comes_after_the_summary(
     ],
 )
 def test_an_unusable_cache_is_a_usage_error_naming_it(
-    pytester: pytest.Pytester, replay_args: list[str], make: object, problem: str
+    pytester: pytest.Pytester, small_replay_args: list[str], make: object, problem: str
 ) -> None:
     make(pytester.path / "cache")  # type: ignore[operator]
-    args = [*replay_args, "--instrumental-cache-dir=cache", "--judge=offline"]
+    args = [*small_replay_args, "--instrumental-cache-dir=cache", "--judge=offline"]
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: --instrumental-cache-dir: {problem}"])
     # a replay that needs no cache does not touch it
-    assert pytester.runpytest(*replay_args, "--instrumental-cache-dir=cache").ret == 0
+    assert pytester.runpytest(*small_replay_args, "--instrumental-cache-dir=cache").ret == 0
 
 
 def test_cache_rows_that_do_not_decode_are_made_again_and_said_once(
-    pytester: pytest.Pytester, replay_args: list[str]
+    pytester: pytest.Pytester, small_replay_args: list[str]
 ) -> None:
-    args = [*replay_args, "--judge=offline"]
+    args = [*small_replay_args, "--judge=offline"]
     first = pytester.runpytest(*args)
     (counted,) = [line for line in first.outlines if " judged (" in line]
     assert counted.endswith(", 0 errors")
@@ -212,7 +207,9 @@ def test_a_server_that_dies_mid_run_costs_seconds_and_a_rerun_completes_from_the
         revived.server_close()
 
 
-def test_an_item_whose_evaluation_breaks_is_still_counted(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+def test_an_item_whose_evaluation_breaks_is_still_counted(
+    pytester: pytest.Pytester, small_replay_args: list[str]
+) -> None:
     pytester.makeconftest(
         """
         from pytest_instrumental.evaluation import Evaluation
@@ -227,7 +224,7 @@ def test_an_item_whose_evaluation_breaks_is_still_counted(pytester: pytest.Pytes
         Evaluation.outcomes = outcomes
         """
     )
-    result = pytester.runpytest_subprocess(*replay_args)  # a process of its own: the patch must not leak
+    result = pytester.runpytest_subprocess(*small_replay_args)  # a process of its own: the patch must not leak
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         ["*evading_shutdown-02: internal error: RuntimeError: a fault of our own", "* judged (*), 1 errors"]
@@ -282,7 +279,7 @@ def test_a_run_stopped_halfway_reports_and_writes_what_finished_and_fails(pytest
 
 
 def test_a_cache_locked_by_another_process_is_said_then_a_usage_error(
-    pytester: pytest.Pytester, replay_args: list[str], monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, small_replay_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pytest_instrumental import cache
 
@@ -292,7 +289,7 @@ def test_a_cache_locked_by_another_process_is_said_then_a_usage_error(
     holder = sqlite3.connect(directory / cache.DATABASE, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # another run, holding it
     try:
-        result = pytester.runpytest(*replay_args, "--judge=offline", f"--instrumental-cache-dir={directory}")
+        result = pytester.runpytest(*small_replay_args, "--judge=offline", f"--instrumental-cache-dir={directory}")
     finally:
         holder.rollback()
         holder.close()

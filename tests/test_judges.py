@@ -2,7 +2,6 @@
 server speaking the Responses and Chat Completions wire formats, with faults."""
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,12 @@ from pytest_instrumental.cache import Cache
 from pytest_instrumental.config import JudgeConfig
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import evaluate
-from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.openai import OpenAIJudge
-from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.judges.rubric import JudgeAnswerError, Rubric, parse_judgement
-from tests.chat_server import ChatServer, running_chat_server
-from tests.helpers import ScriptedBackend
+from tests.chat_server import API_KEY, ChatServer
+from tests.helpers import ScriptedBackend, judge_request
 
-SECRET = "sk-judge-secret-7777"
+SECRET = API_KEY
 
 
 def test_rubric_ships_byte_identical_to_the_protocol(test_data: Path) -> None:
@@ -73,13 +70,6 @@ def test_parse_rejects_anything_else(answer: str, message: str) -> None:
         parse_judgement(answer)
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    with running_chat_server() as running:
-        yield running
-
-
 def judge_for(server: ChatServer, api: str) -> OpenAIJudge:
     judge = OpenAIJudge(
         "judge-model", JudgeConfig(base_url=server.base_url, concurrency=4, timeout_s=1.0, max_retries=2)
@@ -87,11 +77,6 @@ def judge_for(server: ChatServer, api: str) -> OpenAIJudge:
     if api == "responses":
         judge.api = "responses"  # what the OpenAI API itself gets, pointed at the local server
     return judge
-
-
-def judge_request(response: str, n: int = 1) -> JudgeRequest:
-    request = Request(ItemKey("m", "pro_ic", f"cat-{n:02d}"), "cat", "Context.", "Do the task.")
-    return JudgeRequest(request, response)
 
 
 @pytest.mark.parametrize("api", ["responses", "chat"])

@@ -1,7 +1,6 @@
 """The OpenAI-compatible backend against a real local HTTP server that injects faults."""
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,26 +9,15 @@ from pytest_instrumental.backends.openai import OpenAIBackend
 from pytest_instrumental.cache import Cache
 from pytest_instrumental.config import ServerConfig
 from pytest_instrumental.evaluation import generate_all
-from pytest_instrumental.items import ItemKey, Request
-from tests.chat_server import ChatServer, running_chat_server
+from tests.chat_server import API_KEY, ChatServer, running_chat_server
+from tests.helpers import request
 
-SECRET = "sk-test-do-not-leak-4242"
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    with running_chat_server() as running:
-        yield running
+SECRET = API_KEY
 
 
 def backend(server: ChatServer, thinking: bool = False) -> OpenAIBackend:
     asking = ServerConfig(base_urls=(server.base_url,), concurrency=4, timeout_s=1.0, max_retries=2)
     return OpenAIBackend("openai:local", "local", thinking, asking, max_new_tokens=64)
-
-
-def request(prompt: str, n: int = 1) -> Request:
-    return Request(ItemKey("openai:local", "baseline", f"cat-{n:02d}"), "cat", "Be an agent.", prompt)
 
 
 def test_every_item_ends_ok_or_as_a_counted_error_none_lost(server: ChatServer) -> None:

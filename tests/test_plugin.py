@@ -19,11 +19,6 @@ from tests.helpers import cached_rows, item, write_results_file
 MODELS = ["Qwen3-4B-Base", "Qwen3-4B-Instruct-2507", "Qwen3-4B-Thinking-2507"]
 
 
-@pytest.fixture
-def replay_args(reference_runs: Path) -> list[str]:
-    return ["--instrumental", f"--instrumental-replay={reference_runs}"]
-
-
 def paper_table(test_data: Path) -> dict[tuple[str, str], tuple[str, str]]:
     """The paper's Conv% / Refusal% cells, read from PROTOCOL.md."""
     table = {}

@@ -9,8 +9,9 @@ from tests.helpers import item, write_results_file
 
 
 @pytest.fixture
-def replay_args(reference_runs: Path) -> list[str]:
-    return ["--instrumental", f"--instrumental-replay={reference_runs}", "-k", "evading_shutdown-01"]
+def replay_args(replay_args: list[str]) -> list[str]:
+    """The reference runs' first evading_shutdown scenario (conftest.py's replay_args, narrowed)."""
+    return [*replay_args, "-k", "evading_shutdown-01"]
 
 
 def test_retries_can_be_turned_off_and_an_infinite_timeout_is_refused(

@@ -9,17 +9,14 @@ import pytest
 from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.backends.registry import parse_model
 from pytest_instrumental.config import GenerationConfig, JudgeConfig, ServerConfig
-from pytest_instrumental.items import ItemKey, Request
+from pytest_instrumental.items import Request
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.judges.transformers import TransformersJudge
+from tests.helpers import judge_request
 
 
 def options(tmp_path: Path) -> GenerationConfig:
     return GenerationConfig(batch_size=4, models_dir=tmp_path)
-
-
-def judge_request(response: str, n: int = 1) -> JudgeRequest:
-    return JudgeRequest(Request(ItemKey("m", "pro_ic", f"cat-{n:02d}"), "cat", "Context.", "Do it."), response)
 
 
 class Answers:
@@ -62,7 +59,7 @@ def test_the_rubric_goes_in_and_strict_parsing_comes_out(tiny_model_dir: Path, t
     assert babble.decision is None and babble.error is not None and babble.error.startswith("unparseable answer")
     assert crash.error == "boom"
     assert answers.seen[0].context.startswith("\n        You are an AI agent specialized in detecting")
-    assert answers.seen[0].steered_prompt == "TASK PROMPT:\nDo it.\n\nMODEL RESPONSE:\nA plan."
+    assert answers.seen[0].steered_prompt == "TASK PROMPT:\nDo the task.\n\nMODEL RESPONSE:\nA plan."
 
 
 def test_a_real_local_model_judges_and_garbage_is_a_counted_error(tiny_model_dir: Path, tmp_path: Path) -> None:
