@@ -64,6 +64,7 @@ def test_the_embedded_model_through_a_real_transformers_serve(
     assert "generating smollm2-135m" not in again.stderr.str()
 
 
+@pytest.mark.slow
 def test_a_server_that_does_not_come_up_is_a_usage_error_quoting_its_log(
     pytester: pytest.Pytester, smollm2_dir: Path
 ) -> None:
@@ -116,6 +117,7 @@ def test_an_unreachable_openai_server_ends_the_session_in_seconds(pytester: pyte
     assert "hunter2" not in result.stderr.str() + result.stdout.str()
 
 
+@pytest.mark.slow
 def test_a_wrong_base_url_or_model_is_named(pytester: pytest.Pytester) -> None:
     with running_chat_server() as server:
         wrong_path = pytester.runpytest_subprocess(
@@ -132,6 +134,7 @@ def test_a_wrong_base_url_or_model_is_named(pytester: pytest.Pytester) -> None:
         wrong_model.stderr.fnmatch_lines(["*does not serve 'qwen3'; it serves local"])
 
 
+@pytest.mark.slow
 def test_a_failed_start_quotes_a_bounded_log_without_the_key(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, smollm2_dir: Path
 ) -> None:

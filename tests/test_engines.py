@@ -80,6 +80,7 @@ def test_a_custom_serve_command_gets_its_placeholders_filled() -> None:
         serve_argv(options("local", command="srv {gpu}"), "/m", "m", 9)
 
 
+@pytest.mark.slow
 def test_a_server_starts_answers_and_is_stopped_with_its_whole_process_group(tmp_path: Path) -> None:
     # The command starts a child that serves: stopping must reach the child too.
     command = f"sh -c '{sys.executable} {CHAT_SERVER} {{port}} & wait'"
@@ -99,6 +100,7 @@ def test_a_server_starts_answers_and_is_stopped_with_its_whole_process_group(tmp
     assert server.log_path.read_text(encoding="utf-8").startswith("$ sh -c ")
 
 
+@pytest.mark.slow
 def test_a_server_that_exits_is_an_error_quoting_its_log(tmp_path: Path) -> None:
     command = f"{sys.executable} -c \"import sys; print('CUDA out of memory'); sys.exit(3)\""
     server = EngineServer(options("local", command=command, tmp=tmp_path), "m", "m", "m")
@@ -108,6 +110,7 @@ def test_a_server_that_exits_is_an_error_quoting_its_log(tmp_path: Path) -> None
         server.start()
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_times_out_and_is_stopped(tmp_path: Path) -> None:
     never = EngineConfig(
         engine="local",
@@ -128,6 +131,7 @@ def test_a_missing_engine_program_is_an_error_naming_it(tmp_path: Path) -> None:
         server.start()
 
 
+@pytest.mark.slow
 def test_a_session_killed_hard_takes_its_server_with_it(tmp_path: Path) -> None:
     """pytest killed with SIGKILL runs no cleanup; the guard, seeing its pipe closed, stops the server."""
     if sys.platform != "linux":
@@ -190,6 +194,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["a launcher that daemonises it", "a server that ignores SIGTERM"])
 @pytest.mark.parametrize("end", ["SIGKILL", "SIGTERM", "stop"])
 def test_no_server_outlives_its_session(tmp_path: Path, how: str, end: str) -> None:

@@ -45,6 +45,7 @@ def test_each_request_is_generated_once_whatever_the_distribution(pytester: pyte
         assert set(server.attempts.values()) == {2}
 
 
+@pytest.mark.slow
 def test_each_worker_gets_its_own_gpus(
     pytester: pytest.Pytester, reference_runs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -413,6 +413,7 @@ def test_an_interrupted_run_still_writes_what_finished(pytester: pytest.Pytester
     result.stdout.fnmatch_lines(["213 judged *", "INTERRUPTED: *"])
 
 
+@pytest.mark.slow
 def test_a_crashed_xdist_worker_is_reported_and_fails_the_session(
     pytester: pytest.Pytester, replay_args: list[str]
 ) -> None:
@@ -430,6 +431,7 @@ def test_a_crashed_xdist_worker_is_reported_and_fails_the_session(
     result.stdout.fnmatch_lines(["*worker gw* ended without reporting results*"])
 
 
+@pytest.mark.slow
 def test_the_item_of_a_killed_xdist_worker_is_counted_once(pytester: pytest.Pytester, replay_args: list[str]) -> None:
     """A worker killed by SIGKILL mid-run (once): xdist reports its item as failed and the rest of
     the model's items run on another worker; the killed item is not run again."""
