@@ -13,7 +13,6 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -28,6 +27,7 @@ from pytest_instrumental.config import (
 )
 from pytest_instrumental.decoding import Decoding, model_generation_config, resolve
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.registered import BACKENDS, open_registered, prefix_of, registered
 
 EMBEDDED = "smollm2-135m"
 OPENAI_PREFIX = "openai:"
@@ -50,7 +50,6 @@ PROTOCOL_MAX_NEW_TOKENS_THINKING = 8096
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+\Z")
 
 Engine = Literal["transformers", "embedded", "openai", "registered"]
-BACKENDS_GROUP = "pytest_instrumental.backends"  # the entry points of third-party backends
 
 
 class BackendFactory(Protocol):
@@ -60,11 +59,6 @@ class BackendFactory(Protocol):
     def __call__(
         self, name: str, *, generation: GenerationConfig, server: ServerConfig, max_new_tokens: int, decoding: Decoding
     ) -> Backend: ...
-
-
-def registered_backends() -> dict[str, EntryPoint]:
-    """The backends other packages register, by the prefix ``--model`` names them with."""
-    return {ep.name: ep for ep in entry_points(group=BACKENDS_GROUP)}
 
 
 @dataclass(frozen=True)
@@ -88,9 +82,8 @@ def parse_model(text: str) -> ModelSpec:
     pin = revision or None
     if name == EMBEDDED:
         return ModelSpec(EMBEDDED, "embedded", EMBEDDED, pin, thinking=False)
-    prefix, colon, rest = name.partition(":")
-    if colon and rest and prefix in registered_backends():
-        return ModelSpec(name, "registered", name, pin, thinking="thinking" in rest.lower())
+    if prefix_of(name, BACKENDS) is not None:
+        return ModelSpec(name, "registered", name, pin, thinking="thinking" in name.lower())
     if name.startswith(OPENAI_PREFIX) and len(name) > len(OPENAI_PREFIX):
         served = name.removeprefix(OPENAI_PREFIX)
         return ModelSpec(name, "openai", served, pin, thinking="thinking" in served.lower())
@@ -117,7 +110,7 @@ def parse_model(text: str) -> ModelSpec:
 
 
 def _registered_prefixes() -> str:
-    prefixes = sorted(registered_backends())
+    prefixes = sorted(registered(BACKENDS))
     return f"registered: {', '.join(prefixes)}" if prefixes else "none registered"
 
 
@@ -222,18 +215,12 @@ def _open_openai(
 def _open_registered(
     spec: ModelSpec, generation: GenerationConfig, server: ServerConfig, budget: int, decoding: Decoding
 ) -> Backend:
-    prefix, _, name = spec.name.partition(":")
-    entry_point = registered_backends()[prefix]
-    try:
-        factory: BackendFactory = entry_point.load()
+    name = spec.name.partition(":")[2]
+
+    def opened(factory: BackendFactory) -> Backend:
         return factory(name, generation=generation, server=server, max_new_tokens=budget, decoding=decoding)
-    except InputError:
-        raise
-    except Exception as exc:  # another package's code: its failure is one line naming it
-        raise InputError(
-            f"--model {spec.name}: the backend registered as {prefix!r} ({entry_point.value}) failed to open: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+
+    return open_registered(BACKENDS, spec.name, "--model", opened)
 
 
 def _no_files(spec: ModelSpec, models_dir: Path) -> None:
@@ -361,7 +348,7 @@ def describe(
     if budget < spec.protocol_max_new_tokens:
         record["note"] = f"max_new_tokens {budget} is below the protocol's {spec.protocol_max_new_tokens}"
     if spec.engine == "registered":
-        record["registered_by"] = registered_backends()[spec.name.partition(":")[0]].value
+        record["registered_by"] = registered(BACKENDS)[spec.name.partition(":")[0]].value
     elif spec.engine == "openai":
         from pytest_instrumental.backends.openai import resolved_base_urls
         from pytest_instrumental.openai_client import display_url

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol
 
 from pytest_instrumental.backends.registry import OPENAI_PREFIX, check_loadable, parse_model
@@ -20,9 +19,9 @@ from pytest_instrumental.judges.openai import PAPER_JUDGE_MODEL
 from pytest_instrumental.judges.protocol import Judge
 from pytest_instrumental.judges.transformers import HF_PREFIX
 from pytest_instrumental.recordings import REPLAY, Recording
+from pytest_instrumental.registered import JUDGES, open_registered, prefix_of, registered
 
 KNOWN_JUDGES = (OFFLINE, REPLAY, f"{OPENAI_PREFIX}<model>", f"{HF_PREFIX}<model>")
-JUDGES_GROUP = "pytest_instrumental.judges"  # the entry points of third-party judges
 
 
 class JudgeFactory(Protocol):
@@ -30,16 +29,6 @@ class JudgeFactory(Protocol):
     ``--judge <prefix>:<name>``, given ``name`` and the judge's config."""
 
     def __call__(self, name: str, *, judging: JudgeConfig) -> Judge: ...
-
-
-def registered_judges() -> dict[str, EntryPoint]:
-    """The judges other packages register, by the prefix ``--judge`` names them with."""
-    return {ep.name: ep for ep in entry_points(group=JUDGES_GROUP)}
-
-
-def _registered_prefix(name: str) -> str | None:
-    prefix, colon, rest = name.partition(":")
-    return prefix if colon and rest and prefix in registered_judges() else None
 
 
 def judge_name(given: str | None, replaying: bool) -> str:
@@ -50,8 +39,8 @@ def judge_name(given: str | None, replaying: bool) -> str:
             return REPLAY
         return f"{OPENAI_PREFIX}{PAPER_JUDGE_MODEL}" if os.environ.get("OPENAI_API_KEY") else OFFLINE
     prefixed = any(given.startswith(p) and len(given) > len(p) for p in (OPENAI_PREFIX, HF_PREFIX))
-    if given not in (REPLAY, OFFLINE) and not prefixed and _registered_prefix(given) is None:
-        known = [*KNOWN_JUDGES, *(f"{prefix}:<name>" for prefix in sorted(registered_judges()))]
+    if given not in (REPLAY, OFFLINE) and not prefixed and prefix_of(given, JUDGES) is None:
+        known = [*KNOWN_JUDGES, *(f"{prefix}:<name>" for prefix in sorted(registered(JUDGES)))]
         raise InputError(f"--judge: unknown judge {given!r}; known judges: {', '.join(known)}")
     if given == REPLAY and not replaying:
         raise InputError("--judge replay needs --instrumental-replay: fresh generations have no recorded verdicts")
@@ -85,8 +74,8 @@ def open_judge(
 
         offline = OfflineJudge()
         return OpenJudge(offline, f" ({offline.describe_agreement()})")
-    if (prefix := _registered_prefix(name)) is not None:
-        return OpenJudge(_registered_judge(prefix, name, judging), "")
+    if prefix_of(name, JUDGES) is not None:
+        return OpenJudge(_registered_judge(name, judging), "")
     if name.startswith(HF_PREFIX):
         from pytest_instrumental.judges.transformers import TransformersJudge
 
@@ -101,15 +90,8 @@ def open_judge(
     return OpenJudge(judge, "")
 
 
-def _registered_judge(prefix: str, name: str, judging: JudgeConfig) -> Judge:
-    entry_point = registered_judges()[prefix]
-    try:
-        factory: JudgeFactory = entry_point.load()
-        return factory(name.removeprefix(f"{prefix}:"), judging=judging)
-    except InputError:
-        raise
-    except Exception as exc:  # another package's code: its failure is one line naming it
-        raise InputError(
-            f"--judge {name}: the judge registered as {prefix!r} ({entry_point.value}) failed to open: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+def _registered_judge(name: str, judging: JudgeConfig) -> Judge:
+    def opened(factory: JudgeFactory) -> Judge:
+        return factory(name.partition(":")[2], judging=judging)
+
+    return open_registered(JUDGES, name, "--judge", opened)
