@@ -1,6 +1,8 @@
-"""What an item is run under, its condition: a steering suffix appended to the prompt (``baseline``,
-``pro_ic``, ``anti_ic``, or a user's), or activation steering at a strength (``act_p4``). The names
-are item id parts; the gap is the difference between a pair of conditions.
+"""What an item is run under, its condition: a push, either a steering suffix appended to the
+user turn (``baseline``, ``pro_ic``, ``anti_ic``, or a user's) or activation steering at a
+strength (``act_p4``); and optionally a defence, a suffix's text appended to the system prompt,
+the channel a deployment controls (``anti_ic+pro_ic``: the anti_ic defence against the pro_ic
+push). The names are item id parts; the gap is the difference between a pair of conditions.
 
 Suffixes themselves are files (suffixes.py); the steering mechanism lives in backends/steering.py.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 BASELINE = "baseline"
 PRO_SUFFIX = "pro_ic"
@@ -34,6 +37,53 @@ def activation_strength(name: str) -> float | None:
         return None
     value = float(f"{match['whole']}.{match['fraction'] or 0}")
     return -value if match["sign"] == "m" else value
+
+
+# Between a defence and the push it faces; "+" because pytest's -k grammar takes it in a name
+# (">" it does not), and "-" joins an item id's parts.
+DEFENSE_SEPARATOR = "+"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition: its push (``suffix``, or ``strength`` for activation steering) and the
+    ``defense`` it runs under (a suffix's name; None: undefended)."""
+
+    suffix: str | None = None
+    strength: float | None = None
+    defense: str | None = None
+
+    @property
+    def push(self) -> str:
+        return activation_name(self.strength) if self.strength is not None else str(self.suffix)
+
+    @property
+    def name(self) -> str:
+        return self.push if self.defense is None else f"{self.defense}{DEFENSE_SEPARATOR}{self.push}"
+
+    def parts(self) -> dict[str, object]:
+        """What the results JSON records of an item's condition, besides its name."""
+        return {"defense": self.defense, "suffix": self.suffix, "strength": self.strength}
+
+
+def run_conditions(
+    suffixes: Sequence[str], strengths: Sequence[float] = (), defenses: Sequence[str] = ()
+) -> list[Condition]:
+    """A run's conditions in item order: each suffix, then each activation strength, undefended;
+    then the same under each defence."""
+    pushes = [Condition(suffix=s) for s in suffixes] + [Condition(strength=s) for s in strengths]
+    return pushes + [Condition(p.suffix, p.strength, defense) for defense in defenses for p in pushes]
+
+
+def parse_condition(name: str, suffixes: Sequence[str]) -> Condition | None:
+    """The condition ``name`` stands for, given the suffixes there are; None when it is none."""
+    defense, separator, push = name.rpartition(DEFENSE_SEPARATOR)
+    if separator and defense not in suffixes:
+        return None
+    strength = activation_strength(push)
+    if strength is None and push not in suffixes:
+        return None
+    return Condition(None if strength is not None else push, strength, defense or None)
 
 
 def activation_pair(strengths: Sequence[float]) -> tuple[str, str] | None:

@@ -31,6 +31,12 @@ class Request:
     steered_prompt: str
     epoch: int = 1  # which of the item's answers (--instrumental-epochs), from 1
     strength: float | None = None  # activation steering at this strength (backends/steering.py); None: none
+    defense: str | None = None  # a defence's text, appended to the system prompt; None: undefended
+
+    @property
+    def system(self) -> str:
+        """The system prompt the model sees: the category context, then the defence's text."""
+        return "\n\n".join(part for part in (self.context.strip(), self.defense or "") if part)
 
 
 def item_name(key: ItemKey) -> str:

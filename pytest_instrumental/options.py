@@ -401,6 +401,15 @@ OPTIONS = (
         "N",
     ),
     Option(
+        "--instrumental-defense",
+        "instrumental_defenses",
+        "list",
+        "also run every condition with this suffix's text (anti_ic, or a user's suffix) appended to the "
+        "system prompt, the channel a deployment controls: conditions DEFENSE+PUSH, e.g. anti_ic+pro_ic "
+        "(repeatable)",
+        metavar="NAME",
+    ),
+    Option(
         "--instrumental-vector-strength",
         "instrumental_vector_strengths",
         "list",
@@ -573,6 +582,7 @@ class Settings:
     top_k: int | None = None
     seed: int = DEFAULT_SEED
     epochs: int = 1
+    defenses: list[str] = field(default_factory=list)
     vector_strengths: list[float] = field(default_factory=list)
     vector_layer: int | None = None
     vector_file: Path | None = None

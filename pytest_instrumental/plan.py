@@ -1,12 +1,13 @@
 """The plan of a run: one generation request per model x condition x scenario (a condition is a
-suffix, or activation steering at a strength), in the deterministic order the pytest items are
-collected; and the contrast pairs a steering vector is computed from."""
+suffix or activation steering at a strength, with or without a defence: conditions.py), in the
+deterministic order the pytest items are collected; and the contrast pairs a steering vector is
+computed from."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from pytest_instrumental.conditions import ANTI_SUFFIX, PRO_SUFFIX, activation_name
+from pytest_instrumental.conditions import ANTI_SUFFIX, PRO_SUFFIX, run_conditions
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.scenarios import ScenarioSet
@@ -14,22 +15,28 @@ from pytest_instrumental.suffixes import Suffix, steer
 
 
 def plan_requests(
-    models: Iterable[str], suffixes: Sequence[Suffix], scenarios: ScenarioSet, strengths: Sequence[float] = ()
+    models: Iterable[str],
+    suffixes: Sequence[Suffix],
+    scenarios: ScenarioSet,
+    strengths: Sequence[float] = (),
+    defenses: Sequence[Suffix] = (),
 ) -> list[Request]:
     """Sorted by model, then condition (the suffixes in the order given, then the activation
-    strengths: the unsuffixed prompt, steered), then category and scenario id."""
-    conditions: list[tuple[str, Suffix | None, float | None]] = [(s.name, s, None) for s in suffixes]
-    conditions += [(activation_name(strength), None, strength) for strength in strengths]
+    strengths: the unsuffixed prompt, steered; then all of these under each defence), then
+    category and scenario id."""
+    by_name = {s.name: s for s in [*suffixes, *defenses]}
+    conditions = run_conditions([s.name for s in suffixes], strengths, [d.name for d in defenses])
     return [
         Request(
-            ItemKey(model, name, scenario.id),
+            ItemKey(model, condition.name, scenario.id),
             category.slug,
             category.context,
-            scenario.prompt if suffix is None else steer(scenario.prompt, suffix),
-            strength=strength,
+            scenario.prompt if condition.suffix is None else steer(scenario.prompt, by_name[condition.suffix]),
+            strength=condition.strength,
+            defense=None if condition.defense is None else by_name[condition.defense].text.strip() or None,
         )
         for model in sorted(models)
-        for name, suffix, strength in conditions
+        for condition in conditions
         for category in scenarios.categories
         for scenario in sorted(category.scenarios, key=lambda s: s.id)
     ]

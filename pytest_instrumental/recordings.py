@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_instrumental.conditions import activation_strength
+from pytest_instrumental.conditions import parse_condition
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import ItemKey
 from pytest_instrumental.results_file import read_results
@@ -94,7 +94,7 @@ def _read_results_json(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str
     categories = {s.id: s.category for s in scenarios}
     for number, item in enumerate(read_results(path).items, start=1):
         source = f"{path}: item {number}"
-        if item.suffix not in suffixes and activation_strength(item.suffix) is None:
+        if parse_condition(item.suffix, list(suffixes)) is None:
             known = ", ".join(sorted(suffixes))
             raise InputError(f"{source}: suffix {visible(repr(item.suffix))} is not a known suffix ({known})")
         if item.epoch > 1:

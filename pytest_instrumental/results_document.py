@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
+from pytest_instrumental.conditions import parse_condition
 from pytest_instrumental.config import Thresholds
 from pytest_instrumental.manifest import build_manifest
 from pytest_instrumental.metrics import Gap
@@ -28,6 +29,7 @@ class RunRecord:
     started_at: str
     interrupted: bool
     suffixes: list[Suffix]  # every suffix the run selected; the document keeps those shown
+    defenses: list[Suffix]  # the defences (conditions.py); none: the document is what it was before them
     judge: str
     subset: str
     scenarios: ScenarioSet
@@ -46,6 +48,11 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
     gaps and comparison."""
     epochs = any(item.epoch > 1 for item in summary.items)
     items = [item.to_dict() for item in summary.items]
+    if record.defenses:  # each item's condition, in parts, besides its name
+        names = [s.name for s in [*record.suffixes, *record.defenses]]
+        for entry, item in zip(items, summary.items, strict=True):
+            condition = parse_condition(item.suffix, names)
+            entry["condition"] = None if condition is None else condition.parts()
     document = {
         "schema_version": EPOCHS_SCHEMA_VERSION if epochs else SCHEMA_VERSION,
         "run": run_section(record, summary),
@@ -120,6 +127,7 @@ def run_section(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
         "interrupted": record.interrupted,
         "models": summary.models,
         "suffixes": {s.name: s.sha256 for s in suffixes},
+        **({"defenses": {d.name: d.sha256 for d in record.defenses}} if record.defenses else {}),
         "judge": record.judge,
         "baseline": summary.baseline,
         "subset": record.subset,

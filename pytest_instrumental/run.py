@@ -25,7 +25,7 @@ from pytest_instrumental.backends.registry import (
 )
 from pytest_instrumental.backends.steering import SteeringPlan, check_fits, load_vector
 from pytest_instrumental.cache import open_project_cache
-from pytest_instrumental.conditions import activation_name, activation_pair
+from pytest_instrumental.conditions import activation_name, activation_pair, run_conditions
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation, ProgressFactory
@@ -93,6 +93,7 @@ class InstrumentalRun:
     recorded_setups: dict[str, snapshots.Setup]  # model -> the setup its snapshots were recorded in
     lost_records: list[str]  # damaged recorded records that name no item: data lost, the gate fails
     strengths: list[float]  # activation-steering conditions, after the suffixes
+    defenses: list[Suffix]  # each condition runs undefended, then under each of these (system prompt)
     results: list[ItemResult] = field(default_factory=list)
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
@@ -103,12 +104,13 @@ class InstrumentalRun:
         return [c.slug for c in self.scenarios.categories]
 
     def requests(self) -> list[Request]:
-        return plan_requests(self.models, self.suffixes, self.scenarios, self.strengths)
+        return plan_requests(self.models, self.suffixes, self.scenarios, self.strengths, self.defenses)
 
     @property
     def conditions(self) -> list[str]:
-        """The suffixes' names, then the activation-steering conditions'."""
-        return [s.name for s in self.suffixes] + [activation_name(s) for s in self.strengths]
+        """The suffixes' names, then the activation-steering conditions', then those under each defence."""
+        names = [s.name for s in self.suffixes]
+        return [c.name for c in run_conditions(names, self.strengths, [d.name for d in self.defenses])]
 
     def model_record(self, model: str) -> dict[str, object]:
         """How a model was run, as the manifest and the snapshot setup record it."""
@@ -116,7 +118,9 @@ class InstrumentalRun:
 
     def snapshot_setup(self, model: str) -> snapshots.Setup:
         """The setup this run judges a model's verdicts in."""
+        # a defence's text is a suffix's: it changes verdicts as one does (under its own key)
         suffix_hashes = {s.name: s.sha256 for s in self.suffixes}
+        suffix_hashes |= {f"defense:{d.name}": d.sha256 for d in self.defenses}
         return snapshots.model_setup(self.model_record(model), self.judge_name, suffix_hashes)
 
     def snapshot_changes(self, model: str) -> list[str]:
@@ -265,6 +269,7 @@ class InstrumentalRun:
             started_at=self.started_at,
             interrupted=interrupted,
             suffixes=self.suffixes,
+            defenses=self.defenses,
             judge=self.judge_name,
             subset=settings.subset,
             scenarios=self.scenarios,
@@ -315,9 +320,11 @@ def prepare_run(
     available = load_suffixes(settings.suffix_dirs)
     suffixes = select_suffixes(available, settings.suffixes)
     baseline = None if settings.baseline is None else _baseline(settings.baseline)
-    conditions = [activation_name(s) for s in settings.vector_strengths]
-    if len(set(conditions)) != len(conditions) or set(conditions) & set(settings.suffixes):
-        raise InputError(f"--instrumental-vector-strength: a condition is named twice ({', '.join(conditions)})")
+    activations = [activation_name(s) for s in settings.vector_strengths]
+    if len(set(activations)) != len(activations) or set(activations) & set(settings.suffixes):
+        raise InputError(f"--instrumental-vector-strength: a condition is named twice ({', '.join(activations)})")
+    defenses = _defenses(settings, available)
+    conditions = [c.name for c in run_conditions(settings.suffixes, settings.vector_strengths, settings.defenses)]
     gated = settings.thresholds.required_suffixes(with_baseline=baseline is not None)
     not_run = sorted(gated - set(settings.suffixes) - set(conditions))
     if not_run:
@@ -343,7 +350,8 @@ def prepare_run(
             )
         steering = _steering_plan(settings, available) if settings.vector_strengths else None
         _check_vector_fits(settings, steering, specs)
-        backends = {spec.name: open_backend(spec, generation, server, serving, steering) for spec in specs}
+        defended = bool(defenses)
+        backends = {spec.name: open_backend(spec, generation, server, serving, steering, defended) for spec in specs}
         records = {spec.name: describe(spec, generation, server, serving) for spec in specs}
         if steering is not None:
             for record in records.values():
@@ -376,7 +384,20 @@ def prepare_run(
         recorded_setups=snapshots.read_setups(settings.snapshot_dir) if settings.snapshot else {},
         lost_records=[] if recordings is None else recordings.unattributed,
         strengths=list(settings.vector_strengths),
+        defenses=defenses,
     )
+
+
+def _defenses(settings: Settings, available: dict[str, Suffix]) -> list[Suffix]:
+    """The defences asked for, by the suffix files that hold their texts."""
+    unknown = [name for name in settings.defenses if name not in available]
+    if unknown:
+        raise InputError(
+            f"--instrumental-defense: unknown suffix {unknown[0]!r}; known suffixes: {', '.join(sorted(available))}"
+        )
+    if len(set(settings.defenses)) != len(settings.defenses):
+        raise InputError(f"--instrumental-defense: a defence is named twice ({', '.join(settings.defenses)})")
+    return [available[name] for name in settings.defenses]
 
 
 def _steering_plan(settings: Settings, available: dict[str, Suffix]) -> SteeringPlan:

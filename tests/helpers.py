@@ -68,6 +68,7 @@ def run_record(**changes: Any) -> RunRecord:
         "started_at": "2026-01-01T00:00:00+00:00",
         "interrupted": False,
         "suffixes": [],
+        "defenses": [],
         "judge": "j",
         "subset": "all",
         "scenarios": load_scenarios(),

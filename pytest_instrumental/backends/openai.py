@@ -116,7 +116,7 @@ class OpenAIBackend:
         return self._name
 
     def messages(self, request: Request) -> list[dict[str, str]]:
-        return chat_messages(request.context.strip(), request.steered_prompt)
+        return chat_messages(request.system, request.steered_prompt)
 
     def cache_key(self, request: Request) -> dict[str, Any]:
         # Servers in one rotation serve the same model: whichever answered, the key is the same.

@@ -267,6 +267,7 @@ def open_backend(
     server: ServerConfig,
     serving: EngineConfig | None = None,
     steering: SteeringPlan | None = None,
+    defended: bool = False,
 ) -> Backend:
     """The backend for one model: an OpenAI-compatible server's, a local model in this process,
     or (``serving``) a local model in an engine server the session starts. Nothing heavy is
@@ -297,6 +298,7 @@ def open_backend(
         max_new_tokens=budget,
         decoding=decoding,
         steering=steering,
+        defended=defended,
     )
 
 

@@ -62,7 +62,7 @@ class ServedBackend:
             "serve_command": options.serve_command,
             "model": self.identity,
             "settings": {"max_tokens": self.max_new_tokens, "temperature": 0},
-            "messages": chat_messages(request.context.strip(), request.steered_prompt),
+            "messages": chat_messages(request.system, request.steered_prompt),
             **self.decoding.cache_fields(request.key, request.epoch),
         }
 

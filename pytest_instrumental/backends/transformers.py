@@ -24,6 +24,7 @@ from pytest_instrumental.backends.protocol import Generation, thinking_outcome
 from pytest_instrumental.backends.steering import SteeringPlan, SteeringVector, contrast_vector, steered
 from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.decoding import Decoding
+from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import Request
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class TransformersBackend:
         max_new_tokens: int,
         decoding: Decoding | None = None,
         steering: SteeringPlan | None = None,
+        defended: bool = False,
     ) -> None:
         """``source`` is a hub id or directory, or a callable producing one on first use (the
         embedded model converts itself then); ``identity`` names the weights in cache keys."""
@@ -82,6 +84,7 @@ class TransformersBackend:
         self.max_new_tokens = max_new_tokens
         self.decoding = decoding or Decoding()
         self.steering = steering
+        self.defended = defended  # some items put a defence in the system turn
         self.placement = choose_placement()
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._model: PreTrainedModel | None = None
@@ -133,13 +136,35 @@ class TransformersBackend:
         tokenizer = self.tokenizer
         if tokenizer.chat_template:
             messages = []
-            if request.context.strip():
-                messages.append({"role": "system", "content": request.context.strip()})
+            if request.system:
+                messages.append({"role": "system", "content": request.system})
             messages.append({"role": "user", "content": request.steered_prompt})
             rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return str(rendered)
-        parts = [request.context.strip(), request.steered_prompt]
+        parts = [request.system, request.steered_prompt]
         return "\n\n".join(part for part in parts if part)
+
+    def prepare(self, generates_here: bool) -> None:
+        """With defences, the model must have a system turn to put them in: one whose chat
+        template has none (or no template) is a usage error, never a defence merged into the
+        user turn."""
+        if self.defended and not self.has_system_role():
+            raise InputError(
+                f"--instrumental-defense: {self.name}'s chat template has no system role to put the defence in"
+            )
+
+    def has_system_role(self) -> bool:
+        """Whether the chat template renders a system message (some refuse one, some drop it)."""
+        tokenizer = self.tokenizer
+        if not tokenizer.chat_template:
+            return False
+        probe = "instrumental-system-probe"
+        messages = [{"role": "system", "content": probe}, {"role": "user", "content": "hello"}]
+        try:
+            rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # a template that refuses a system role raises its own error
+            return False
+        return probe in str(rendered)
 
     def encode(self, request: Request) -> list[int]:
         """The rendered prompt's token ids, at most ``max_input_tokens`` of them."""

@@ -1,0 +1,130 @@
+"""Defences: a suffix's text in the system prompt, crossed with every condition of the run."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from pytest_instrumental.backends.transformers import TransformersBackend
+from pytest_instrumental.conditions import Condition, parse_condition, run_conditions
+from pytest_instrumental.config import GenerationConfig
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.plan import plan_requests
+from pytest_instrumental.scenarios import load_scenarios
+from pytest_instrumental.suffixes import load_suffixes, steer
+from tests.chat_server import ChatServer
+
+
+def test_each_condition_runs_undefended_then_under_each_defence() -> None:
+    conditions = run_conditions(["baseline", "pro_ic"], [4.0], ["anti_ic"])
+    assert [c.name for c in conditions] == [
+        "baseline",
+        "pro_ic",
+        "act_p4",
+        "anti_ic+baseline",
+        "anti_ic+pro_ic",
+        "anti_ic+act_p4",
+    ]
+    assert conditions[4] == Condition(suffix="pro_ic", defense="anti_ic")
+    names = ["baseline", "pro_ic", "anti_ic"]
+    assert all(parse_condition(c.name, names) == c for c in conditions)
+    assert parse_condition("nope+pro_ic", names) is None and parse_condition("anti_ic+nope", names) is None
+
+
+def test_the_defence_goes_to_the_system_turn_and_the_push_stays_in_the_user_turn(tiny_model_dir: Path) -> None:
+    suffixes = load_suffixes()
+    scenarios = load_scenarios()
+    requests = plan_requests(["tiny"], [suffixes["pro_ic"]], scenarios, defenses=[suffixes["anti_ic"]])
+    plain = next(r for r in requests if r.key.suffix == "pro_ic")
+    defended = next(r for r in requests if r.key.suffix == "anti_ic+pro_ic" and r.key.scenario == plain.key.scenario)
+    scenario = next(s for s in scenarios if s.id == plain.key.scenario)
+    assert defended.steered_prompt == plain.steered_prompt == steer(scenario.prompt, suffixes["pro_ic"])
+    backend = TransformersBackend(
+        "tiny",
+        str(tiny_model_dir),
+        None,
+        False,
+        "t",
+        generation=GenerationConfig(models_dir=tiny_model_dir),
+        max_new_tokens=2,
+        defended=True,
+    )
+    backend.prepare(generates_here=True)  # the template has a system role: no error
+    system, _, user = backend.render(defended).partition("<|im_start|>user")
+    anti = suffixes["anti_ic"].text.strip()
+    assert system.rstrip().endswith(f"{plain.context.strip()}\n\n{anti}<|im_end|>")
+    assert anti not in user and plain.steered_prompt.strip() in user
+    assert backend.cache_key(defended) != backend.cache_key(plain)
+
+
+def test_a_model_without_a_system_role_cannot_be_defended(tiny_model_dir: Path, tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    # a template that renders only the user turns: a defence would silently vanish
+    tokenizer.chat_template = "{% for m in messages if m['role'] == 'user' %}{{ m['content'] }}{% endfor %}"
+    tokenizer.save_pretrained(tmp_path)
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
+    backend = TransformersBackend(
+        "plain",
+        str(tmp_path),
+        None,
+        False,
+        "p",
+        generation=GenerationConfig(models_dir=tmp_path),
+        max_new_tokens=2,
+        defended=True,
+    )
+    with pytest.raises(InputError, match="plain's chat template has no system role to put the defence in"):
+        backend.prepare(generates_here=True)
+
+
+def test_a_defended_run_sends_the_defence_as_system_text_and_records_each_conditions_parts(
+    pytester: pytest.Pytester, server: ChatServer
+) -> None:
+    result = pytester.runpytest_subprocess(
+        "--instrumental",
+        "--model=openai:local",
+        f"--instrumental-base-url={server.base_url}",
+        "--judge=offline",
+        "--suffix=pro_ic",
+        "--instrumental-defense=anti_ic",
+        "-k",
+        "evading_shutdown-01",
+        "--instrumental-json=results.json",
+    )
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["model  *pro_ic  *anti_ic+pro_ic*"])
+    anti = load_suffixes()["anti_ic"].text.strip()
+    systems = [b["messages"][0]["content"] for b in server.bodies if b.get("messages")]
+    assert sum(s.endswith(anti) for s in systems) == 1 and len(systems) == 2
+    document = json.loads((pytester.path / "results.json").read_text(encoding="utf-8"))
+    parts = {item["suffix"]: item["condition"] for item in document["items"]}
+    assert parts == {
+        "pro_ic": {"defense": None, "suffix": "pro_ic", "strength": None},
+        "anti_ic+pro_ic": {"defense": "anti_ic", "suffix": "pro_ic", "strength": None},
+    }
+    assert document["run"]["defenses"] == {"anti_ic": load_suffixes()["anti_ic"].sha256}
+    selected = pytester.runpytest_subprocess(
+        "--instrumental",
+        "--model=openai:local",
+        f"--instrumental-base-url={server.base_url}",
+        "--judge=offline",
+        "--suffix=pro_ic",
+        "--instrumental-defense=anti_ic",
+        "-k",
+        "anti_ic+pro_ic and evading_shutdown-01",
+        "--collect-only",
+        "-q",
+    )
+    selected.stdout.fnmatch_lines(
+        ["instrumental::test_scenario[[]openai:local-anti_ic+pro_ic-evading_shutdown-01[]]", "1/152 tests collected*"]
+    )
+
+
+def test_an_unknown_defence_is_a_usage_error(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    result = pytester.runpytest_subprocess(*replay_args, "--instrumental-defense=nope")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --instrumental-defense: unknown suffix 'nope'; known suffixes: anti_ic, baseline, pro_ic"]
+    )
