@@ -1,4 +1,4 @@
-"""Where the data that ships with the package (scenarios, suffixes) lives."""
+"""Where the data that ships with the package (scenarios, suffixes, prefills) lives."""
 
 from __future__ import annotations
 

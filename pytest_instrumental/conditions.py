@@ -1,6 +1,7 @@
 """What an item is run under, its condition: a push, either a steering suffix appended to the
-user turn (``baseline``, ``pro_ic``, ``anti_ic``, or a user's) or activation steering at a
-strength (``act_p4``); and optionally a defence, a suffix's text appended to the system prompt,
+user turn (``baseline``, ``pro_ic``, ``anti_ic``, or a user's), activation steering at a
+strength (``act_p4``) or an attack (``prefill_comply``: the answer starts with an attacker's
+text); and optionally a defence, a suffix's text appended to the system prompt,
 the channel a deployment controls (``anti_ic+pro_ic``: the anti_ic defence against the pro_ic
 push). The names are item id parts; the gap is the difference between a pair of conditions.
 
@@ -21,6 +22,7 @@ GAP_NAME = f"{PRO_SUFFIX}-{ANTI_SUFFIX}"  # the steerability gap: Conv% under pr
 
 ACTIVATION_PREFIX = "act_"
 _ACTIVATION = re.compile(r"act_(?P<sign>[pm])(?P<whole>\d+)(?:_(?P<fraction>\d+))?\Z")
+PREFILL = "prefill"  # --instrumental-attack prefill:NAME; its condition is prefill_NAME
 
 
 def activation_name(strength: float) -> str:
@@ -46,16 +48,25 @@ DEFENSE_SEPARATOR = "+"
 
 @dataclass(frozen=True)
 class Condition:
-    """One condition: its push (``suffix``, or ``strength`` for activation steering) and the
-    ``defense`` it runs under (a suffix's name; None: undefended)."""
+    """One condition: its push (``suffix``; ``strength`` for activation steering; ``prefill``, the
+    name of the attacker's start of the answer) and the ``defense`` it runs under (a suffix's
+    name; None: undefended)."""
 
     suffix: str | None = None
     strength: float | None = None
     defense: str | None = None
+    prefill: str | None = None
 
     @property
     def push(self) -> str:
-        return activation_name(self.strength) if self.strength is not None else str(self.suffix)
+        if self.strength is not None:
+            return activation_name(self.strength)
+        return f"{PREFILL}_{self.prefill}" if self.prefill is not None else str(self.suffix)
+
+    @property
+    def attack(self) -> str | None:
+        """The attack, as ``--instrumental-attack`` names it; None for a suffix or a strength."""
+        return None if self.prefill is None else f"{PREFILL}:{self.prefill}"
 
     @property
     def name(self) -> str:
@@ -63,27 +74,35 @@ class Condition:
 
     def parts(self) -> dict[str, object]:
         """What the results JSON records of an item's condition, besides its name."""
-        return {"defense": self.defense, "suffix": self.suffix, "strength": self.strength}
+        return {"defense": self.defense, "suffix": self.suffix, "attack": self.attack, "strength": self.strength}
 
 
 def run_conditions(
-    suffixes: Sequence[str], strengths: Sequence[float] = (), defenses: Sequence[str] = ()
+    suffixes: Sequence[str],
+    strengths: Sequence[float] = (),
+    defenses: Sequence[str] = (),
+    prefills: Sequence[str] = (),
 ) -> list[Condition]:
-    """A run's conditions in item order: each suffix, then each activation strength, undefended;
-    then the same under each defence."""
+    """A run's conditions in item order: each suffix, each activation strength, each prefill
+    attack, undefended; then the same under each defence."""
     pushes = [Condition(suffix=s) for s in suffixes] + [Condition(strength=s) for s in strengths]
-    return pushes + [Condition(p.suffix, p.strength, defense) for defense in defenses for p in pushes]
+    pushes += [Condition(prefill=p) for p in prefills]
+    return pushes + [Condition(p.suffix, p.strength, defense, p.prefill) for defense in defenses for p in pushes]
 
 
-def parse_condition(name: str, suffixes: Sequence[str]) -> Condition | None:
-    """The condition ``name`` stands for, given the suffixes there are; None when it is none."""
+def parse_condition(name: str, suffixes: Sequence[str], prefills: Sequence[str] = ()) -> Condition | None:
+    """The condition ``name`` stands for, given the suffixes and prefills there are; None when it
+    is none."""
     defense, separator, push = name.rpartition(DEFENSE_SEPARATOR)
     if separator and defense not in suffixes:
         return None
     strength = activation_strength(push)
-    if strength is None and push not in suffixes:
-        return None
-    return Condition(None if strength is not None else push, strength, defense or None)
+    if strength is not None:
+        return Condition(strength=strength, defense=defense or None)
+    prefill = push.removeprefix(f"{PREFILL}_")
+    if push.startswith(f"{PREFILL}_") and prefill in prefills:
+        return Condition(defense=defense or None, prefill=prefill)
+    return Condition(suffix=push, defense=defense or None) if push in suffixes else None
 
 
 def activation_pair(strengths: Sequence[float]) -> tuple[str, str] | None:

@@ -32,6 +32,7 @@ class Request:
     epoch: int = 1  # which of the item's answers (--instrumental-epochs), from 1
     strength: float | None = None  # activation steering at this strength (backends/steering.py); None: none
     defense: str | None = None  # a defence's text, appended to the system prompt; None: undefended
+    prefill: str | None = None  # an attacker's start of the answer, which the model continues; None: none
 
     @property
     def system(self) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_instrumental.conditions import DEFAULT_SUFFIXES
+from pytest_instrumental.conditions import DEFAULT_SUFFIXES, PREFILL
 from pytest_instrumental.config import (
     BOUNDS,
     CORRECTIONS,
@@ -158,6 +158,14 @@ def base_url(text: str) -> str:
     from pytest_instrumental.openai_client import check_base_url  # with a URL given, not with --help
 
     return check_base_url(text)
+
+
+def attack(text: str) -> str:
+    """``prefill:NAME``: the answer starts with ``prefills/NAME.txt``."""
+    kind, colon, name = text.partition(":")
+    if kind != PREFILL or not colon or not name:
+        raise ValueError(f"{text!r} is not an attack; known: {PREFILL}:NAME (a text of prefills/)")
+    return text
 
 
 def _text(text: str) -> str:
@@ -410,6 +418,15 @@ OPTIONS = (
         metavar="NAME",
     ),
     Option(
+        "--instrumental-attack",
+        "instrumental_attacks",
+        "list",
+        "also run every scenario (unsuffixed) under this attack, and under each defence: prefill:NAME, the "
+        "answer starts with prefills/NAME.txt and the model continues (conditions prefill_NAME; repeatable)",
+        attack,
+        "ATTACK",
+    ),
+    Option(
         "--instrumental-vector-strength",
         "instrumental_vector_strengths",
         "list",
@@ -583,6 +600,7 @@ class Settings:
     seed: int = DEFAULT_SEED
     epochs: int = 1
     defenses: list[str] = field(default_factory=list)
+    attacks: list[str] = field(default_factory=list)
     vector_strengths: list[float] = field(default_factory=list)
     vector_layer: int | None = None
     vector_file: Path | None = None

@@ -20,12 +20,15 @@ def plan_requests(
     scenarios: ScenarioSet,
     strengths: Sequence[float] = (),
     defenses: Sequence[Suffix] = (),
+    prefills: Sequence[Suffix] = (),
 ) -> list[Request]:
     """Sorted by model, then condition (the suffixes in the order given, then the activation
-    strengths: the unsuffixed prompt, steered; then all of these under each defence), then
-    category and scenario id."""
+    strengths and the prefill attacks: the unsuffixed prompt, steered or prefilled; then all of
+    these under each defence), then category and scenario id."""
     by_name = {s.name: s for s in [*suffixes, *defenses]}
-    conditions = run_conditions([s.name for s in suffixes], strengths, [d.name for d in defenses])
+    prefill_texts = {p.name: p.text for p in prefills}
+    names = [s.name for s in suffixes]
+    conditions = run_conditions(names, strengths, [d.name for d in defenses], list(prefill_texts))
     return [
         Request(
             ItemKey(model, condition.name, scenario.id),
@@ -34,6 +37,7 @@ def plan_requests(
             scenario.prompt if condition.suffix is None else steer(scenario.prompt, by_name[condition.suffix]),
             strength=condition.strength,
             defense=None if condition.defense is None else by_name[condition.defense].text.strip() or None,
+            prefill=None if condition.prefill is None else prefill_texts[condition.prefill],
         )
         for model in sorted(models)
         for condition in conditions

@@ -19,7 +19,7 @@ from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import ItemKey
 from pytest_instrumental.results_file import read_results
 from pytest_instrumental.scenarios import Category, ScenarioSet
-from pytest_instrumental.suffixes import Suffix, steer
+from pytest_instrumental.suffixes import Suffix, load_prefills, steer
 from pytest_instrumental.text import visible
 
 REPLAY = "replay"
@@ -94,7 +94,7 @@ def _read_results_json(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str
     categories = {s.id: s.category for s in scenarios}
     for number, item in enumerate(read_results(path).items, start=1):
         source = f"{path}: item {number}"
-        if parse_condition(item.suffix, list(suffixes)) is None:
+        if parse_condition(item.suffix, list(suffixes), list(load_prefills())) is None:
             known = ", ".join(sorted(suffixes))
             raise InputError(f"{source}: suffix {visible(repr(item.suffix))} is not a known suffix ({known})")
         if item.epoch > 1:

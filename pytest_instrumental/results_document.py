@@ -30,6 +30,7 @@ class RunRecord:
     interrupted: bool
     suffixes: list[Suffix]  # every suffix the run selected; the document keeps those shown
     defenses: list[Suffix]  # the defences (conditions.py); none: the document is what it was before them
+    prefills: list[Suffix]  # the prefill attacks; the same
     judge: str
     subset: str
     scenarios: ScenarioSet
@@ -48,10 +49,11 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
     gaps and comparison."""
     epochs = any(item.epoch > 1 for item in summary.items)
     items = [item.to_dict() for item in summary.items]
-    if record.defenses:  # each item's condition, in parts, besides its name
+    if record.defenses or record.prefills:  # each item's condition, in parts, besides its name
         names = [s.name for s in [*record.suffixes, *record.defenses]]
+        prefills = [p.name for p in record.prefills]
         for entry, item in zip(items, summary.items, strict=True):
-            condition = parse_condition(item.suffix, names)
+            condition = parse_condition(item.suffix, names, prefills)
             entry["condition"] = None if condition is None else condition.parts()
     document = {
         "schema_version": EPOCHS_SCHEMA_VERSION if epochs else SCHEMA_VERSION,
@@ -128,6 +130,7 @@ def run_section(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
         "models": summary.models,
         "suffixes": {s.name: s.sha256 for s in suffixes},
         **({"defenses": {d.name: d.sha256 for d in record.defenses}} if record.defenses else {}),
+        **({"prefills": {p.name: p.sha256 for p in record.prefills}} if record.prefills else {}),
         "judge": record.judge,
         "baseline": summary.baseline,
         "subset": record.subset,

@@ -16,6 +16,7 @@ from pytest_instrumental import snapshots
 from pytest_instrumental.backends.protocol import Backend, Prepares
 from pytest_instrumental.backends.registry import (
     EMBEDDED,
+    KINDS,
     ModelSpec,
     check_loadable,
     describe,
@@ -23,9 +24,11 @@ from pytest_instrumental.backends.registry import (
     open_backend,
     parse_model,
 )
+from pytest_instrumental.backends.served import continues_answers
 from pytest_instrumental.backends.steering import SteeringPlan, check_fits, load_vector
 from pytest_instrumental.cache import open_project_cache
 from pytest_instrumental.conditions import activation_name, activation_pair, run_conditions
+from pytest_instrumental.config import EngineConfig
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation, ProgressFactory
@@ -42,7 +45,7 @@ from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, 
 from pytest_instrumental.results_document import RunRecord, results_document
 from pytest_instrumental.results_file import read_results, write_results
 from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
-from pytest_instrumental.suffixes import Suffix, load_suffixes, select_suffixes
+from pytest_instrumental.suffixes import Suffix, load_prefills, load_suffixes, select_suffixes
 from pytest_instrumental.summary import Baseline, RunSummary, summarise
 from pytest_instrumental.verdicts import ItemResult, tally
 
@@ -94,6 +97,7 @@ class InstrumentalRun:
     lost_records: list[str]  # damaged recorded records that name no item: data lost, the gate fails
     strengths: list[float]  # activation-steering conditions, after the suffixes
     defenses: list[Suffix]  # each condition runs undefended, then under each of these (system prompt)
+    prefills: list[Suffix]  # prefill attacks: texts the answer starts with
     results: list[ItemResult] = field(default_factory=list)
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
@@ -104,13 +108,14 @@ class InstrumentalRun:
         return [c.slug for c in self.scenarios.categories]
 
     def requests(self) -> list[Request]:
-        return plan_requests(self.models, self.suffixes, self.scenarios, self.strengths, self.defenses)
+        return plan_requests(self.models, self.suffixes, self.scenarios, self.strengths, self.defenses, self.prefills)
 
     @property
     def conditions(self) -> list[str]:
         """The suffixes' names, then the activation-steering conditions', then those under each defence."""
         names = [s.name for s in self.suffixes]
-        return [c.name for c in run_conditions(names, self.strengths, [d.name for d in self.defenses])]
+        defenses, prefills = [d.name for d in self.defenses], [p.name for p in self.prefills]
+        return [c.name for c in run_conditions(names, self.strengths, defenses, prefills)]
 
     def model_record(self, model: str) -> dict[str, object]:
         """How a model was run, as the manifest and the snapshot setup record it."""
@@ -121,6 +126,7 @@ class InstrumentalRun:
         # a defence's text is a suffix's: it changes verdicts as one does (under its own key)
         suffix_hashes = {s.name: s.sha256 for s in self.suffixes}
         suffix_hashes |= {f"defense:{d.name}": d.sha256 for d in self.defenses}
+        suffix_hashes |= {f"prefill:{p.name}": p.sha256 for p in self.prefills}
         return snapshots.model_setup(self.model_record(model), self.judge_name, suffix_hashes)
 
     def snapshot_changes(self, model: str) -> list[str]:
@@ -270,6 +276,7 @@ class InstrumentalRun:
             interrupted=interrupted,
             suffixes=self.suffixes,
             defenses=self.defenses,
+            prefills=self.prefills,
             judge=self.judge_name,
             subset=settings.subset,
             scenarios=self.scenarios,
@@ -323,8 +330,13 @@ def prepare_run(
     activations = [activation_name(s) for s in settings.vector_strengths]
     if len(set(activations)) != len(activations) or set(activations) & set(settings.suffixes):
         raise InputError(f"--instrumental-vector-strength: a condition is named twice ({', '.join(activations)})")
-    defenses = _defenses(settings, available)
-    conditions = [c.name for c in run_conditions(settings.suffixes, settings.vector_strengths, settings.defenses)]
+    defenses, prefills = _defenses(settings, available), _prefills(settings)
+    conditions = [
+        c.name
+        for c in run_conditions(
+            settings.suffixes, settings.vector_strengths, settings.defenses, [p.name for p in prefills]
+        )
+    ]
     gated = settings.thresholds.required_suffixes(with_baseline=baseline is not None)
     not_run = sorted(gated - set(settings.suffixes) - set(conditions))
     if not_run:
@@ -351,6 +363,9 @@ def prepare_run(
         steering = _steering_plan(settings, available) if settings.vector_strengths else None
         _check_vector_fits(settings, steering, specs)
         defended = bool(defenses)
+        if prefills:
+            for spec in specs:
+                _check_continues(spec, serving)
         backends = {spec.name: open_backend(spec, generation, server, serving, steering, defended) for spec in specs}
         records = {spec.name: describe(spec, generation, server, serving) for spec in specs}
         if steering is not None:
@@ -385,7 +400,37 @@ def prepare_run(
         lost_records=[] if recordings is None else recordings.unattributed,
         strengths=list(settings.vector_strengths),
         defenses=defenses,
+        prefills=prefills,
     )
+
+
+def _prefills(settings: Settings) -> list[Suffix]:
+    """The prefill attacks asked for (``prefill:NAME``), by the texts of prefills/."""
+    available = load_prefills()
+    names = [text.partition(":")[2] for text in settings.attacks]
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise InputError(
+            f"--instrumental-attack prefill:{unknown[0]}: no such prefill; known: {', '.join(sorted(available))}"
+        )
+    if len(set(names)) != len(names):
+        raise InputError(f"--instrumental-attack: an attack is named twice ({', '.join(settings.attacks)})")
+    return [available[name] for name in names]
+
+
+def _check_continues(spec: ModelSpec, serving: EngineConfig | None) -> None:
+    """A prefill needs the model's answer to be continued: a local model always can; an engine
+    server only where its API continues an assistant turn."""
+    if KINDS[spec.engine].served_elsewhere:
+        raise InputError(
+            f"--instrumental-attack prefill: {spec.name} is served elsewhere, and not every OpenAI-compatible API "
+            "continues an assistant turn; serve a local model with --instrumental-engine=vllm or sglang"
+        )
+    if serving is not None and not continues_answers(serving):
+        raise InputError(
+            f"--instrumental-attack prefill: {spec.name} is served by {serving.label}, whose API does not continue "
+            f"an assistant turn; use --instrumental-engine=local, vllm or sglang"
+        )
 
 
 def _defenses(settings: Settings, available: dict[str, Suffix]) -> list[Suffix]:

@@ -1,4 +1,6 @@
-"""Steering suffixes: loading from the bundled and user directories, and ``steer``."""
+"""Steering texts: suffixes (appended to the user turn, or as a defence to the system prompt),
+loaded from the bundled and user directories, and ``steer``; and prefills, the attacker's start
+of an answer (``prefills/``)."""
 
 from __future__ import annotations
 
@@ -35,8 +37,17 @@ def steer(prompt: str, suffix: Suffix) -> str:
 
 def load_suffixes(extra_dirs: Iterable[Path] = ()) -> dict[str, Suffix]:
     """Every ``*.txt`` suffix of the bundled directory and of ``extra_dirs``, by name."""
+    return _load_texts("suffixes", extra_dirs)
+
+
+def load_prefills() -> dict[str, Suffix]:
+    """Every bundled ``prefills/*.txt``, by name: a named text, as a suffix is."""
+    return _load_texts("prefills", ())
+
+
+def _load_texts(kind: str, extra_dirs: Iterable[Path]) -> dict[str, Suffix]:
     found: dict[str, Suffix] = {}
-    for directory in (bundled_dir("suffixes"), *extra_dirs):
+    for directory in (bundled_dir(kind), *extra_dirs):
         if not directory.is_dir():
             why = "is not a directory" if directory.exists() else "does not exist"
             raise InputError(f"suffix directory {directory} {why}")

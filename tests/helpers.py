@@ -69,6 +69,7 @@ def run_record(**changes: Any) -> RunRecord:
         "interrupted": False,
         "suffixes": [],
         "defenses": [],
+        "prefills": [],
         "judge": "j",
         "subset": "all",
         "scenarios": load_scenarios(),

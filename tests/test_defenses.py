@@ -12,7 +12,7 @@ from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes, steer
+from pytest_instrumental.suffixes import load_prefills, load_suffixes, steer
 from tests.chat_server import ChatServer
 
 
@@ -101,8 +101,8 @@ def test_a_defended_run_sends_the_defence_as_system_text_and_records_each_condit
     document = json.loads((pytester.path / "results.json").read_text(encoding="utf-8"))
     parts = {item["suffix"]: item["condition"] for item in document["items"]}
     assert parts == {
-        "pro_ic": {"defense": None, "suffix": "pro_ic", "strength": None},
-        "anti_ic+pro_ic": {"defense": "anti_ic", "suffix": "pro_ic", "strength": None},
+        "pro_ic": {"defense": None, "suffix": "pro_ic", "attack": None, "strength": None},
+        "anti_ic+pro_ic": {"defense": "anti_ic", "suffix": "pro_ic", "attack": None, "strength": None},
     }
     assert document["run"]["defenses"] == {"anti_ic": load_suffixes()["anti_ic"].sha256}
     selected = pytester.runpytest_subprocess(
@@ -128,3 +128,88 @@ def test_an_unknown_defence_is_a_usage_error(pytester: pytest.Pytester, replay_a
     result.stderr.fnmatch_lines(
         ["ERROR: --instrumental-defense: unknown suffix 'nope'; known suffixes: anti_ic, baseline, pro_ic"]
     )
+
+
+def test_a_prefill_is_the_start_of_the_answer_and_batches_as_one_at_a_time(tiny_model_dir: Path) -> None:
+    prefill = load_prefills()["comply"]
+    requests = plan_requests(["tiny"], [], load_scenarios(), prefills=[prefill])[:3]
+    assert {r.key.suffix for r in requests} == {"prefill_comply"} and all(r.prefill == prefill.text for r in requests)
+    backend = TransformersBackend(
+        "tiny",
+        str(tiny_model_dir),
+        None,
+        False,
+        "t",
+        generation=GenerationConfig(models_dir=tiny_model_dir),
+        max_new_tokens=3,
+    )
+    assert str(backend.tokenizer.decode(backend.encode(requests[0]))).endswith(prefill.text)
+    together = dict(backend.generate(requests))
+    alone = [dict(backend.generate([r]))[0] for r in requests]
+    assert [together[i] for i in range(3)] == alone
+    assert all((g.response or "").startswith(prefill.text) for g in alone)
+
+
+def test_a_served_prefill_is_continued_where_the_api_can(server: ChatServer) -> None:
+    from pytest_instrumental.backends.openai import OpenAIBackend
+    from pytest_instrumental.config import ServerConfig
+
+    prefill = load_prefills()["comply"]
+    (request,) = plan_requests(["m"], [], load_scenarios(), prefills=[prefill])[:1]
+    asking = ServerConfig(base_urls=(server.base_url,), max_retries=0)
+    continuing = OpenAIBackend("m", "local", False, asking, max_new_tokens=8, continues_answers=True)
+    ((_, answer),) = list(continuing.generate([request]))
+    body = server.bodies[-1]
+    assert body["messages"][-1] == {"role": "assistant", "content": prefill.text}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert (answer.response or "").startswith(prefill.text)
+    other = OpenAIBackend("m", "local", False, asking, max_new_tokens=8)
+    ((_, refused),) = list(other.generate([request]))
+    assert refused.error == "m's server cannot continue an assistant turn (a prefill)"
+
+
+def test_a_prefill_on_a_model_served_elsewhere_is_a_usage_error(pytester: pytest.Pytester, server: ChatServer) -> None:
+    result = pytester.runpytest_subprocess(
+        "--instrumental",
+        "--model=openai:local",
+        f"--instrumental-base-url={server.base_url}",
+        "--instrumental-attack=prefill:comply",
+        "--judge=offline",
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --instrumental-attack prefill: openai:local is served elsewhere, *"])
+    unknown = pytester.runpytest_subprocess("--instrumental", "--instrumental-attack=prefill:nope")
+    unknown.stderr.fnmatch_lines(["ERROR: --instrumental-attack prefill:nope: no such prefill; known: comply"])
+    malformed = pytester.runpytest_subprocess("--instrumental", "--instrumental-attack=jailbreak")
+    malformed.stderr.fnmatch_lines(["*'jailbreak' is not an attack; known: prefill:NAME*"])
+
+
+def test_a_local_run_under_a_defence_and_a_prefill_records_each_part(
+    pytester: pytest.Pytester, tiny_model_dir: Path
+) -> None:
+    result = pytester.runpytest_subprocess(
+        "--instrumental",
+        f"--model={tiny_model_dir}",
+        "--judge=offline",
+        "--suffix=baseline",
+        "--instrumental-defense=anti_ic",
+        "--instrumental-attack=prefill:comply",
+        "--instrumental-max-new-tokens=2",
+        "-k",
+        "evading_shutdown-01",
+        "--instrumental-json=results.json",
+        f"--instrumental-models-dir={tiny_model_dir}",
+    )
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    document = json.loads((pytester.path / "results.json").read_text(encoding="utf-8"))
+    parts = {item["suffix"]: item["condition"] for item in document["items"]}
+    assert parts["anti_ic+prefill_comply"] == {
+        "defense": "anti_ic",
+        "suffix": None,
+        "attack": "prefill:comply",
+        "strength": None,
+    }
+    assert set(parts) == {"baseline", "prefill_comply", "anti_ic+baseline", "anti_ic+prefill_comply"}
+    prefilled = [i for i in document["items"] if i["condition"]["attack"]]
+    assert all(i["response"].startswith(load_prefills()["comply"].text) for i in prefilled)
+    assert document["run"]["prefills"] == {"comply": load_prefills()["comply"].sha256}

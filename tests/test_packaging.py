@@ -1,4 +1,4 @@
-"""The wheel carries the scenarios and suffixes, so a plain `pip install` runs the suite."""
+"""The wheel carries the scenarios, suffixes and prefills, so a plain `pip install` runs the suite."""
 
 import subprocess
 import sys
@@ -26,7 +26,7 @@ def test_wheel_ships_scenarios_suffixes_and_the_entry_point(tmp_path: Path) -> N
     )
     (wheel,) = tmp_path.glob("pytest_instrumental-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for source in [*REPO.glob("scenarios/*.toml"), *REPO.glob("suffixes/*.txt")]:
+    for source in [*REPO.glob("scenarios/*.toml"), *REPO.glob("suffixes/*.txt"), *REPO.glob("prefills/*.txt")]:
         assert f"pytest_instrumental/data/{source.parent.name}/{source.name}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "instrumental = pytest_instrumental.plugin" in zipfile.ZipFile(wheel).read(entry_points).decode()

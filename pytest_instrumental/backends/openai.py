@@ -101,8 +101,12 @@ class OpenAIBackend:
         *,
         max_new_tokens: int,
         decoding: Decoding | None = None,
+        continues_answers: bool = False,
     ) -> None:
+        """``continues_answers``: the server continues an assistant turn (vLLM and SGLang take
+        ``continue_final_message``), so a prefill attack can run on it."""
         self._name = name
+        self.continues_answers = continues_answers
         self.served_model = served_model
         self.thinking = thinking
         self.server = server
@@ -116,7 +120,10 @@ class OpenAIBackend:
         return self._name
 
     def messages(self, request: Request) -> list[dict[str, str]]:
-        return chat_messages(request.system, request.steered_prompt)
+        messages = chat_messages(request.system, request.steered_prompt)
+        if request.prefill is not None:  # the attacker's start of the answer, for the server to continue
+            messages.append({"role": "assistant", "content": request.prefill})
+        return messages
 
     def cache_key(self, request: Request) -> dict[str, Any]:
         # Servers in one rotation serve the same model: whichever answered, the key is the same.
@@ -181,16 +188,23 @@ class OpenAIBackend:
         an answer with nothing usable in it, worth asking again)."""
         import openai
 
+        parameters = sampling_parameters(self.decoding, request)
+        if request.prefill is not None:
+            if not self.continues_answers:
+                return Generation(error=f"{self.name}'s server cannot continue an assistant turn (a prefill)"), True
+            continuing = {"continue_final_message": True, "add_generation_prompt": False}
+            parameters["extra_body"] = {**parameters.get("extra_body", {}), **continuing}
         attempts(reset=True)
         try:
             completion = client.chat.completions.create(
                 model=self.served_model,
                 messages=self.messages(request),
                 max_tokens=self.max_new_tokens,
-                **sampling_parameters(self.decoding, request),
+                **parameters,
             )
             choice = completion.choices[0]
-            content = choice.message.content or ""
+            # the judge sees the whole answer: the attacker's start, then the model's continuation
+            content = (request.prefill or "") + (choice.message.content or "")
         except openai.APIStatusError as exc:
             return Generation(error=f"request failed{self._retried(exc)}: {short(exc.message)}"), True
         except (openai.APITimeoutError, openai.APIConnectionError):

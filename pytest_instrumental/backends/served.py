@@ -11,11 +11,18 @@ from typing import Any
 
 from pytest_instrumental.backends.openai import OpenAIBackend
 from pytest_instrumental.backends.protocol import Generation
-from pytest_instrumental.config import ServerConfig
+from pytest_instrumental.config import EngineConfig, ServerConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.engines import EngineServer
 from pytest_instrumental.items import Request
 from pytest_instrumental.openai_client import chat_messages
+
+CONTINUING_ENGINES = ("vllm", "sglang")  # their chat API continues an assistant turn (continue_final_message)
+
+
+def continues_answers(serving: EngineConfig) -> bool:
+    """Whether an engine's server continues an assistant turn, as a prefill attack needs."""
+    return serving.engine in CONTINUING_ENGINES and not serving.serve_command
 
 
 class ServedBackend:
@@ -77,6 +84,7 @@ class ServedBackend:
                 asking,
                 max_new_tokens=self.max_new_tokens,
                 decoding=self.decoding,
+                continues_answers=continues_answers(self.server.options),
             )
         yield from self._client.generate(requests)
 

@@ -140,8 +140,8 @@ class TransformersBackend:
                 messages.append({"role": "system", "content": request.system})
             messages.append({"role": "user", "content": request.steered_prompt})
             rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return str(rendered)
-        parts = [request.system, request.steered_prompt]
+            return str(rendered) + (request.prefill or "")  # a prefill is the start of the answer
+        parts = [request.system, request.steered_prompt, request.prefill or ""]
         return "\n\n".join(part for part in parts if part)
 
     def prepare(self, generates_here: bool) -> None:
@@ -250,7 +250,9 @@ class TransformersBackend:
                     outputs = self._decode([requests[i] for i in batch], [encoded[i] for i in batch])
                 for index, (tokens, hit_limit) in zip(batch, outputs, strict=True):
                     text = str(tokenizer.decode(tokens, skip_special_tokens=False))
-                    yield index, thinking_outcome(_strip_special(text, tokenizer), hit_limit, self.thinking)
+                    # the judge sees the whole answer: the attacker's start, then the model's own
+                    answer = (requests[index].prefill or "") + _strip_special(text, tokenizer)
+                    yield index, thinking_outcome(answer, hit_limit, self.thinking)
 
     def _steered(self, strength: float | None, category: str) -> AbstractContextManager[None]:
         if strength is None or self.steering is None:
