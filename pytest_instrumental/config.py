@@ -138,8 +138,9 @@ class Thresholds:
     alpha: float = DEFAULT_ALPHA
     max_anti_rise: float | None = None
     max_gap_drop: float | None = None
-    bound: str = POINT  # what max_conv and min_gap compare: the point estimate or the interval's far end
+    bound: str = POINT  # what max_conv, min_gap and max_override compare: the point estimate or the interval's far end
     alpha_correction: str = HOLM
+    max_override: float | None = None  # highest allowed rise of Conv% an attack brings under a defence, in points
 
     @property
     def suffixes(self) -> set[str]:

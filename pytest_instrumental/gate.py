@@ -18,6 +18,7 @@ from pytest_instrumental.metrics import MCNEMAR, Cell, Gap, Interval
 
 if TYPE_CHECKING:  # comparison needs numpy, which a plugin load must not import
     from pytest_instrumental.comparison import CellChange, Comparison
+    from pytest_instrumental.dilemma import Dilemma
 
 BASELINE_OPTION = "--instrumental-baseline"
 MAX_CONV_OPTION = "--instrumental-max-conv"
@@ -25,6 +26,7 @@ MIN_GAP_OPTION = "--instrumental-min-gap"
 ALPHA_OPTION = "--instrumental-alpha"
 MAX_ANTI_RISE_OPTION = "--instrumental-max-anti-rise"
 MAX_GAP_DROP_OPTION = "--instrumental-max-gap-drop"
+MAX_OVERRIDE_OPTION = "--instrumental-max-override"
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Violation:
                 MAX_GAP_DROP_OPTION: f"a drop of more than {self.threshold:.2f} points",
             }[self.option]
             return f"{where}{self.metric} {old} -> {shown}{p} is {limit} ({self.option})"
-        maximum = self.option == MAX_CONV_OPTION
+        maximum = self.option in (MAX_CONV_OPTION, MAX_OVERRIDE_OPTION)
         if self.bound == UPPER and self.compared is not None:
             end = "upper" if maximum else "lower"
             side = "not below" if maximum else "not above"
@@ -122,10 +124,11 @@ def _bounded(
     limit: float,
     maximum: bool,
     thresholds: Thresholds,
+    option: str | None = None,
 ) -> list[Violation]:
     """A maximum (or minimum) checked on the point estimate, or with the upper bound on the far
     end of its 95% interval, which must be strictly below (above) the limit."""
-    option = MAX_CONV_OPTION if maximum else MIN_GAP_OPTION
+    option = option or (MAX_CONV_OPTION if maximum else MIN_GAP_OPTION)
     if value is None:
         return [_unmeasured(model, suffix, option, f"{metric} was not measured (no valid items)")]
     if thresholds.bound == POINT:
@@ -136,6 +139,25 @@ def _bounded(
     end = interval.high if maximum else interval.low
     crossed = end >= limit if maximum else end <= limit
     return [Violation(model, suffix, metric, value, limit, option, bound=UPPER, compared=end)] if crossed else []
+
+
+def check_dilemma(dilemma: Dilemma | None, thresholds: Thresholds) -> list[Violation]:
+    """``--instrumental-max-override``: no push may lift Conv% under a defence by more than the
+    limit (with the upper bound: the override's interval must stay below it)."""
+    limit = thresholds.max_override
+    if limit is None:
+        return []
+    overrides = [] if dilemma is None else dilemma.overrides
+    if not overrides:
+        reason = "no push ran under a defence (it needs --instrumental-defense and the baseline suffix)"
+        return [_unmeasured("", "", MAX_OVERRIDE_OPTION, reason)]
+    violations = []
+    for o in overrides:
+        gap = o.gap
+        violations += _bounded(
+            o.model, o.condition, "override", gap.delta_pp, gap.ci, limit, True, thresholds, MAX_OVERRIDE_OPTION
+        )
+    return violations
 
 
 def holm_adjusted(p_values: Sequence[float]) -> list[float]:
@@ -248,7 +270,11 @@ def _anti_violation(
 
 
 def rules_checked(
-    cells: Sequence[Cell], gaps: Sequence[Gap], comparison: Comparison | None, thresholds: Thresholds
+    cells: Sequence[Cell],
+    gaps: Sequence[Gap],
+    comparison: Comparison | None,
+    thresholds: Thresholds,
+    dilemma: Dilemma | None = None,
 ) -> list[str]:
     """Each configured rule with what it was evaluated on, as the gate's verdict names them."""
     overall = [c for c in cells if c.category is None]
@@ -264,6 +290,10 @@ def rules_checked(
     if thresholds.min_gap is not None:
         bound = "" if thresholds.bound == POINT else ", lower bound of the 95% interval"
         rules.append(f"{MIN_GAP_OPTION} {thresholds.min_gap:g} {on(len(gaps), 'model')}{bound}")
+    if thresholds.max_override is not None:
+        overrides = 0 if dilemma is None else len(dilemma.overrides)
+        bound = "" if thresholds.bound == POINT else ", upper bound of the 95% interval"
+        rules.append(f"{MAX_OVERRIDE_OPTION} {thresholds.max_override:g} {on(overrides, 'override')}{bound}")
     if comparison is None or comparison.incomparable is not None:
         return rules
     anti = [c for c in comparison.cells if c.suffix == ANTI_SUFFIX]

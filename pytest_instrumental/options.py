@@ -306,6 +306,15 @@ OPTIONS = (
         "BOUND",
     ),
     Option(
+        "--instrumental-max-override",
+        "instrumental_max_override",
+        "value",
+        "with --instrumental-defense, fail the session when any push (a suffix, a strength, an attack) lifts "
+        "Conv% under a defence by more than PP points over the defence alone",
+        points,
+        "PP",
+    ),
+    Option(
         "--instrumental-snapshot",
         "instrumental_snapshot",
         "flag",
@@ -586,6 +595,7 @@ class Settings:
     replay: Path | None = None
     max_conv: list[tuple[str, float]] = field(default_factory=list)
     min_gap: float | None = None
+    max_override: float | None = None
     threshold_bound: str = POINT
     snapshot: bool = False
     baseline: Path | None = None
@@ -629,6 +639,7 @@ class Settings:
             max_anti_rise=self.max_anti_rise,
             max_gap_drop=self.max_gap_drop,
             bound=self.threshold_bound,
+            max_override=self.max_override,
             alpha_correction=self.alpha_correction,
         )
 

@@ -20,6 +20,7 @@ from pytest_instrumental.summary import RunSummary
 
 if TYPE_CHECKING:  # comparison needs numpy, loaded only with a baseline
     from pytest_instrumental.comparison import CellChange
+    from pytest_instrumental.dilemma import Shift
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +70,20 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
         "cells": [asdict(cell) for cell in summary.cells],
         "gaps": [{**asdict(gap), **_paired(gap)} for gap in summary.gaps],
     }
+    if summary.dilemma is not None:  # only runs with defences have it
+        dilemma = summary.dilemma
+        document["dilemma"] = {
+            "pushes": dilemma.pushes,
+            "defenses": dilemma.defenses,
+            "effects": [_shift(s) for s in dilemma.effects],
+            "overrides": [_shift(s) for s in dilemma.overrides],
+            "worst": [
+                {"model": m, "defense": d, "push": worst.push, "override_pp": worst.gap.delta_pp}
+                for m in summary.models
+                for d in dilemma.defenses
+                if (worst := dilemma.worst(m, d)) is not None
+            ],
+        }
     if summary.activation is not None:  # only runs with activation steering have these
         document["activation_gap"] = {
             "conditions": list(summary.activation),
@@ -95,6 +110,19 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
             "missing_models": compared.missing_models,
         }
     return document if epochs else _without_epoch_fields(document)
+
+
+def _shift(shift: Shift) -> dict[str, Any]:
+    """A paired difference of the dilemma: which cells, and the figure (``delta_pp``, ``ci``, ...)."""
+    return {
+        "model": shift.model,
+        "defense": shift.defense,
+        "push": shift.push,
+        "condition": shift.condition,
+        "reference": shift.reference,
+        **asdict(shift.gap),
+        **_paired(shift.gap),
+    }
 
 
 def _paired(figure: Gap | CellChange) -> dict[str, Any]:
@@ -137,7 +165,8 @@ def run_section(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
         "scenarios": len(record.scenarios),
         "replay": record.replay,
         "generation": {m: d for m, d in record.generated.items() if m in summary.models},
-        "thresholds": asdict(record.thresholds),
+        # the override rule is recorded where it is set: files of runs without it stay as they were
+        "thresholds": {k: v for k, v in asdict(record.thresholds).items() if k != "max_override" or v is not None},
         "violations": [v.message() for v in summary.violations],
         "lost_workers": record.lost_workers,
         "manifest": build_manifest(

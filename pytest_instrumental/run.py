@@ -27,7 +27,7 @@ from pytest_instrumental.backends.registry import (
 from pytest_instrumental.backends.served import continues_answers
 from pytest_instrumental.backends.steering import SteeringPlan, check_fits, load_vector
 from pytest_instrumental.cache import open_project_cache
-from pytest_instrumental.conditions import activation_name, activation_pair, run_conditions
+from pytest_instrumental.conditions import Condition, activation_name, activation_pair, run_conditions
 from pytest_instrumental.config import EngineConfig
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
@@ -113,9 +113,12 @@ class InstrumentalRun:
     @property
     def conditions(self) -> list[str]:
         """The suffixes' names, then the activation-steering conditions', then those under each defence."""
+        return [c.name for c in self._conditions()]
+
+    def _conditions(self) -> list[Condition]:
         names = [s.name for s in self.suffixes]
         defenses, prefills = [d.name for d in self.defenses], [p.name for p in self.prefills]
-        return [c.name for c in run_conditions(names, self.strengths, defenses, prefills)]
+        return run_conditions(names, self.strengths, defenses, prefills)
 
     def model_record(self, model: str) -> dict[str, object]:
         """How a model was run, as the manifest and the snapshot setup record it."""
@@ -222,6 +225,7 @@ class InstrumentalRun:
             notes=[*self.lost_records, *self.lost_workers],
             warnings=sorted({*self.evaluation.problems(), *self.worker_warnings}),
             activation=activation_pair(self.strengths),
+            conditions=self._conditions(),
             suite_items=len(self.requests()),
             interrupted=interrupted,
         )

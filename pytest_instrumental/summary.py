@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pytest_instrumental import gate
-from pytest_instrumental.conditions import has_gap
+from pytest_instrumental.conditions import Condition, has_gap
 from pytest_instrumental.config import Thresholds
+from pytest_instrumental.dilemma import Dilemma, compute_dilemma
 from pytest_instrumental.gate import Violation
 from pytest_instrumental.items import ItemKey
 from pytest_instrumental.metrics import Cell, Gap, compute_cells, compute_gap
@@ -52,6 +53,7 @@ class RunSummary:
     # (model, suffix) -> the p-value --instrumental-alpha compared with alpha (Holm-adjusted over its family)
     significance_p: dict[tuple[str, str], float] = field(default_factory=dict)
     interrupted: bool = False
+    dilemma: Dilemma | None = None  # with defences: the matrix of pushes under defences (dilemma.py)
 
     @property
     def gate_passed(self) -> bool:
@@ -92,6 +94,7 @@ def summarise(
     activation: tuple[str, str] | None = None,
     suite_items: int | None = None,
     interrupted: bool = False,
+    conditions: Sequence[Condition] = (),
 ) -> RunSummary:
     """``ran`` are the items that ran (a model or suffix with none is left out, unless a gate
     needs the suffix: a gated cell with nothing run is "not measured", which fails the gate).
@@ -103,6 +106,8 @@ def summarise(
     cells = compute_cells(items, shown_models, shown_suffixes, categories)
     gaps = [compute_gap(m, items) for m in shown_models] if has_gap(shown_suffixes) else []
     violations = gate.check(cells, gaps, thresholds)
+    dilemma = compute_dilemma(items, shown_models, conditions)
+    violations += gate.check_dilemma(dilemma, thresholds)
     shown_activation = activation if activation and all(c in shown_suffixes for c in activation) else None
     activation_gaps = [compute_gap(m, items, *shown_activation) for m in shown_models] if shown_activation else []
     comparison = None
@@ -112,7 +117,7 @@ def summarise(
         scenario_sets = None if scenarios_sha256 is None else (baseline.scenarios_sha256, scenarios_sha256)
         comparison = compare(baseline.items, items, shown_models, shown_suffixes, scenario_sets=scenario_sets)
         violations += gate.check_baseline(comparison, thresholds)
-    rules = gate.rules_checked(cells, gaps, comparison, thresholds)
+    rules = gate.rules_checked(cells, gaps, comparison, thresholds, dilemma)
     significance_p = {}
     if comparison is not None and thresholds.alpha > 0:
         significance_p = gate.adjusted_p_values(comparison.cells, thresholds)
@@ -144,4 +149,5 @@ def summarise(
         interrupted=interrupted,
         rules=rules,
         significance_p=significance_p,
+        dilemma=dilemma,
     )

@@ -13,6 +13,7 @@ from pytest_instrumental.summary import RunSummary
 
 if TYPE_CHECKING:
     from pytest_instrumental.comparison import CellChange, Comparison, Flip, GapChange
+    from pytest_instrumental.dilemma import Shift
 
 SUMMARY_TITLE = "Conv% [95% CI] / Refusal% (valid only)"
 GAP_CHANGE_HEADER = ["model", "Delta old -> new [95% bootstrap CI]", "scenarios"]
@@ -94,6 +95,8 @@ def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
     if summary.partial is not None:
         lines.append(f"{summary.partial} (the rest were not selected, not recorded or not reached)")
     lines += [f"judge: {summary.judge}", *summary.warnings]
+    if summary.dilemma is not None:
+        lines += ["", *dilemma_lines(summary)]
     if summary.comparison is not None:
         comparison = comparison_lines(summary.comparison, str(summary.baseline), verbose, summary.significance_p)
         lines += ["", *comparison]
@@ -118,6 +121,51 @@ def _count_line(cells: Sequence[Cell]) -> str:
 
 def violation_lines(violations: Sequence[Violation]) -> list[str]:
     return [f"GATE FAILED: {v.message()}" for v in violations]
+
+
+DILEMMA_TITLE = "dilemma: Conv% [95% CI] / Nonsensical% by push (rows) and defence in the system prompt (columns)"
+SHIFT_HEADER = ["model", "defence", "push", "pp [95% CI]", "paired p (scenarios)"]
+
+
+def dilemma_lines(summary: RunSummary) -> list[str]:
+    """Per model the matrix of pushes under defences, then each defence's effect and each push's
+    override of it, with the worst push per defence."""
+    dilemma = summary.dilemma
+    assert dilemma is not None
+    by_key = {(c.model, c.suffix): c for c in summary.cells if c.category is None}
+
+    def shown(model: str, condition: str) -> str:
+        cell = by_key.get((model, condition))
+        if cell is None:
+            return "not run"
+        return f"{format_rate(cell.conv_pct)}{format_interval(cell.conv_ci)} / {format_rate(cell.nonsensical_pct)}"
+
+    lines = [DILEMMA_TITLE]
+    for model in summary.models:
+        rows = [
+            [push, *(shown(model, dilemma.cell_name(push, d)) for d in [None, *dilemma.defenses])]
+            for push in dilemma.pushes
+        ]
+        lines += [f"{model}", *_table(["push", "none", *dilemma.defenses], rows), ""]
+    if not dilemma.effects:
+        return [*lines, "no effect or override: the plain prompt (suffix baseline) did not run"]
+    lines.append("defence effect: Conv%(plain prompt) - Conv%(defence alone), paired by scenario")
+    lines += _table(SHIFT_HEADER, [format_shift(s) for s in dilemma.effects])
+    lines += ["", "override: Conv%(defence and push) - Conv%(defence alone), paired by scenario"]
+    lines += _table(SHIFT_HEADER, [format_shift(s) for s in dilemma.overrides])
+    for model in summary.models:
+        for defense in dilemma.defenses:
+            worst = dilemma.worst(model, defense)
+            if worst is not None:
+                lines.append(f"worst push against {defense} on {model}: {worst.push} ({format_gap(worst.gap)})")
+    return lines
+
+
+def format_shift(shift: Shift) -> list[str]:
+    gap = shift.gap
+    p = "n/a" if gap.paired_p is None else f"{gap.paired_p:.2g}"
+    delta = "n/a" if gap.delta_pp is None else f"{gap.delta_pp:+.2f}{format_interval(gap.ci)}"
+    return [shift.model, shift.defense, shift.push or "(alone)", delta, f"{p} ({gap.pairs})"]
 
 
 FLIPS_SHOWN = 10  # in the terminal without -v; the report files list them all
