@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from pytest_instrumental.metrics import Cell, Gap
+
+if TYPE_CHECKING:
+    from pytest_instrumental.dilemma import Dilemma
 
 _STYLE: dict[Any, Any] = {"svg.hashsalt": "pytest-instrumental", "svg.fonttype": "none", "font.size": 9}
 
@@ -93,6 +96,36 @@ def category_heatmap(cells: Sequence[Cell], model: str, suffixes: Sequence[str],
         axes.set_xticks(range(len(suffixes)), suffixes)
         axes.set_yticks(range(len(categories)), categories)
         axes.set_title(f"{model}: Conv% by category")
+        figure.colorbar(image, ax=axes, label="Conv%")
+        return _svg(figure)
+
+
+def dilemma_heatmap(cells: Sequence[Cell], model: str, dilemma: Dilemma) -> str:
+    """Rows the pushes, columns the defences (none first): each square the overall Conv%, with
+    Nonsensical% beneath it, so a push that only breaks the text does not read as safe."""
+    by_key = {c.suffix: c for c in cells if c.model == model and c.category is None}
+    columns: list[str | None] = [None, *dilemma.defenses]
+    grid = np.full((len(dilemma.pushes), len(columns)), np.nan)
+    labels = {}
+    for row, push in enumerate(dilemma.pushes):
+        for column, defense in enumerate(columns):
+            cell = by_key.get(dilemma.cell_name(push, defense))
+            if cell is not None and cell.conv_pct is not None:
+                grid[row, column] = cell.conv_pct
+            nonsense = "" if cell is None or cell.nonsensical_pct is None else f"\nN {cell.nonsensical_pct:.0f}%"
+            labels[row, column] = ("n/a" if np.isnan(grid[row, column]) else f"{grid[row, column]:.0f}") + nonsense
+    with rc_context(_STYLE):
+        figure = Figure(figsize=(2.2 + 1.2 * len(columns), 1.0 + 0.55 * len(dilemma.pushes)))
+        axes = figure.subplots()
+        image = axes.imshow(grid, vmin=0, vmax=100, cmap="Reds", aspect="auto")
+        for (row, column), value in np.ndenumerate(grid):
+            axes.text(
+                column, row, labels[row, column], ha="center", va="center", color="white" if value > 60 else "black"
+            )
+        axes.set_xticks(range(len(columns)), ["none", *dilemma.defenses])
+        axes.set_yticks(range(len(dilemma.pushes)), dilemma.pushes)
+        axes.set_xlabel("defence (system prompt)")
+        axes.set_title(f"{model}: Conv% by push and defence")
         figure.colorbar(image, ax=axes, label="Conv%")
         return _svg(figure)
 

@@ -24,13 +24,16 @@ from pytest_instrumental.conditions import activation_strength
 from pytest_instrumental.outputs import HTML, MARKDOWN, write_text
 from pytest_instrumental.summary import RunSummary
 from pytest_instrumental.terminal import (
+    DILEMMA_TITLE,
     GAP_CHANGE_HEADER,
     SUMMARY_TITLE,
     comparison_header,
     comparison_rows,
+    dilemma_tables,
     format_flip,
     format_gap_change,
     summary_table,
+    worst_lines,
 )
 from pytest_instrumental.text import visible
 
@@ -79,6 +82,11 @@ def markdown(data: RunSummary) -> str:
         lines += ["### Gate", "", *(f"- {_md(v)}" for v in [*data.notes, *violations]), ""]
     elif data.rules:
         lines += ["### Gate", "", *(f"- evaluated: {_md(rule)}" for rule in data.rules), ""]
+    if data.dilemma is not None:
+        lines += [f"### {_md(DILEMMA_TITLE.removeprefix('dilemma: '))}", ""]
+        for name, header, rows in dilemma_tables(data):
+            lines += [f"**{_md(name)}**", "", *_md_table(header, rows), ""]
+        lines += [*(f"- {_md(line)}" for line in worst_lines(data)), ""]
     if data.comparison is not None:
         lines += _markdown_comparison(data.comparison, data.baseline or "", data.significance_p)
     lines.append(f"_pytest-instrumental {_md(version('pytest-instrumental'))}, run started {_md(data.started_at)}_")
@@ -131,6 +139,8 @@ def html(data: RunSummary) -> str:
     if strengths:
         figures.append(plots.dose_response(data.cells, data.models, strengths))
     figures += [plots.category_heatmap(data.cells, m, data.suffixes, data.categories) for m in data.models]
+    if data.dilemma is not None:
+        figures += [plots.dilemma_heatmap(data.cells, m, data.dilemma) for m in data.models]
     comparison = data.comparison
     return _ENVIRONMENT.get_template("report.html.j2").render(
         data=data,
@@ -147,6 +157,9 @@ def html(data: RunSummary) -> str:
         title=title(data),
         plugin_version=version("pytest-instrumental"),
         violations=[v.message() for v in data.violations],
+        dilemma_title=DILEMMA_TITLE,
+        dilemma_tables=dilemma_tables(data) if data.dilemma else [],
+        dilemma_worst=worst_lines(data) if data.dilemma else [],
     )
 
 

@@ -125,11 +125,13 @@ def violation_lines(violations: Sequence[Violation]) -> list[str]:
 
 DILEMMA_TITLE = "dilemma: Conv% [95% CI] / Nonsensical% by push (rows) and defence in the system prompt (columns)"
 SHIFT_HEADER = ["model", "defence", "push", "pp [95% CI]", "paired p (scenarios)"]
+EFFECT_TITLE = "defence effect: Conv%(plain prompt) - Conv%(defence alone), paired by scenario"
+OVERRIDE_TITLE = "override: Conv%(defence and push) - Conv%(defence alone), paired by scenario"
 
 
-def dilemma_lines(summary: RunSummary) -> list[str]:
-    """Per model the matrix of pushes under defences, then each defence's effect and each push's
-    override of it, with the worst push per defence."""
+def dilemma_tables(summary: RunSummary) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The dilemma's tables, each (title, header, rows): per model the matrix of pushes under
+    defences; then each defence's effect and each push's override of it."""
     dilemma = summary.dilemma
     assert dilemma is not None
     by_key = {(c.model, c.suffix): c for c in summary.cells if c.category is None}
@@ -140,25 +142,40 @@ def dilemma_lines(summary: RunSummary) -> list[str]:
             return "not run"
         return f"{format_rate(cell.conv_pct)}{format_interval(cell.conv_ci)} / {format_rate(cell.nonsensical_pct)}"
 
-    lines = [DILEMMA_TITLE]
-    for model in summary.models:
-        rows = [
-            [push, *(shown(model, dilemma.cell_name(push, d)) for d in [None, *dilemma.defenses])]
-            for push in dilemma.pushes
-        ]
-        lines += [f"{model}", *_table(["push", "none", *dilemma.defenses], rows), ""]
+    columns: list[str | None] = [None, *dilemma.defenses]
+    tables = [
+        (
+            model,
+            ["push", "none", *dilemma.defenses],
+            [[push, *(shown(model, dilemma.cell_name(push, d)) for d in columns)] for push in dilemma.pushes],
+        )
+        for model in summary.models
+    ]
+    if dilemma.effects:
+        tables.append((EFFECT_TITLE, SHIFT_HEADER, [format_shift(s) for s in dilemma.effects]))
+        tables.append((OVERRIDE_TITLE, SHIFT_HEADER, [format_shift(s) for s in dilemma.overrides]))
+    return tables
+
+
+def worst_lines(summary: RunSummary) -> list[str]:
+    """The push that takes back most of each defence, per model; or why there is none."""
+    dilemma = summary.dilemma
+    assert dilemma is not None
     if not dilemma.effects:
-        return [*lines, "no effect or override: the plain prompt (suffix baseline) did not run"]
-    lines.append("defence effect: Conv%(plain prompt) - Conv%(defence alone), paired by scenario")
-    lines += _table(SHIFT_HEADER, [format_shift(s) for s in dilemma.effects])
-    lines += ["", "override: Conv%(defence and push) - Conv%(defence alone), paired by scenario"]
-    lines += _table(SHIFT_HEADER, [format_shift(s) for s in dilemma.overrides])
-    for model in summary.models:
-        for defense in dilemma.defenses:
-            worst = dilemma.worst(model, defense)
-            if worst is not None:
-                lines.append(f"worst push against {defense} on {model}: {worst.push} ({format_gap(worst.gap)})")
-    return lines
+        return ["no effect or override: the plain prompt (suffix baseline) did not run"]
+    return [
+        f"worst push against {defense} on {model}: {worst.push} ({format_gap(worst.gap)})"
+        for model in summary.models
+        for defense in dilemma.defenses
+        if (worst := dilemma.worst(model, defense)) is not None
+    ]
+
+
+def dilemma_lines(summary: RunSummary) -> list[str]:
+    lines = [DILEMMA_TITLE]
+    for name, header, rows in dilemma_tables(summary):
+        lines += [name, *_table(header, rows), ""]
+    return [*lines, *worst_lines(summary)]
 
 
 def format_shift(shift: Shift) -> list[str]:

@@ -94,8 +94,13 @@ def test_a_defended_run_sends_the_defence_as_system_text_and_records_each_condit
         "-k",
         "evading_shutdown-01",
         "--instrumental-json=results.json",
+        "--instrumental-report=reports",
     )
     assert result.ret == 0, result.stdout.str()
+    report = (pytester.path / "reports" / "report.md").read_text(encoding="utf-8")
+    assert "| openai:local | anti\\_ic | pro\\_ic |" in report and "**override: Conv%(defence and push)" in report
+    page = (pytester.path / "reports" / "report.html").read_text(encoding="utf-8")
+    assert '<h2 id="dilemma">' in page and "openai:local: Conv% by push and defence" in page
     result.stdout.fnmatch_lines(
         [
             "model  *baseline  *pro_ic  *anti_ic+baseline  *anti_ic+pro_ic*",
