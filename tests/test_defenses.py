@@ -211,7 +211,7 @@ def test_a_prefill_on_a_model_served_elsewhere_is_a_usage_error(pytester: pytest
 def test_a_local_run_under_a_defence_and_a_prefill_records_each_part(
     pytester: pytest.Pytester, tiny_model_dir: Path
 ) -> None:
-    result = pytester.runpytest_subprocess(
+    args = (
         "--instrumental",
         f"--model={tiny_model_dir}",
         "--judge=offline",
@@ -224,6 +224,7 @@ def test_a_local_run_under_a_defence_and_a_prefill_records_each_part(
         "--instrumental-json=results.json",
         f"--instrumental-models-dir={tiny_model_dir}",
     )
+    result = pytester.runpytest_subprocess(*args)
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     document = json.loads((pytester.path / "results.json").read_text(encoding="utf-8"))
     parts = {item["suffix"]: item["condition"] for item in document["items"]}
@@ -237,3 +238,7 @@ def test_a_local_run_under_a_defence_and_a_prefill_records_each_part(
     prefilled = [i for i in document["items"] if i["condition"]["attack"]]
     assert all(i["response"].startswith(load_prefills()["comply"].text) for i in prefilled)
     assert document["run"]["prefills"] == {"comply": load_prefills()["comply"].sha256}
+    # the new conditions are cached as suffixes are: a rerun generates nothing
+    rerun = pytester.runpytest_subprocess(*args)
+    assert "generating" in result.stderr.str()
+    assert rerun.ret == 0 and "generating" not in rerun.stderr.str()
