@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from transformers import AutoTokenizer
@@ -14,6 +15,13 @@ from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_prefills, load_suffixes, steer
 from tests.chat_server import ChatServer
+
+
+def tiny_backend(directory: Path, name: str = "tiny", **settings: Any) -> TransformersBackend:
+    """The model in ``directory``, in this process."""
+    return TransformersBackend(
+        name, str(directory), None, False, name, generation=GenerationConfig(models_dir=directory), **settings
+    )
 
 
 def test_each_condition_runs_undefended_then_under_each_defence() -> None:
@@ -40,16 +48,7 @@ def test_the_defence_goes_to_the_system_turn_and_the_push_stays_in_the_user_turn
     defended = next(r for r in requests if r.key.suffix == "anti_ic+pro_ic" and r.key.scenario == plain.key.scenario)
     scenario = next(s for s in scenarios if s.id == plain.key.scenario)
     assert defended.steered_prompt == plain.steered_prompt == steer(scenario.prompt, suffixes["pro_ic"])
-    backend = TransformersBackend(
-        "tiny",
-        str(tiny_model_dir),
-        None,
-        False,
-        "t",
-        generation=GenerationConfig(models_dir=tiny_model_dir),
-        max_new_tokens=2,
-        defended=True,
-    )
+    backend = tiny_backend(tiny_model_dir, "tiny", max_new_tokens=2, defended=True)
     backend.prepare(generates_here=True)  # the template has a system role: no error
     system, _, user = backend.render(defended).partition("<|im_start|>user")
     anti = suffixes["anti_ic"].text.strip()
@@ -65,16 +64,7 @@ def test_a_model_without_a_system_role_cannot_be_defended(tiny_model_dir: Path, 
     tokenizer.save_pretrained(tmp_path)
     for name in ("config.json", "model.safetensors"):
         (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
-    backend = TransformersBackend(
-        "plain",
-        str(tmp_path),
-        None,
-        False,
-        "p",
-        generation=GenerationConfig(models_dir=tmp_path),
-        max_new_tokens=2,
-        defended=True,
-    )
+    backend = tiny_backend(tmp_path, "plain", max_new_tokens=2, defended=True)
     with pytest.raises(InputError, match="plain's chat template has no system role to put the defence in"):
         backend.prepare(generates_here=True)
 
@@ -158,15 +148,7 @@ def test_a_prefill_is_the_start_of_the_answer_and_batches_as_one_at_a_time(tiny_
     prefill = load_prefills()["comply"]
     requests = plan_requests(["tiny"], [], load_scenarios(), prefills=[prefill])[:3]
     assert {r.key.suffix for r in requests} == {"prefill_comply"} and all(r.prefill == prefill.text for r in requests)
-    backend = TransformersBackend(
-        "tiny",
-        str(tiny_model_dir),
-        None,
-        False,
-        "t",
-        generation=GenerationConfig(models_dir=tiny_model_dir),
-        max_new_tokens=3,
-    )
+    backend = tiny_backend(tiny_model_dir, "tiny", max_new_tokens=3)
     assert str(backend.tokenizer.decode(backend.encode(requests[0]))).endswith(prefill.text)
     together = dict(backend.generate(requests))
     alone = [dict(backend.generate([r]))[0] for r in requests]
