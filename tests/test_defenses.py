@@ -224,3 +224,30 @@ def test_a_local_run_under_a_defence_and_a_prefill_records_each_part(
     rerun = pytester.runpytest_subprocess(*args)
     assert "generating" in result.stderr.str()
     assert rerun.ret == 0 and "generating" not in rerun.stderr.str()
+
+
+def test_defended_conditions_replay_snapshot_compare_and_distribute_as_suffixes_do(
+    pytester: pytest.Pytester, server: ChatServer
+) -> None:
+    conditions = ["--suffix=baseline", "--suffix=pro_ic", "--instrumental-defense=anti_ic", "-k", "evading_shutdown-01"]
+    served = ["--instrumental", "--model=openai:local", f"--instrumental-base-url={server.base_url}", "--judge=offline"]
+    distributed = pytester.runpytest_subprocess(*served, *conditions, "-n", "2", "--instrumental-json=run.json")
+    assert distributed.ret == 0, distributed.stdout.str()
+    document = json.loads((pytester.path / "run.json").read_text(encoding="utf-8"))
+    assert sorted(i["suffix"] for i in document["items"]) == [
+        "anti_ic+baseline",
+        "anti_ic+pro_ic",
+        "baseline",
+        "pro_ic",
+    ]
+    replayed = ["--instrumental", "--instrumental-replay=run.json", "--judge=replay", *conditions]
+    recorded = pytester.runpytest_subprocess(*replayed, "--instrumental-snapshot", "--snapshot-update")
+    assert recorded.ret == 0, recorded.stdout.str()
+    snapshots = (pytester.path / "instrumental_snapshots" / "instrumental.ambr").read_text(encoding="utf-8")
+    assert "openai:local-anti_ic+pro_ic-evading_shutdown-01" in snapshots
+    baseline = ["--instrumental-baseline=run.json", "--instrumental-alpha=0"]  # the alpha rule needs anti_ic
+    compared = pytester.runpytest_subprocess(*replayed, "--instrumental-snapshot", *baseline)
+    assert compared.ret == 0, compared.stdout.str()
+    compared.stdout.fnmatch_lines(
+        ["*compared on 4 of the baseline's 4 items*", "openai:local  anti_ic+pro_ic  *1 of 1  *"]
+    )
