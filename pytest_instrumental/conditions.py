@@ -46,6 +46,11 @@ def activation_strength(name: str) -> float | None:
 DEFENSE_SEPARATOR = "+"
 
 
+def defended_name(defense: str, push: str) -> str:
+    """The name of ``push`` under ``defense``: ``anti_ic+pro_ic``."""
+    return f"{defense}{DEFENSE_SEPARATOR}{push}"
+
+
 @dataclass(frozen=True)
 class Condition:
     """One condition: its push (``suffix``; ``strength`` for activation steering; ``prefill``, the
@@ -70,7 +75,7 @@ class Condition:
 
     @property
     def name(self) -> str:
-        return self.push if self.defense is None else f"{self.defense}{DEFENSE_SEPARATOR}{self.push}"
+        return self.push if self.defense is None else defended_name(self.defense, self.push)
 
     def parts(self) -> dict[str, object]:
         """What the results JSON records of an item's condition, besides its name."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pytest_instrumental.conditions import BASELINE, Condition
+from pytest_instrumental.conditions import BASELINE, Condition, defended_name
 from pytest_instrumental.metrics import Gap, compute_gap
 from pytest_instrumental.verdicts import ItemResult
 
@@ -49,7 +49,7 @@ class Dilemma:
     @staticmethod
     def cell_name(push: str, defense: str | None) -> str:
         """The condition of the matrix's cell (row ``push``, column ``defense``)."""
-        return push if defense is None else f"{defense}+{push}"
+        return push if defense is None else defended_name(defense, push)
 
 
 def compute_dilemma(

@@ -92,9 +92,10 @@ def _recorded_sources(path: Path) -> Iterator[Path]:
 
 def _read_results_json(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix]) -> Iterator[Recording]:
     categories = {s.id: s.category for s in scenarios}
+    names, prefills = list(suffixes), list(load_prefills())  # read once, not per item
     for number, item in enumerate(read_results(path).items, start=1):
         source = f"{path}: item {number}"
-        if parse_condition(item.suffix, list(suffixes), list(load_prefills())) is None:
+        if parse_condition(item.suffix, names, prefills) is None:
             known = ", ".join(sorted(suffixes))
             raise InputError(f"{source}: suffix {visible(repr(item.suffix))} is not a known suffix ({known})")
         if item.epoch > 1:

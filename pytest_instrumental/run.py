@@ -69,7 +69,7 @@ class ItemOutcome:
         first = results[0]
         errors = [r for r in results if r.status == "error"]
         if len(results) == 1:
-            failure = first.error or "unknown error" if errors else None
+            failure = (first.error or "unknown error") if errors else None
         else:
             failure = "; ".join(f"epoch {r.epoch}: {r.error}" for r in errors) or None
         verdict = first.verdict if len(results) == 1 else tally(results)
@@ -334,7 +334,8 @@ def prepare_run(
     activations = [activation_name(s) for s in settings.vector_strengths]
     if len(set(activations)) != len(activations) or set(activations) & set(settings.suffixes):
         raise InputError(f"--instrumental-vector-strength: a condition is named twice ({', '.join(activations)})")
-    defenses, prefills = _defenses(settings, available), _prefills(settings)
+    defenses = select_suffixes(available, settings.defenses, "--instrumental-defense")
+    prefills = _prefills(settings)
     conditions = [
         c.name
         for c in run_conditions(
@@ -435,18 +436,6 @@ def _check_continues(spec: ModelSpec, serving: EngineConfig | None) -> None:
             f"--instrumental-attack prefill: {spec.name} is served by {serving.label}, whose API does not continue "
             f"an assistant turn; use --instrumental-engine=local, vllm or sglang"
         )
-
-
-def _defenses(settings: Settings, available: dict[str, Suffix]) -> list[Suffix]:
-    """The defences asked for, by the suffix files that hold their texts."""
-    unknown = [name for name in settings.defenses if name not in available]
-    if unknown:
-        raise InputError(
-            f"--instrumental-defense: unknown suffix {unknown[0]!r}; known suffixes: {', '.join(sorted(available))}"
-        )
-    if len(set(settings.defenses)) != len(settings.defenses):
-        raise InputError(f"--instrumental-defense: a defence is named twice ({', '.join(settings.defenses)})")
-    return [available[name] for name in settings.defenses]
 
 
 def _steering_plan(settings: Settings, available: dict[str, Suffix]) -> SteeringPlan:

@@ -69,11 +69,13 @@ def _load_suffix(path: Path) -> Suffix:
     return Suffix(path.stem, text, path)
 
 
-def select_suffixes(available: dict[str, Suffix], names: Sequence[str]) -> list[Suffix]:
-    """The suffixes named, in the order given; an unknown or repeated name is an error."""
+def select_suffixes(available: dict[str, Suffix], names: Sequence[str], asked_by: str = "") -> list[Suffix]:
+    """The suffixes named, in the order given; an unknown or repeated name is an error, after
+    ``asked_by`` (the option) where given."""
+    where = f"{asked_by}: " if asked_by else ""
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise InputError(f"unknown suffix {unknown[0]!r}; known suffixes: {', '.join(sorted(available))}")
+        raise InputError(f"{where}unknown suffix {unknown[0]!r}; known suffixes: {', '.join(sorted(available))}")
     if len(set(names)) != len(names):
-        raise InputError(f"suffix named more than once: {', '.join(names)}")
+        raise InputError(f"{where}suffix named more than once: {', '.join(names)}")
     return [available[n] for n in names]

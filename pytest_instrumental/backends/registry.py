@@ -288,9 +288,15 @@ def open_backend(
     from pytest_instrumental.backends.transformers import TransformersBackend
 
     models_dir = generation.models_dir
+
+    def files() -> str:  # a local kind always has them; the embedded model converts itself here
+        found = kind.files(spec, models_dir)
+        assert found is not None, f"a local model {spec.name} has no files"
+        return found
+
     return TransformersBackend(
         spec.name,
-        lambda: kind.files(spec, models_dir) or spec.source,
+        files,
         None if spec.engine == "embedded" else spec.revision,
         spec.thinking,
         identity,
