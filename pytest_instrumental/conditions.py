@@ -1,18 +1,21 @@
 """What an item is run under, its condition: a push, either a steering suffix appended to the
 user turn (``baseline``, ``pro_ic``, ``anti_ic``, or a user's), activation steering at a
 strength (``act_p4``) or an attack (``prefill_comply``: the answer starts with an attacker's
-text); and optionally a defence, a suffix's text appended to the system prompt,
-the channel a deployment controls (``anti_ic+pro_ic``: the anti_ic defence against the pro_ic
-push). The names are item id parts; the gap is the difference between a pair of conditions.
+text; ``ablate``, ``ablate_l6``: the direction through which the defence acts is projected out of
+the residual stream at every layer, or at layer 6); and optionally a defence, a suffix's text
+appended to the system prompt, the channel a deployment controls (``anti_ic+pro_ic``: the
+anti_ic defence against the pro_ic push). The names are item id parts; the gap is the
+difference between a pair of conditions.
 
-Suffixes themselves are files (suffixes.py); the steering mechanism lives in backends/steering.py.
+Suffixes themselves are files (suffixes.py); the mechanisms live in backends/steering.py and
+backends/ablation.py.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 BASELINE = "baseline"
 PRO_SUFFIX = "pro_ic"
@@ -23,6 +26,8 @@ GAP_NAME = f"{PRO_SUFFIX}-{ANTI_SUFFIX}"  # the steerability gap: Conv% under pr
 ACTIVATION_PREFIX = "act_"
 _ACTIVATION = re.compile(r"act_(?P<sign>[pm])(?P<whole>\d+)(?:_(?P<fraction>\d+))?\Z")
 PREFILL = "prefill"  # --instrumental-attack prefill:NAME; its condition is prefill_NAME
+ABLATE = "ablate"  # --instrumental-attack ablate[:LAYER]; its condition is ablate or ablate_lLAYER
+_ABLATION = re.compile(r"ablate(?:_l(?P<layer>\d+))?\Z")
 
 
 def activation_name(strength: float) -> str:
@@ -41,6 +46,43 @@ def activation_strength(name: str) -> float | None:
     return -value if match["sign"] == "m" else value
 
 
+@dataclass(frozen=True)
+class Ablation:
+    """Directional ablation at ``layer`` (None: at every layer)."""
+
+    layer: int | None = None
+
+    @property
+    def name(self) -> str:
+        """``ablate`` or ``ablate_l6``: an item id part."""
+        return ABLATE if self.layer is None else f"{ABLATE}_l{self.layer}"
+
+    @property
+    def attack(self) -> str:
+        """As ``--instrumental-attack`` names it: ``ablate`` or ``ablate:6``."""
+        return ABLATE if self.layer is None else f"{ABLATE}:{self.layer}"
+
+
+def parse_ablation(name: str) -> Ablation | None:
+    """The ablation an item id part stands for; None for anything else."""
+    match = _ABLATION.match(name)
+    if match is None:
+        return None
+    return Ablation(None if match["layer"] is None else int(match["layer"]))
+
+
+def attack_ablation(text: str) -> Ablation | None:
+    """The ablation ``--instrumental-attack`` names (``ablate``, ``ablate:6``); None for another attack."""
+    kind, colon, layer = text.partition(":")
+    if kind != ABLATE:
+        return None
+    if not colon:
+        return Ablation()
+    if not layer.isascii() or not layer.isdigit():
+        raise ValueError(f"{text!r}: the layer to ablate at is a whole number, from 0")
+    return Ablation(int(layer))
+
+
 # Between a defence and the push it faces; "+" because pytest's -k grammar takes it in a name
 # (">" it does not), and "-" joins an item id's parts.
 DEFENSE_SEPARATOR = "+"
@@ -54,23 +96,28 @@ def defended_name(defense: str, push: str) -> str:
 @dataclass(frozen=True)
 class Condition:
     """One condition: its push (``suffix``; ``strength`` for activation steering; ``prefill``, the
-    name of the attacker's start of the answer) and the ``defense`` it runs under (a suffix's
-    name; None: undefended)."""
+    name of the attacker's start of the answer; ``ablation``) and the ``defense`` it runs under
+    (a suffix's name; None: undefended)."""
 
     suffix: str | None = None
     strength: float | None = None
     defense: str | None = None
     prefill: str | None = None
+    ablation: Ablation | None = None
 
     @property
     def push(self) -> str:
         if self.strength is not None:
             return activation_name(self.strength)
+        if self.ablation is not None:
+            return self.ablation.name
         return f"{PREFILL}_{self.prefill}" if self.prefill is not None else str(self.suffix)
 
     @property
     def attack(self) -> str | None:
         """The attack, as ``--instrumental-attack`` names it; None for a suffix or a strength."""
+        if self.ablation is not None:
+            return self.ablation.attack
         return None if self.prefill is None else f"{PREFILL}:{self.prefill}"
 
     @property
@@ -87,12 +134,13 @@ def run_conditions(
     strengths: Sequence[float] = (),
     defenses: Sequence[str] = (),
     prefills: Sequence[str] = (),
+    ablations: Sequence[Ablation] = (),
 ) -> list[Condition]:
     """A run's conditions in item order: each suffix, each activation strength, each prefill
-    attack, undefended; then the same under each defence."""
+    attack, each ablation, undefended; then the same under each defence."""
     pushes = [Condition(suffix=s) for s in suffixes] + [Condition(strength=s) for s in strengths]
-    pushes += [Condition(prefill=p) for p in prefills]
-    return pushes + [Condition(p.suffix, p.strength, defense, p.prefill) for defense in defenses for p in pushes]
+    pushes += [Condition(prefill=p) for p in prefills] + [Condition(ablation=a) for a in ablations]
+    return pushes + [replace(p, defense=defense) for defense in defenses for p in pushes]
 
 
 def parse_condition(name: str, suffixes: Sequence[str], prefills: Sequence[str] = ()) -> Condition | None:
@@ -104,6 +152,9 @@ def parse_condition(name: str, suffixes: Sequence[str], prefills: Sequence[str] 
     strength = activation_strength(push)
     if strength is not None:
         return Condition(strength=strength, defense=defense or None)
+    ablation = parse_ablation(push)
+    if ablation is not None:
+        return Condition(defense=defense or None, ablation=ablation)
     prefill = push.removeprefix(f"{PREFILL}_")
     if push.startswith(f"{PREFILL}_") and prefill in prefills:
         return Condition(defense=defense or None, prefill=prefill)

@@ -33,6 +33,9 @@ class Request:
     strength: float | None = None  # activation steering at this strength (backends/steering.py); None: none
     defense: str | None = None  # a defence's text, appended to the system prompt; None: undefended
     prefill: str | None = None  # an attacker's start of the answer, which the model continues; None: none
+    # the defence's direction projected out (backends/ablation.py), by its condition's name (ablate,
+    # ablate_l6: conditions.parse_ablation); None: none
+    ablation: str | None = None
 
     @property
     def system(self) -> str:

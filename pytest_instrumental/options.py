@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_instrumental.conditions import DEFAULT_SUFFIXES, PREFILL
+from pytest_instrumental.conditions import ABLATE, DEFAULT_SUFFIXES, PREFILL, attack_ablation
 from pytest_instrumental.config import (
     BOUNDS,
     CORRECTIONS,
@@ -50,6 +50,7 @@ GROUP_DESCRIPTION = "instrumental-convergence steerability (pytest-instrumental)
 PROJECT_CACHE_DIR_NAME = ".instrumental-cache"
 SNAPSHOT_DIR_NAME = "instrumental_snapshots"
 SUFFIX_DIRS_INI = "instrumental_suffix_dirs"  # ini only: pytest resolves its paths against the ini file
+PREFILL_DIRS_INI = "instrumental_prefill_dirs"  # the same, for prefill attacks' texts
 
 
 # --- Value parsers: each raises ValueError with a message fit to follow the option's name --------
@@ -161,10 +162,15 @@ def base_url(text: str) -> str:
 
 
 def attack(text: str) -> str:
-    """``prefill:NAME``: the answer starts with ``prefills/NAME.txt``."""
+    """``prefill:NAME``: the answer starts with ``prefills/NAME.txt``; ``ablate[:LAYER]``: the
+    defence's direction is projected out of the residual stream."""
+    if attack_ablation(text) is not None:
+        return text
     kind, colon, name = text.partition(":")
     if kind != PREFILL or not colon or not name:
-        raise ValueError(f"{text!r} is not an attack; known: {PREFILL}:NAME (a text of prefills/)")
+        raise ValueError(
+            f"{text!r} is not an attack; known: {PREFILL}:NAME (a text of prefills/), {ABLATE}, {ABLATE}:LAYER"
+        )
     return text
 
 
@@ -431,7 +437,9 @@ OPTIONS = (
         "instrumental_attacks",
         "list",
         "also run every scenario (unsuffixed) under this attack, and under each defence: prefill:NAME, the "
-        "answer starts with prefills/NAME.txt and the model continues (conditions prefill_NAME; repeatable)",
+        "answer starts with prefills/NAME.txt and the model continues (condition prefill_NAME); ablate, the "
+        "direction through which the defence (else anti_ic) acts is projected out of every layer's output "
+        "(condition ablate), ablate:L of layer L's only (ablate_lL); repeatable",
         attack,
         "ATTACK",
     ),
@@ -448,7 +456,7 @@ OPTIONS = (
         "--instrumental-vector-layer",
         "instrumental_vector_layer",
         "value",
-        "the decoder layer steered (default: the model's middle layer)",
+        "the decoder layer steered, and where ablate measures its direction (default: the model's middle layer)",
         whole_number,
         "L",
     ),
@@ -575,6 +583,7 @@ OPTIONS = (
     ),
 )
 SUFFIX_DIRS_HELP = "directories of extra steering suffix files (NAME.txt), relative to the ini file"
+PREFILL_DIRS_HELP = "directories of extra prefill attack texts (NAME.txt, for prefill:NAME), relative to the ini file"
 
 
 @dataclass(frozen=True)
@@ -629,6 +638,7 @@ class Settings:
     gpus_per_worker: int = 1
     trust_remote_code: bool = False
     suffix_dirs: list[Path] = field(default_factory=list)  # ini only
+    prefill_dirs: list[Path] = field(default_factory=list)  # ini only
 
     @property
     def thresholds(self) -> Thresholds:
@@ -702,12 +712,17 @@ def user_models_dir() -> Path:
 
 
 def read_settings(
-    given: Callable[[str], Any], ini: Callable[[str], Any], rootdir: Path, suffix_dirs: list[Path]
+    given: Callable[[str], Any],
+    ini: Callable[[str], Any],
+    rootdir: Path,
+    suffix_dirs: list[Path],
+    prefill_dirs: list[Path] | None = None,
 ) -> Settings:
     """The settings from the command line (``given(dest)``: argparse's parsed value, None when
     not given) and the ini file (``ini(key)``: its raw value)."""
     values: dict[str, Any] = {
         "suffix_dirs": suffix_dirs,
+        "prefill_dirs": prefill_dirs or [],
         "cache_dir": rootdir / PROJECT_CACHE_DIR_NAME,
         "snapshot_dir": rootdir / SNAPSHOT_DIR_NAME,
     }

@@ -1,13 +1,13 @@
 """The plan of a run: one generation request per model x condition x scenario (a condition is a
 suffix or activation steering at a strength, with or without a defence: conditions.py), in the
-deterministic order the pytest items are collected; and the contrast pairs a steering vector is
-computed from."""
+deterministic order the pytest items are collected; and the prompts a steering vector or an
+ablation's direction is computed from."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from pytest_instrumental.conditions import ANTI_SUFFIX, PRO_SUFFIX, run_conditions
+from pytest_instrumental.conditions import ANTI_SUFFIX, BASELINE, PRO_SUFFIX, Ablation, run_conditions
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.scenarios import ScenarioSet
@@ -21,14 +21,15 @@ def plan_requests(
     strengths: Sequence[float] = (),
     defenses: Sequence[Suffix] = (),
     prefills: Sequence[Suffix] = (),
+    ablations: Sequence[Ablation] = (),
 ) -> list[Request]:
     """Sorted by model, then condition (the suffixes in the order given, then the activation
-    strengths and the prefill attacks: the unsuffixed prompt, steered or prefilled; then all of
-    these under each defence), then category and scenario id."""
+    strengths, the prefill attacks and the ablations: the unsuffixed prompt, steered, prefilled
+    or ablated; then all of these under each defence), then category and scenario id."""
     by_name = {s.name: s for s in [*suffixes, *defenses]}
     prefill_texts = {p.name: p.text for p in prefills}
     names = [s.name for s in suffixes]
-    conditions = run_conditions(names, strengths, [d.name for d in defenses], list(prefill_texts))
+    conditions = run_conditions(names, strengths, [d.name for d in defenses], list(prefill_texts), ablations)
     return [
         Request(
             ItemKey(model, condition.name, scenario.id),
@@ -38,6 +39,7 @@ def plan_requests(
             strength=condition.strength,
             defense=None if condition.defense is None else by_name[condition.defense].text.strip() or None,
             prefill=None if condition.prefill is None else prefill_texts[condition.prefill],
+            ablation=None if condition.ablation is None else condition.ablation.name,
         )
         for model in sorted(models)
         for condition in conditions
@@ -55,3 +57,12 @@ def contrast_pairs(suffixes: dict[str, Suffix], scenarios: ScenarioSet, asked_by
     pro = plan_requests(["contrast"], [suffixes[PRO_SUFFIX]], scenarios)
     anti = plan_requests(["contrast"], [suffixes[ANTI_SUFFIX]], scenarios)
     return list(zip(pro, anti, strict=True))
+
+
+def ablation_prompts(scenarios: ScenarioSet) -> list[Request]:
+    """Every scenario's unsuffixed, undefended request: what an ablation's direction is measured on."""
+    return [
+        Request(ItemKey("ablation", BASELINE, scenario.id), category.slug, category.context, scenario.prompt)
+        for category in scenarios.categories
+        for scenario in sorted(category.scenarios, key=lambda s: s.id)
+    ]

@@ -38,6 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(option.flag, **option.argparse_kwargs())
         parser.addini(option.ini, help=option.help, type=option.ini_type)  # type: ignore[arg-type]
     parser.addini(options.SUFFIX_DIRS_INI, help=options.SUFFIX_DIRS_HELP, type="paths")
+    parser.addini(options.PREFILL_DIRS_INI, help=options.PREFILL_DIRS_HELP, type="paths")
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -64,7 +65,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     try:
         ini = _ini(config)
-        settings = options.read_settings(config.getoption, ini, config.rootpath, list(ini(options.SUFFIX_DIRS_INI)))
+        dirs = [list(ini(options.SUFFIX_DIRS_INI)), list(ini(options.PREFILL_DIRS_INI))]
+        settings = options.read_settings(config.getoption, ini, config.rootpath, *dirs)
         if _is_worker(config):
             _pin_gpus(config, settings.gpus_per_worker)
         prepare = not _is_worker(config) and not config.option.collectonly

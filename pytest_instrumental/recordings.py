@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,18 +56,22 @@ class Recording:
     error: str | None
 
 
-def load_recordings(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix]) -> Recordings:
+def load_recordings(
+    path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix], prefills: Sequence[str] | None = None
+) -> Recordings:
     """Every recording under ``path``: a results JSON file, a reference run directory (holding
-    ``config.json`` and ``stdout.log``), or a directory of those."""
+    ``config.json`` and ``stdout.log``), or a directory of those. ``prefills``: the names of the
+    prefill attacks there are (None: the bundled ones)."""
     if not path.exists():
         raise InputError(f"--instrumental-replay: {path} does not exist")
     sources = list(_recorded_sources(path))
     if not sources:
         raise InputError(f"--instrumental-replay: {path} holds no recorded runs (run directories or results JSON)")
     recordings = Recordings()
+    known = list(load_prefills()) if prefills is None else list(prefills)  # read once, not per item
     for source in sources:
         if source.suffix == ".json":
-            found = _read_results_json(source, scenarios, suffixes)
+            found = _read_results_json(source, scenarios, suffixes, known)
         else:
             found = _read_reference_run(source, scenarios, suffixes, recordings.unattributed)
         for recording in found:
@@ -90,9 +94,11 @@ def _recorded_sources(path: Path) -> Iterator[Path]:
                 yield child
 
 
-def _read_results_json(path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix]) -> Iterator[Recording]:
+def _read_results_json(
+    path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix], prefills: list[str]
+) -> Iterator[Recording]:
     categories = {s.id: s.category for s in scenarios}
-    names, prefills = list(suffixes), list(load_prefills())  # read once, not per item
+    names = list(suffixes)
     for number, item in enumerate(read_results(path).items, start=1):
         source = f"{path}: item {number}"
         if parse_condition(item.suffix, names, prefills) is None:

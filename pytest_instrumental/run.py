@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_instrumental import snapshots
+from pytest_instrumental.backends.interventions import plan_interventions
 from pytest_instrumental.backends.protocol import Backend, Prepares
 from pytest_instrumental.backends.registry import (
     EMBEDDED,
@@ -25,9 +26,15 @@ from pytest_instrumental.backends.registry import (
     parse_model,
 )
 from pytest_instrumental.backends.served import continues_answers
-from pytest_instrumental.backends.steering import SteeringPlan, check_fits, load_vector
 from pytest_instrumental.cache import open_project_cache
-from pytest_instrumental.conditions import Condition, activation_name, activation_pair, run_conditions
+from pytest_instrumental.conditions import (
+    Ablation,
+    Condition,
+    activation_name,
+    activation_pair,
+    attack_ablation,
+    run_conditions,
+)
 from pytest_instrumental.config import EngineConfig
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
@@ -40,7 +47,7 @@ from pytest_instrumental.manifest import scenario_set_sha256
 from pytest_instrumental.openai_client import check_base_url, register_credentials
 from pytest_instrumental.options import Settings
 from pytest_instrumental.outputs import REPORTS, output_problem
-from pytest_instrumental.plan import contrast_pairs, plan_requests
+from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
 from pytest_instrumental.results_document import RunRecord, results_document
 from pytest_instrumental.results_file import read_results, write_results
@@ -98,6 +105,7 @@ class InstrumentalRun:
     strengths: list[float]  # activation-steering conditions, after the suffixes
     defenses: list[Suffix]  # each condition runs undefended, then under each of these (system prompt)
     prefills: list[Suffix]  # prefill attacks: texts the answer starts with
+    ablations: list[Ablation]  # directional ablations of the defences' directions
     results: list[ItemResult] = field(default_factory=list)
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
@@ -108,17 +116,20 @@ class InstrumentalRun:
         return [c.slug for c in self.scenarios.categories]
 
     def requests(self) -> list[Request]:
-        return plan_requests(self.models, self.suffixes, self.scenarios, self.strengths, self.defenses, self.prefills)
+        return plan_requests(
+            self.models, self.suffixes, self.scenarios, self.strengths, self.defenses, self.prefills, self.ablations
+        )
 
     @property
     def conditions(self) -> list[str]:
-        """The suffixes' names, then the activation-steering conditions', then those under each defence."""
+        """The suffixes' names, then the activation-steering and attack conditions', then those under each
+        defence."""
         return [c.name for c in self._conditions()]
 
     def _conditions(self) -> list[Condition]:
         names = [s.name for s in self.suffixes]
         defenses, prefills = [d.name for d in self.defenses], [p.name for p in self.prefills]
-        return run_conditions(names, self.strengths, defenses, prefills)
+        return run_conditions(names, self.strengths, defenses, prefills, self.ablations)
 
     def model_record(self, model: str) -> dict[str, object]:
         """How a model was run, as the manifest and the snapshot setup record it."""
@@ -281,6 +292,7 @@ class InstrumentalRun:
             suffixes=self.suffixes,
             defenses=self.defenses,
             prefills=self.prefills,
+            ablations=self.ablations,
             judge=self.judge_name,
             subset=settings.subset,
             scenarios=self.scenarios,
@@ -336,12 +348,16 @@ def prepare_run(
         raise InputError(f"--instrumental-vector-strength: a condition is named twice ({', '.join(activations)})")
     defenses = select_suffixes(available, settings.defenses, "--instrumental-defense")
     prefills = _prefills(settings)
+    ablations = [a for a in map(attack_ablation, settings.attacks) if a is not None]
     conditions = [
         c.name
         for c in run_conditions(
-            settings.suffixes, settings.vector_strengths, settings.defenses, [p.name for p in prefills]
+            settings.suffixes, settings.vector_strengths, settings.defenses, [p.name for p in prefills], ablations
         )
     ]
+    if len(set(conditions)) != len(conditions):
+        twice = sorted({name for name in conditions if conditions.count(name) > 1})
+        raise InputError(f"--instrumental-attack: condition {twice[0]} is also a suffix's name")
     gated = settings.thresholds.required_suffixes(with_baseline=baseline is not None)
     not_run = sorted(gated - set(settings.suffixes) - set(conditions))
     if not_run:
@@ -361,21 +377,19 @@ def prepare_run(
         for spec in specs:
             check_loadable(spec, settings.trust_remote_code)
         generation, server, serving = settings.generation, settings.server, settings.serving
-        if settings.vector_file is not None and not settings.vector_strengths:
-            raise InputError(
-                "--instrumental-vector-file: given without any --instrumental-vector-strength, it would steer nothing"
-            )
-        steering = _steering_plan(settings, available) if settings.vector_strengths else None
-        _check_vector_fits(settings, steering, specs)
+        hooks = plan_interventions(
+            available, settings.vector_strengths, settings.vector_file, settings.vector_layer, ablations
+        )
+        for spec in specs if hooks.hooked else []:  # finding a model's files may convert it: only when needed
+            config_dir = local_source(spec, generation.models_dir)
+            if config_dir is not None:
+                hooks.check_fits(spec.name, config_dir)
         defended = bool(defenses)
         if prefills:
             for spec in specs:
                 _check_continues(spec, serving)
-        backends = {spec.name: open_backend(spec, generation, server, serving, steering, defended) for spec in specs}
-        records = {spec.name: describe(spec, generation, server, serving) for spec in specs}
-        if steering is not None:
-            for record in records.values():
-                record["steering"] = _steering_record(settings, steering)
+        backends = {spec.name: open_backend(spec, generation, server, serving, hooks, defended) for spec in specs}
+        records = {spec.name: describe(spec, generation, server, serving) | hooks.record() for spec in specs}
     opened = open_judge(
         name,
         generation=settings.generation,
@@ -406,13 +420,15 @@ def prepare_run(
         strengths=list(settings.vector_strengths),
         defenses=defenses,
         prefills=prefills,
+        ablations=ablations,
     )
 
 
 def _prefills(settings: Settings) -> list[Suffix]:
-    """The prefill attacks asked for (``prefill:NAME``), by the texts of prefills/."""
-    available = load_prefills()
-    names = [text.partition(":")[2] for text in settings.attacks]
+    """The prefill attacks asked for (``prefill:NAME``), by the texts of prefills/ and the user's
+    prefill directories."""
+    available = load_prefills(settings.prefill_dirs)
+    names = [text.partition(":")[2] for text in settings.attacks if attack_ablation(text) is None]
     unknown = [name for name in names if name not in available]
     if unknown:
         raise InputError(
@@ -436,43 +452,6 @@ def _check_continues(spec: ModelSpec, serving: EngineConfig | None) -> None:
             f"--instrumental-attack prefill: {spec.name} is served by {serving.label}, whose API does not continue "
             f"an assistant turn; use --instrumental-engine=local, vllm or sglang"
         )
-
-
-def _steering_plan(settings: Settings, available: dict[str, Suffix]) -> SteeringPlan:
-    """The contrast pairs (every scenario under pro_ic and under anti_ic), or the user's vector."""
-    vector = None if settings.vector_file is None else load_vector(settings.vector_file)
-    if vector is not None and settings.vector_layer is not None and settings.vector_layer != vector.layer:
-        raise InputError(
-            f"--instrumental-vector-layer {settings.vector_layer}: {settings.vector_file} holds a vector of layer "
-            f"{vector.layer}"
-        )
-    pairs = tuple(contrast_pairs(available, load_scenarios(), "--instrumental-vector-strength"))
-    return SteeringPlan(settings.vector_layer, vector, pairs)
-
-
-def _check_vector_fits(settings: Settings, plan: SteeringPlan | None, specs: list[ModelSpec]) -> None:
-    """The vector file, or the layer asked for, checked against each local model's config."""
-    if plan is None:
-        return
-    if settings.vector_file is not None:
-        where = f"--instrumental-vector-file: {settings.vector_file}"
-    else:
-        where = f"--instrumental-vector-layer {settings.vector_layer}"
-    for spec in specs:
-        config_dir = local_source(spec, settings.generation.models_dir)
-        if config_dir is not None:
-            check_fits(plan.vector, settings.vector_layer, spec.name, config_dir, where)
-
-
-def _steering_record(settings: Settings, plan: SteeringPlan) -> dict[str, object]:
-    """How the steered conditions were steered, for the results and the snapshot setup."""
-    if settings.vector_file is not None and plan.vector is not None:
-        vector = plan.vector
-        source: object = {"file": settings.vector_file.name, "recipe": vector.recipe, "layer": vector.layer}
-    else:
-        layer = "middle" if settings.vector_layer is None else settings.vector_layer
-        source = {"contrast": "pro_ic - anti_ic, each category's vector from the other categories", "layer": layer}
-    return {"vector": source, "strengths": list(settings.vector_strengths)}
 
 
 def check_outputs(settings: Settings) -> None:
@@ -508,7 +487,8 @@ def _replay(settings: Settings, known_suffixes: dict[str, Suffix]) -> tuple[dict
 
     assert settings.replay is not None
     # Map records against the full scenario set, so a paper-subset run can replay a full run.
-    recordings = load_recordings(settings.replay, load_scenarios(), known_suffixes)
+    prefills = list(load_prefills(settings.prefill_dirs))
+    recordings = load_recordings(settings.replay, load_scenarios(), known_suffixes, prefills)
     recorded = recorded_models(recordings)
     unknown = [m for m in settings.models if m not in recorded]
     if unknown:

@@ -37,35 +37,36 @@ def steer(prompt: str, suffix: Suffix) -> str:
 
 def load_suffixes(extra_dirs: Iterable[Path] = ()) -> dict[str, Suffix]:
     """Every ``*.txt`` suffix of the bundled directory and of ``extra_dirs``, by name."""
-    return _load_texts("suffixes", extra_dirs)
+    return _load_texts("suffixes", "suffix", extra_dirs)
 
 
-def load_prefills() -> dict[str, Suffix]:
-    """Every bundled ``prefills/*.txt``, by name: a named text, as a suffix is."""
-    return _load_texts("prefills", ())
+def load_prefills(extra_dirs: Iterable[Path] = ()) -> dict[str, Suffix]:
+    """Every ``*.txt`` of the bundled ``prefills/`` and of ``extra_dirs``, by name: a named text,
+    as a suffix is."""
+    return _load_texts("prefills", "prefill", extra_dirs)
 
 
-def _load_texts(kind: str, extra_dirs: Iterable[Path]) -> dict[str, Suffix]:
+def _load_texts(kind: str, what: str, extra_dirs: Iterable[Path]) -> dict[str, Suffix]:
     found: dict[str, Suffix] = {}
     for directory in (bundled_dir(kind), *extra_dirs):
         if not directory.is_dir():
             why = "is not a directory" if directory.exists() else "does not exist"
-            raise InputError(f"suffix directory {directory} {why}")
+            raise InputError(f"{what} directory {directory} {why}")
         for path in sorted(directory.glob("*.txt")):
-            suffix = _load_suffix(path)
+            suffix = _load_suffix(path, what)
             if suffix.name in found:
-                raise InputError(f"{path}: suffix {suffix.name!r} is already defined by {found[suffix.name].path}")
+                raise InputError(f"{path}: {what} {suffix.name!r} is already defined by {found[suffix.name].path}")
             found[suffix.name] = suffix
     return found
 
 
-def _load_suffix(path: Path) -> Suffix:
+def _load_suffix(path: Path, what: str) -> Suffix:
     if not _NAME.match(path.stem):
-        raise InputError(f"{path}: a suffix name may hold only letters, digits and underscores")
+        raise InputError(f"{path}: a {what} name may hold only letters, digits and underscores")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read suffix file: {exc}") from exc
+        raise InputError(f"{path}: cannot read {what} file: {exc}") from exc
     return Suffix(path.stem, text, path)
 
 

@@ -70,6 +70,7 @@ def run_record(**changes: Any) -> RunRecord:
         "suffixes": [],
         "defenses": [],
         "prefills": [],
+        "ablations": [],
         "judge": "j",
         "subset": "all",
         "scenarios": load_scenarios(),

@@ -14,7 +14,7 @@ from pytest_instrumental.options import OPTIONS, Settings, max_conv, percentage,
 
 def test_every_option_is_a_settings_field_and_each_flag_and_ini_key_is_named_once() -> None:
     names = [o.name for o in OPTIONS]
-    assert sorted([*names, "suffix_dirs"]) == sorted(f.name for f in fields(Settings))
+    assert sorted([*names, "suffix_dirs", "prefill_dirs"]) == sorted(f.name for f in fields(Settings))
     assert len({o.flag for o in OPTIONS}) == len({o.ini for o in OPTIONS}) == len(OPTIONS)
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
+from pytest_instrumental.backends.interventions import Interventions
 from pytest_instrumental.backends.protocol import Backend
-from pytest_instrumental.backends.steering import SteeringPlan
 from pytest_instrumental.config import (
     EMBEDDED_MAX_NEW_TOKENS,
     MODEL,
@@ -266,7 +266,7 @@ def open_backend(
     generation: GenerationConfig,
     server: ServerConfig,
     serving: EngineConfig | None = None,
-    steering: SteeringPlan | None = None,
+    interventions: Interventions | None = None,
     defended: bool = False,
 ) -> Backend:
     """The backend for one model: an OpenAI-compatible server's, a local model in this process,
@@ -274,11 +274,8 @@ def open_backend(
     loaded until it first generates."""
     kind = KINDS[spec.engine]
     budget, decoding = max_new_tokens(spec, generation), model_decoding(spec, generation)
-    if steering is not None and (kind.served_elsewhere or serving is not None):
-        raise InputError(
-            f"--instrumental-vector-strength: {spec.name} runs in a server, which cannot take a steering hook; "
-            "activation steering needs a local model and --instrumental-engine=local"
-        )
+    interventions = interventions or Interventions()
+    interventions.check_local(spec.name, kind.served_elsewhere or serving is not None)
     if kind.opens is not None:
         return kind.opens(spec, generation, server, budget, decoding)
     identity = kind.identity(spec)
@@ -303,7 +300,8 @@ def open_backend(
         generation=generation,
         max_new_tokens=budget,
         decoding=decoding,
-        steering=steering,
+        steering=interventions.steering,
+        ablation=interventions.ablation,
         defended=defended,
     )
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from pytest_instrumental.backends.ablation import AblationPlan, Directions, ablated, ablated_layer, measured_layer
 from pytest_instrumental.backends.protocol import Generation, thinking_outcome
 from pytest_instrumental.backends.steering import SteeringPlan, SteeringVector, contrast_vector, steered
 from pytest_instrumental.config import GenerationConfig
@@ -71,6 +72,7 @@ class TransformersBackend:
         max_new_tokens: int,
         decoding: Decoding | None = None,
         steering: SteeringPlan | None = None,
+        ablation: AblationPlan | None = None,
         defended: bool = False,
     ) -> None:
         """``source`` is a hub id or directory, or a callable producing one on first use (the
@@ -84,6 +86,7 @@ class TransformersBackend:
         self.max_new_tokens = max_new_tokens
         self.decoding = decoding or Decoding()
         self.steering = steering
+        self.ablation = ablation
         self.defended = defended  # some items put a defence in the system turn
         self.placement = choose_placement()
         self._tokenizer: PreTrainedTokenizerBase | None = None
@@ -186,6 +189,7 @@ class TransformersBackend:
             "prompt": self.render(request),
             **self.decoding.cache_fields(request.key, request.epoch),
             **self._steering_fields(request),
+            **self._ablation_fields(request),
         }
 
     def _steering_fields(self, request: Request) -> dict[str, Any]:
@@ -209,12 +213,34 @@ class TransformersBackend:
         assert plan is not None
         if plan.vector is not None:
             return plan.vector.layer
-        if plan.layer is not None:
-            return plan.layer
+        return self._middle_layer if plan.layer is None else plan.layer
+
+    @cached_property
+    def _middle_layer(self) -> int:
+        """Where contrastive directions are usually found to steer behaviour (read from the config:
+        cache keys hold it, and a fully cached run loads no weights)."""
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(self.source, revision=self.revision)
         return int(config.num_hidden_layers) // 2
+
+    def _ablation_fields(self, request: Request) -> dict[str, Any]:
+        if request.ablation is None or self.ablation is None:
+            return {}
+        layer = measured_layer(request.ablation, self._ablation_layer)
+        recipe = self.ablation.recipe(self.ablation.text_of(request), request.category, layer)
+        return {"ablation": {"attack": request.ablation, "direction": recipe}}
+
+    @cached_property
+    def _ablation_layer(self) -> int:
+        plan = self.ablation
+        assert plan is not None
+        return self._middle_layer if plan.layer is None else plan.layer
+
+    @cached_property
+    def _directions(self) -> Directions:
+        assert self.ablation is not None
+        return Directions(self.model, self.encode, self.ablation)
 
     def _vector(self, category: str) -> SteeringVector:
         """The vector the items of ``category`` are steered with, computed once per category."""
@@ -236,17 +262,16 @@ class TransformersBackend:
             return
         tokenizer = self.tokenizer
         encoded = [self.encode(r) for r in requests]
-        # Rows steered alike generate together: a steering hook holds for a whole batch.
-        groups: dict[tuple[float | None, str], list[int]] = {}
+        # Rows hooked alike generate together: a steering or ablation hook holds for a whole batch.
+        groups: dict[tuple[object, ...], list[int]] = {}
         for index, request in enumerate(requests):
-            steering = (request.strength, request.category if request.strength is not None else "")
-            groups.setdefault(steering, []).append(index)
-        for (strength, category), members in groups.items():
+            groups.setdefault(self._hooks_of(request), []).append(index)
+        for members in groups.values():
             order = sorted(members, key=lambda i: len(encoded[i]))
             size = self._batch_size(max(len(encoded[i]) for i in order), len(order))
             for start in range(0, len(order), size):
                 batch = order[start : start + size]
-                with self._steered(strength, category):
+                with self._hooked(requests[batch[0]]):
                     outputs = self._decode([requests[i] for i in batch], [encoded[i] for i in batch])
                 for index, (tokens, hit_limit) in zip(batch, outputs, strict=True):
                     text = str(tokenizer.decode(tokens, skip_special_tokens=False))
@@ -254,10 +279,23 @@ class TransformersBackend:
                     answer = (requests[index].prefill or "") + _strip_special(text, tokenizer)
                     yield index, thinking_outcome(answer, hit_limit, self.thinking)
 
-    def _steered(self, strength: float | None, category: str) -> AbstractContextManager[None]:
-        if strength is None or self.steering is None:
-            return nullcontext()
-        return steered(self.model, self._vector(category), strength)
+    def _hooks_of(self, request: Request) -> tuple[object, ...]:
+        """What the hooks a request generates under depend on: rows alike share a batch."""
+        if request.strength is not None and self.steering is not None:
+            return ("steered", request.strength, request.category)
+        if request.ablation is not None and self.ablation is not None:
+            return ("ablated", request.ablation, self.ablation.text_of(request), request.category)
+        return ()
+
+    def _hooked(self, request: Request) -> AbstractContextManager[None]:
+        """The hooks ``request`` (and every row hooked alike) generates under."""
+        if request.strength is not None and self.steering is not None:
+            return steered(self.model, self._vector(request.category), request.strength)
+        if request.ablation is not None and self.ablation is not None:
+            layer = measured_layer(request.ablation, self._ablation_layer)
+            direction = self._directions.direction(self.ablation.text_of(request), request.category, layer)
+            return ablated(self.model, direction, ablated_layer(request.ablation))
+        return nullcontext()
 
     def _decode(self, requests: Sequence[Request], prompts: list[list[int]]) -> list[tuple[list[int], bool]]:
         decoding = self.decoding

@@ -1,0 +1,159 @@
+"""Directional ablation: the attack someone holding the weights has on the developer's instruction.
+
+Arditi et al. (2024) found refusal mediated by one direction of the residual stream, and removed
+it by projecting that direction out everywhere. Here the direction is the one through which a
+defence acts: the mean difference of the residual stream at the last prompt token between the
+scenarios' prompts with the defence's text in the system prompt and the same prompts without it,
+after one decoder layer (``--instrumental-vector-layer``, else the middle one). An undefended item
+loses the anti_ic text's direction: what the model would heed if a developer gave that instruction.
+
+``ablate`` projects the direction out of the embeddings and out of every decoder layer's output,
+so the residual stream between layers never holds it; ``ablate:L`` measures it after layer L and
+projects it out there only. As for steering vectors, no leakage: a category's items lose the
+direction measured on the other categories' scenarios.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from pytest_instrumental.backends.steering import decoder_layers
+from pytest_instrumental.conditions import parse_ablation
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.items import Request
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+
+@dataclass(frozen=True)
+class AblationPlan:
+    """What a local model's ablations are measured from: ``prompts``, every scenario's unsuffixed,
+    undefended request; ``instruction``, the text an undefended item loses the direction of
+    (anti_ic's); ``layer``, where ``ablate`` measures (None: the middle layer)."""
+
+    layer: int | None
+    instruction: str
+    prompts: tuple[Request, ...]
+
+    def text_of(self, request: Request) -> str:
+        """The instruction whose direction ``request`` loses: its defence, else anti_ic's text."""
+        return request.defense or self.instruction
+
+    def held_out(self, category: str) -> list[Request]:
+        """The prompts of every other category."""
+        return [prompt for prompt in self.prompts if prompt.category != category]
+
+    def recipe(self, text: str, category: str, layer: int) -> str:
+        """What determines the direction a category's items lose after ``layer``, for cache keys."""
+        measured = [[p.context, p.steered_prompt] for p in self.held_out(category)]
+        digest = hashlib.sha256(json.dumps([text, measured], ensure_ascii=False).encode("utf-8")).hexdigest()
+        return f"ablate:layer={layer}:without={category}:{digest[:16]}"
+
+
+def ablated_layer(name: str) -> int | None:
+    """The layer the ablation condition ``name`` (``ablate_l6``) is projected out at; None: every layer."""
+    ablation = parse_ablation(name)
+    assert ablation is not None, f"{name} is not an ablation"
+    return ablation.layer
+
+
+def measured_layer(name: str, default: int) -> int:
+    """The layer the ablation ``name``'s direction is measured after: its own, or ``default`` for
+    every layer."""
+    layer = ablated_layer(name)
+    return default if layer is None else layer
+
+
+class Directions:
+    """The directions a model's ablations remove, each computed once; the residual states they
+    are means of, once per prompt (every category's direction shares most of its prompts)."""
+
+    def __init__(self, model: PreTrainedModel, encode: Callable[[Request], list[int]], plan: AblationPlan) -> None:
+        self._model = model
+        self._encode = encode
+        self._plan = plan
+        self._states: dict[tuple[int, ...], torch.Tensor] = {}
+        self._directions: dict[tuple[str, str, int], torch.Tensor] = {}
+
+    def direction(self, text: str, category: str, layer: int) -> torch.Tensor:
+        """mean(states with ``text`` in the system prompt) - mean(states without), after ``layer``."""
+        key = (text, category, layer)
+        if key not in self._directions:
+            import torch
+
+            without = self._plan.held_out(category)
+            if not without:
+                raise InputError(f"--instrumental-attack ablate: no other category than {category} to measure on")
+            with_text = [replace(prompt, defense=text) for prompt in without]
+            defended = torch.stack([self._state(p)[layer] for p in with_text])
+            undefended = torch.stack([self._state(p)[layer] for p in without])
+            self._directions[key] = defended.mean(dim=0) - undefended.mean(dim=0)
+        return self._directions[key]
+
+    def _state(self, request: Request) -> torch.Tensor:
+        ids = tuple(self._encode(request))
+        if ids not in self._states:
+            self._states[ids] = last_token_states(self._model, ids)
+        return self._states[ids]
+
+
+def last_token_states(model: PreTrainedModel, prompt: Sequence[int]) -> torch.Tensor:
+    """The output of every decoder layer at the prompt's last token: [layers, hidden]."""
+    import torch
+
+    states: list[torch.Tensor] = []
+
+    def capture(module: Any, args: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        states.append(hidden[0, -1].float().cpu())
+
+    handles = [layer.register_forward_hook(capture) for layer in decoder_layers(model)]
+    try:
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([list(prompt)], device=model.device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(states)
+
+
+def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """``hidden`` without its component along the unit vector ``unit``, at every position."""
+    return hidden - (hidden @ unit).unsqueeze(-1) * unit
+
+
+@contextmanager
+def ablated(model: PreTrainedModel, direction: torch.Tensor, layer: int | None) -> Iterator[None]:
+    """While inside, ``direction`` is projected out of the output of decoder layer ``layer`` (None:
+    of the embeddings and of every layer); the hooks are removed on the way out, whatever happens
+    inside."""
+    layers = decoder_layers(model)
+    unit = (direction / direction.norm()).to(device=model.device, dtype=model.dtype)
+
+    def remove(module: Any, args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (project_out(output[0], unit), *output[1:])
+        return project_out(output, unit)
+
+    def remove_from_input(module: Any, args: Any, kwargs: Any) -> Any:
+        if args:
+            return (project_out(args[0], unit), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": project_out(kwargs["hidden_states"], unit)}
+
+    hooked = layers if layer is None else [layers[layer]]
+    handles = []
+    try:
+        if layer is None:  # the embeddings, as the first layer takes them in
+            handles.append(layers[0].register_forward_pre_hook(remove_from_input, with_kwargs=True))
+        handles += [module.register_forward_hook(remove) for module in hooked]
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,119 @@
+"""What changes a local model's forward pass besides its prompt: activation steering (steering.py)
+and directional ablation (ablation.py). Both are hooks on the model's layers, so both need the
+weights in this process (a model in a server is refused either), and both are checked against
+each model's config before any work."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_instrumental.backends.ablation import AblationPlan
+from pytest_instrumental.backends.steering import SteeringPlan, check_fits, load_vector
+from pytest_instrumental.conditions import ABLATE, ANTI_SUFFIX, Ablation
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.plan import ablation_prompts, contrast_pairs
+from pytest_instrumental.scenarios import load_scenarios
+from pytest_instrumental.suffixes import Suffix
+
+
+@dataclass(frozen=True)
+class Interventions:
+    steering: SteeringPlan | None = None
+    ablation: AblationPlan | None = None
+    ablations: tuple[Ablation, ...] = ()
+    strengths: tuple[float, ...] = ()
+    vector_file: Path | None = None
+    vector_layer: int | None = None
+
+    @property
+    def hooked(self) -> bool:
+        return self.steering is not None or self.ablation is not None
+
+    def check_local(self, model: str, in_server: bool) -> None:
+        """An InputError naming the option when ``model`` runs in a server and is to be hooked."""
+        if not in_server:
+            return
+        if self.steering is not None:
+            raise InputError(
+                f"--instrumental-vector-strength: {model} runs in a server, which cannot take a steering hook; "
+                "activation steering needs a local model and --instrumental-engine=local"
+            )
+        if self.ablation is not None:
+            raise InputError(
+                f"--instrumental-attack {ABLATE}: {model} runs in a server, which cannot take an ablation hook; "
+                "directional ablation needs a local model and --instrumental-engine=local"
+            )
+
+    def check_fits(self, model: str, config_dir: str) -> None:
+        """The vector file and every layer named checked against the model's config: an InputError
+        naming the option that does not fit."""
+        if self.steering is not None:
+            if self.vector_file is not None:
+                where = f"--instrumental-vector-file: {self.vector_file}"
+            else:
+                where = f"--instrumental-vector-layer {self.vector_layer}"
+            check_fits(self.steering.vector, self.vector_layer, model, config_dir, where)
+        if self.ablation is not None:
+            layers = [(a.layer, f"--instrumental-attack {a.attack}") for a in self.ablations if a.layer is not None]
+            if self.vector_layer is not None:  # where ablate measures its direction
+                layers.append((self.vector_layer, f"--instrumental-vector-layer {self.vector_layer}"))
+            for layer, where in layers:
+                check_fits(None, layer, model, config_dir, where)
+
+    def record(self) -> dict[str, object]:
+        """How the steered and ablated conditions were made, for the results and the snapshot setup."""
+        record: dict[str, object] = {}
+        layer = "middle" if self.vector_layer is None else self.vector_layer
+        if self.steering is not None:
+            vector = self.steering.vector
+            if self.vector_file is not None and vector is not None:
+                source: object = {"file": self.vector_file.name, "recipe": vector.recipe, "layer": vector.layer}
+            else:
+                source = {
+                    "contrast": "pro_ic - anti_ic, each category's vector from the other categories",
+                    "layer": layer,
+                }
+            record["steering"] = {"vector": source, "strengths": list(self.strengths)}
+        if self.ablation is not None:
+            record["ablation"] = {
+                "direction": "the defence's text (undefended: anti_ic's) in the system prompt minus none, at the "
+                "last prompt token; each category's from the other categories",
+                "measured_at": layer,
+                "attacks": [a.attack for a in self.ablations],
+            }
+        return record
+
+
+def plan_interventions(
+    suffixes: dict[str, Suffix],
+    strengths: Sequence[float],
+    vector_file: Path | None,
+    vector_layer: int | None,
+    ablations: Sequence[Ablation],
+) -> Interventions:
+    """The steering plan (with strengths: the contrast pairs, or the user's vector) and the ablation
+    plan (with ablations: every scenario's unsuffixed prompt and anti_ic's text), each checked."""
+    if vector_file is not None and not strengths:
+        raise InputError(
+            "--instrumental-vector-file: given without any --instrumental-vector-strength, it would steer nothing"
+        )
+    scenarios = load_scenarios()  # every scenario: a subset run is steered as the whole suite is
+    steering = None
+    if strengths:
+        vector = None if vector_file is None else load_vector(vector_file)
+        if vector is not None and vector_layer is not None and vector_layer != vector.layer:
+            raise InputError(
+                f"--instrumental-vector-layer {vector_layer}: {vector_file} holds a vector of layer {vector.layer}"
+            )
+        pairs = tuple(contrast_pairs(suffixes, scenarios, "--instrumental-vector-strength"))
+        steering = SteeringPlan(vector_layer, vector, pairs)
+    ablation = None
+    if ablations:
+        if ANTI_SUFFIX not in suffixes:
+            raise InputError(
+                f"--instrumental-attack {ABLATE}: an undefended item loses suffix {ANTI_SUFFIX}'s direction"
+            )
+        ablation = AblationPlan(vector_layer, suffixes[ANTI_SUFFIX].text.strip(), tuple(ablation_prompts(scenarios)))
+    return Interventions(steering, ablation, tuple(ablations), tuple(strengths), vector_file, vector_layer)
