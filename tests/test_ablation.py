@@ -136,7 +136,7 @@ def test_the_hooks_are_removed_when_generation_fails(tiny_model_dir: Path) -> No
         raise RuntimeError("out of memory")
 
     request = plan_requests(["tiny"], [], load_scenarios(), ablations=[Ablation()])[0]
-    backend._decode = fail  # type: ignore[method-assign]
+    backend._decode = fail  # type: ignore[method-assign,assignment]
     with pytest.raises(RuntimeError, match="out of memory"):
         list(backend.generate([request]))
     assert all(not layer._forward_hooks and not layer._forward_pre_hooks for layer in layers)
