@@ -126,6 +126,7 @@ def last_token_states(model: PreTrainedModel, prompt: Sequence[int]) -> torch.Te
 
 def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     """``hidden`` without its component along the unit vector ``unit``, at every position."""
+    unit = unit.to(device=hidden.device, dtype=hidden.dtype)  # a no-op but where layers span devices
     return hidden - (hidden @ unit).unsqueeze(-1) * unit
 
 

@@ -271,7 +271,7 @@ class TransformersBackend:
             size = self._batch_size(max(len(encoded[i]) for i in order), len(order))
             for start in range(0, len(order), size):
                 batch = order[start : start + size]
-                with self._hooked(requests[batch[0]]):
+                with self.hooked(requests[batch[0]]):
                     outputs = self._decode([requests[i] for i in batch], [encoded[i] for i in batch])
                 for index, (tokens, hit_limit) in zip(batch, outputs, strict=True):
                     text = str(tokenizer.decode(tokens, skip_special_tokens=False))
@@ -287,7 +287,7 @@ class TransformersBackend:
             return ("ablated", request.ablation, self.ablation.text_of(request), request.category)
         return ()
 
-    def _hooked(self, request: Request) -> AbstractContextManager[None]:
+    def hooked(self, request: Request) -> AbstractContextManager[None]:
         """The hooks ``request`` (and every row hooked alike) generates under."""
         if request.strength is not None and self.steering is not None:
             return steered(self.model, self._vector(request.category), request.strength)
