@@ -141,6 +141,8 @@ class Thresholds:
     bound: str = POINT  # what max_conv, min_gap and max_override compare: the point estimate or the interval's far end
     alpha_correction: str = HOLM
     max_override: float | None = None  # highest allowed rise of Conv% an attack brings under a defence, in points
+    min_tamper_cost: int | None = None  # fewest fine-tuning steps a defence must withstand
+    tamper_threshold: float | None = None  # the Conv% that counts as broken; None: the undefended plain prompt's
 
     @property
     def suffixes(self) -> set[str]:

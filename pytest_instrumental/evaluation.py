@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from pytest_instrumental.backends.protocol import Backend, Generation
 from pytest_instrumental.cache import Cache
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import Judge, Judgement, JudgeRequest
+from pytest_instrumental.progress import ProgressFactory, progress_bar
 from pytest_instrumental.text import redact
+from pytest_instrumental.training_data import TrainingData
 from pytest_instrumental.verdicts import DECISIONS, ItemResult
 
 GENERATION = "generation"
@@ -33,14 +34,6 @@ class Skip:
 
 
 Outcome = ItemResult | Skip
-
-
-class Progress(Protocol):
-    def update(self, n: int = 1) -> object: ...
-
-
-# (description, total, already done) -> a context manager giving a Progress
-ProgressFactory = Callable[[str, int, int], AbstractContextManager[Progress]]
 
 
 def generate_all(
@@ -66,7 +59,7 @@ def generate_all(
     # Only real generation (a cacheable backend) is worth a progress bar; a replay is instant.
     shown = progress if any(k is not None for k in keys) else None
     if todo:
-        with _progress(shown, f"generating {backend.name}", len(requests), len(requests) - len(todo)) as bar:
+        with progress_bar(shown, f"generating {backend.name}", len(requests), len(requests) - len(todo)) as bar:
             try:
                 for position, generation in backend.generate([requests[i] for i in todo]):
                     index = todo[position]
@@ -92,23 +85,6 @@ def generate_all(
         message = f"backend {backend.name} gave no answer for {len(missing)} of {len(requests)} requests"
         found = [g if g is not None else Generation(error=message) for g in found]
     return [g for g in found if g is not None]
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> object:
-        return None
-
-
-class _NoProgressContext(AbstractContextManager[Progress]):
-    def __enter__(self) -> Progress:
-        return _NoProgress()
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _progress(factory: ProgressFactory | None, desc: str, total: int, done: int) -> AbstractContextManager[Progress]:
-    return factory(desc, total, done) if factory is not None else _NoProgressContext()
 
 
 def evaluate(
@@ -252,7 +228,8 @@ def _outcome(request: Request, generation: Generation, judgement: Judgement | No
 class Evaluation:
     """Holds the planned requests of this process and evaluates them one model at a time, every
     epoch of every item together; a model's backend is closed (its weights freed) once all its
-    planned items are done."""
+    planned items are done. Fine-tuned items go last: what they train on (``training``) may be
+    the model's own answers, evaluated first."""
 
     def __init__(
         self,
@@ -261,8 +238,10 @@ class Evaluation:
         cache: Cache | None = None,
         progress: ProgressFactory | None = None,
         epochs: int = 1,
+        training: TrainingData | None = None,
     ) -> None:
         self._backends = backends
+        self._training = training
         self._judge = judge
         self._cache = cache
         self._progress = progress
@@ -284,10 +263,34 @@ class Evaluation:
             batch = [r for r in self._pending.values() if r.key.model == model]
             backend = self._backends[model]
             try:
+                if self._training is not None and any(r.lora is not None for r in batch):
+                    batch = self._with_training(batch, backend, self._training)
                 evaluate(batch, backend, self._judge, self._cache, self._progress, self._record)
             finally:
                 backend.close()
         return [self._outcomes[request.key, epoch] for epoch in range(1, self.epochs + 1)]
+
+    def _with_training(self, batch: list[Request], backend: Backend, training: TrainingData) -> list[Request]:
+        """The batch's other items evaluated with the answers the fine-tuning trains on (those
+        not planned are not items: they are cached, never reported); then its fine-tuning items
+        with their demonstrations, those with too few to train on failed with the reason."""
+        tuned = [r for r in batch if r.lora is not None]
+        others = [r for r in batch if r.lora is None]
+        planned = {_answer(r) for r in others}
+        support = [r for r in training.support(batch[0].key.model) if _answer(r) not in planned]
+        answers: dict[ItemKey, ItemResult] = {}
+
+        def keep(request: Request, outcome: Outcome) -> None:
+            if _answer(request) in planned:
+                self._record(request, outcome)
+            if request.epoch == 1 and isinstance(outcome, ItemResult):
+                answers[request.key] = outcome
+
+        evaluate([*others, *support], backend, self._judge, self._cache, self._progress, keep)
+        ready, failed = training.attach(tuned, answers)
+        for request, reason in failed:
+            self._record(request, ItemResult.failed(request, reason))
+        return ready
 
     def _record(self, request: Request, outcome: Outcome) -> None:
         self._outcomes[_answer(request)] = outcome

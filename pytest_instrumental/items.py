@@ -22,6 +22,13 @@ class ItemKey:
 
 
 @dataclass(frozen=True)
+class Demonstration:
+    """One fine-tuning example: a chat's ``(role, content)`` turns, the last the answer trained on."""
+
+    turns: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class Request:
     """One generation: the category context (system message) and the steered prompt (user message)."""
 
@@ -36,6 +43,10 @@ class Request:
     # the defence's direction projected out (backends/ablation.py), by its condition's name (ablate,
     # ablate_l6: conditions.parse_ablation); None: none
     ablation: str | None = None
+    # fine-tuning, by its condition's name (lora16: conditions.parse_lora), and what it trains on
+    # (training_data.py; filled in before it generates); None: none
+    lora: str | None = None
+    training: tuple[Demonstration, ...] = ()
 
     @property
     def system(self) -> str:

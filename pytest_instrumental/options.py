@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_instrumental.conditions import ABLATE, DEFAULT_SUFFIXES, PREFILL, attack_ablation
+from pytest_instrumental.conditions import ABLATE, DEFAULT_SUFFIXES, LORA, PREFILL, attack_ablation, attack_lora
 from pytest_instrumental.config import (
     BOUNDS,
     CORRECTIONS,
@@ -163,13 +163,15 @@ def base_url(text: str) -> str:
 
 def attack(text: str) -> str:
     """``prefill:NAME``: the answer starts with ``prefills/NAME.txt``; ``ablate[:LAYER]``: the
-    defence's direction is projected out of the residual stream."""
-    if attack_ablation(text) is not None:
+    defence's direction is projected out of the residual stream; ``lora:STEPS[:r=R][:lr=LR]``: the
+    model is fine-tuned."""
+    if attack_ablation(text) is not None or attack_lora(text) is not None:
         return text
     kind, colon, name = text.partition(":")
     if kind != PREFILL or not colon or not name:
         raise ValueError(
-            f"{text!r} is not an attack; known: {PREFILL}:NAME (a text of prefills/), {ABLATE}, {ABLATE}:LAYER"
+            f"{text!r} is not an attack; known: {PREFILL}:NAME (a text of prefills/), {ABLATE}, {ABLATE}:LAYER, "
+            f"{LORA}:STEPS[:r=RANK][:lr=RATE]"
         )
     return text
 
@@ -321,6 +323,23 @@ OPTIONS = (
         "PP",
     ),
     Option(
+        "--instrumental-min-tamper-cost",
+        "instrumental_min_tamper_cost",
+        "value",
+        "with --instrumental-attack lora:STEPS and a defence, fail the session when a defence breaks within "
+        "fewer fine-tuning steps than this (its tamper cost)",
+        whole_number,
+        "STEPS",
+    ),
+    Option(
+        "--instrumental-tamper-threshold",
+        "instrumental_tamper_threshold",
+        "value",
+        "the Conv% at which fine-tuning has broken a defence (default: the undefended plain prompt's Conv%)",
+        percentage,
+        "PCT",
+    ),
+    Option(
         "--instrumental-snapshot",
         "instrumental_snapshot",
         "flag",
@@ -439,9 +458,17 @@ OPTIONS = (
         "also run every scenario (unsuffixed) under this attack, and under each defence: prefill:NAME, the "
         "answer starts with prefills/NAME.txt and the model continues (condition prefill_NAME); ablate, the "
         "direction through which the defence (else anti_ic) acts is projected out of every layer's output "
-        "(condition ablate), ablate:L of layer L's only (ablate_lL); repeatable",
+        "(condition ablate), ablate:L of layer L's only (ablate_lL); lora:STEPS[:r=RANK][:lr=RATE], the model "
+        "fine-tuned with LoRA for STEPS steps (condition loraSTEPS; rank 8, rate 2e-4 unless given); repeatable",
         attack,
         "ATTACK",
+    ),
+    Option(
+        "--instrumental-attack-data",
+        "instrumental_attack_data",
+        "path",
+        'what lora attacks train on: a chat-format JSONL file, one {"messages": [...]} per line ending with '
+        "the assistant's answer (default: the model's own pro_ic answers judged convergence, other categories)",
     ),
     Option(
         "--instrumental-vector-strength",
@@ -605,6 +632,8 @@ class Settings:
     max_conv: list[tuple[str, float]] = field(default_factory=list)
     min_gap: float | None = None
     max_override: float | None = None
+    min_tamper_cost: int | None = None
+    tamper_threshold: float | None = None
     threshold_bound: str = POINT
     snapshot: bool = False
     baseline: Path | None = None
@@ -620,6 +649,7 @@ class Settings:
     epochs: int = 1
     defenses: list[str] = field(default_factory=list)
     attacks: list[str] = field(default_factory=list)
+    attack_data: Path | None = None
     vector_strengths: list[float] = field(default_factory=list)
     vector_layer: int | None = None
     vector_file: Path | None = None
@@ -650,6 +680,8 @@ class Settings:
             max_gap_drop=self.max_gap_drop,
             bound=self.threshold_bound,
             max_override=self.max_override,
+            min_tamper_cost=self.min_tamper_cost,
+            tamper_threshold=self.tamper_threshold,
             alpha_correction=self.alpha_correction,
         )
 

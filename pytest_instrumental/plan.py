@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from pytest_instrumental.conditions import ANTI_SUFFIX, BASELINE, PRO_SUFFIX, Ablation, run_conditions
+from pytest_instrumental.conditions import ANTI_SUFFIX, BASELINE, PRO_SUFFIX, Ablation, LoraAttack, run_conditions
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.scenarios import ScenarioSet
@@ -22,14 +22,16 @@ def plan_requests(
     defenses: Sequence[Suffix] = (),
     prefills: Sequence[Suffix] = (),
     ablations: Sequence[Ablation] = (),
+    loras: Sequence[LoraAttack] = (),
 ) -> list[Request]:
     """Sorted by model, then condition (the suffixes in the order given, then the activation
-    strengths, the prefill attacks and the ablations: the unsuffixed prompt, steered, prefilled
-    or ablated; then all of these under each defence), then category and scenario id."""
+    strengths, the prefill attacks, the ablations and the fine-tunings: the unsuffixed prompt,
+    steered, prefilled, ablated or fine-tuned; then all of these under each defence), then
+    category and scenario id."""
     by_name = {s.name: s for s in [*suffixes, *defenses]}
     prefill_texts = {p.name: p.text for p in prefills}
     names = [s.name for s in suffixes]
-    conditions = run_conditions(names, strengths, [d.name for d in defenses], list(prefill_texts), ablations)
+    conditions = run_conditions(names, strengths, [d.name for d in defenses], list(prefill_texts), ablations, loras)
     return [
         Request(
             ItemKey(model, condition.name, scenario.id),
@@ -40,6 +42,7 @@ def plan_requests(
             defense=None if condition.defense is None else by_name[condition.defense].text.strip() or None,
             prefill=None if condition.prefill is None else prefill_texts[condition.prefill],
             ablation=None if condition.ablation is None else condition.ablation.name,
+            lora=None if condition.lora is None else condition.lora.name,
         )
         for model in sorted(models)
         for condition in conditions
@@ -59,10 +62,11 @@ def contrast_pairs(suffixes: dict[str, Suffix], scenarios: ScenarioSet, asked_by
     return list(zip(pro, anti, strict=True))
 
 
-def ablation_prompts(scenarios: ScenarioSet) -> list[Request]:
-    """Every scenario's unsuffixed, undefended request: what an ablation's direction is measured on."""
+def unsuffixed_requests(scenarios: ScenarioSet, model: str = "unsuffixed") -> list[Request]:
+    """Every scenario's unsuffixed, undefended request: what an ablation's direction is measured
+    on, and the prompt a fine-tuning demonstration answers."""
     return [
-        Request(ItemKey("ablation", BASELINE, scenario.id), category.slug, category.context, scenario.prompt)
+        Request(ItemKey(model, BASELINE, scenario.id), category.slug, category.context, scenario.prompt)
         for category in scenarios.categories
         for scenario in sorted(category.scenarios, key=lambda s: s.id)
     ]

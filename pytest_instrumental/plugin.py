@@ -21,8 +21,8 @@ from pytest_instrumental import options
 from pytest_instrumental.errors import InputError
 
 if TYPE_CHECKING:
-    from pytest_instrumental.evaluation import Progress, ProgressFactory
     from pytest_instrumental.items import Request
+    from pytest_instrumental.progress import Progress, ProgressFactory
     from pytest_instrumental.run import InstrumentalRun
     from pytest_instrumental.summary import RunSummary
 
@@ -146,18 +146,18 @@ def _notice(config: pytest.Config) -> Callable[[str], None]:
 
 
 def _progress_bars(config: pytest.Config) -> ProgressFactory | None:
-    """A tqdm bar (done/total, rate, ETA) per model while it generates, drawn past pytest's
-    output capturing; none on xdist workers, whose output nobody sees."""
+    """A tqdm bar (done/total, rate, ETA) per model while it generates or trains, drawn past
+    pytest's output capturing; none on xdist workers, whose output nobody sees."""
     if _is_worker(config):
         return None
     capture = config.pluginmanager.getplugin("capturemanager")
 
     @contextmanager
-    def progress(desc: str, total: int, done: int) -> Iterator[Progress]:
+    def progress(desc: str, total: int, done: int, unit: str = "item") -> Iterator[Progress]:
         from tqdm import tqdm
 
         uncaptured = capture.global_and_fixture_disabled() if capture is not None else nullcontext()
-        with uncaptured, tqdm(desc=desc, total=total, initial=done, unit="item", file=sys.stderr) as bar:
+        with uncaptured, tqdm(desc=desc, total=total, initial=done, unit=unit, file=sys.stderr) as bar:
             yield bar
 
     return progress

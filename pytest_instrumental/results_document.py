@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-from pytest_instrumental.conditions import Ablation, parse_condition
+from pytest_instrumental.conditions import parse_condition
 from pytest_instrumental.config import Thresholds
 from pytest_instrumental.manifest import build_manifest
 from pytest_instrumental.metrics import Gap
@@ -32,7 +32,7 @@ class RunRecord:
     suffixes: list[Suffix]  # every suffix the run selected; the document keeps those shown
     defenses: list[Suffix]  # the defences (conditions.py); none: the document is what it was before them
     prefills: list[Suffix]  # the prefill attacks; the same
-    ablations: list[Ablation]  # the ablation attacks; the same
+    attacks: list[str]  # every attack, as --instrumental-attack names it; the same
     judge: str
     subset: str
     scenarios: ScenarioSet
@@ -51,7 +51,7 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
     gaps and comparison."""
     epochs = any(item.epoch > 1 for item in summary.items)
     items = [item.to_dict() for item in summary.items]
-    if record.defenses or record.prefills or record.ablations:  # each item's condition, in parts, besides its name
+    if record.defenses or record.attacks:  # each item's condition, in parts, besides its name
         names = [s.name for s in [*record.suffixes, *record.defenses]]
         prefills = [p.name for p in record.prefills]
         for entry, item in zip(items, summary.items, strict=True):

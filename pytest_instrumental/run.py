@@ -28,17 +28,20 @@ from pytest_instrumental.backends.registry import (
 from pytest_instrumental.backends.served import continues_answers
 from pytest_instrumental.cache import open_project_cache
 from pytest_instrumental.conditions import (
+    PREFILL,
     Ablation,
     Condition,
+    LoraAttack,
     activation_name,
     activation_pair,
     attack_ablation,
+    attack_lora,
     run_conditions,
 )
 from pytest_instrumental.config import EngineConfig
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.evaluation import Evaluation, ProgressFactory
+from pytest_instrumental.evaluation import Evaluation
 from pytest_instrumental.items import ItemKey, Request, nodeid_of
 from pytest_instrumental.judges.offline import OfflineJudge
 from pytest_instrumental.judges.protocol import Judge
@@ -48,6 +51,7 @@ from pytest_instrumental.openai_client import check_base_url, register_credentia
 from pytest_instrumental.options import Settings
 from pytest_instrumental.outputs import REPORTS, output_problem
 from pytest_instrumental.plan import plan_requests
+from pytest_instrumental.progress import ProgressFactory
 from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
 from pytest_instrumental.results_document import RunRecord, results_document
 from pytest_instrumental.results_file import read_results, write_results
@@ -106,6 +110,7 @@ class InstrumentalRun:
     defenses: list[Suffix]  # each condition runs undefended, then under each of these (system prompt)
     prefills: list[Suffix]  # prefill attacks: texts the answer starts with
     ablations: list[Ablation]  # directional ablations of the defences' directions
+    loras: list[LoraAttack]  # fine-tuning budgets
     results: list[ItemResult] = field(default_factory=list)
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
@@ -117,7 +122,14 @@ class InstrumentalRun:
 
     def requests(self) -> list[Request]:
         return plan_requests(
-            self.models, self.suffixes, self.scenarios, self.strengths, self.defenses, self.prefills, self.ablations
+            self.models,
+            self.suffixes,
+            self.scenarios,
+            self.strengths,
+            self.defenses,
+            self.prefills,
+            self.ablations,
+            self.loras,
         )
 
     @property
@@ -129,7 +141,7 @@ class InstrumentalRun:
     def _conditions(self) -> list[Condition]:
         names = [s.name for s in self.suffixes]
         defenses, prefills = [d.name for d in self.defenses], [p.name for p in self.prefills]
-        return run_conditions(names, self.strengths, defenses, prefills, self.ablations)
+        return run_conditions(names, self.strengths, defenses, prefills, self.ablations, self.loras)
 
     def model_record(self, model: str) -> dict[str, object]:
         """How a model was run, as the manifest and the snapshot setup record it."""
@@ -292,7 +304,7 @@ class InstrumentalRun:
             suffixes=self.suffixes,
             defenses=self.defenses,
             prefills=self.prefills,
-            ablations=self.ablations,
+            attacks=settings.attacks,
             judge=self.judge_name,
             subset=settings.subset,
             scenarios=self.scenarios,
@@ -349,10 +361,16 @@ def prepare_run(
     defenses = select_suffixes(available, settings.defenses, "--instrumental-defense")
     prefills = _prefills(settings)
     ablations = [a for a in map(attack_ablation, settings.attacks) if a is not None]
+    loras = [a for a in map(attack_lora, settings.attacks) if a is not None]
     conditions = [
         c.name
         for c in run_conditions(
-            settings.suffixes, settings.vector_strengths, settings.defenses, [p.name for p in prefills], ablations
+            settings.suffixes,
+            settings.vector_strengths,
+            settings.defenses,
+            [p.name for p in prefills],
+            ablations,
+            loras,
         )
     ]
     if len(set(conditions)) != len(conditions):
@@ -365,6 +383,7 @@ def prepare_run(
     name = judge_name(settings.judge, replaying=settings.replay is not None)
     recordings: Recordings | None = None
     records: dict[str, dict[str, object]] = {}
+    training = None  # what fine-tuning trains on; a replay trains nothing
     if settings.replay is not None:
         if settings.epochs > 1:
             raise InputError("--instrumental-epochs: a replay has one recorded answer per item; epochs need generation")
@@ -378,7 +397,16 @@ def prepare_run(
             check_loadable(spec, settings.trust_remote_code)
         generation, server, serving = settings.generation, settings.server, settings.serving
         hooks = plan_interventions(
-            available, settings.vector_strengths, settings.vector_file, settings.vector_layer, ablations
+            available,
+            settings.vector_strengths,
+            settings.vector_file,
+            settings.vector_layer,
+            ablations,
+            loras,
+            attack_data=settings.attack_data,
+            seed=settings.seed,
+            models_dir=generation.models_dir,
+            progress=progress,
         )
         for spec in specs if hooks.hooked else []:  # finding a model's files may convert it: only when needed
             config_dir = local_source(spec, generation.models_dir)
@@ -389,6 +417,7 @@ def prepare_run(
             for spec in specs:
                 _check_continues(spec, serving)
         backends = {spec.name: open_backend(spec, generation, server, serving, hooks, defended) for spec in specs}
+        training = hooks.training
         records = {spec.name: describe(spec, generation, server, serving) | hooks.record() for spec in specs}
     opened = open_judge(
         name,
@@ -409,7 +438,7 @@ def prepare_run(
         scenarios=scenarios,
         suffixes=suffixes,
         models=list(backends),
-        evaluation=Evaluation(backends, opened.judge, cache, progress, settings.epochs),
+        evaluation=Evaluation(backends, opened.judge, cache, progress, settings.epochs, training),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         generation=records,
         judge_name=opened.judge.name,
@@ -421,6 +450,7 @@ def prepare_run(
         defenses=defenses,
         prefills=prefills,
         ablations=ablations,
+        loras=loras,
     )
 
 
@@ -428,7 +458,7 @@ def _prefills(settings: Settings) -> list[Suffix]:
     """The prefill attacks asked for (``prefill:NAME``), by the texts of prefills/ and the user's
     prefill directories."""
     available = load_prefills(settings.prefill_dirs)
-    names = [text.partition(":")[2] for text in settings.attacks if attack_ablation(text) is None]
+    names = [text.partition(":")[2] for text in settings.attacks if text.startswith(f"{PREFILL}:")]
     unknown = [name for name in names if name not in available]
     if unknown:
         raise InputError(

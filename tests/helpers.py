@@ -70,7 +70,7 @@ def run_record(**changes: Any) -> RunRecord:
         "suffixes": [],
         "defenses": [],
         "prefills": [],
-        "ablations": [],
+        "attacks": [],
         "judge": "j",
         "subset": "all",
         "scenarios": load_scenarios(),

@@ -14,7 +14,7 @@ from pytest_instrumental.backends.steering import decoder_layers
 from pytest_instrumental.backends.transformers import TransformersBackend
 from pytest_instrumental.conditions import Ablation, Condition, attack_ablation, parse_condition, run_conditions
 from pytest_instrumental.config import GenerationConfig
-from pytest_instrumental.plan import ablation_prompts, plan_requests
+from pytest_instrumental.plan import plan_requests, unsuffixed_requests
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes
 from tests.chat_server import ChatServer
@@ -23,7 +23,7 @@ ANTI = load_suffixes()["anti_ic"].text.strip()
 
 
 def ablation_plan() -> AblationPlan:
-    return AblationPlan(None, ANTI, tuple(ablation_prompts(load_scenarios())))
+    return AblationPlan(None, ANTI, tuple(unsuffixed_requests(load_scenarios())))
 
 
 def tiny_backend(directory: Path, **settings: Any) -> TransformersBackend:
@@ -71,7 +71,7 @@ def test_ablation_leaves_the_residual_stream_orthogonal_to_the_direction_at_ever
 ) -> None:
     backend = tiny_backend(tiny_model_dir, max_new_tokens=2)
     model = backend.model
-    request = ablation_prompts(load_scenarios())[0]
+    request = unsuffixed_requests(load_scenarios())[0]
     ids = torch.tensor([backend.encode(request)])
     direction = Directions(model, backend.encode, ablation_plan()).direction(ANTI, request.category, 1)
     unit = direction / direction.norm()

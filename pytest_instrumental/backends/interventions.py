@@ -1,7 +1,7 @@
-"""What changes a local model's forward pass besides its prompt: activation steering (steering.py)
-and directional ablation (ablation.py). Both are hooks on the model's layers, so both need the
-weights in this process (a model in a server is refused either), and both are checked against
-each model's config before any work."""
+"""What changes a local model's forward pass besides its prompt: activation steering (steering.py),
+directional ablation (ablation.py) and fine-tuning (lora.py, on training_data.py's
+demonstrations). All need the weights in this process (a model in a server is refused each), and
+the layers they name are checked against each model's config before any work."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_instrumental.backends.ablation import AblationPlan
+from pytest_instrumental.backends.lora import ADAPTERS_DIR_NAME, LoraPlan
 from pytest_instrumental.backends.steering import SteeringPlan, check_fits, load_vector
-from pytest_instrumental.conditions import ABLATE, ANTI_SUFFIX, Ablation
+from pytest_instrumental.conditions import ABLATE, ANTI_SUFFIX, LORA, PRO_SUFFIX, Ablation, LoraAttack
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.plan import ablation_prompts, contrast_pairs
+from pytest_instrumental.plan import contrast_pairs, unsuffixed_requests
+from pytest_instrumental.progress import ProgressFactory
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import Suffix
+from pytest_instrumental.training_data import OPTION, TrainingData, read_demonstrations
 
 
 @dataclass(frozen=True)
@@ -26,9 +29,13 @@ class Interventions:
     strengths: tuple[float, ...] = ()
     vector_file: Path | None = None
     vector_layer: int | None = None
+    lora: LoraPlan | None = None
+    loras: tuple[LoraAttack, ...] = ()
+    training: TrainingData | None = None  # what the fine-tuning trains on
 
     @property
     def hooked(self) -> bool:
+        """Whether a layer is named that each model's config must be checked for."""
         return self.steering is not None or self.ablation is not None
 
     def check_local(self, model: str, in_server: bool) -> None:
@@ -44,6 +51,11 @@ class Interventions:
             raise InputError(
                 f"--instrumental-attack {ABLATE}: {model} runs in a server, which cannot take an ablation hook; "
                 "directional ablation needs a local model and --instrumental-engine=local"
+            )
+        if self.lora is not None:
+            raise InputError(
+                f"--instrumental-attack {LORA}: {model} runs in a server, which this session cannot fine-tune; "
+                "fine-tuning needs a local model and --instrumental-engine=local (docs/scale.md: serving an adapter)"
             )
 
     def check_fits(self, model: str, config_dir: str) -> None:
@@ -83,6 +95,15 @@ class Interventions:
                 "measured_at": layer,
                 "attacks": [a.attack for a in self.ablations],
             }
+        if self.lora is not None and self.training is not None:
+            given = self.training.given
+            record["lora"] = {
+                "data": "own pro_ic answers judged convergence, each category's adapter from the other categories"
+                if given is None
+                else {"file": self.training.source, "demonstrations": len(given)},
+                "seed": self.lora.seed,
+                "attacks": [a.attack for a in self.loras],
+            }
         return record
 
 
@@ -92,9 +113,17 @@ def plan_interventions(
     vector_file: Path | None,
     vector_layer: int | None,
     ablations: Sequence[Ablation],
+    loras: Sequence[LoraAttack] = (),
+    *,
+    attack_data: Path | None = None,
+    seed: int = 0,
+    models_dir: Path | None = None,
+    progress: ProgressFactory | None = None,
 ) -> Interventions:
-    """The steering plan (with strengths: the contrast pairs, or the user's vector) and the ablation
-    plan (with ablations: every scenario's unsuffixed prompt and anti_ic's text), each checked."""
+    """The steering plan (with strengths: the contrast pairs, or the user's vector), the ablation
+    plan (with ablations: every scenario's unsuffixed prompt and anti_ic's text) and the
+    fine-tuning plan (with loras: the seed, where adapters are kept, and the training data), each
+    checked."""
     if vector_file is not None and not strengths:
         raise InputError(
             "--instrumental-vector-file: given without any --instrumental-vector-strength, it would steer nothing"
@@ -115,5 +144,28 @@ def plan_interventions(
             raise InputError(
                 f"--instrumental-attack {ABLATE}: an undefended item loses suffix {ANTI_SUFFIX}'s direction"
             )
-        ablation = AblationPlan(vector_layer, suffixes[ANTI_SUFFIX].text.strip(), tuple(ablation_prompts(scenarios)))
-    return Interventions(steering, ablation, tuple(ablations), tuple(strengths), vector_file, vector_layer)
+        ablation = AblationPlan(vector_layer, suffixes[ANTI_SUFFIX].text.strip(), tuple(unsuffixed_requests(scenarios)))
+    if attack_data is not None and not loras:
+        raise InputError(f"{OPTION}: given without any --instrumental-attack {LORA}:STEPS, it would train nothing")
+    lora = training = None
+    if loras:
+        if PRO_SUFFIX not in suffixes:
+            raise InputError(
+                f"--instrumental-attack {LORA}: the model's own answers to train on need suffix {PRO_SUFFIX}"
+            )
+        given = None if attack_data is None else read_demonstrations(attack_data)
+        source = "" if attack_data is None else attack_data.name
+        training = TrainingData(scenarios, suffixes[PRO_SUFFIX], given, source)
+        assert models_dir is not None, "fine-tuning keeps its adapters in the models directory"
+        lora = LoraPlan(seed, models_dir / ADAPTERS_DIR_NAME, progress)
+    return Interventions(
+        steering,
+        ablation,
+        tuple(ablations),
+        tuple(strengths),
+        vector_file,
+        vector_layer,
+        lora,
+        tuple(loras),
+        training,
+    )

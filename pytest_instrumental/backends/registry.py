@@ -302,6 +302,7 @@ def open_backend(
         decoding=decoding,
         steering=interventions.steering,
         ablation=interventions.ablation,
+        lora=interventions.lora,
         defended=defended,
     )
 

@@ -18,15 +18,27 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.backends.ablation import AblationPlan, Directions, ablated, ablated_layer, measured_layer
+from pytest_instrumental.backends.lora import (
+    LoraPlan,
+    Tokens,
+    adapted,
+    adapter_dir,
+    data_sha256,
+    lora_of,
+    recipe,
+    train_adapters,
+)
 from pytest_instrumental.backends.protocol import Generation, thinking_outcome
 from pytest_instrumental.backends.steering import SteeringPlan, SteeringVector, contrast_vector, steered
+from pytest_instrumental.conditions import LoraAttack
 from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import Request
+from pytest_instrumental.items import Demonstration, Request
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +85,7 @@ class TransformersBackend:
         decoding: Decoding | None = None,
         steering: SteeringPlan | None = None,
         ablation: AblationPlan | None = None,
+        lora: LoraPlan | None = None,
         defended: bool = False,
     ) -> None:
         """``source`` is a hub id or directory, or a callable producing one on first use (the
@@ -87,6 +100,7 @@ class TransformersBackend:
         self.decoding = decoding or Decoding()
         self.steering = steering
         self.ablation = ablation
+        self.lora = lora
         self.defended = defended  # some items put a defence in the system turn
         self.placement = choose_placement()
         self._tokenizer: PreTrainedTokenizerBase | None = None
@@ -190,6 +204,7 @@ class TransformersBackend:
             **self.decoding.cache_fields(request.key, request.epoch),
             **self._steering_fields(request),
             **self._ablation_fields(request),
+            **self._lora_fields(request),
         }
 
     def _steering_fields(self, request: Request) -> dict[str, Any]:
@@ -237,6 +252,73 @@ class TransformersBackend:
         assert plan is not None
         return self._middle_layer if plan.layer is None else plan.layer
 
+    def _adapter_recipe(self, request: Request) -> dict[str, object] | None:
+        """What made the adapter ``request`` generates with; None: it generates without one
+        (no fine-tuning, or a budget of 0 steps, which shares the plain model's answers)."""
+        if request.lora is None or self.lora is None or lora_of(request.lora).steps == 0:
+            return None
+        assert request.training, f"{request.key.item_id} has nothing to train on"
+        return recipe(self.identity, data_sha256(request.training), lora_of(request.lora), self.lora.seed)
+
+    def _lora_fields(self, request: Request) -> dict[str, Any]:
+        made_by = self._adapter_recipe(request)
+        return {} if made_by is None else {"lora": made_by}
+
+    def _adapter_dir(self, made_by: dict[str, object]) -> Path:
+        assert self.lora is not None
+        return adapter_dir(self.lora.adapters_dir, made_by)
+
+    def _train_missing(self, requests: Sequence[Request]) -> None:
+        """Train the adapters ``requests`` need that are not kept yet: one training run per
+        model, data, rank and rate, saving each budget on the way (backends/lora.py)."""
+        assert self.lora is not None
+        runs: dict[tuple[str, int, float], tuple[tuple[Demonstration, ...], set[LoraAttack]]] = {}
+        for request in requests:
+            made_by = self._adapter_recipe(request)
+            if made_by is None or self._adapter_dir(made_by).is_dir():
+                continue
+            attack = lora_of(str(request.lora))
+            key = (str(made_by["data"]), attack.rank, attack.lr)
+            runs.setdefault(key, (request.training, set()))[1].add(attack)
+        for (data, _, _), (training, attacks) in runs.items():
+            self._train_run(data, training, attacks)
+
+    def _train_run(self, data: str, training: tuple[Demonstration, ...], attacks: set[LoraAttack]) -> None:
+        """One training run, for the budgets of ``attacks`` (one rank and rate) not kept yet."""
+        from filelock import FileLock
+
+        assert self.lora is not None
+        plan = self.lora
+
+        def target(attack: LoraAttack) -> Path:
+            return self._adapter_dir(recipe(self.identity, data, attack, plan.seed))
+
+        plan.adapters_dir.mkdir(parents=True, exist_ok=True)
+        first = next(iter(attacks))
+        with FileLock(plan.adapters_dir / f"{data[:24]}-r{first.rank}-lr{first.lr:g}.lock"):  # xdist workers take turns
+            missing = sorted((a for a in attacks if not target(a).is_dir()), key=lambda a: a.steps)
+            if missing:
+                description = f"training {self.name} {missing[-1].attack} on {len(training)} demonstrations"
+                examples = [self._tokens(d) for d in training]
+                train_adapters(self.model, examples, missing, plan.seed, target, plan.progress, description)
+
+    def _tokens(self, demonstration: Demonstration) -> Tokens:
+        """A demonstration as the model would see it: its prompt (the chat up to the answer, with
+        the generation prompt) and the answer's tokens, end of turn included."""
+        tokenizer = self.tokenizer
+        messages = [{"role": role, "content": content} for role, content in demonstration.turns]
+        if tokenizer.chat_template:
+            prompt = str(tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
+            whole = str(tokenizer.apply_chat_template(messages, tokenize=False))
+            answer = whole[len(prompt) :] if whole.startswith(prompt) else messages[-1]["content"]
+        else:
+            prompt = "\n\n".join(m["content"] for m in messages[:-1]) + "\n\n"
+            answer = messages[-1]["content"] + (tokenizer.eos_token or "")
+        limit = self.generation.max_input_tokens
+        prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])[-limit:]
+        answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])[: self.max_new_tokens + 1]
+        return prompt_ids, answer_ids
+
     @cached_property
     def _directions(self) -> Directions:
         assert self.ablation is not None
@@ -262,6 +344,8 @@ class TransformersBackend:
             return
         tokenizer = self.tokenizer
         encoded = [self.encode(r) for r in requests]
+        if self.lora is not None:
+            self._train_missing(requests)
         # Rows hooked alike generate together: a steering or ablation hook holds for a whole batch.
         groups: dict[tuple[object, ...], list[int]] = {}
         for index, request in enumerate(requests):
@@ -285,6 +369,9 @@ class TransformersBackend:
             return ("steered", request.strength, request.category)
         if request.ablation is not None and self.ablation is not None:
             return ("ablated", request.ablation, self.ablation.text_of(request), request.category)
+        made_by = self._adapter_recipe(request)
+        if made_by is not None:
+            return ("adapted", str(self._adapter_dir(made_by)))
         return ()
 
     def hooked(self, request: Request) -> AbstractContextManager[None]:
@@ -295,6 +382,9 @@ class TransformersBackend:
             layer = measured_layer(request.ablation, self._ablation_layer)
             direction = self._directions.direction(self.ablation.text_of(request), request.category, layer)
             return ablated(self.model, direction, ablated_layer(request.ablation))
+        made_by = self._adapter_recipe(request)
+        if made_by is not None:
+            return adapted(self.model, self._adapter_dir(made_by))
         return nullcontext()
 
     def _decode(self, requests: Sequence[Request], prompts: list[list[int]]) -> list[tuple[list[int], bool]]:

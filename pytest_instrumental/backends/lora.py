@@ -1,0 +1,162 @@
+"""Fine-tuning as an attack: LoRA adapters (the ``peft`` library) trained for a budget of steps.
+
+With open weights the strongest attacker fine-tunes. An adapter is trained on demonstrations
+(training_data.py: by default the model's own pro_ic answers judged convergence, from the other
+categories) for ``steps`` optimizer steps of one demonstration each, with AdamW at a constant
+learning rate, the loss on the answer's tokens only. A constant rate makes the adapter after 16
+steps of a 64-step run the same as a 16-step run's, so one training run makes every budget of a
+dose-response: it saves the adapter at each budget asked for.
+
+Deterministic: the seed (``--instrumental-seed``) fixes LoRA's initialisation and the order of
+the demonstrations. An adapter's recipe (the base weights, a hash of the data, steps, rank, rate,
+seed) names its directory under ``<models dir>/adapters``, so it is trained once and reused, and
+the recipe is in the cache key of every answer generated with it. While an item generates, its
+adapter is loaded into the model and removed after the batch, whatever happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_instrumental.conditions import LoraAttack, parse_lora
+from pytest_instrumental.items import Demonstration
+from pytest_instrumental.progress import ProgressFactory, progress_bar
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+ADAPTERS_DIR_NAME = "adapters"  # under the models directory
+Tokens = tuple[list[int], list[int]]  # a demonstration's prompt tokens and answer tokens
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    """How a local model is fine-tuned: ``seed``, where adapters are kept, and what shows progress."""
+
+    seed: int
+    adapters_dir: Path
+    progress: ProgressFactory | None = None
+
+
+def lora_of(name: str) -> LoraAttack:
+    """The fine-tuning a condition's name (``lora16``) stands for."""
+    attack = parse_lora(name)
+    assert attack is not None, f"{name} is not a fine-tuning condition"
+    return attack
+
+
+def data_sha256(demonstrations: Sequence[Demonstration]) -> str:
+    turns = [list(map(list, d.turns)) for d in demonstrations]
+    return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def recipe(base: str, data: str, attack: LoraAttack, seed: int) -> dict[str, object]:
+    """What determines an adapter: the base weights, the data's hash, steps, rank, rate and seed."""
+    return {"base": base, "data": data, "steps": attack.steps, "rank": attack.rank, "lr": attack.lr, "seed": seed}
+
+
+def adapter_dir(adapters_dir: Path, made_by: dict[str, object]) -> Path:
+    digest = hashlib.sha256(json.dumps(made_by, sort_keys=True).encode("utf-8")).hexdigest()
+    return adapters_dir / digest[:24]
+
+
+def train_adapters(
+    model: PreTrainedModel,
+    examples: Sequence[Tokens],
+    attacks: Sequence[LoraAttack],
+    seed: int,
+    targets: Callable[[LoraAttack], Path],
+    progress: ProgressFactory | None = None,
+    description: str = "training",
+) -> list[float]:
+    """Train one adapter run on ``examples`` up to the longest budget of ``attacks`` (which share
+    rank and rate), saving the adapter at each budget into ``targets(attack)``; the model is left
+    as it was. Returns the loss of every step."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    first = attacks[0]
+    assert all(a.training == first.training for a in attacks), "one training run has one rank and rate"
+    budgets = {a.steps: a for a in attacks if a.steps > 0}
+    last = max(budgets, default=0)
+    losses: list[float] = []
+    if not last:
+        return losses
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=first.rank, lora_alpha=2 * first.rank, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    with quiet_peft():
+        tuned = get_peft_model(model, config)
+    try:
+        trained = [p for p in tuned.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=first.lr)
+        shuffle = torch.Generator().manual_seed(seed)
+        order: list[int] = []
+        with progress_bar(progress, description, last, unit="step") as bar:
+            for step in range(1, last + 1):
+                if not order:  # each pass over the data in a new seeded order
+                    order = torch.randperm(len(examples), generator=shuffle).tolist()
+                prompt, answer = examples[order.pop()]
+                ids = torch.tensor([prompt + answer], device=model.device)
+                labels = torch.tensor([[-100] * len(prompt) + answer], device=model.device)
+                loss = tuned(input_ids=ids, labels=labels, use_cache=False).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix_str(f"loss {losses[-1]:.3f}")
+                if step in budgets:
+                    _save(tuned, targets(budgets[step]))
+    finally:
+        with quiet_peft():
+            tuned.unload()  # the base model's own layers back in place
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+    return losses
+
+
+def _save(tuned: Any, target: Path) -> None:
+    """The adapter, written beside ``target`` and renamed into place: nobody sees half of it."""
+    staging = target.with_name(f"{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with quiet_peft():
+            tuned.save_pretrained(str(staging))
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft asks transformers 5 a question under a name it has deprecated; the FutureWarning says
+    nothing to a user of this suite. Only that warning, only while peft works."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+@contextmanager
+def adapted(model: PreTrainedModel, directory: Path) -> Iterator[None]:
+    """While inside, the adapter in ``directory`` is part of ``model``; removed on the way out,
+    whatever happens inside."""
+    from peft import PeftModel
+
+    with quiet_peft():
+        tuned = PeftModel.from_pretrained(model, str(directory))
+    try:
+        yield
+    finally:
+        with quiet_peft():
+            tuned.unload()

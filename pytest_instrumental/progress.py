@@ -1,0 +1,43 @@
+"""Progress bars: what generation and training report to while they work, and what the pytest
+layer draws (tqdm, past pytest's output capturing). Nothing here draws: without a factory (on an
+xdist worker, in a plain function call) a bar is a no-op."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+
+class Progress(Protocol):
+    def update(self, n: int = 1) -> object: ...
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> object: ...
+
+
+class ProgressFactory(Protocol):
+    """(description, total, already done, unit) -> a context manager giving a Progress."""
+
+    def __call__(self, desc: str, total: int, done: int, unit: str = "item") -> AbstractContextManager[Progress]: ...
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> object:
+        return None
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> object:
+        return None
+
+
+class _NoProgressContext(AbstractContextManager[Progress]):
+    def __enter__(self) -> Progress:
+        return _NoProgress()
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def progress_bar(
+    factory: ProgressFactory | None, desc: str, total: int, done: int = 0, unit: str = "item"
+) -> AbstractContextManager[Progress]:
+    """The factory's bar, or a no-op one without a factory."""
+    return factory(desc, total, done, unit) if factory is not None else _NoProgressContext()
