@@ -58,6 +58,7 @@ from pytest_instrumental.results_file import read_results, write_results
 from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
 from pytest_instrumental.suffixes import Suffix, load_prefills, load_suffixes, select_suffixes
 from pytest_instrumental.summary import Baseline, RunSummary, summarise
+from pytest_instrumental.training_data import plan_training
 from pytest_instrumental.verdicts import ItemResult, tally
 
 WORKER_RESULTS = "instrumental_results"  # the keys of an xdist worker's output
@@ -403,7 +404,6 @@ def prepare_run(
             settings.vector_layer,
             ablations,
             loras,
-            attack_data=settings.attack_data,
             seed=settings.seed,
             models_dir=generation.models_dir,
             progress=progress,
@@ -417,8 +417,9 @@ def prepare_run(
             for spec in specs:
                 _check_continues(spec, serving)
         backends = {spec.name: open_backend(spec, generation, server, serving, hooks, defended) for spec in specs}
-        training = hooks.training
-        records = {spec.name: describe(spec, generation, server, serving) | hooks.record() for spec in specs}
+        training = plan_training(available, load_scenarios(), settings.attack_data, bool(loras))
+        hooked = hooks.record(None if training is None else training.record())
+        records = {spec.name: describe(spec, generation, server, serving) | hooked for spec in specs}
     opened = open_judge(
         name,
         generation=settings.generation,

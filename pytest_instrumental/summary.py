@@ -15,6 +15,7 @@ from pytest_instrumental.dilemma import Dilemma, compute_dilemma
 from pytest_instrumental.gate import Violation
 from pytest_instrumental.items import ItemKey
 from pytest_instrumental.metrics import Cell, Gap, compute_cells, compute_gap
+from pytest_instrumental.tamper import Tamper, compute_tamper
 from pytest_instrumental.verdicts import ItemResult
 
 if TYPE_CHECKING:  # comparison needs numpy, loaded only when there is a baseline
@@ -54,6 +55,7 @@ class RunSummary:
     significance_p: dict[tuple[str, str], float] = field(default_factory=dict)
     interrupted: bool = False
     dilemma: Dilemma | None = None  # with defences: the matrix of pushes under defences (dilemma.py)
+    tamper: Tamper | None = None  # with fine-tuning: dose-responses and tamper costs (tamper.py)
 
     @property
     def gate_passed(self) -> bool:
@@ -108,6 +110,8 @@ def summarise(
     violations = gate.check(cells, gaps, thresholds)
     dilemma = compute_dilemma(items, shown_models, conditions)
     violations += gate.check_dilemma(dilemma, thresholds)
+    tamper = compute_tamper(cells, shown_models, conditions, thresholds.tamper_threshold, thresholds.bound)
+    violations += gate.check_tamper(tamper, thresholds)
     shown_activation = activation if activation and all(c in shown_suffixes for c in activation) else None
     activation_gaps = [compute_gap(m, items, *shown_activation) for m in shown_models] if shown_activation else []
     comparison = None
@@ -117,7 +121,7 @@ def summarise(
         scenario_sets = None if scenarios_sha256 is None else (baseline.scenarios_sha256, scenarios_sha256)
         comparison = compare(baseline.items, items, shown_models, shown_suffixes, scenario_sets=scenario_sets)
         violations += gate.check_baseline(comparison, thresholds)
-    rules = gate.rules_checked(cells, gaps, comparison, thresholds, dilemma)
+    rules = gate.rules_checked(cells, gaps, comparison, thresholds, dilemma, tamper)
     significance_p = {}
     if comparison is not None and thresholds.alpha > 0:
         significance_p = gate.adjusted_p_values(comparison.cells, thresholds)
@@ -150,4 +154,5 @@ def summarise(
         rules=rules,
         significance_p=significance_p,
         dilemma=dilemma,
+        tamper=tamper,
     )

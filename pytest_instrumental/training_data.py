@@ -12,6 +12,7 @@ chat-format JSONL), the same for every category.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -39,6 +40,14 @@ class TrainingData:
     pro: Suffix
     given: tuple[Demonstration, ...] | None = None
     source: str = ""  # the user's file, by name
+
+    def record(self) -> dict[str, object]:
+        """What the adapters were trained on, for the results and the snapshot setup."""
+        if self.given is None:
+            return {"data": f"own {PRO_SUFFIX} answers judged convergence; each category's adapter from the others"}
+        turns = [list(map(list, d.turns)) for d in self.given]
+        digest = hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode("utf-8")).hexdigest()
+        return {"data": {"file": self.source, "demonstrations": len(self.given), "sha256": digest}}
 
     def support(self, model: str) -> list[Request]:
         """The requests whose answers the demonstrations are made of: every scenario's pro_ic
@@ -82,6 +91,21 @@ class TrainingData:
                 turns = (("system", plain.system), ("user", plain.steered_prompt), ("assistant", answer.response))
                 demonstrations.append(Demonstration(tuple((role, text) for role, text in turns if text)))
         return tuple(demonstrations), judged
+
+
+def plan_training(
+    suffixes: Mapping[str, Suffix], scenarios: ScenarioSet, attack_data: Path | None, fine_tunes: bool
+) -> TrainingData | None:
+    """What a run's fine-tuning trains on (None: it does not fine-tune); a usage error where it
+    cannot be had."""
+    if not fine_tunes:
+        if attack_data is not None:
+            raise InputError(f"{OPTION}: given without any --instrumental-attack lora:STEPS, it would train nothing")
+        return None
+    if PRO_SUFFIX not in suffixes:
+        raise InputError(f"--instrumental-attack lora: the model's own answers to train on need suffix {PRO_SUFFIX}")
+    given = None if attack_data is None else read_demonstrations(attack_data)
+    return TrainingData(scenarios, suffixes[PRO_SUFFIX], given, "" if attack_data is None else attack_data.name)
 
 
 def _too_few(found: int, judged: int) -> str:

@@ -1,7 +1,7 @@
 """What changes a local model's forward pass besides its prompt: activation steering (steering.py),
-directional ablation (ablation.py) and fine-tuning (lora.py, on training_data.py's
-demonstrations). All need the weights in this process (a model in a server is refused each), and
-the layers they name are checked against each model's config before any work."""
+directional ablation (ablation.py) and fine-tuning (lora.py). All need the weights in this
+process (a model in a server is refused each), and the layers they name are checked against each
+model's config before any work."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from pathlib import Path
 from pytest_instrumental.backends.ablation import AblationPlan
 from pytest_instrumental.backends.lora import ADAPTERS_DIR_NAME, LoraPlan
 from pytest_instrumental.backends.steering import SteeringPlan, check_fits, load_vector
-from pytest_instrumental.conditions import ABLATE, ANTI_SUFFIX, LORA, PRO_SUFFIX, Ablation, LoraAttack
+from pytest_instrumental.conditions import ABLATE, ANTI_SUFFIX, LORA, Ablation, LoraAttack
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.plan import contrast_pairs, unsuffixed_requests
 from pytest_instrumental.progress import ProgressFactory
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import Suffix
-from pytest_instrumental.training_data import OPTION, TrainingData, read_demonstrations
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,6 @@ class Interventions:
     vector_layer: int | None = None
     lora: LoraPlan | None = None
     loras: tuple[LoraAttack, ...] = ()
-    training: TrainingData | None = None  # what the fine-tuning trains on
 
     @property
     def hooked(self) -> bool:
@@ -74,8 +72,9 @@ class Interventions:
             for layer, where in layers:
                 check_fits(None, layer, model, config_dir, where)
 
-    def record(self) -> dict[str, object]:
-        """How the steered and ablated conditions were made, for the results and the snapshot setup."""
+    def record(self, trained_on: dict[str, object] | None = None) -> dict[str, object]:
+        """How the steered, ablated and fine-tuned conditions were made (``trained_on``: what the
+        fine-tuning trained on, training_data.py's record), for the results and the snapshot setup."""
         record: dict[str, object] = {}
         layer = "middle" if self.vector_layer is None else self.vector_layer
         if self.steering is not None:
@@ -95,15 +94,8 @@ class Interventions:
                 "measured_at": layer,
                 "attacks": [a.attack for a in self.ablations],
             }
-        if self.lora is not None and self.training is not None:
-            given = self.training.given
-            record["lora"] = {
-                "data": "own pro_ic answers judged convergence, each category's adapter from the other categories"
-                if given is None
-                else {"file": self.training.source, "demonstrations": len(given)},
-                "seed": self.lora.seed,
-                "attacks": [a.attack for a in self.loras],
-            }
+        if self.lora is not None:
+            record["lora"] = {"seed": self.lora.seed, "attacks": [a.attack for a in self.loras], **(trained_on or {})}
         return record
 
 
@@ -115,15 +107,13 @@ def plan_interventions(
     ablations: Sequence[Ablation],
     loras: Sequence[LoraAttack] = (),
     *,
-    attack_data: Path | None = None,
     seed: int = 0,
     models_dir: Path | None = None,
     progress: ProgressFactory | None = None,
 ) -> Interventions:
     """The steering plan (with strengths: the contrast pairs, or the user's vector), the ablation
     plan (with ablations: every scenario's unsuffixed prompt and anti_ic's text) and the
-    fine-tuning plan (with loras: the seed, where adapters are kept, and the training data), each
-    checked."""
+    fine-tuning plan (with loras: the seed and where adapters are kept), each checked."""
     if vector_file is not None and not strengths:
         raise InputError(
             "--instrumental-vector-file: given without any --instrumental-vector-strength, it would steer nothing"
@@ -145,27 +135,10 @@ def plan_interventions(
                 f"--instrumental-attack {ABLATE}: an undefended item loses suffix {ANTI_SUFFIX}'s direction"
             )
         ablation = AblationPlan(vector_layer, suffixes[ANTI_SUFFIX].text.strip(), tuple(unsuffixed_requests(scenarios)))
-    if attack_data is not None and not loras:
-        raise InputError(f"{OPTION}: given without any --instrumental-attack {LORA}:STEPS, it would train nothing")
-    lora = training = None
+    lora = None
     if loras:
-        if PRO_SUFFIX not in suffixes:
-            raise InputError(
-                f"--instrumental-attack {LORA}: the model's own answers to train on need suffix {PRO_SUFFIX}"
-            )
-        given = None if attack_data is None else read_demonstrations(attack_data)
-        source = "" if attack_data is None else attack_data.name
-        training = TrainingData(scenarios, suffixes[PRO_SUFFIX], given, source)
         assert models_dir is not None, "fine-tuning keeps its adapters in the models directory"
         lora = LoraPlan(seed, models_dir / ADAPTERS_DIR_NAME, progress)
     return Interventions(
-        steering,
-        ablation,
-        tuple(ablations),
-        tuple(strengths),
-        vector_file,
-        vector_layer,
-        lora,
-        tuple(loras),
-        training,
+        steering, ablation, tuple(ablations), tuple(strengths), vector_file, vector_layer, lora, tuple(loras)
     )
