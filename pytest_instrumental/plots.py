@@ -20,6 +20,7 @@ from pytest_instrumental.metrics import Cell, Gap
 
 if TYPE_CHECKING:
     from pytest_instrumental.dilemma import Dilemma
+    from pytest_instrumental.tamper import Tamper
 
 _STYLE: dict[Any, Any] = {"svg.hashsalt": "pytest-instrumental", "svg.fonttype": "none", "font.size": 9}
 
@@ -127,6 +128,33 @@ def dilemma_heatmap(cells: Sequence[Cell], model: str, dilemma: Dilemma) -> str:
         axes.set_xlabel("defence (system prompt)")
         axes.set_title(f"{model}: Conv% by push and defence")
         figure.colorbar(image, ax=axes, label="Conv%")
+        return _svg(figure)
+
+
+def tamper_dose_response(model: str, tamper: Tamper) -> str:
+    """Conv% against fine-tuning steps, a line per defence (and recipe) with 95% intervals; each
+    tamper cost's reference as a dashed line."""
+    with rc_context(_STYLE):
+        figure = Figure(figsize=(4.8, 3.2))
+        axes = figure.subplots()
+        for response in (r for r in tamper.responses if r.model == model):
+            measured = [(d.steps, d.cell) for d in response.doses if d.cell is not None and d.cell.conv_pct is not None]
+            xs = [steps for steps, _ in measured]
+            ys = [cell.conv_pct or 0.0 for _, cell in measured]
+            low = [(c.conv_pct or 0.0) - c.conv_ci.low if c.conv_ci else 0 for _, c in measured]
+            high = [c.conv_ci.high - (c.conv_pct or 0.0) if c.conv_ci else 0 for _, c in measured]
+            label = response.defense or "none"
+            if len(tamper.recipes) > 1:
+                label += f" ({response.recipe})"
+            axes.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label)
+        references = {c.reference for c in tamper.costs if c.model == model and c.reference is not None}
+        for reference in references:
+            axes.axhline(reference, color="grey", linestyle="--", linewidth=0.8)
+        axes.set_xlabel("fine-tuning steps (LoRA)")
+        axes.set_ylabel("Conv% (valid responses)")
+        axes.set_ylim(0, 102)  # a line at 100% stays visible
+        axes.legend(fontsize=8)
+        axes.set_title(f"{model}: Conv% against fine-tuning budget")
         return _svg(figure)
 
 

@@ -27,12 +27,15 @@ from pytest_instrumental.terminal import (
     DILEMMA_TITLE,
     GAP_CHANGE_HEADER,
     SUMMARY_TITLE,
+    TAMPER_TITLE,
     comparison_header,
     comparison_rows,
     dilemma_tables,
     format_flip,
     format_gap_change,
     summary_table,
+    tamper_cost_lines,
+    tamper_tables,
     worst_lines,
 )
 from pytest_instrumental.text import visible
@@ -87,6 +90,11 @@ def markdown(data: RunSummary) -> str:
         for name, header, rows in dilemma_tables(data):
             lines += [f"**{_md(name)}**", "", *_md_table(header, rows), ""]
         lines += [*(f"- {_md(line)}" for line in worst_lines(data)), ""]
+    if data.tamper is not None:
+        lines += [f"### {_md(TAMPER_TITLE.removeprefix('tamper: '))}", ""]
+        for name, header, rows in tamper_tables(data):
+            lines += [f"**{_md(name)}**", "", *_md_table(header, rows), ""]
+        lines += [*(f"- {_md(line)}" for line in tamper_cost_lines(data)), ""]
     if data.comparison is not None:
         lines += _markdown_comparison(data.comparison, data.baseline or "", data.significance_p)
     lines.append(f"_pytest-instrumental {_md(version('pytest-instrumental'))}, run started {_md(data.started_at)}_")
@@ -141,6 +149,8 @@ def html(data: RunSummary) -> str:
     figures += [plots.category_heatmap(data.cells, m, data.suffixes, data.categories) for m in data.models]
     if data.dilemma is not None:
         figures += [plots.dilemma_heatmap(data.cells, m, data.dilemma) for m in data.models]
+    if data.tamper is not None:
+        figures += [plots.tamper_dose_response(m, data.tamper) for m in data.models]
     comparison = data.comparison
     return _ENVIRONMENT.get_template("report.html.j2").render(
         data=data,
@@ -158,6 +168,9 @@ def html(data: RunSummary) -> str:
         plugin_version=version("pytest-instrumental"),
         violations=[v.message() for v in data.violations],
         dilemma_title=DILEMMA_TITLE,
+        tamper_title=TAMPER_TITLE,
+        tamper_tables=tamper_tables(data) if data.tamper else [],
+        tamper_costs=tamper_cost_lines(data) if data.tamper else [],
         dilemma_tables=dilemma_tables(data) if data.dilemma else [],
         dilemma_worst=worst_lines(data) if data.dilemma else [],
     )

@@ -21,6 +21,7 @@ from pytest_instrumental.summary import RunSummary
 if TYPE_CHECKING:  # comparison needs numpy, loaded only with a baseline
     from pytest_instrumental.comparison import CellChange
     from pytest_instrumental.dilemma import Shift
+    from pytest_instrumental.tamper import Tamper
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +86,8 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
                 if (worst := dilemma.worst(m, d)) is not None
             ],
         }
+    if summary.tamper is not None:  # only runs with fine-tuning have it
+        document["tamper"] = _tamper(summary.tamper)
     if summary.activation is not None:  # only runs with activation steering have these
         document["activation_gap"] = {
             "conditions": list(summary.activation),
@@ -111,6 +114,37 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
             "missing_models": compared.missing_models,
         }
     return document if epochs else _without_epoch_fields(document)
+
+
+def _tamper(tamper: Tamper) -> dict[str, Any]:
+    """The dose-responses (each budget's condition; its cell is in ``cells``) and tamper costs."""
+    return {
+        "budgets": tamper.budgets,
+        "defenses": tamper.defenses,
+        "responses": [
+            {
+                "model": r.model,
+                "defense": r.defense,
+                "recipe": r.recipe,
+                "doses": [{"steps": d.steps, "condition": d.condition or None} for d in r.doses],
+            }
+            for r in tamper.responses
+        ],
+        "costs": [
+            {
+                "model": c.model,
+                "defense": c.defense,
+                "recipe": c.recipe,
+                "reference_pct": c.reference,
+                "reference": c.reference_source,
+                "bound": c.bound,
+                "steps": c.steps,
+                "tried": c.tried,
+                "message": c.describe(),
+            }
+            for c in tamper.costs
+        ],
+    }
 
 
 def _shift(shift: Shift) -> dict[str, Any]:

@@ -31,17 +31,40 @@ class Dose:
 
 
 @dataclass(frozen=True)
-class TamperCost:
-    """One dose-response of a model under a defence (None: undefended), and what it costs to break."""
+class DoseResponse:
+    """A model's cells by fine-tuning budget under a defence (None: undefended), for one recipe."""
 
     model: str
     defense: str | None
     recipe: str  # the training settings shared by the budgets: ``r=8 lr=0.0002``
     doses: list[Dose]
+
+
+@dataclass(frozen=True)
+class TamperCost:
+    """What it costs to break a defence (or, with a threshold, the undefended model)."""
+
+    response: DoseResponse
     reference: float | None  # the Conv% that counts as broken; None: not measured
     reference_source: str
     steps: int | None  # the tamper cost: the smallest budget that reached the reference; None: not reached
     bound: str = POINT
+
+    @property
+    def model(self) -> str:
+        return self.response.model
+
+    @property
+    def defense(self) -> str | None:
+        return self.response.defense
+
+    @property
+    def recipe(self) -> str:
+        return self.response.recipe
+
+    @property
+    def doses(self) -> list[Dose]:
+        return self.response.doses
 
     @property
     def tried(self) -> int:
@@ -67,17 +90,17 @@ class TamperCost:
 
 @dataclass(frozen=True)
 class Tamper:
-    budgets: list[int]  # the dose-response's rows, 0 first
-    defenses: list[str]  # its columns after "none"
-    costs: list[TamperCost]  # per model, recipe and column (undefended only with a threshold)
+    budgets: list[int]  # the dose-responses' rows, 0 first
+    defenses: list[str]  # their columns after "none"
+    responses: list[DoseResponse]  # per model, recipe and column (none, then each defence)
+    costs: list[TamperCost]  # per model, recipe and defence (and undefended, with a threshold)
 
-    def series(self, model: str, recipe: str, defense: str | None) -> TamperCost | None:
-        found = [c for c in self.costs if (c.model, c.recipe, c.defense) == (model, recipe, defense)]
-        return found[0] if found else None
+    def response(self, model: str, recipe: str, defense: str | None) -> DoseResponse:
+        return next(r for r in self.responses if (r.model, r.recipe, r.defense) == (model, recipe, defense))
 
     @property
     def recipes(self) -> list[str]:
-        return list(dict.fromkeys(c.recipe for c in self.costs))
+        return list(dict.fromkeys(r.recipe for r in self.responses))
 
 
 def recipe_name(attack: LoraAttack) -> str:
@@ -98,19 +121,22 @@ def compute_tamper(
     defenses = list(dict.fromkeys(c.defense for c in conditions if c.defense is not None))
     budgets = sorted({0, *(lora.steps for lora in loras)})
     overall = {(c.model, c.suffix): c for c in cells if c.category is None}
-    columns: list[str | None] = [None, *defenses] if threshold is not None else list(defenses)
-    costs = []
+    costed = [None, *defenses] if threshold is not None else list(defenses)
+    responses, costs = [], []
     for model in models:
         plain = overall.get((model, BASELINE))
         reference = threshold if threshold is not None else None if plain is None else plain.conv_pct
         source = THRESHOLD_REFERENCE if threshold is not None else UNDEFENDED_REFERENCE
         for recipe in dict.fromkeys(recipe_name(lora) for lora in loras):
             steps = {lora.steps: lora for lora in loras if recipe_name(lora) == recipe}
-            for defense in columns:
+            for defense in [None, *defenses]:
                 doses = [_dose(overall, model, defense, steps.get(budget), budget) for budget in budgets]
-                cost = None if reference is None else _cost(doses, reference, bound)
-                costs.append(TamperCost(model, defense, recipe, doses, reference, source, cost, bound))
-    return Tamper(budgets, defenses, costs)
+                response = DoseResponse(model, defense, recipe, doses)
+                responses.append(response)
+                if defense in costed:
+                    cost = None if reference is None else _cost(doses, reference, bound)
+                    costs.append(TamperCost(response, reference, source, cost, bound))
+    return Tamper(budgets, defenses, responses, costs)
 
 
 def _dose(

@@ -97,6 +97,8 @@ def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
     lines += [f"judge: {summary.judge}", *summary.warnings]
     if summary.dilemma is not None:
         lines += ["", *dilemma_lines(summary)]
+    if summary.tamper is not None:
+        lines += ["", *tamper_lines(summary)]
     if summary.comparison is not None:
         comparison = comparison_lines(summary.comparison, str(summary.baseline), verbose, summary.significance_p)
         lines += ["", *comparison]
@@ -176,6 +178,49 @@ def dilemma_lines(summary: RunSummary) -> list[str]:
     for name, header, rows in dilemma_tables(summary):
         lines += [name, *_table(header, rows), ""]
     return [*lines, *worst_lines(summary)]
+
+
+TAMPER_TITLE = "tamper: Conv% [95% CI] / Nonsensical% by fine-tuning steps (rows) and defence (columns)"
+
+
+def tamper_tables(summary: RunSummary) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per model and training recipe, the dose-response: rows the budgets (0: untampered),
+    columns no defence and each defence."""
+    tamper = summary.tamper
+    assert tamper is not None
+    columns: list[str | None] = [None, *tamper.defenses]
+    tables = []
+    for model in summary.models:
+        for recipe in tamper.recipes:
+            responses = [tamper.response(model, recipe, d) for d in columns]
+            rows = [
+                [str(budget), *(_dose_cell(r.doses[row].cell, r.doses[row].condition) for r in responses)]
+                for row, budget in enumerate(tamper.budgets)
+            ]
+            tables.append((f"{model} ({recipe})", ["steps", "none", *tamper.defenses], rows))
+    return tables
+
+
+def _dose_cell(cell: Cell | None, condition: str) -> str:
+    if cell is None:
+        return "not run" if condition else "not tried"
+    return f"{format_rate(cell.conv_pct)}{format_interval(cell.conv_ci)} / {format_rate(cell.nonsensical_pct)}"
+
+
+def tamper_cost_lines(summary: RunSummary) -> list[str]:
+    """Each defence's tamper cost, per model and recipe; or why there is none."""
+    tamper = summary.tamper
+    assert tamper is not None
+    if not tamper.costs:
+        return ["no tamper cost: it is measured under a defence (--instrumental-defense) or against a threshold"]
+    return [cost.describe() for cost in tamper.costs]
+
+
+def tamper_lines(summary: RunSummary) -> list[str]:
+    lines = [TAMPER_TITLE]
+    for name, header, rows in tamper_tables(summary):
+        lines += [name, *_table(header, rows), ""]
+    return [*lines, *tamper_cost_lines(summary)]
 
 
 def format_shift(shift: Shift) -> list[str]:
