@@ -8,6 +8,7 @@ arrives, while the backend generates the next ones.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -56,16 +57,16 @@ def generate_all(
         if cached is not None and on_generation is not None:
             on_generation(index, cached)
     todo = [i for i, g in enumerate(found) if g is None]
+    unique, copies = _same_answers(todo, keys)
     # Only real generation (a cacheable backend) is worth a progress bar; a replay is instant.
     shown = progress if any(k is not None for k in keys) else None
     if todo:
         with progress_bar(shown, f"generating {backend.name}", len(requests), len(requests) - len(todo)) as bar:
             try:
-                for position, generation in backend.generate([requests[i] for i in todo]):
-                    index = todo[position]
+                for position, generation in backend.generate([requests[i] for i in unique]):
+                    index = unique[position]
                     if found[index] is not None:
                         raise RuntimeError(f"backend {backend.name} answered request {position} twice")
-                    found[index] = generation
                     key = keys[index]
                     if (
                         cache is not None
@@ -74,9 +75,11 @@ def generate_all(
                         and not generation.skip_reason
                     ):
                         cache.put(GENERATION, key, asdict(generation))
-                    bar.update(1)
-                    if on_generation is not None:
-                        on_generation(index, generation)
+                    for same in [index, *copies.get(index, [])]:
+                        found[same] = generation
+                        bar.update(1)
+                        if on_generation is not None:
+                            on_generation(same, generation)
             except Exception as exc:  # a broken backend must not lose the items; each reports it
                 failure = Generation(error=redact(f"generation failed: {type(exc).__name__}: {exc}"))
                 found = [g if g is not None else failure for g in found]
@@ -85,6 +88,26 @@ def generate_all(
         message = f"backend {backend.name} gave no answer for {len(missing)} of {len(requests)} requests"
         found = [g if g is not None else Generation(error=message) for g in found]
     return [g for g in found if g is not None]
+
+
+def _same_answers(todo: Sequence[int], keys: Sequence[dict[str, Any] | None]) -> tuple[list[int], dict[int, list[int]]]:
+    """The requests to generate, one per cache key (greedy epochs, and ``lora0`` beside the plain
+    prompt, are the same generation), and for each the others that get its answer."""
+    first: dict[str, int] = {}
+    unique: list[int] = []
+    copies: dict[int, list[int]] = {}
+    for index in todo:
+        key = keys[index]
+        if key is None:  # not cacheable (a replay): each answers for itself
+            unique.append(index)
+            continue
+        text = json.dumps(key, sort_keys=True, ensure_ascii=False, default=str)
+        if text in first:
+            copies.setdefault(first[text], []).append(index)
+        else:
+            first[text] = index
+            unique.append(index)
+    return unique, copies
 
 
 def evaluate(

@@ -1,6 +1,7 @@
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from pytest_instrumental.backends.protocol import Backend, Generation
 from pytest_instrumental.cache import Cache
@@ -158,8 +159,15 @@ def test_a_judge_that_fails_as_a_whole_marks_its_items_as_errors(tmp_path: Path)
     assert cached_rows(tmp_path, "verdict") == 0
 
 
+class SampledBackend(ScriptedBackend):
+    """Its cache key holds the epoch, as a sampled model's holds each epoch's seed."""
+
+    def cache_key(self, request: Request) -> dict[str, Any]:
+        return {**super().cache_key(request), "epoch": request.epoch}
+
+
 def test_each_epoch_of_an_item_is_generated_and_judged_in_the_models_batch() -> None:
-    backend = ScriptedBackend({s: Generation(response="yes") for s in "ab"})
+    backend = SampledBackend({s: Generation(response="yes") for s in "ab"})
     evaluation = Evaluation({"m": backend}, ScriptedJudge({"yes": "convergence"}), epochs=3)
     planned = [request("a"), request("b")]
     evaluation.plan(planned)
@@ -167,6 +175,23 @@ def test_each_epoch_of_an_item_is_generated_and_judged_in_the_models_batch() -> 
     assert backend.batches == [["a", "a", "a", "b", "b", "b"]]  # every epoch in one batch
     assert [o.epoch for o in outcomes if isinstance(o, ItemResult)] == [1, 2, 3]
     assert all(isinstance(o, ItemResult) and o.key == planned[1].key for o in outcomes)
+
+
+def test_requests_with_one_cache_key_generate_once_and_each_gets_the_answer() -> None:
+    # greedy epochs share their key (decoding adds nothing to it), as lora0 shares the plain prompt's
+    backend = ScriptedBackend({s: Generation(response="yes") for s in "ab"})
+    evaluation = Evaluation({"m": backend}, ScriptedJudge({"yes": "convergence"}), epochs=3)
+    planned = [request("a"), request("b")]
+    evaluation.plan(planned)
+    outcomes = evaluation.outcomes(planned[1])
+    assert backend.batches == [["a", "b"]]
+    assert [(o.epoch, o.response) for o in outcomes if isinstance(o, ItemResult)] == [
+        (1, "yes"),
+        (2, "yes"),
+        (3, "yes"),
+    ]
+    seen = generate_all([request("a"), request("a"), request("b")], backend, None)
+    assert backend.batches[-1] == ["a", "b"] and [g.response for g in seen] == ["yes"] * 3
 
 
 def test_a_cached_verdict_with_an_invalid_decision_is_judged_again(tmp_path: Path) -> None:
