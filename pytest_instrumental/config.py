@@ -48,6 +48,7 @@ class GenerationConfig:
     max_new_tokens: int | None = None
     max_input_tokens: int = PROTOCOL_MAX_INPUT_TOKENS
     batch_size: int | None = None  # None: sized per device
+    threads: int | None = None  # torch's CPU threads; None: $OMP_NUM_THREADS, else the cores split between workers
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     trust_remote_code: bool = False
 

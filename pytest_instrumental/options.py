@@ -513,6 +513,15 @@ OPTIONS = (
         "N",
     ),
     Option(
+        "--instrumental-threads",
+        "instrumental_threads",
+        "value",
+        "CPU threads a local model computes with (default: $OMP_NUM_THREADS where set, else the cores split "
+        "between xdist workers, else torch's own choice)",
+        positive_int,
+        "N",
+    ),
+    Option(
         "--instrumental-cache-dir",
         "instrumental_cache_dir",
         "path",
@@ -655,6 +664,7 @@ class Settings:
     vector_file: Path | None = None
     max_new_tokens: int | None = None  # None: the protocol's budget, or the embedded model's
     batch_size: int | None = None  # None: sized per device (backends/transformers.py)
+    threads: int | None = None  # None: $OMP_NUM_THREADS, else the cores split between xdist workers
     models_dir: Path | None = None  # None: the user cache directory
     no_cache: bool = False
     base_url: list[str] = field(default_factory=list)  # several: requests spread over them
@@ -690,6 +700,7 @@ class Settings:
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
+            threads=self.threads,
             trust_remote_code=self.trust_remote_code,
             models_dir=self.models_dir or user_models_dir(),
             decoding=DecodingConfig(

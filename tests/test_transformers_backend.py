@@ -147,3 +147,13 @@ def test_a_sampled_row_does_not_depend_on_its_batch(tokenizer: PreTrainedTokeniz
     other_seed = generate_tokens(model, [prompts[1]], set(), pad, 8, Sampler(decoding, [99]))[0]
     greedy = generate_tokens(model, [prompts[1]], set(), pad, 8)[0]
     assert other_seed != alone[1] or greedy != alone[1]  # sampling, not greedy under another name
+
+
+def test_cpu_threads_are_given_or_split_between_xdist_workers_unless_omp_num_threads_says() -> None:
+    from pytest_instrumental.backends.transformers import torch_threads
+
+    assert torch_threads(3, {"PYTEST_XDIST_WORKER_COUNT": "2"}, 16) == 3  # given: as given
+    assert torch_threads(None, {}, 16) is None  # one process: torch's own choice
+    assert torch_threads(None, {"PYTEST_XDIST_WORKER_COUNT": "4"}, 16) == 4
+    assert torch_threads(None, {"PYTEST_XDIST_WORKER_COUNT": "4"}, 2) == 1  # never none
+    assert torch_threads(None, {"PYTEST_XDIST_WORKER_COUNT": "4", "OMP_NUM_THREADS": "2"}, 16) is None

@@ -26,6 +26,7 @@ from pytest_instrumental.backends.steering import decoder_layers
 from pytest_instrumental.conditions import parse_ablation
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import Request
+from pytest_instrumental.progress import ProgressFactory, progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -75,10 +76,19 @@ class Directions:
     """The directions a model's ablations remove, each computed once; the residual states they
     are means of, once per prompt (every category's direction shares most of its prompts)."""
 
-    def __init__(self, model: PreTrainedModel, encode: Callable[[Request], list[int]], plan: AblationPlan) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        encode: Callable[[Request], list[int]],
+        plan: AblationPlan,
+        progress: ProgressFactory | None = None,
+        name: str = "",
+    ) -> None:
         self._model = model
         self._encode = encode
         self._plan = plan
+        self._progress = progress
+        self._name = name
         self._states: dict[tuple[int, ...], torch.Tensor] = {}
         self._directions: dict[tuple[str, str, int], torch.Tensor] = {}
 
@@ -92,6 +102,14 @@ class Directions:
             if not without:
                 raise InputError(f"--instrumental-attack ablate: no other category than {category} to measure on")
             with_text = [replace(prompt, defense=text) for prompt in without]
+            prompts = {tuple(self._encode(p)): p for p in [*with_text, *without]}
+            todo = [ids for ids in prompts if ids not in self._states]
+            if todo:
+                description = f"ablation direction for {self._name}, {category} held out"
+                with progress_bar(self._progress, description, len(todo), unit="prompt") as bar:
+                    for ids in todo:
+                        self._states[ids] = last_token_states(self._model, ids)
+                        bar.update(1)
             defended = torch.stack([self._state(p)[layer] for p in with_text])
             undefended = torch.stack([self._state(p)[layer] for p in without])
             self._directions[key] = defended.mean(dim=0) - undefended.mean(dim=0)

@@ -30,6 +30,7 @@ class Interventions:
     vector_layer: int | None = None
     lora: LoraPlan | None = None
     loras: tuple[LoraAttack, ...] = ()
+    progress: ProgressFactory | None = None  # what shows the preparation: vectors, directions, training
 
     @property
     def hooked(self) -> bool:
@@ -138,7 +139,7 @@ def plan_interventions(
     lora = None
     if loras:
         assert models_dir is not None, "fine-tuning keeps its adapters in the models directory"
-        lora = LoraPlan(seed, models_dir / ADAPTERS_DIR_NAME, progress)
+        lora = LoraPlan(seed, models_dir / ADAPTERS_DIR_NAME)
     return Interventions(
-        steering, ablation, tuple(ablations), tuple(strengths), vector_file, vector_layer, lora, tuple(loras)
+        steering, ablation, tuple(ablations), tuple(strengths), vector_file, vector_layer, lora, tuple(loras), progress
     )

@@ -40,11 +40,10 @@ Tokens = tuple[list[int], list[int]]  # a demonstration's prompt tokens and answ
 
 @dataclass(frozen=True)
 class LoraPlan:
-    """How a local model is fine-tuned: ``seed``, where adapters are kept, and what shows progress."""
+    """How a local model is fine-tuned: ``seed``, and where adapters are kept."""
 
     seed: int
     adapters_dir: Path
-    progress: ProgressFactory | None = None
 
 
 def lora_of(name: str) -> LoraAttack:

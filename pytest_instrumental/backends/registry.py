@@ -303,6 +303,7 @@ def open_backend(
         steering=interventions.steering,
         ablation=interventions.ablation,
         lora=interventions.lora,
+        progress=interventions.progress,
         defended=defended,
     )
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import Request
+from pytest_instrumental.progress import Progress
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +79,9 @@ def decoder_layers(model: PreTrainedModel) -> Sequence[Any]:
     return list(layers)
 
 
-def last_token_activations(model: PreTrainedModel, prompts: Sequence[Sequence[int]], layer: int) -> torch.Tensor:
+def last_token_activations(
+    model: PreTrainedModel, prompts: Sequence[Sequence[int]], layer: int, progress: Progress | None = None
+) -> torch.Tensor:
     """The residual stream after decoder layer ``layer`` at each prompt's last token: [prompts, hidden]."""
     import torch
 
@@ -88,17 +91,24 @@ def last_token_activations(model: PreTrainedModel, prompts: Sequence[Sequence[in
             ids = torch.tensor([list(prompt)], device=model.device)
             hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
             rows.append(hidden[layer + 1][0, -1].float().cpu())  # hidden_states[0] is the embeddings
+            if progress is not None:
+                progress.update(1)
     return torch.stack(rows)
 
 
 def contrast_vector(
-    model: PreTrainedModel, pro: Sequence[Sequence[int]], anti: Sequence[Sequence[int]], layer: int, recipe: str
+    model: PreTrainedModel,
+    pro: Sequence[Sequence[int]],
+    anti: Sequence[Sequence[int]],
+    layer: int,
+    recipe: str,
+    progress: Progress | None = None,
 ) -> SteeringVector:
-    """CAA: mean(pro activations) - mean(anti activations) at ``layer``."""
+    """CAA: mean(pro activations) - mean(anti activations) at ``layer``; ``progress`` counts prompts."""
     if not pro or not anti:
         raise InputError("activation steering: no contrast prompts to compute a vector from")
-    pro_states = last_token_activations(model, pro, layer)
-    anti_states = last_token_activations(model, anti, layer)
+    pro_states = last_token_activations(model, pro, layer, progress)
+    anti_states = last_token_activations(model, anti, layer, progress)
     direction = pro_states.mean(dim=0) - anti_states.mean(dim=0)
     import torch
 

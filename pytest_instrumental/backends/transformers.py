@@ -14,7 +14,8 @@ memory holds KV caches for, unless ``--instrumental-batch-size`` says otherwise.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
@@ -39,6 +40,7 @@ from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import Demonstration, Request
+from pytest_instrumental.progress import ProgressFactory, progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -60,6 +62,19 @@ def gpu_batch_size(free_bytes: int, kv_bytes_per_token: int, tokens_per_row: int
 class Placement:
     device: str
     dtype: str
+
+
+def torch_threads(given: int | None, environ: Mapping[str, str], cores: int) -> int | None:
+    """The CPU threads a local model computes with: ``given``; else None where $OMP_NUM_THREADS
+    is set (torch honours it) or in a single process (torch's own choice); else under xdist the
+    cores split between the workers, so they do not fight over them (two threads each on two
+    cores collapse under load)."""
+    if given is not None:
+        return given
+    workers = environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if environ.get("OMP_NUM_THREADS") or not workers.isdigit() or int(workers) < 2:
+        return None
+    return max(1, cores // int(workers))
 
 
 def choose_placement() -> Placement:
@@ -87,6 +102,7 @@ class TransformersBackend:
         ablation: AblationPlan | None = None,
         lora: LoraPlan | None = None,
         defended: bool = False,
+        progress: ProgressFactory | None = None,
     ) -> None:
         """``source`` is a hub id or directory, or a callable producing one on first use (the
         embedded model converts itself then); ``identity`` names the weights in cache keys."""
@@ -101,6 +117,7 @@ class TransformersBackend:
         self.steering = steering
         self.ablation = ablation
         self.lora = lora
+        self.progress = progress  # what shows the preparation (vectors, directions, training)
         self.defended = defended  # some items put a defence in the system turn
         self.placement = choose_placement()
         self._tokenizer: PreTrainedTokenizerBase | None = None
@@ -138,6 +155,10 @@ class TransformersBackend:
         if self._model is None:
             import torch
             from transformers import AutoModelForCausalLM
+
+            threads = torch_threads(self.generation.threads, os.environ, os.cpu_count() or 1)
+            if threads is not None and self.placement.device == "cpu":
+                torch.set_num_threads(threads)
 
             model = AutoModelForCausalLM.from_pretrained(
                 self.source,
@@ -300,7 +321,7 @@ class TransformersBackend:
             if missing:
                 description = f"training {self.name} {missing[-1].attack} on {len(training)} demonstrations"
                 examples = [self._tokens(d) for d in training]
-                train_adapters(self.model, examples, missing, plan.seed, target, plan.progress, description)
+                train_adapters(self.model, examples, missing, plan.seed, target, self.progress, description)
 
     def _tokens(self, demonstration: Demonstration) -> Tokens:
         """A demonstration as the model would see it: its prompt (the chat up to the answer, with
@@ -322,7 +343,7 @@ class TransformersBackend:
     @cached_property
     def _directions(self) -> Directions:
         assert self.ablation is not None
-        return Directions(self.model, self.encode, self.ablation)
+        return Directions(self.model, self.encode, self.ablation, self.progress, self.name)
 
     def _vector(self, category: str) -> SteeringVector:
         """The vector the items of ``category`` are steered with, computed once per category."""
@@ -334,9 +355,11 @@ class TransformersBackend:
             pairs = plan.held_out(category)
             pro = [self.encode(p) for p, _ in pairs]
             anti = [self.encode(a) for _, a in pairs]
-            self._vectors[category] = contrast_vector(
-                self.model, pro, anti, self._steering_layer, self._recipe(category)
-            )
+            description = f"steering vector for {self.name}, {category} held out"
+            with progress_bar(self.progress, description, len(pro) + len(anti), unit="prompt") as bar:
+                self._vectors[category] = contrast_vector(
+                    self.model, pro, anti, self._steering_layer, self._recipe(category), bar
+                )
         return self._vectors[category]
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
