@@ -1,7 +1,7 @@
 """In-process generation paths on the same real model, prompts and token budget.
 
     python bench/generation_speed.py [--prompts 16] [--max-new-tokens 128] [--batch-size 16]
-                                     [--paths single,batched,generate_batch]
+                                     [--paths single,batched,generate_batch] [--threads N]
 
 "single" is what the paper's reference implementation does: ``model.generate()`` per prompt,
 greedy. "batched" is this project's TransformersBackend (length-sorted batches, each prompt
@@ -52,7 +52,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--models-dir", type=Path, default=user_models_dir())
     parser.add_argument("--paths", default="single,batched,generate_batch")
+    parser.add_argument("--threads", type=int, help="torch's CPU threads, as --instrumental-threads sets them")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     source = str(embedded.converted_dir(args.models_dir))
     generation = GenerationSettings(models_dir=args.models_dir, batch_size=args.batch_size)
