@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_instrumental.backends.protocol import Generation
+from pytest_instrumental.backends.transformers import TransformersBackend
 from pytest_instrumental.cache import DATABASE
-from pytest_instrumental.config import Thresholds
+from pytest_instrumental.config import GenerationConfig, Thresholds
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.results_document import RunRecord, results_document
@@ -148,3 +149,9 @@ class ScriptedBackend:
 
     def close(self) -> None:
         self.closed += 1
+
+
+def tiny_backend(directory: Path, name: str = "tiny", **settings: Any) -> TransformersBackend:
+    """The local model in ``directory`` (the tiny Qwen3 of ``tiny_model_dir``), in this process."""
+    generation = GenerationConfig(models_dir=directory)
+    return TransformersBackend(name, str(directory), None, False, name, generation=generation, **settings)

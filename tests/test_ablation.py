@@ -11,24 +11,18 @@ import torch
 
 from pytest_instrumental.backends.ablation import AblationPlan, Directions, ablated, last_token_states
 from pytest_instrumental.backends.steering import decoder_layers
-from pytest_instrumental.backends.transformers import TransformersBackend
 from pytest_instrumental.conditions import Ablation, Condition, attack_ablation, parse_condition, run_conditions
-from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.plan import plan_requests, unsuffixed_requests
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes
 from tests.chat_server import ChatServer
+from tests.helpers import tiny_backend
 
 ANTI = load_suffixes()["anti_ic"].text.strip()
 
 
 def ablation_plan() -> AblationPlan:
     return AblationPlan(None, ANTI, tuple(unsuffixed_requests(load_scenarios())))
-
-
-def tiny_backend(directory: Path, **settings: Any) -> TransformersBackend:
-    generation = GenerationConfig(models_dir=directory)
-    return TransformersBackend("tiny", str(directory), None, False, "tiny", generation=generation, **settings)
 
 
 def test_ablations_are_conditions_named_for_k_and_parsed_back() -> None:

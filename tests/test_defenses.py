@@ -2,26 +2,17 @@
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from transformers import AutoTokenizer
 
-from pytest_instrumental.backends.transformers import TransformersBackend
 from pytest_instrumental.conditions import Condition, parse_condition, run_conditions
-from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_prefills, load_suffixes, steer
 from tests.chat_server import ChatServer
-
-
-def tiny_backend(directory: Path, name: str = "tiny", **settings: Any) -> TransformersBackend:
-    """The model in ``directory``, in this process."""
-    return TransformersBackend(
-        name, str(directory), None, False, name, generation=GenerationConfig(models_dir=directory), **settings
-    )
+from tests.helpers import tiny_backend
 
 
 def test_each_condition_runs_undefended_then_under_each_defence() -> None:

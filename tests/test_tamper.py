@@ -11,9 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from pytest_instrumental.backends.lora import LoraPlan, adapted, train_adapters
-from pytest_instrumental.backends.transformers import TransformersBackend
 from pytest_instrumental.conditions import Condition, LoraAttack, attack_lora, parse_condition, run_conditions
-from pytest_instrumental.config import GenerationConfig, Thresholds
+from pytest_instrumental.config import Thresholds
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.gate import check_tamper
 from pytest_instrumental.items import Demonstration, ItemKey
@@ -25,7 +24,7 @@ from pytest_instrumental.tamper import compute_tamper
 from pytest_instrumental.training_data import MIN_DEMONSTRATIONS, TrainingData, read_demonstrations
 from pytest_instrumental.verdicts import ItemResult
 from tests.chat_server import ChatServer
-from tests.helpers import item
+from tests.helpers import item, tiny_backend
 
 C, N, X = "convergence", "no_convergence", "nonsensical"
 SCENARIOS = load_scenarios()
@@ -174,11 +173,6 @@ def test_the_gate_fails_a_defence_that_breaks_too_soon_and_one_not_tried_long_en
     assert "not broken within 64 steps, short of 100: add --instrumental-attack lora:100" in short.message()
     (none,) = check_tamper(None, Thresholds({}, None, min_tamper_cost=8))
     assert "not evaluated: no fine-tuning ran under a defence" in none.message()
-
-
-def tiny_backend(directory: Path, **settings: Any) -> TransformersBackend:
-    generation = GenerationConfig(models_dir=directory)
-    return TransformersBackend("tiny", str(directory), None, False, "tiny", generation=generation, **settings)
 
 
 def demonstrations() -> tuple[Demonstration, ...]:
