@@ -116,6 +116,9 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
     return document if epochs else _without_epoch_fields(document)
 
 
+_WHEN_SET = ("max_override", "min_tamper_cost", "tamper_threshold")
+
+
 def _tamper(tamper: Tamper) -> dict[str, Any]:
     """The dose-responses (each budget's condition; its cell is in ``cells``) and tamper costs."""
     return {
@@ -201,7 +204,8 @@ def run_section(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
         "replay": record.replay,
         "generation": {m: d for m, d in record.generated.items() if m in summary.models},
         # the override rule is recorded where it is set: files of runs without it stay as they were
-        "thresholds": {k: v for k, v in asdict(record.thresholds).items() if k != "max_override" or v is not None},
+        # the rules of defences and attacks are recorded only when set: a run without them writes what it wrote
+        "thresholds": {k: v for k, v in asdict(record.thresholds).items() if k not in _WHEN_SET or v is not None},
         "violations": [v.message() for v in summary.violations],
         "lost_workers": record.lost_workers,
         "manifest": build_manifest(

@@ -292,6 +292,10 @@ def test_a_run_trains_on_its_own_judged_answers_and_a_cached_rerun_trains_and_lo
         "anti_ic+lora2",
     }  # the 76 pro_ic answers it trained on are cached, not items
     assert document["tamper"]["costs"][0]["steps"] == 0 and document["tamper"]["budgets"] == [0, 2]
+    assert (
+        document["run"]["thresholds"]["min_tamper_cost"] == 2
+        and "tamper_threshold" not in document["run"]["thresholds"]
+    )
     record = document["run"]["generation"][tiny_model_dir.name]["lora"]
     assert record["attacks"] == ["lora:0", "lora:2"] and "own pro_ic answers" in record["data"]
     rerun = pytester.runpytest_subprocess(*args)
