@@ -25,3 +25,19 @@ def test_the_gpu_generation_benchmark_runs_on_a_tiny_config() -> None:
     assert lines[2].startswith("generate_batch (continuous batching)")
     assert lines[2].endswith("same tokens as the first path: 4/4 rows")  # both paths greedy, EOS ignored
     assert lines[3].startswith("HBM floor at 100 GB/s")
+
+
+@pytest.mark.slow
+def test_the_peer_benchmark_compares_with_inspect_or_says_it_is_not_installed(smollm2_dir: Path) -> None:
+    import importlib.util
+
+    args = ["--prompts", "2", "--max-new-tokens", "3", "--rounds", "1"]
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "peer_inspect.py"), *args], capture_output=True, text=True, check=True, timeout=600
+    )
+    if importlib.util.find_spec("inspect_ai") is None:  # an optional peer, not a dependency
+        assert result.stdout == "inspect-ai is not installed (pip install inspect-ai): nothing to compare with\n"
+    else:
+        lines = result.stdout.splitlines()
+        assert lines[0].startswith("2 prompts, 3 new tokens, greedy, batch 16; inspect-ai ")
+        assert lines[-1] == "same answers: 2/2"
