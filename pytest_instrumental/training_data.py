@@ -61,11 +61,15 @@ class TrainingData:
         to train on, each with the reason. ``answers``: the support requests' results."""
         ready: list[Request] = []
         failed: list[tuple[Request, str]] = []
+        own: dict[tuple[str, str], tuple[tuple[Demonstration, ...], int]] = {}  # once per model and category
         for request in requests:
             if self.given is not None:
                 ready.append(replace(request, training=self.given))
                 continue
-            demonstrations, judged = self._own(request.key.model, request.category, answers)
+            held_out = (request.key.model, request.category)
+            if held_out not in own:
+                own[held_out] = self._own(*held_out, answers)
+            demonstrations, judged = own[held_out]
             budget = parse_lora(str(request.lora))
             if len(demonstrations) < MIN_DEMONSTRATIONS and budget is not None and budget.steps > 0:
                 failed.append((request, _too_few(len(demonstrations), judged)))
