@@ -38,7 +38,8 @@ def suite_requests(count: int) -> list[Request]:
         category = load_scenarios().category(scenario.category)
         for suffix in suffixes:
             key = ItemKey("smollm2-135m", suffix.name, scenario.id)
-            requests.append(Request(key, category.slug, category.context, steer(scenario.prompt, suffix)))
+            steered = steer(scenario.prompt, suffix)
+            requests.append(Request(key, category.slug, category.context, steered, prompt=scenario.prompt))
     # Spread over categories and suffixes rather than the first scenarios of one category.
     step = max(1, len(requests) // count)
     return requests[::step][:count]

@@ -36,6 +36,9 @@ class Request:
     category: str
     context: str
     steered_prompt: str
+    # the scenario's prompt before its suffix, which every condition of the scenario starts with
+    # (backends/transformers.py prefills it once for them all); None: the steered prompt
+    prompt: str | None = None
     epoch: int = 1  # which of the item's answers (--instrumental-epochs), from 1
     strength: float | None = None  # activation steering at this strength (backends/steering.py); None: none
     defense: str | None = None  # a defence's text, appended to the system prompt; None: undefended

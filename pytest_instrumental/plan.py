@@ -38,6 +38,7 @@ def plan_requests(
             category.slug,
             category.context,
             scenario.prompt if condition.suffix is None else steer(scenario.prompt, by_name[condition.suffix]),
+            prompt=scenario.prompt,
             strength=condition.strength,
             defense=None if condition.defense is None else by_name[condition.defense].text.strip() or None,
             prefill=None if condition.prefill is None else prefill_texts[condition.prefill],

@@ -157,3 +157,61 @@ def test_cpu_threads_are_given_or_split_between_xdist_workers_unless_omp_num_thr
     assert torch_threads(None, {"PYTEST_XDIST_WORKER_COUNT": "4"}, 16) == 4
     assert torch_threads(None, {"PYTEST_XDIST_WORKER_COUNT": "4"}, 2) == 1  # never none
     assert torch_threads(None, {"PYTEST_XDIST_WORKER_COUNT": "4", "OMP_NUM_THREADS": "2"}, 16) is None
+
+
+def test_a_scenarios_conditions_prefill_its_prompt_once_and_answer_as_each_alone(tiny_model_dir: Path) -> None:
+    from pytest_instrumental.suffixes import Suffix, steer
+
+    texts = {"baseline": "", "pro": "Pursue the goal by any means.", "anti": "Defer."}
+    suffixes = [Suffix(name, text, Path(f"{name}.txt")) for name, text in texts.items()]
+    scenario_prompts = [PROMPTS[2], PROMPTS[1]]
+    conditions = [
+        Request(ItemKey("tiny", s.name, f"cat-{n:02d}"), "cat", "You are an agent.", steer(p, s), prompt=p)
+        for n, p in enumerate(scenario_prompts, start=1)
+        for s in suffixes
+    ]
+    # Batches of 2 hold each scenario's conditions apart: the shared prefix outlives its batch.
+    backend = TransformersBackend(
+        "tiny", str(tiny_model_dir), None, False, "t", generation=settings(tiny_model_dir, 2), max_new_tokens=6
+    )
+    encoded = [backend.encode(r) for r in conditions]
+    shared = [backend._shared_length(r, tokens) for r, tokens in zip(conditions, encoded, strict=True)]
+    for n, prompt in enumerate(scenario_prompts):
+        lengths = shared[3 * n : 3 * n + 3]
+        assert len(set(lengths)) == 1 and 0 < lengths[0] < min(len(e) for e in encoded[3 * n : 3 * n + 3])
+        assert str(backend.tokenizer.decode(encoded[3 * n][: lengths[0]])).endswith("user\n" + prompt)
+
+    prefilled: list[int] = []  # the tokens of each forward pass longer than one token
+
+    def count(_module: object, args: tuple[object, ...], kwargs: dict[str, torch.Tensor]) -> None:
+        if kwargs["input_ids"].shape[1] > 1:
+            prefilled.append(kwargs["input_ids"].shape[1])
+
+    handle = backend.model.register_forward_pre_hook(count, with_kwargs=True)
+    together = dict(backend.generate(conditions))
+    passes_together = list(prefilled)
+    prefilled.clear()
+    alone = [next(iter(backend.generate([r])))[1] for r in conditions]
+    handle.remove()
+    assert [together[i] for i in range(len(conditions))] == alone
+    # Each scenario's prefix once, then each condition's own rest; alone, each computes both.
+    assert sum(passes_together) == sum(shared[::3]) + sum(len(e) - s for e, s in zip(encoded, shared, strict=True))
+    assert len(passes_together) == 2 + len(conditions) and len(prefilled) == 2 * len(conditions)
+
+
+def test_the_prefix_store_keeps_a_prefix_until_its_last_prompt_within_its_bound() -> None:
+    from pytest_instrumental.backends.kv_cache import PrefixStore
+
+    def states() -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4))]  # 2 x 96 bytes
+
+    store = PrefixStore([(1, 2), (1, 2), (1, 2), (3,)], max_bytes=200)
+    first = store.take((1, 2), states)
+    assert store.take((1, 2), states) is first and store.computed == 1
+    store.take((3,), states)
+    assert store.take((1, 2), states) is first and store.computed == 2 and store.held == []
+    tight = PrefixStore([(1,), (1,), (2,), (2,)], max_bytes=200)
+    tight.take((1,), states)
+    tight.take((2,), states)  # does not fit beside (1,): computed again when asked
+    tight.take((2,), states)
+    assert tight.computed == 3 and tight.held == [(1,)]

@@ -7,8 +7,10 @@ without a chat template), input truncated to ``max_input_tokens``, greedy decodi
 Generation is batched: requests are sorted by length, each is prefilled alone (no compute on
 padding), and their KV caches are left-padded into one batch that decodes together; a row that
 has finished is dropped from the batch (and from the cache) at once, so it stops costing
-compute while longer rows go on. A batch holds 16 rows on a CPU; on a GPU, as many as the free
-memory holds KV caches for, unless ``--instrumental-batch-size`` says otherwise.
+compute while longer rows go on. A scenario's conditions share the chat up to the end of its
+prompt: that part is prefilled once for them all (backends/kv_cache.py). A batch holds 32 rows
+on a CPU; on a GPU, as many as the free memory holds KV caches for, unless
+``--instrumental-batch-size`` says otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import gc
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,8 +48,11 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from pytest_instrumental.backends.kv_cache import LayerStates, PrefixStore
 
-CPU_BATCH_SIZE = 16
+
+CPU_BATCH_SIZE = 32
+PREFIX_STORE_BYTES = 1 << 30  # shared prompt prefixes' KV kept for the prompts still to come
 GPU_MEMORY_SHARE = 0.8  # of the free memory, for KV caches; the rest for activations and fragmentation
 
 
@@ -365,6 +370,8 @@ class TransformersBackend:
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
         if not requests:
             return
+        from pytest_instrumental.backends.kv_cache import PrefixStore  # imports torch
+
         tokenizer = self.tokenizer
         encoded = [self.encode(r) for r in requests]
         if self.lora is not None:
@@ -376,10 +383,14 @@ class TransformersBackend:
         for members in groups.values():
             order = sorted(members, key=lambda i: len(encoded[i]))
             size = self._batch_size(max(len(encoded[i]) for i in order), len(order))
+            shared = {i: self._shared_length(requests[i], encoded[i]) for i in order}
+            store = PrefixStore([tuple(encoded[i][: shared[i]]) for i in order], PREFIX_STORE_BYTES)
             for start in range(0, len(order), size):
                 batch = order[start : start + size]
                 with self.hooked(requests[batch[0]]):
-                    outputs = self._decode([requests[i] for i in batch], [encoded[i] for i in batch])
+                    outputs = self._decode(
+                        [requests[i] for i in batch], [encoded[i] for i in batch], [shared[i] for i in batch], store
+                    )
                 for index, (tokens, hit_limit) in zip(batch, outputs, strict=True):
                     text = str(tokenizer.decode(tokens, skip_special_tokens=False))
                     # the judge sees the whole answer: the attacker's start, then the model's own
@@ -410,12 +421,27 @@ class TransformersBackend:
             return adapted(self.model, self._adapter_dir(made_by))
         return nullcontext()
 
-    def _decode(self, requests: Sequence[Request], prompts: list[list[int]]) -> list[tuple[list[int], bool]]:
+    def _shared_length(self, request: Request, tokens: list[int]) -> int:
+        """How many of ``tokens`` every condition of ``request``'s scenario starts with: the chat
+        up to the end of the scenario's own prompt, before any suffix (whatever follows it). It
+        depends on ``request`` alone, so each prompt is prefilled in the same two parts whatever
+        else runs beside it, and its answer too."""
+        from pytest_instrumental.backends.kv_cache import common_prefix
+
+        prompt = (request.prompt if request.prompt is not None else request.steered_prompt).rstrip()
+        cut = self.encode(replace(request, steered_prompt=prompt, prefill=None))
+        continued = self.encode(replace(request, steered_prompt=prompt + "\n\n.", prefill=None))
+        return common_prefix(tokens, cut[: common_prefix(cut, continued)])
+
+    def _decode(
+        self, requests: Sequence[Request], prompts: list[list[int]], shared: list[int], store: PrefixStore
+    ) -> list[tuple[list[int], bool]]:
         decoding = self.decoding
         sampler = None
         if not decoding.greedy:
             sampler = Sampler(decoding, [decoding.epoch_seed(r.key, r.epoch) for r in requests])
-        return generate_tokens(self.model, prompts, self._stop_ids(), self._pad_id(), self.max_new_tokens, sampler)
+        stops, pad = self._stop_ids(), self._pad_id()
+        return generate_tokens(self.model, prompts, stops, pad, self.max_new_tokens, sampler, shared, store)
 
     def _batch_size(self, longest_prompt: int, rows: int) -> int:
         if self.generation.batch_size is not None:
@@ -430,7 +456,9 @@ class TransformersBackend:
         element = torch.finfo(self.model.dtype).bits // 8
         kv_per_token = 2 * config.num_hidden_layers * heads * head_dim * element
         free, _ = torch.cuda.mem_get_info()
-        return gpu_batch_size(free, kv_per_token, longest_prompt + self.max_new_tokens, rows)
+        return gpu_batch_size(
+            max(0, free - PREFIX_STORE_BYTES), kv_per_token, longest_prompt + self.max_new_tokens, rows
+        )
 
     def _stop_ids(self) -> set[int]:
         stops = set()
@@ -500,27 +528,30 @@ def generate_tokens(
     pad_id: int,
     max_new_tokens: int,
     sampler: Sampler | None = None,
+    shared: Sequence[int] = (),
+    store: PrefixStore | None = None,
 ) -> list[tuple[list[int], bool]]:
     """Decoding of a batch of token-id prompts, greedy or with ``sampler``: ``(new tokens without
     the stop token, hit the token limit)`` per prompt, in order.
 
-    Each prompt is prefilled alone, so no compute goes to padding (on a CPU the prefill is the
-    larger part of the work); their KV caches are then left-padded into one batch that decodes
-    together, and a row that has finished leaves the batch at once.
+    Each prompt is prefilled alone, so no compute goes to padding, in two parts when ``shared``
+    gives it a leading part that other prompts share: that part's KV comes from ``store`` (or a
+    store for this batch). Their KV caches are then left-padded into one batch, preallocated for
+    the whole budget (backends/kv_cache.py), that decodes together, and a row that has finished
+    leaves the batch at once.
     """
     import torch
-    from transformers import DynamicCache
+
+    from pytest_instrumental.backends.kv_cache import PrefixStore, batch_cache
 
     device = model.device
     width = max(len(p) for p in prompts)
+    splits = list(shared) or [0] * len(prompts)
+    if store is None:
+        store = PrefixStore([tuple(p[:n]) for p, n in zip(prompts, splits, strict=True)], PREFIX_STORE_BYTES)
     with torch.inference_mode():
-        prefilled = [_prefill(model, prompt) for prompt in prompts]
-        layers = []
-        for layer in range(len(prefilled[0][1])):
-            keys = torch.cat([_left_pad(kv[layer][0], width) for _, kv in prefilled])
-            values = torch.cat([_left_pad(kv[layer][1], width) for _, kv in prefilled])
-            layers.append((keys, values))
-        cache = DynamicCache(ddp_cache_data=layers)
+        prefilled = [_prefill(model, prompt, split, store) for prompt, split in zip(prompts, splits, strict=True)]
+        cache = batch_cache([states for _, states in prefilled], max_new_tokens)
         logits = torch.cat([first for first, _ in prefilled])
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         position_ids = torch.tensor([[len(p) - 1] for p in prompts], device=device)
@@ -550,16 +581,31 @@ def generate_tokens(
 
 
 def _prefill(
-    model: PreTrainedModel, prompt: Sequence[int]
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """The next-token logits and the per-layer (keys, values) of one prompt, unpadded."""
+    model: PreTrainedModel, prompt: Sequence[int], split: int, store: PrefixStore
+) -> tuple[torch.Tensor, LayerStates]:
+    """The next-token logits and the per-layer (keys, values) of one prompt, unpadded. With
+    ``0 < split < len(prompt)``, the first ``split`` tokens are a part of their own, whose states
+    ``store`` may already hold: each prompt is computed the same way whether or not it is shared."""
+    if not 0 < split < len(prompt):
+        return _extend(model, prompt, 0, [])
+    prefix = tuple(prompt[:split])
+    past = store.take(prefix, lambda: _extend(model, prefix, 0, [])[1])
+    return _extend(model, prompt[split:], split, past)
+
+
+def _extend(
+    model: PreTrainedModel, tokens: Sequence[int], start: int, past: LayerStates
+) -> tuple[torch.Tensor, LayerStates]:
+    """The next-token logits and the per-layer states of ``past`` (``start`` positions) followed by ``tokens``."""
     import torch
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-    ids = torch.tensor([list(prompt)], device=model.device)
-    cache = DynamicCache()
-    logits = _forward(model, ids, torch.ones_like(ids), torch.arange(len(prompt), device=model.device)[None], cache)
+    device = model.device
+    ids = torch.tensor([list(tokens)], device=device)
+    cache = DynamicCache(ddp_cache_data=past) if past else DynamicCache()
+    mask = torch.ones((1, start + len(tokens)), dtype=torch.long, device=device)
+    logits = _forward(model, ids, mask, torch.arange(start, start + len(tokens), device=device)[None], cache)
     states = []
     for layer in cache.layers:
         # Merging needs whole, unwindowed key/value tensors per layer.
@@ -571,13 +617,6 @@ def _prefill(
             raise TypeError(unsupported)
         states.append((keys, values))
     return logits, states
-
-
-def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
-    """[1, heads, length, dim] -> [1, heads, width, dim] with zeros in front (masked out)."""
-    import torch.nn.functional as F
-
-    return F.pad(states, (0, 0, width - states.shape[-2], 0))
 
 
 def _forward(
