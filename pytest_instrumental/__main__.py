@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
         "agreement",
         help="compare the verdicts of two runs on the same items",
         description="Match items by model, suffix and scenario and print Cohen's kappa, the confusion "
-        "matrix and per-cell Conv%%/Refusal%% differences. A and B are results JSON files "
+        "matrix and per-cell Conv%/Refusal% differences. A and B are results JSON files "
         "(--instrumental-json) or directories of reference run logs.",
     )
     agreement.add_argument("a", type=Path, help="results JSON or reference-runs directory (rows)")

@@ -4,7 +4,8 @@ xdist worker, in a plain function call) a bar is a no-op."""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 
@@ -41,3 +42,23 @@ def progress_bar(
 ) -> AbstractContextManager[Progress]:
     """The factory's bar, or a no-op one without a factory."""
     return factory(desc, total, done, unit) if factory is not None else _NoProgressContext()
+
+
+@contextmanager
+def library_bars_off() -> Iterator[None]:
+    """transformers' and huggingface_hub's own bars off while a model loads ("Loading weights"
+    drew past pytest's capturing, escape codes and all), then as they were."""
+    from huggingface_hub.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging
+
+    shown, hub_shown = logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+        if hub_shown:
+            enable_progress_bars()
+        else:
+            disable_progress_bars()

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -215,3 +216,17 @@ def test_the_prefix_store_keeps_a_prefix_until_its_last_prompt_within_its_bound(
     tight.take((2,), states)  # does not fit beside (1,): computed again when asked
     tight.take((2,), states)
     assert tight.computed == 3 and tight.held == [(1,)]
+
+
+def test_loading_a_model_draws_no_library_bar_and_leaves_their_setting_as_it_was(
+    tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from transformers.utils import logging
+
+    assert logging.is_progress_bar_enabled()
+    backend = TransformersBackend(
+        "tiny", str(tiny_model_dir), None, False, "t", generation=settings(tiny_model_dir, 2), max_new_tokens=2
+    )
+    assert backend.model is not None
+    assert "Loading weights" not in capfd.readouterr().err
+    assert logging.is_progress_bar_enabled()

