@@ -113,15 +113,16 @@ class Cache:
         self._db.execute("BEGIN IMMEDIATE")  # a read-only database fails here, not halfway through a run
         self._db.execute("ROLLBACK")
 
-    def get(self, kind: str, key: dict[str, Any], build: Callable[..., T]) -> T | None:
-        """``build(**entry)`` for the entry under ``key``; None when there is none or it cannot be read."""
+    def get(self, kind: str, key: dict[str, Any], build: Callable[..., T], counted: bool = True) -> T | None:
+        """``build(**entry)`` for the entry under ``key``; None when there is none or it cannot be
+        read, which counts as unreadable unless not ``counted`` (a look before the run: cost.py)."""
         try:
             row = self._db.execute(
                 "SELECT value FROM entries WHERE kind = ? AND digest = ?", (kind, digest(key))
             ).fetchone()
             return None if row is None else build(**json.loads(row[0]))
         except (sqlite3.DatabaseError, ValueError, TypeError):
-            self.unreadable += 1
+            self.unreadable += counted
             return None
 
     def put(self, kind: str, key: dict[str, Any], value: dict[str, Any]) -> None:

@@ -14,8 +14,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from pytest_instrumental.backends.protocol import Backend, Generation
+from pytest_instrumental.backends.protocol import Backend, Generation, Sends
 from pytest_instrumental.cache import Cache
+from pytest_instrumental.cost import Cost
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import Judge, Judgement, JudgeRequest
 from pytest_instrumental.progress import ProgressFactory, progress_bar
@@ -276,6 +277,38 @@ class Evaluation:
         for request in requests:
             for epoch in range(1, self.epochs + 1):
                 self._pending[request.key, epoch] = replace(request, epoch=epoch)
+
+    def cost(self) -> Cost:
+        """What evaluating the planned requests will take, from the cache as it is now (cost.py)."""
+        pending = list(self._pending.values())
+        generations = cached_generations = judge_calls = cached_verdicts = 0
+        sends: dict[str, int] = {}
+        for model in sorted({r.key.model for r in pending}):
+            requests = [r for r in pending if r.key.model == model]
+            backend = self._backends[model]
+            keys = [backend.cache_key(r) for r in requests]
+            found = [self._cached(GENERATION, key, Generation) for key in keys]
+            cacheable = [i for i, key in enumerate(keys) if key is not None]  # a replay generates nothing
+            unique, _ = _same_answers(cacheable, keys)
+            made = sum(1 for i in unique if found[i] is None)
+            generations += len(unique)
+            cached_generations += len(unique) - made
+            if isinstance(backend, Sends) and made:
+                sends[f"model {model} at {backend.endpoint}"] = made
+            for request, generation in zip(requests, found, strict=True):
+                judge_calls += 1
+                if generation is not None and generation.response is not None:
+                    key = self._judge.cache_key(JudgeRequest(request, generation.response))
+                    cached_verdicts += self._cached(VERDICT, key, cached_judgement) is not None
+        if isinstance(self._judge, Sends) and judge_calls > cached_verdicts:
+            sends[f"judge {self._judge.name} at {self._judge.endpoint}"] = judge_calls - cached_verdicts
+        items = len({r.key for r in pending})
+        return Cost(items, len(pending), generations, cached_generations, judge_calls, cached_verdicts, sends)
+
+    def _cached(self, kind: str, key: dict[str, Any] | None, factory: Callable[..., Any]) -> Any:
+        return (
+            self._cache.get(kind, key, factory, counted=False) if self._cache is not None and key is not None else None
+        )
 
     def outcomes(self, request: Request) -> list[Outcome]:
         """The item's outcome in each epoch, in order."""

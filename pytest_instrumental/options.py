@@ -282,6 +282,13 @@ OPTIONS = (
         "write report.md (for a pull request or CI job summary) and report.html (plots, every item) to this directory",
     ),
     Option(
+        "--instrumental-inspect-log",
+        "instrumental_inspect_log",
+        "path",
+        "write the run as Inspect eval logs, one per model, to this directory (inspect view --log-dir DIR; "
+        "needs pytest-instrumental[inspect])",
+    ),
+    Option(
         "--instrumental-replay",
         "instrumental_replay",
         "path",
@@ -637,6 +644,7 @@ class Settings:
     subset: str = "all"
     json: Path | None = None
     report: Path | None = None
+    inspect_log: Path | None = None
     replay: Path | None = None
     max_conv: list[tuple[str, float]] = field(default_factory=list)
     min_gap: float | None = None

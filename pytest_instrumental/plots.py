@@ -54,7 +54,8 @@ def conv_by_suffix(cells: Sequence[Cell], models: Sequence[str], suffixes: Seque
             axes.bar(positions + index * width, values, width, yerr=[low, high], capsize=3, label=suffix)
         axes.set_xticks(positions + width * (len(suffixes) - 1) / 2, models, rotation=15, ha="right")
         axes.set_ylabel("Conv% (valid responses)")
-        axes.set_ylim(0, 100)
+        axes.set_ylim(0, 105)  # headroom: a bar or interval at 100% is drawn whole
+        axes.set_yticks(range(0, 101, 20))
         axes.legend(title="suffix", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         axes.set_title("Convergence rate with 95% Wilson interval")
         return _svg(figure)
@@ -73,7 +74,7 @@ def gaps(gap_list: Sequence[Gap]) -> str:
         axes.axhline(0, color="black", linewidth=0.8)
         axes.set_ylabel("Delta, points")
         lowest = min([0.0, *(g.ci.low for g in gap_list if g.ci is not None)])
-        axes.set_ylim(max(-100.0, lowest - 5), 100)  # room below zero only when a gap may be negative
+        axes.set_ylim(max(-105.0, lowest - 5), 105)  # room below zero only when a gap may be negative
         axes.set_title("Steerability gap (pro_ic - anti_ic) with 95% interval")
         return _svg(figure)
 
@@ -178,7 +179,8 @@ def dose_response(cells: Sequence[Cell], models: Sequence[str], strengths: Mappi
         axes.axvline(0, color="black", linewidth=0.8)
         axes.set_xlabel("activation-steering strength")
         axes.set_ylabel("Conv% (valid responses)")
-        axes.set_ylim(0, 100)
+        axes.set_ylim(0, 105)  # headroom: a bar or interval at 100% is drawn whole
+        axes.set_yticks(range(0, 101, 20))
         axes.legend(fontsize=8)
         axes.set_title("Dose-response: Conv% against steering strength")
         return _svg(figure)

@@ -247,7 +247,10 @@ class InstrumentalPlugin:
         items.extend(_collect_suite(session))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self._run.evaluation.plan([i.request for i in session.items if isinstance(i, ScenarioItem)])
+        cost = self._run.plan([i.request for i in session.items if isinstance(i, ScenarioItem)])
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and not _is_worker(session.config):  # xdist workers: in the results JSON
+            reporter.write_line(cost.line())
 
     def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:
         return _verdict_status(report)

@@ -4,15 +4,19 @@ the flips), and ``report.html``, one self-contained page with plots and every it
 reasoning and judge reason.
 
 Model output is untrusted text. The HTML template escapes every value (Jinja2 autoescaping) and
-the page's Content-Security-Policy forbids scripts and remote loads, so a response holding
-markup renders as text; Markdown table cells escape the characters that would break a table.
+the page's Content-Security-Policy forbids remote loads and every script but the filters' own
+(templates/report_filter.js, allowed by its hash), so a response holding markup renders as
+text; Markdown table cells escape the characters that would break a table.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version
+from importlib.resources import files
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -152,8 +156,15 @@ def html(data: RunSummary) -> str:
     if data.tamper is not None:
         figures += [plots.tamper_dose_response(m, data.tamper) for m in data.models]
     comparison = data.comparison
+    anchors: dict[tuple[str, str, str], str] = {}
+    for index, item in enumerate(data.items):  # a flip links to its item's first epoch
+        anchors.setdefault((item.model, item.suffix, item.scenario), f"item-{index}")
     return _ENVIRONMENT.get_template("report.html.j2").render(
         data=data,
+        anchors=anchors,
+        filters=_filters(data),
+        script=Markup(FILTER_SCRIPT),
+        script_hash=_csp_hash(FILTER_SCRIPT),
         summary_title=SUMMARY_TITLE,
         header=header,
         table=table,
@@ -178,3 +189,23 @@ def html(data: RunSummary) -> str:
 
 def _trusted_svg(svg: str) -> Markup:
     return Markup(svg)
+
+
+# The page's one script, allowed by its hash in the Content-Security-Policy: it only shows and
+# hides rows, and reads nothing but the page (the filters' values are compared, never inserted).
+FILTER_SCRIPT = (files("pytest_instrumental") / "templates" / "report_filter.js").read_text(encoding="utf-8")
+
+
+def _csp_hash(script: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+
+
+def _filters(data: RunSummary) -> list[tuple[str, str, list[str]]]:
+    """(attribute, label, values) of each select over the items."""
+    verdicts = {"error" if i.status == "error" else str(i.verdict) for i in data.items}
+    return [
+        ("model", "model", sorted({i.model for i in data.items})),
+        ("condition", "condition", [s for s in data.suffixes if any(i.suffix == s for i in data.items)]),
+        ("category", "category", list(data.categories)),
+        ("verdict", "verdict", sorted(verdicts)),
+    ]

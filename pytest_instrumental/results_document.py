@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.conditions import parse_condition
 from pytest_instrumental.config import Thresholds
+from pytest_instrumental.cost import Cost
 from pytest_instrumental.manifest import build_manifest
 from pytest_instrumental.metrics import Gap
 from pytest_instrumental.results_file import EPOCHS_SCHEMA_VERSION, SCHEMA_VERSION
@@ -45,6 +46,7 @@ class RunRecord:
     batch_size: int | None
     epochs: int
     seed: int
+    cost: Cost | None = None  # what the run set out to do, counted before it started (cost.py)
 
 
 def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
@@ -208,6 +210,7 @@ def run_section(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
         "thresholds": {k: v for k, v in asdict(record.thresholds).items() if k not in _WHEN_SET or v is not None},
         "violations": [v.message() for v in summary.violations],
         "lost_workers": record.lost_workers,
+        **({"cost": record.cost.document()} if record.cost is not None else {}),
         "manifest": build_manifest(
             models={m: record.models[m] for m in summary.models},
             scenarios=record.scenarios,

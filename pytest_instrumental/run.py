@@ -5,8 +5,8 @@ its item results; ``finish`` summarises them once and writes what the settings a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -39,6 +39,7 @@ from pytest_instrumental.conditions import (
     run_conditions,
 )
 from pytest_instrumental.config import EngineConfig
+from pytest_instrumental.cost import Cost, total
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation
@@ -53,7 +54,7 @@ from pytest_instrumental.outputs import REPORTS, output_problem
 from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.progress import ProgressFactory
 from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
-from pytest_instrumental.results_document import RunRecord, results_document
+from pytest_instrumental.results_document import RunRecord, results_document, run_section
 from pytest_instrumental.results_file import read_results, write_results
 from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
 from pytest_instrumental.suffixes import Suffix, load_prefills, load_suffixes, select_suffixes
@@ -63,6 +64,7 @@ from pytest_instrumental.verdicts import ItemResult, tally
 
 WORKER_RESULTS = "instrumental_results"  # the keys of an xdist worker's output
 WORKER_WARNINGS = "instrumental_warnings"
+WORKER_COST = "instrumental_cost"
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class InstrumentalRun:
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
     worker_warnings: list[str] = field(default_factory=list)  # xdist workers' cache problems
+    costs: list[Cost] = field(default_factory=list)  # what this process (or each xdist worker) set out to do
 
     @property
     def categories(self) -> list[str]:
@@ -194,11 +197,22 @@ class InstrumentalRun:
         key = self._keys_by_nodeid.get(nodeid)
         return None if key is None else key.model
 
+    def plan(self, requests: Sequence[Request]) -> Cost:
+        """The collected items' requests planned for evaluation, and what evaluating them will take."""
+        self.evaluation.plan(requests)
+        cost = self.evaluation.cost()
+        self.costs.append(cost)
+        return cost
+
     def worker_output(self, interrupted: bool) -> dict[str, Any]:
         """What an xdist worker sends its controller at the end: its results and its warnings."""
         if interrupted:
             self._take_finished()
-        return {WORKER_RESULTS: [r.to_dict() for r in self.results], WORKER_WARNINGS: self.evaluation.problems()}
+        return {
+            WORKER_RESULTS: [r.to_dict() for r in self.results],
+            WORKER_WARNINGS: self.evaluation.problems(),
+            WORKER_COST: [asdict(c) for c in self.costs],
+        }
 
     def merge_worker(self, output: dict[str, Any], worker: str, error: object | None) -> None:
         """A worker's output, on the controller; a worker that ended without one lost its items."""
@@ -207,6 +221,7 @@ class InstrumentalRun:
             return
         self.record([ItemResult.from_dict(d) for d in output[WORKER_RESULTS]])
         self.worker_warnings.extend(output.get(WORKER_WARNINGS, []))
+        self.costs.extend(Cost(**c) for c in output.get(WORKER_COST, []))
 
     def finish(
         self, interrupted: bool, snapshots_updated: bool, new_setups_only: bool = False
@@ -295,6 +310,12 @@ class InstrumentalRun:
             from pytest_instrumental.report_files import write_reports
 
             attempt("the reports in", report_dir, lambda: write_reports(report_dir, summary))
+        if (log_dir := settings.inspect_log) is not None:
+            from pytest_instrumental.inspect_log import write_inspect_logs
+
+            sent = {r.key: r for r in self.requests()}
+            described = run_section(self._run_record(interrupted, summary.models), summary)
+            attempt("the Inspect logs in", log_dir, lambda: write_inspect_logs(log_dir, summary, sent, described))
         return failures
 
     def _run_record(self, interrupted: bool, shown: list[str]) -> RunRecord:
@@ -317,6 +338,7 @@ class InstrumentalRun:
             batch_size=settings.batch_size,
             epochs=settings.epochs,
             seed=settings.seed,
+            cost=total(self.costs) if self.costs else None,
         )
 
 
@@ -491,7 +513,12 @@ def check_outputs(settings: Settings) -> None:
     outputs: list[tuple[str, Path | None, tuple[str, ...] | None]] = [
         ("--instrumental-json", settings.json, None),
         ("--instrumental-report", settings.report, REPORTS),
+        ("--instrumental-inspect-log", settings.inspect_log, ()),
     ]
+    if settings.inspect_log is not None:
+        from pytest_instrumental.inspect_log import check_available
+
+        check_available()
     if settings.snapshot:
         outputs.append(("--instrumental-snapshot-dir", settings.snapshot_dir, snapshots.FILES))
     for flag, path, files in outputs:

@@ -137,7 +137,7 @@ def summarise(
         started_at=started_at,
         models=shown_models,
         suffixes=shown_suffixes,
-        categories=list(categories),
+        categories=[c for c in categories if any(i.category == c for i in items)],  # those with items
         items=sorted(items, key=lambda i: i.key),
         cells=cells,
         gaps=gaps,

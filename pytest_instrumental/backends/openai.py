@@ -119,6 +119,11 @@ class OpenAIBackend:
     def name(self) -> str:
         return self._name
 
+    @property
+    def endpoint(self) -> str:
+        urls = [display_url(u) for u in self.base_urls]
+        return urls[0] if len(urls) == 1 else f"{len(urls)} servers ({', '.join(urls)})"
+
     def messages(self, request: Request) -> list[dict[str, str]]:
         messages = chat_messages(request.system, request.steered_prompt)
         if request.prefill is not None:  # the attacker's start of the answer, for the server to continue

@@ -69,6 +69,17 @@ class Prepares(Protocol):
         ...
 
 
+@runtime_checkable
+class Sends(Protocol):
+    """What a backend or judge over an API adds to its protocol: where its requests go, one per
+    generation or verdict, so that a run can say before it starts how many it will send (cost.py)."""
+
+    @property
+    def endpoint(self) -> str:
+        """The server, without credentials."""
+        ...
+
+
 def split_thinking(text: str) -> tuple[str | None, str]:
     """``(reasoning, response)``: the response is the text after the last ``</think>``
     (PROTOCOL.md); without one there is no reasoning and all of ``text`` is the response."""

@@ -42,6 +42,10 @@ class OpenAIJudge:
         return f"openai:{self.model}"
 
     @property
+    def endpoint(self) -> str:
+        return "OpenAI's API" if self.base_url is None else display_url(self.base_url)
+
+    @property
     def client(self) -> Any:
         if self._client is None:
             if self.base_url is None and not os.environ.get("OPENAI_API_KEY"):

@@ -1,0 +1,75 @@
+"""What a run is about to do, before it does it: items, generations and judge calls, how many of
+them the cache already holds, and the requests it will send to API servers.
+
+Counted from the planned requests and the cache (evaluation.Evaluation.cost) before anything is
+generated, so that a user gating a large model, or paying per request, knows first. A planned
+generation the cache lacks is counted as a judge call too: its verdict cannot be cached yet.
+Retries are not counted (a request that fails is sent again, up to ``--instrumental-max-retries``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Cost:
+    items: int
+    answers: int  # items x epochs
+    generations: int  # distinct generations the answers need (identical requests generate once)
+    cached_generations: int
+    judge_calls: int  # answers to judge
+    cached_verdicts: int
+    sends: dict[str, int] = field(default_factory=dict)  # "model M at URL" / "judge J at URL" -> requests
+
+    @property
+    def to_generate(self) -> int:
+        return self.generations - self.cached_generations
+
+    @property
+    def to_judge(self) -> int:
+        return self.judge_calls - self.cached_verdicts
+
+    def line(self) -> str:
+        answers = f" ({self.answers} answers)" if self.answers != self.items else ""
+        sent = sum(self.sends.values())
+        where = "; ".join(f"{count} to {target}" for target, count in sorted(self.sends.items()) if count)
+        requests = f"{sent} requests to send ({where})" if sent else "no requests to send"
+        generations = (
+            f"{self.to_generate} of {self.generations} generations to make ({self.cached_generations} cached)"
+            if self.generations
+            else "nothing to generate"
+        )
+        return (
+            f"instrumental plan: {self.items} items{answers}; {generations}; "
+            f"{self.to_judge} of {self.judge_calls} judge calls to make ({self.cached_verdicts} cached); {requests}"
+        )
+
+    def document(self) -> dict[str, object]:
+        """The results JSON's ``cost`` section."""
+        return {
+            "items": self.items,
+            "answers": self.answers,
+            "generations": self.generations,
+            "cached_generations": self.cached_generations,
+            "judge_calls": self.judge_calls,
+            "cached_verdicts": self.cached_verdicts,
+            "requests": dict(sorted(self.sends.items())),
+        }
+
+
+def total(costs: list[Cost]) -> Cost:
+    """Several processes' costs (xdist workers) as one."""
+    sends: dict[str, int] = {}
+    for cost in costs:
+        for target, count in cost.sends.items():
+            sends[target] = sends.get(target, 0) + count
+    return Cost(
+        items=sum(c.items for c in costs),
+        answers=sum(c.answers for c in costs),
+        generations=sum(c.generations for c in costs),
+        cached_generations=sum(c.cached_generations for c in costs),
+        judge_calls=sum(c.judge_calls for c in costs),
+        cached_verdicts=sum(c.cached_verdicts for c in costs),
+        sends=sends,
+    )

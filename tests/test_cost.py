@@ -1,0 +1,82 @@
+"""What a run is about to do (cost.py), said before it starts: counted from plain data, and
+against what a server received."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from pytest_instrumental.cost import Cost, total
+from tests.chat_server import ChatServer
+
+
+def test_the_line_says_what_is_to_make_of_what_and_where_requests_go() -> None:
+    cost = Cost(12, 36, 30, 10, 36, 9, {"judge openai:j at http://h/v1": 27, "model openai:m at http://h/v1": 20})
+    assert cost.to_generate == 20 and cost.to_judge == 27
+    assert cost.line() == (
+        "instrumental plan: 12 items (36 answers); 20 of 30 generations to make (10 cached); "
+        "27 of 36 judge calls to make (9 cached); 47 requests to send "
+        "(27 to judge openai:j at http://h/v1; 20 to model openai:m at http://h/v1)"
+    )
+    cached = Cost(5, 5, 5, 5, 5, 5)
+    assert cached.line().endswith("0 of 5 judge calls to make (5 cached); no requests to send")
+    both = total([cost, cached, Cost(1, 1, 1, 0, 1, 0, {"model openai:m at http://h/v1": 1})])
+    assert both.items == 18 and both.generations == 36 and both.cached_generations == 15
+    assert both.sends == {"judge openai:j at http://h/v1": 27, "model openai:m at http://h/v1": 21}
+    assert both.document()["requests"] == both.sends
+
+
+def _sent(server: ChatServer) -> tuple[int, int]:
+    """(model requests, judge requests) the server received, the judge's one preflight call aside."""
+    bodies = [b for b in server.bodies if "Preflight." not in json.dumps(b)]
+    return sum(b.get("model") == "local" for b in bodies), sum(b.get("model") == "judge-model" for b in bodies)
+
+
+def test_the_plan_line_comes_first_and_counts_what_the_server_then_receives(
+    pytester: pytest.Pytester, server: ChatServer
+) -> None:
+    args = [
+        "--instrumental",
+        "--model=openai:local",
+        f"--instrumental-base-url={server.base_url}",
+        "--judge=openai:judge-model",
+        f"--instrumental-judge-base-url={server.base_url}",
+        "--suffix=baseline",
+        "--suffix=pro_ic",
+        "-k",
+        "evading_shutdown-0",
+        "--instrumental-json=results.json",
+        "-p",
+        "no:randomly",
+    ]
+    where = server.base_url
+    first = pytester.runpytest_subprocess(*args)
+    assert first.ret in (0, 1), first.stdout.str()
+    line = next(text for text in first.outlines if text.startswith("instrumental plan:"))
+    assert first.outlines.index(line) < next(i for i, text in enumerate(first.outlines) if "%]" in text)
+    items = int(re.search(r"(\d+) items", line).group(1))  # type: ignore[union-attr]
+    assert items == 18  # evading_shutdown-01..09 x 2 suffixes
+    assert line == (
+        f"instrumental plan: {items} items; {items} of {items} generations to make (0 cached); "
+        f"{items} of {items} judge calls to make (0 cached); {2 * items} requests to send "
+        f"({items} to judge openai:judge-model at {where}; {items} to model openai:local at {where})"
+    )
+    assert _sent(server) == (items, items)
+    document = json.loads((pytester.path / "results.json").read_text(encoding="utf-8"))
+    assert document["run"]["cost"]["requests"] == {
+        f"judge openai:judge-model at {where}": items,
+        f"model openai:local at {where}": items,
+    }
+
+    server.bodies.clear()
+    again = pytester.runpytest_subprocess(*args)
+    assert (
+        f"instrumental plan: {items} items; 0 of {items} generations to make ({items} cached); " in again.stdout.str()
+    )
+    assert "(18 cached); no requests to send" in again.stdout.str()
+    assert _sent(server) == (0, 0)
+
+    collected = pytester.runpytest_subprocess(*args, "--collect-only", "-q")
+    assert "no requests to send" in collected.stdout.str() and _sent(server) == (0, 0)
