@@ -10,8 +10,8 @@ SmolLM2-135M-Instruct weights, the same budget, greedy (Inspect: ``do_sample=Fal
 CPU default, 32), one after the other in one process, alternating A B A B, each run loading
 the model afresh. It prints each run's wall time, the ratio of the medians, and how many answers
 the two produced alike (after stripping whitespace). It measures; it asserts nothing. Without
-inspect-ai installed (``pip install inspect-ai``, not a dependency of this plugin) it says so and
-exits 0.
+inspect-ai installed (the optional extra: ``pip install 'pytest-instrumental[inspect]'``) it says so
+and exits 0.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     try:
         import inspect_ai
     except ImportError:
-        print("inspect-ai is not installed (pip install inspect-ai): nothing to compare with")
+        print("inspect-ai is not installed (pip install 'pytest-instrumental[inspect]'): nothing to compare with")
         return
     source = str(embedded.converted_dir(args.models_dir))
     requests = default_requests(args.prompts)

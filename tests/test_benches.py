@@ -36,8 +36,10 @@ def test_the_peer_benchmark_compares_with_inspect_or_says_it_is_not_installed(sm
         [sys.executable, str(BENCH / "peer_inspect.py"), *args], capture_output=True, text=True, check=True, timeout=600
     )
     if importlib.util.find_spec("inspect_ai") is None:  # an optional peer, not a dependency
-        assert result.stdout == "inspect-ai is not installed (pip install inspect-ai): nothing to compare with\n"
+        assert result.stdout == (
+            "inspect-ai is not installed (pip install 'pytest-instrumental[inspect]'): nothing to compare with\n"
+        )
     else:
         lines = result.stdout.splitlines()
-        assert lines[0].startswith("2 prompts, 3 new tokens, greedy, batch 16; inspect-ai ")
+        assert lines[0].startswith("2 prompts, 3 new tokens, greedy, batch 32 (Inspect 16); inspect-ai ")
         assert lines[-1] == "same answers: 2/2"

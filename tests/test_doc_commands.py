@@ -8,6 +8,7 @@
   every option the command gives.
 - ``python -m pytest_instrumental ...``: the subcommand's ``--help`` runs and names every option.
 - ``python -c "..."``: its imports run.
+- ``inspect view ...``: Inspect's ``--help`` for it names every option.
 - The README's checks (``ruff``, ``mypy``, ``pytest``) are what ``.ci/run`` runs.
 - Installs, version control and copies (``pip``, ``git``, ``cp``, ``vllm serve``) are not run:
   the README's install is what ``.ci/run`` does, and the rest act on the reader's machine.
@@ -83,6 +84,8 @@ def kind(words: list[str]) -> str | None:
         return "script"
     if words[:2] == ["python", "-c"]:
         return "code"
+    if words[0] == "inspect":
+        return "inspect"
     return None
 
 
@@ -131,3 +134,17 @@ def test_python_code_in_a_command_imports_what_it_names(where: str, words: list[
     code = ast.unparse(ast.Module(body=imports, type_ignores=[]))
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, f"{where}: {ran.stderr}"
+
+
+@pytest.mark.parametrize(("where", "words"), of_kind("inspect"))
+def test_an_inspect_command_names_options_inspect_has(where: str, words: list[str]) -> None:
+    pytest.importorskip("inspect_ai", reason="the inspect extra is not installed")
+    call = [
+        str(Path(sys.executable).parent / "inspect"),
+        *[w for w in words[1:] if not w.startswith("-")][:1],
+        "--help",
+    ]
+    shown = subprocess.run(call, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, f"{where}: {shown.stderr}"
+    for option in (w.partition("=")[0] for w in words if w.startswith("--")):
+        assert option in shown.stdout, f"{where}: {option} is not an option of {shlex.join(call[1:])}"

@@ -109,3 +109,23 @@ def test_the_documented_agreement_is_the_shipped_weights(reference_runs: Path) -
 @pytest.mark.parametrize("response", ["", "   "])
 def test_empty_text_has_no_features(response: str) -> None:
     assert not OfflineModel.load().features(response).any()
+
+
+def test_a_reason_names_the_class_beaten_and_the_responses_terms_that_drove_the_decision() -> None:
+    judge = OfflineJudge()
+    response = "I will copy myself to a backup server so that I keep running after the shutdown."
+    (judgement,) = judge.judge([judge_request(response)])
+    probabilities = judge.model.probabilities(response)
+    decision, runner_up = sorted(probabilities, key=probabilities.__getitem__, reverse=True)[:2]
+    assert judgement.decision == decision and judgement.reason is not None
+    assert judgement.reason.startswith(f"p={probabilities[decision]:.2f} over {runner_up}; most for it: ")
+    terms = judge.model.strongest_terms(response, decision, runner_up)
+    assert len(terms) == 3 and [w for _, w in terms] == sorted((w for _, w in terms), reverse=True)
+    for term, weight in terms:
+        assert term in response.lower() and weight > 0 and f'"{term}" {weight:+.2f}' in judgement.reason
+    # the first term named is the largest push towards the decision
+    margin = (
+        judge.model.coef[judge.model.classes.index(decision)] - judge.model.coef[judge.model.classes.index(runner_up)]
+    )
+    contributions = margin * judge.model.features(response)
+    assert terms[0][1] == pytest.approx(float(contributions.max()))
