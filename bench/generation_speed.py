@@ -1,6 +1,6 @@
 """In-process generation paths on the same real model, prompts and token budget.
 
-    python bench/generation_speed.py [--prompts 16] [--max-new-tokens 128] [--batch-size 16]
+    python bench/generation_speed.py [--prompts 16] [--max-new-tokens 128] [--batch-size 32]
                                      [--paths single,batched,generate_batch] [--threads N]
 
 "single" is what the paper's reference implementation does: ``model.generate()`` per prompt,
@@ -9,7 +9,9 @@ prefilled alone, finished rows leave the batch). "generate_batch" is transformer
 batching (``model.generate_batch``, paged KV cache), greedy. All run the embedded
 SmolLM2-135M-Instruct on suite prompts spread over categories and suffixes, in one process, one
 after the other; the script prints each throughput, its ratio to the first path, and how many
-rows produced the same tokens as the first path. It measures; it asserts nothing.
+rows produced the same tokens as the first path. ``batched:N`` is the batched path at batch size
+N (``--paths batched:16,batched:32,batched:16,batched:32`` compares batch sizes, alternating).
+It measures; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 
 from pytest_instrumental.backends import embedded
-from pytest_instrumental.backends.transformers import TransformersBackend
+from pytest_instrumental.backends.transformers import CPU_BATCH_SIZE, TransformersBackend
 from pytest_instrumental.config import EMBEDDED_MAX_NEW_TOKENS
 from pytest_instrumental.config import GenerationConfig as GenerationSettings
 from pytest_instrumental.items import ItemKey, Request
@@ -50,7 +52,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     # The default run's settings: the embedded model's budget and the default batch size.
     parser.add_argument("--max-new-tokens", type=int, default=EMBEDDED_MAX_NEW_TOKENS)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=CPU_BATCH_SIZE)
     parser.add_argument("--models-dir", type=Path, default=user_models_dir())
     parser.add_argument("--paths", default="single,batched,generate_batch")
     parser.add_argument("--threads", type=int, help="torch's CPU threads, as --instrumental-threads sets them")
@@ -78,8 +80,9 @@ def main() -> None:
         start = time.perf_counter()
         if path == "single":
             outputs = [single(model, ids, args.max_new_tokens, tokenizer.pad_token_id) for ids in encoded]
-        elif path == "batched":
-            outputs = batched(backend, encoded, args.batch_size, args.max_new_tokens)
+        elif path.partition(":")[0] == "batched":
+            size = int(path.partition(":")[2] or args.batch_size)
+            outputs = batched(backend, encoded, size, args.max_new_tokens)
         elif path == "generate_batch":
             outputs = continuous(model, encoded, args.max_new_tokens, tokenizer)
         else:
