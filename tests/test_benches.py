@@ -59,3 +59,15 @@ def test_the_generation_benchmark_compares_paths_and_batch_sizes(smollm2_dir: Pa
     assert lines[0].startswith("model smollm2-135m (cpu, 1 threads), 3 prompts, max_new_tokens 4, batch size 32")
     assert [line.split()[0] for line in lines[1:]] == ["single", "batched:1", "batched:2"]
     assert all("x the first path; same tokens: " in line and line.endswith("/3 rows") for line in lines[2:])
+
+
+@pytest.mark.slow
+def test_the_decode_cache_benchmark_compares_both_caches_on_the_same_tokens(smollm2_dir: Path) -> None:
+    args = ["--rows", "2", "--steps", "3", "--rounds", "1"]
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "decode_cache.py"), *args], capture_output=True, text=True, check=True, timeout=600
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("2 rows (") and lines[0].endswith(", 3 steps")
+    assert [line.split()[0] for line in lines[1:5]] == ["preallocated", "DynamicCache"] * 2
+    assert lines[-1] == "same tokens: True"
