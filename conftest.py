@@ -45,7 +45,7 @@ def replay_args(reference_runs: Path) -> list[str]:
 
 @pytest.fixture
 def small_replay_args(replay_args: list[str]) -> list[str]:
-    """The same, of 25 items (one model, one suffix, one category): for tests of what goes wrong."""
+    """The same, of 20 items (one model, one suffix, one category): for tests of what goes wrong."""
     return [*replay_args, "-k", "Base and anti_ic and evading_shutdown"]
 
 

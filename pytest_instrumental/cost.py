@@ -58,20 +58,3 @@ class Cost:
             "cached_verdicts": self.cached_verdicts,
             "requests": dict(sorted(self.sends.items())),
         }
-
-
-def total(costs: list[Cost]) -> Cost:
-    """Several processes' costs (xdist workers) as one."""
-    sends: dict[str, int] = {}
-    for cost in costs:
-        for target, count in cost.sends.items():
-            sends[target] = sends.get(target, 0) + count
-    return Cost(
-        items=sum(c.items for c in costs),
-        answers=sum(c.answers for c in costs),
-        generations=sum(c.generations for c in costs),
-        cached_generations=sum(c.cached_generations for c in costs),
-        judge_calls=sum(c.judge_calls for c in costs),
-        cached_verdicts=sum(c.cached_verdicts for c in costs),
-        sends=sends,
-    )

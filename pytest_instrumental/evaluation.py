@@ -278,9 +278,13 @@ class Evaluation:
             for epoch in range(1, self.epochs + 1):
                 self._pending[request.key, epoch] = replace(request, epoch=epoch)
 
-    def cost(self) -> Cost:
-        """What evaluating the planned requests will take, from the cache as it is now (cost.py)."""
-        pending = list(self._pending.values())
+    def cost(self, requests: Sequence[Request] | None = None) -> Cost:
+        """What evaluating the planned requests (or these, each in every epoch) will take, from the
+        cache as it is now (cost.py)."""
+        if requests is None:
+            pending = list(self._pending.values())
+        else:
+            pending = [replace(r, epoch=e) for r in requests for e in range(1, self.epochs + 1)]
         generations = cached_generations = judge_calls = cached_verdicts = 0
         sends: dict[str, int] = {}
         for model in sorted({r.key.model for r in pending}):

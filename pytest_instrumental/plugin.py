@@ -249,7 +249,7 @@ class InstrumentalPlugin:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         cost = self._run.plan([i.request for i in session.items if isinstance(i, ScenarioItem)])
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and not _is_worker(session.config):  # xdist workers: in the results JSON
+        if reporter is not None and not _is_worker(session.config):  # under xdist the controller says it
             reporter.write_line(cost.line())
 
     def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:
@@ -277,6 +277,7 @@ class InstrumentalController:
 
     def __init__(self, run: InstrumentalRun) -> None:
         self._run = run
+        self._previewed = False
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call":
@@ -288,6 +289,17 @@ class InstrumentalController:
         from pytest_instrumental.parallel import BALANCING, model_scheduler
 
         return model_scheduler(config, log, self._run.model_of) if config.getvalue("dist") in BALANCING else None
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """Under xdist, the plan line from the first worker's collection (every worker collects
+        the same items), before any runs."""
+        if self._previewed:
+            return
+        self._previewed = True
+        reporter = node.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(self._run.preview([i.partition("@")[0] for i in ids]).line())
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -39,7 +39,7 @@ from pytest_instrumental.conditions import (
     run_conditions,
 )
 from pytest_instrumental.config import EngineConfig
-from pytest_instrumental.cost import Cost, total
+from pytest_instrumental.cost import Cost
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation
@@ -64,7 +64,6 @@ from pytest_instrumental.verdicts import ItemResult, tally
 
 WORKER_RESULTS = "instrumental_results"  # the keys of an xdist worker's output
 WORKER_WARNINGS = "instrumental_warnings"
-WORKER_COST = "instrumental_cost"
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ class InstrumentalRun:
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
     worker_warnings: list[str] = field(default_factory=list)  # xdist workers' cache problems
-    costs: list[Cost] = field(default_factory=list)  # what this process (or each xdist worker) set out to do
+    cost: Cost | None = None  # what the run set out to do (under xdist: counted on the controller)
 
     @property
     def categories(self) -> list[str]:
@@ -200,19 +199,21 @@ class InstrumentalRun:
     def plan(self, requests: Sequence[Request]) -> Cost:
         """The collected items' requests planned for evaluation, and what evaluating them will take."""
         self.evaluation.plan(requests)
-        cost = self.evaluation.cost()
-        self.costs.append(cost)
-        return cost
+        self.cost = self.evaluation.cost()
+        return self.cost
+
+    def preview(self, nodeids: Sequence[str]) -> Cost:
+        """What evaluating these items will take, counted on the xdist controller, which evaluates
+        none of them (each worker plans every item it collected, though it runs only its share)."""
+        by_nodeid = {nodeid_of(r.key): r for r in self.requests()}
+        self.cost = self.evaluation.cost([by_nodeid[n] for n in nodeids if n in by_nodeid])
+        return self.cost
 
     def worker_output(self, interrupted: bool) -> dict[str, Any]:
         """What an xdist worker sends its controller at the end: its results and its warnings."""
         if interrupted:
             self._take_finished()
-        return {
-            WORKER_RESULTS: [r.to_dict() for r in self.results],
-            WORKER_WARNINGS: self.evaluation.problems(),
-            WORKER_COST: [asdict(c) for c in self.costs],
-        }
+        return {WORKER_RESULTS: [r.to_dict() for r in self.results], WORKER_WARNINGS: self.evaluation.problems()}
 
     def merge_worker(self, output: dict[str, Any], worker: str, error: object | None) -> None:
         """A worker's output, on the controller; a worker that ended without one lost its items."""
@@ -221,7 +222,6 @@ class InstrumentalRun:
             return
         self.record([ItemResult.from_dict(d) for d in output[WORKER_RESULTS]])
         self.worker_warnings.extend(output.get(WORKER_WARNINGS, []))
-        self.costs.extend(Cost(**c) for c in output.get(WORKER_COST, []))
 
     def finish(
         self, interrupted: bool, snapshots_updated: bool, new_setups_only: bool = False
@@ -338,7 +338,7 @@ class InstrumentalRun:
             batch_size=settings.batch_size,
             epochs=settings.epochs,
             seed=settings.seed,
-            cost=total(self.costs) if self.costs else None,
+            cost=self.cost,
         )
 
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from pytest_instrumental.cost import Cost, total
+from pytest_instrumental.cost import Cost
 from tests.chat_server import ChatServer
 
 
@@ -22,10 +22,7 @@ def test_the_line_says_what_is_to_make_of_what_and_where_requests_go() -> None:
     )
     cached = Cost(5, 5, 5, 5, 5, 5)
     assert cached.line().endswith("0 of 5 judge calls to make (5 cached); no requests to send")
-    both = total([cost, cached, Cost(1, 1, 1, 0, 1, 0, {"model openai:m at http://h/v1": 1})])
-    assert both.items == 18 and both.generations == 36 and both.cached_generations == 15
-    assert both.sends == {"judge openai:j at http://h/v1": 27, "model openai:m at http://h/v1": 21}
-    assert both.document()["requests"] == both.sends
+    assert cost.document()["requests"] == cost.sends and cost.document()["cached_verdicts"] == 9
 
 
 def _sent(server: ChatServer) -> tuple[int, int]:
@@ -80,3 +77,16 @@ def test_the_plan_line_comes_first_and_counts_what_the_server_then_receives(
 
     collected = pytester.runpytest_subprocess(*args, "--collect-only", "-q")
     assert "no requests to send" in collected.stdout.str() and _sent(server) == (0, 0)
+
+
+def test_under_xdist_the_controller_says_it_once_and_records_it(
+    pytester: pytest.Pytester, small_replay_args: list[str]
+) -> None:
+    result = pytester.runpytest_subprocess(*small_replay_args, "-n", "2", "--instrumental-json=r.json")
+    assert result.ret == 0, result.stdout.str()
+    lines = [text for text in result.outlines if text.startswith("instrumental plan:")]
+    assert lines == [
+        "instrumental plan: 20 items; nothing to generate; 20 of 20 judge calls to make (0 cached); no requests to send"
+    ]
+    cost = json.loads((pytester.path / "r.json").read_text(encoding="utf-8"))["run"]["cost"]
+    assert cost["items"] == 20 and cost["judge_calls"] == 20 and cost["generations"] == 0
