@@ -3,7 +3,8 @@ them the cache already holds, and the requests it will send to API servers.
 
 Counted from the planned requests and the cache (evaluation.Evaluation.cost) before anything is
 generated, so that a user gating a large model, or paying per request, knows first. A planned
-generation the cache lacks is counted as a judge call too: its verdict cannot be cached yet.
+generation the cache lacks is counted as a judge call too: its verdict cannot be cached yet. So is
+a fine-tuned item's: what its adapter trains on is generated first, so its cache key is not known.
 Not counted: retries (a request that fails is sent again, up to ``--instrumental-max-retries``),
 a judge's one preflight call, and the pro_ic answers a fine-tuning attack trains on when they are
 not items of the run (training_data.py generates and judges them first).

@@ -290,12 +290,16 @@ class Evaluation:
         for model in sorted({r.key.model for r in pending}):
             requests = [r for r in pending if r.key.model == model]
             backend = self._backends[model]
+            # a fine-tuned request's key needs the answers it trains on, which do not exist yet
+            waiting = sum(r.lora is not None and not r.training for r in requests)
+            requests = [r for r in requests if r.lora is None or r.training]
+            judge_calls += waiting
             keys = [backend.cache_key(r) for r in requests]
             found = [self._cached(GENERATION, key, Generation) for key in keys]
             cacheable = [i for i, key in enumerate(keys) if key is not None]  # a replay generates nothing
             unique, _ = _same_answers(cacheable, keys)
-            made = sum(1 for i in unique if found[i] is None)
-            generations += len(unique)
+            made = sum(1 for i in unique if found[i] is None) + waiting
+            generations += len(unique) + waiting
             cached_generations += len(unique) - made
             if isinstance(backend, Sends) and made:
                 sends[f"model {model} at {backend.endpoint}"] = made

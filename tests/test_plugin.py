@@ -450,7 +450,8 @@ def test_the_item_of_a_killed_xdist_worker_is_counted_once(pytester: pytest.Pyte
     selection = ["-k", "Qwen3-4B-Base and anti_ic and deceptive"]
     result = pytester.runpytest_subprocess(*replay_args, "-n", "2", *selection, "--junitxml=junit.xml")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    selected = len(pytester.runpytest(*replay_args, *selection, "--collect-only", "-q").stdout.lines) - 2
+    collected = pytester.runpytest(*replay_args, *selection, "--collect-only", "-q").stdout.lines
+    selected = sum(line.startswith("instrumental::") for line in collected)
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed", 0) + outcomes.get("failed", 0) + outcomes.get("skipped", 0) == selected
     assert outcomes["failed"] == 1
