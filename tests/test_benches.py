@@ -9,17 +9,16 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+def bench_lines(script: str, *args: str) -> list[str]:
+    """What ``bench/SCRIPT`` prints with ``args``, line by line (it must exit 0)."""
+    command = [sys.executable, str(BENCH / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=600).stdout.splitlines()
+
+
 @pytest.mark.slow
 def test_the_gpu_generation_benchmark_runs_on_a_tiny_config() -> None:
     args = ["--config", str(BENCH / "configs" / "tiny.json"), "--prompts", "4", "--new-tokens", "6"]
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "gpu_generation.py"), *args, "--bandwidth-gbs", "100"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    lines = result.stdout.splitlines()
+    lines = bench_lines("gpu_generation.py", *args, "--bandwidth-gbs", "100")
     assert lines[0].startswith("tiny.json (random weights, ")
     assert lines[1].startswith("loop (this project's, batch 4)")
     assert lines[2].startswith("generate_batch (continuous batching)")
@@ -32,15 +31,12 @@ def test_the_peer_benchmark_compares_with_inspect_or_says_it_is_not_installed(sm
     import importlib.util
 
     args = ["--prompts", "2", "--max-new-tokens", "3", "--rounds", "1"]
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "peer_inspect.py"), *args], capture_output=True, text=True, check=True, timeout=600
-    )
+    lines = bench_lines("peer_inspect.py", *args)
     if importlib.util.find_spec("inspect_ai") is None:  # an optional peer, not a dependency
-        assert result.stdout == (
-            "inspect-ai is not installed (pip install 'pytest-instrumental[inspect]'): nothing to compare with\n"
-        )
+        assert lines == [
+            "inspect-ai is not installed (pip install 'pytest-instrumental[inspect]'): nothing to compare with"
+        ]
     else:
-        lines = result.stdout.splitlines()
         assert lines[0].startswith("2 prompts, 3 new tokens, greedy, batch 32 (Inspect 16); inspect-ai ")
         assert lines[-1] == "same answers: 2/2"
 
@@ -48,14 +44,7 @@ def test_the_peer_benchmark_compares_with_inspect_or_says_it_is_not_installed(sm
 @pytest.mark.slow
 def test_the_generation_benchmark_compares_paths_and_batch_sizes(smollm2_dir: Path) -> None:
     args = ["--prompts", "3", "--max-new-tokens", "4", "--paths", "single,batched:1,batched:2", "--threads", "1"]
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "generation_speed.py"), *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    lines = result.stdout.splitlines()
+    lines = bench_lines("generation_speed.py", *args)
     assert lines[0].startswith("model smollm2-135m (cpu, 1 threads), 3 prompts, max_new_tokens 4, batch size 32")
     assert [line.split()[0] for line in lines[1:]] == ["single", "batched:1", "batched:2"]
     assert all("x the first path; same tokens: " in line and line.endswith("/3 rows") for line in lines[2:])
@@ -64,10 +53,7 @@ def test_the_generation_benchmark_compares_paths_and_batch_sizes(smollm2_dir: Pa
 @pytest.mark.slow
 def test_the_decode_cache_benchmark_compares_both_caches_on_the_same_tokens(smollm2_dir: Path) -> None:
     args = ["--rows", "2", "--steps", "3", "--rounds", "1"]
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "decode_cache.py"), *args], capture_output=True, text=True, check=True, timeout=600
-    )
-    lines = result.stdout.splitlines()
+    lines = bench_lines("decode_cache.py", *args)
     assert lines[0].startswith("2 rows (") and lines[0].endswith(", 3 steps")
     assert [line.split()[0] for line in lines[1:5]] == ["preallocated", "DynamicCache"] * 2
     assert lines[-1] == "same tokens: True"

@@ -41,17 +41,12 @@ def hostile_items() -> list[ItemResult]:
 def report_data(items: list[ItemResult], baseline: list[ItemResult] | None = None) -> RunSummary:
     """A summary gated on pro_ic Conv% above 50."""
     return summarise(
-        started_at="2026-11-28T00:00:00+00:00",
-        items=items,
-        ran={i.key for i in items},
-        models=["m"],
-        suffixes=["pro_ic", "anti_ic"],
-        categories=["cat"],
-        thresholds=Thresholds(max_conv={"pro_ic": 50}, min_gap=None, alpha=0),
-        baseline=Baseline("old.json", baseline, None) if baseline else None,
-        judge_name="j",
-        judge_note=" (agreement with gpt-5.2: kappa 0.62)",
-        notes=[],
+        **{
+            **_summary_args(items),
+            "thresholds": Thresholds(max_conv={"pro_ic": 50}, min_gap=None, alpha=0),
+            "baseline": Baseline("old.json", baseline, None) if baseline else None,
+            "judge_note": " (agreement with gpt-5.2: kappa 0.62)",
+        }
     )
 
 
@@ -89,18 +84,19 @@ def test_html_escapes_model_output_and_has_the_plots() -> None:
     assert "default-src &#39;none&#39;" not in page and "default-src 'none'" in page
 
 
-def browser() -> str | None:
+def browser() -> str:
+    """Debian's chromium; the test is skipped without it, except where it is required (.ci/run)."""
     found = shutil.which("chromium")
     if found is None and os.environ.get("INSTRUMENTAL_REQUIRE_BROWSER"):
         pytest.fail("chromium is required here (INSTRUMENTAL_REQUIRE_BROWSER) but not installed")
+    if found is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     return found
 
 
 @pytest.mark.slow
 def test_a_hostile_response_renders_as_text_in_a_real_browser(tmp_path: Path) -> None:
     chromium = browser()
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     (page,) = [p for p in write_reports(tmp_path, report_data(hostile_items())) if p.suffix == ".html"]
     dom = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
@@ -134,8 +130,6 @@ def filterable_items() -> list[ItemResult]:
 @pytest.mark.slow
 def test_the_items_filters_and_search_work_in_a_real_browser_under_the_pages_policy(tmp_path: Path) -> None:
     chromium = browser()
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     items = filterable_items()
