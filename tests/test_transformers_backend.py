@@ -59,7 +59,7 @@ def test_thinking_split_and_truncation() -> None:
     assert thinking_outcome("<think>x</think>  ", hit_limit=False, thinking_model=True).error == "empty response"
 
 
-def settings(models_dir: Path, batch_size: int, max_input_tokens: int = 4096) -> GenerationConfig:
+def settings(models_dir: Path, batch_size: int | None, max_input_tokens: int = 4096) -> GenerationConfig:
     return GenerationConfig(models_dir=models_dir, batch_size=batch_size, max_input_tokens=max_input_tokens)
 
 
@@ -119,15 +119,32 @@ def test_input_is_truncated_to_max_input_tokens(tiny_model_dir: Path) -> None:
     assert generation.truncated and generation.response
 
 
-def test_a_gpu_batch_holds_as_many_rows_as_free_memory_holds_kv_caches_for() -> None:
-    from pytest_instrumental.backends.transformers import gpu_batch_size
+def test_a_batch_holds_as_many_rows_as_free_memory_holds_kv_caches_for() -> None:
+    from pytest_instrumental.backends.transformers import rows_that_fit
 
     # Qwen3-4B in bf16: 2 x 36 layers x 8 KV heads x 128 x 2 bytes = 144 KiB per token.
     per_token = 2 * 36 * 8 * 128 * 2
     rows_of_9k = 9_000 * per_token  # a 900-token prompt and the thinking budget of 8,096
-    assert gpu_batch_size(100 * 2**30, per_token, 9_000, 228) == int(100 * 2**30 * 0.8) // rows_of_9k == 64
-    assert gpu_batch_size(100 * 2**30, per_token, 9_000, 10) == 10  # never more rows than requests
-    assert gpu_batch_size(2**20, per_token, 9_000, 228) == 1  # at least one
+    assert rows_that_fit(100 * 2**30, per_token, 9_000, 228) == int(100 * 2**30 * 0.8) // rows_of_9k == 64
+    assert rows_that_fit(100 * 2**30, per_token, 9_000, 10) == 10  # never more rows than requests
+    assert rows_that_fit(2**20, per_token, 9_000, 228) == 1  # at least one
+
+
+def test_a_cpu_batch_holds_64_rows_or_as_many_as_free_memory_holds(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_instrumental.backends import packed_linear
+    from pytest_instrumental.backends.transformers import CPU_BATCH_SIZE, PREFIX_STORE_BYTES
+
+    backend = TransformersBackend(
+        "tiny", str(tiny_model_dir), None, False, "t", generation=settings(tiny_model_dir, None), max_new_tokens=100
+    )
+    config = backend.model.config
+    per_row = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4 * (400 + 100)
+    monkeypatch.setattr(packed_linear, "available_memory", lambda: PREFIX_STORE_BYTES + 2**40)
+    assert backend._batch_size(400, 228) == CPU_BATCH_SIZE == 64
+    monkeypatch.setattr(packed_linear, "available_memory", lambda: PREFIX_STORE_BYTES + int(10 * per_row / 0.8))
+    assert backend._batch_size(400, 228) == 10
 
 
 def test_a_sampled_row_does_not_depend_on_its_batch(tokenizer: PreTrainedTokenizerBase) -> None:

@@ -8,9 +8,10 @@ Generation is batched: requests are sorted by length, each is prefilled alone (n
 padding), and their KV caches are left-padded into one batch that decodes together; a row that
 has finished is dropped from the batch (and from the cache) at once, so it stops costing
 compute while longer rows go on. A scenario's conditions share the chat up to the end of its
-prompt: that part is prefilled once for them all (backends/kv_cache.py). A batch holds 32 rows
-on a CPU; on a GPU, as many as the free memory holds KV caches for, unless
-``--instrumental-batch-size`` says otherwise.
+prompt: that part is prefilled once for them all (backends/kv_cache.py). A batch holds 64 rows
+on a CPU, fewer if the free memory holds KV caches for fewer; on a GPU, as many as it holds,
+unless ``--instrumental-batch-size`` says otherwise. On a CPU the linear layers compute with
+oneDNN on weights packed once (backends/packed_linear.py).
 """
 
 from __future__ import annotations
@@ -49,17 +50,18 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from pytest_instrumental.backends.kv_cache import LayerStates, PrefixStore
+    from pytest_instrumental.backends.packed_linear import PackedLinear
 
 
-CPU_BATCH_SIZE = 32
+CPU_BATCH_SIZE = 64  # at most, on a CPU: docs/performance.md measured 32, 64 and 128
 PREFIX_STORE_BYTES = 1 << 30  # shared prompt prefixes' KV kept for the prompts still to come
-GPU_MEMORY_SHARE = 0.8  # of the free memory, for KV caches; the rest for activations and fragmentation
+MEMORY_SHARE = 0.8  # of the free memory, for KV caches; the rest for activations and fragmentation
 
 
-def gpu_batch_size(free_bytes: int, kv_bytes_per_token: int, tokens_per_row: int, rows: int) -> int:
-    """How many rows decode together on a GPU: as many as a share of the free memory holds
-    KV caches for, each row at its longest (prompt plus every new token), between 1 and ``rows``."""
-    fits = int(free_bytes * GPU_MEMORY_SHARE) // max(1, kv_bytes_per_token * tokens_per_row)
+def rows_that_fit(free_bytes: int, kv_bytes_per_token: int, tokens_per_row: int, rows: int) -> int:
+    """How many rows decode together: as many as a share of the free memory holds KV caches
+    for, each row at its longest (prompt plus every new token), between 1 and ``rows``."""
+    fits = int(free_bytes * MEMORY_SHARE) // max(1, kv_bytes_per_token * tokens_per_row)
     return max(1, min(rows, fits))
 
 
@@ -388,7 +390,7 @@ class TransformersBackend:
             store = PrefixStore([tuple(encoded[i][: shared[i]]) for i in order], PREFIX_STORE_BYTES)
             for start in range(0, len(order), size):
                 batch = order[start : start + size]
-                with self.hooked(requests[batch[0]]):
+                with self.hooked(requests[batch[0]]), self._kernels(requests[batch[0]]):
                     outputs = self._decode(
                         [requests[i] for i in batch], [encoded[i] for i in batch], [shared[i] for i in batch], store
                     )
@@ -422,6 +424,23 @@ class TransformersBackend:
             return adapted(self.model, self._adapter_dir(made_by))
         return nullcontext()
 
+    def _kernels(self, request: Request) -> AbstractContextManager[None]:
+        """The linear layers' kernels ``request`` generates with: oneDNN's, with the weights packed
+        once, where the model allows it (backends/packed_linear.py), except under an adapter,
+        which wraps the model's own linears."""
+        packed = self._packed
+        if packed is None or self._adapter_recipe(request) is not None:
+            return nullcontext()
+        from pytest_instrumental.backends.packed_linear import packed_linears
+
+        return packed_linears(self.model, packed)
+
+    @cached_property
+    def _packed(self) -> dict[tuple[str, str], PackedLinear] | None:
+        from pytest_instrumental.backends.packed_linear import can_pack, pack
+
+        return pack(self.model) if can_pack(self.model) else None
+
     def _shared_length(self, request: Request, tokens: list[int]) -> int:
         """How many of ``tokens`` every condition of ``request``'s scenario starts with: the chat
         up to the end of the scenario's own prompt, before any suffix (whatever follows it). It
@@ -447,8 +466,6 @@ class TransformersBackend:
     def _batch_size(self, longest_prompt: int, rows: int) -> int:
         if self.generation.batch_size is not None:
             return self.generation.batch_size
-        if self.placement.device != "cuda":
-            return CPU_BATCH_SIZE
         import torch
 
         config = self.model.config
@@ -456,10 +473,18 @@ class TransformersBackend:
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         element = torch.finfo(self.model.dtype).bits // 8
         kv_per_token = 2 * config.num_hidden_layers * heads * head_dim * element
-        free, _ = torch.cuda.mem_get_info()
-        return gpu_batch_size(
-            max(0, free - PREFIX_STORE_BYTES), kv_per_token, longest_prompt + self.max_new_tokens, rows
-        )
+        tokens_per_row = longest_prompt + self.max_new_tokens
+        if self.placement.device == "cuda":
+            free, _ = torch.cuda.mem_get_info()
+            return rows_that_fit(max(0, free - PREFIX_STORE_BYTES), kv_per_token, tokens_per_row, rows)
+        from pytest_instrumental.backends.packed_linear import available_memory
+
+        _ = self._packed  # packed first: the memory its copy of the weights takes is not the caches'
+        available = available_memory()
+        if available is None:
+            return min(CPU_BATCH_SIZE, rows)
+        fits = rows_that_fit(max(0, available - PREFIX_STORE_BYTES), kv_per_token, tokens_per_row, rows)
+        return min(CPU_BATCH_SIZE, fits)
 
     def _stop_ids(self) -> set[int]:
         stops = set()
@@ -477,6 +502,7 @@ class TransformersBackend:
     def close(self) -> None:
         if self._model is not None:
             self._model = None
+            self.__dict__.pop("_packed", None)
             gc.collect()
             import torch
 
