@@ -1,17 +1,17 @@
 """This plugin's generation against the peer a user would pick instead: Inspect AI's ``hf/`` provider.
 
-    python bench/peer_inspect.py [--prompts 228] [--max-new-tokens 128] [--batch-size 32]
+    python bench/peer_inspect.py [--prompts 228] [--max-new-tokens 128] [--batch-size N]
                                  [--inspect-batch-size 16] [--rounds 2]
 
-The same prompts (the default run's: every scenario under baseline, pro_ic and anti_ic, the
-category context as system message, the steered prompt as user message), the same converted
+The same prompts (the default run's: every scenario under baseline, pro_ic and anti_ic, the category
+context as system message, the steered prompt as user message), the same converted
 SmolLM2-135M-Instruct weights, the same budget, greedy (Inspect: ``do_sample=False``; its batch is
 ``max_connections``, at 16, where the issue's measurement found it fastest; this plugin at its own
-CPU default, 32), one after the other in one process, alternating A B A B, each run loading
-the model afresh. It prints each run's wall time, the ratio of the medians, and how many answers
-the two produced alike (after stripping whitespace). It measures; it asserts nothing. Without
-inspect-ai installed (the optional extra: ``pip install 'pytest-instrumental[inspect]'``) it says so
-and exits 0.
+default, at most 64 rows on a CPU, unless ``--batch-size`` says), one after the other in one
+process, alternating A B A B, each run loading the model afresh. It prints each run's wall time, the
+ratio of the medians, and how many answers the two produced alike (after stripping whitespace). It
+measures; it asserts nothing. Without inspect-ai installed (the optional extra: ``pip install
+'pytest-instrumental[inspect]'``) it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def default_requests(count: int) -> list[Request]:
     return requests[::step][:count]
 
 
-def ours(source: str, models_dir: Path, requests: list[Request], budget: int, batch: int) -> list[str]:
+def ours(source: str, models_dir: Path, requests: list[Request], budget: int, batch: int | None) -> list[str]:
     generation = GenerationConfig(models_dir=models_dir, batch_size=batch)
     backend = TransformersBackend(
         "smollm2-135m", source, None, False, "bench", generation=generation, max_new_tokens=budget
@@ -83,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=228)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32, help="this plugin's batch (its CPU default: 32)")
+    parser.add_argument("--batch-size", type=int, help="this plugin's batch (default: its own, as a run sizes it)")
     parser.add_argument(
         "--inspect-batch-size", type=int, default=16, help="Inspect's max_connections (16: it was no faster at 32)"
     )
@@ -100,7 +100,7 @@ def main() -> None:
     source = str(embedded.converted_dir(args.models_dir))
     requests = default_requests(args.prompts)
     print(
-        f"{len(requests)} prompts, {args.max_new_tokens} new tokens, greedy, batch {args.batch_size} "
+        f"{len(requests)} prompts, {args.max_new_tokens} new tokens, greedy, batch {args.batch_size or 'default'} "
         f"(Inspect {args.inspect_batch_size}); "
         f"inspect-ai {inspect_ai.__version__}"
     )

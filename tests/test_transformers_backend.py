@@ -235,6 +235,31 @@ def test_the_prefix_store_keeps_a_prefix_until_its_last_prompt_within_its_bound(
     assert tight.computed == 3 and tight.held == [(1,)]
 
 
+def test_a_finished_row_leaves_the_batch_cache_in_place_and_only_rows_beyond_the_new_batch_move() -> None:
+    from pytest_instrumental.backends.kv_cache import PreallocatedLayer, batch_cache, fill_holes
+
+    assert fill_holes([0, 1, 2, 3, 4]) == [0, 1, 2, 3, 4]  # nothing dropped: nothing moves
+    assert fill_holes([0, 2, 3, 5, 6]) == [0, 5, 2, 3, 6]  # rows 5 and 6 take the places of 1 and 4
+    assert fill_holes([3, 4]) == [3, 4]
+    torch.manual_seed(0)
+    prompts = [[(torch.randn(1, 2, length, 4), torch.randn(1, 2, length, 4))] for length in (3, 5, 4, 2, 5)]
+    cache = batch_cache(prompts, new_tokens=3)
+    layer = cache.layers[0]
+    assert isinstance(layer, PreallocatedLayer)
+    layer.update(torch.randn(5, 2, 1, 4), torch.randn(5, 2, 1, 4))
+    buffer = layer._keys.data_ptr()
+    keys, values = layer._expose()  # what attention reads
+    rows = [(keys[i].clone(), values[i].clone()) for i in range(5)]
+    order = fill_holes([0, 2, 3, 4])  # row 1 finished
+    cache.batch_select_indices(torch.tensor(order))
+    keys, values = layer._expose()
+    assert order == [0, 4, 2, 3] and keys.shape == (4, 2, 6, 4) and layer._keys.data_ptr() == buffer
+    assert all(torch.equal(keys[i], rows[o][0]) and torch.equal(values[i], rows[o][1]) for i, o in enumerate(order))
+    layer.update(torch.ones(4, 2, 1, 4), torch.ones(4, 2, 1, 4))  # decoding goes on in the same buffers
+    keys, _ = layer._expose()
+    assert keys.shape == (4, 2, 7, 4) and torch.equal(keys[:, :, -1], torch.ones(4, 2, 4))
+
+
 def test_loading_a_model_draws_no_library_bar_and_leaves_their_setting_as_it_was(
     tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

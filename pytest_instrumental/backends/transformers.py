@@ -569,7 +569,7 @@ def generate_tokens(
     """
     import torch
 
-    from pytest_instrumental.backends.kv_cache import PrefixStore, batch_cache
+    from pytest_instrumental.backends.kv_cache import PrefixStore, batch_cache, fill_holes
 
     device = model.device
     width = max(len(p) for p in prompts)
@@ -598,9 +598,15 @@ def generate_tokens(
             if keep.numel() == 0 or step == max_new_tokens - 1:
                 break
             if keep.numel() < len(live):
-                live = [live[i] for i in keep.tolist()]
-                next_tokens, attention_mask, position_ids = next_tokens[keep], attention_mask[keep], position_ids[keep]
-                cache.batch_select_indices(keep)
+                order = fill_holes(keep.tolist())
+                index = torch.tensor(order, device=device)
+                live = [live[i] for i in order]
+                next_tokens, attention_mask, position_ids = (
+                    next_tokens[index],
+                    attention_mask[index],
+                    position_ids[index],
+                )
+                cache.batch_select_indices(index)
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=-1)
             position_ids = position_ids + 1
             logits = _forward(model, next_tokens[:, None], attention_mask, position_ids, cache)
