@@ -514,8 +514,8 @@ OPTIONS = (
         "--instrumental-batch-size",
         "instrumental_batch_size",
         "value",
-        "prompts generated together by a local model (default: 16 on a CPU; on a GPU, as many as the free "
-        "memory holds KV caches for)",
+        "prompts generated together by a local model (default: as many as the free memory holds KV caches "
+        "for, at most 64 on a CPU)",
         positive_int,
         "N",
     ),
