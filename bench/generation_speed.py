@@ -1,16 +1,19 @@
 """In-process generation paths on the same real model, prompts and token budget.
 
     python bench/generation_speed.py [--prompts 16] [--max-new-tokens 128] [--batch-size 32]
-                                     [--paths single,batched,generate_batch] [--threads N]
+                                     [--paths single,batched,unpacked,generate_batch] [--threads N]
 
 "single" is what the paper's reference implementation does: ``model.generate()`` per prompt,
 greedy. "batched" is this project's TransformersBackend (length-sorted batches, each prompt
-prefilled alone, finished rows leave the batch). "generate_batch" is transformers' continuous
+prefilled alone, finished rows leave the batch, linear layers on oneDNN's packed weights where the
+backend packs them). "unpacked" is the batched path on torch's default CPU matmul instead
+(backends/packed_linear.py). "generate_batch" is transformers' continuous
 batching (``model.generate_batch``, paged KV cache), greedy. All run the embedded
 SmolLM2-135M-Instruct on suite prompts spread over categories and suffixes, in one process, one
 after the other; the script prints each throughput, its ratio to the first path, and how many
-rows produced the same tokens as the first path. ``batched:N`` is the batched path at batch size
-N (``--paths batched:16,batched:32,batched:16,batched:32`` compares batch sizes, alternating).
+rows produced the same tokens as the first path. ``batched:N`` (and ``unpacked:N``) is the batched
+path at batch size N (``--paths batched:32,batched:64,batched:32,batched:64`` compares batch
+sizes, alternating).
 It measures; it asserts nothing.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +84,9 @@ def main() -> None:
         start = time.perf_counter()
         if path == "single":
             outputs = [single(model, ids, args.max_new_tokens, tokenizer.pad_token_id) for ids in encoded]
-        elif path.partition(":")[0] == "batched":
+        elif path.partition(":")[0] in ("batched", "unpacked"):
             size = int(path.partition(":")[2] or args.batch_size)
-            outputs = batched(backend, encoded, size, args.max_new_tokens)
+            outputs = batched(backend, encoded, size, args.max_new_tokens, packed=path.startswith("batched"))
         elif path == "generate_batch":
             outputs = continuous(model, encoded, args.max_new_tokens, tokenizer)
         else:
@@ -113,16 +117,21 @@ def single(model: Any, ids: list[int], max_new_tokens: int, pad_id: int) -> list
     return list(output[0, len(ids) :].tolist())
 
 
-def batched(backend: TransformersBackend, encoded: list[list[int]], size: int, max_new_tokens: int) -> list[list[int]]:
+def batched(
+    backend: TransformersBackend, encoded: list[list[int]], size: int, max_new_tokens: int, packed: bool
+) -> list[list[int]]:
+    from pytest_instrumental.backends.packed_linear import packed_linears
     from pytest_instrumental.backends.transformers import generate_tokens
 
+    layers = backend._packed if packed else None
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     outputs: dict[int, list[int]] = {}
-    for start in range(0, len(order), size):
-        chunk = order[start : start + size]
-        prompts = [encoded[i] for i in chunk]
-        results = generate_tokens(backend.model, prompts, backend._stop_ids(), backend._pad_id(), max_new_tokens)
-        outputs.update({i: tokens for i, (tokens, _) in zip(chunk, results, strict=True)})
+    with packed_linears(backend.model, layers) if layers is not None else nullcontext():
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            prompts = [encoded[i] for i in chunk]
+            results = generate_tokens(backend.model, prompts, backend._stop_ids(), backend._pad_id(), max_new_tokens)
+            outputs.update({i: tokens for i, (tokens, _) in zip(chunk, results, strict=True)})
     return [outputs[i] for i in range(len(encoded))]
 
 

@@ -37,16 +37,17 @@ def test_the_peer_benchmark_compares_with_inspect_or_says_it_is_not_installed(sm
             "inspect-ai is not installed (pip install 'pytest-instrumental[inspect]'): nothing to compare with"
         ]
     else:
-        assert lines[0].startswith("2 prompts, 3 new tokens, greedy, batch 32 (Inspect 16); inspect-ai ")
+        assert lines[0].startswith("2 prompts, 3 new tokens, greedy, batch default (Inspect 16); inspect-ai ")
         assert lines[-1] == "same answers: 2/2"
 
 
 @pytest.mark.slow
 def test_the_generation_benchmark_compares_paths_and_batch_sizes(smollm2_dir: Path) -> None:
-    args = ["--prompts", "3", "--max-new-tokens", "4", "--paths", "single,batched:1,batched:2", "--threads", "1"]
+    paths = "single,batched:1,batched:2,unpacked:2"
+    args = ["--prompts", "3", "--max-new-tokens", "4", "--paths", paths, "--threads", "1"]
     lines = bench_lines("generation_speed.py", *args)
-    assert lines[0].startswith("model smollm2-135m (cpu, 1 threads), 3 prompts, max_new_tokens 4, batch size 32")
-    assert [line.split()[0] for line in lines[1:]] == ["single", "batched:1", "batched:2"]
+    assert lines[0].startswith("model smollm2-135m (cpu, 1 threads), 3 prompts, max_new_tokens 4, batch size 64")
+    assert [line.split()[0] for line in lines[1:]] == paths.split(",")
     assert all("x the first path; same tokens: " in line and line.endswith("/3 rows") for line in lines[2:])
 
 
