@@ -14,10 +14,10 @@ loaded; steering and ablation hooks sit on the decoder layers and are unaffected
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psutil
 import torch
 
 WEIGHTS_SHARE_OF_MEMORY = 0.5  # a packed copy of the weights is made only if it leaves the rest for KV caches
@@ -50,17 +50,13 @@ def can_pack(model: torch.nn.Module) -> bool:
         return False
     if not all(hasattr(torch.ops.mkldnn, op) for op in ("_reorder_linear_weight", "_linear_pointwise")):
         return False
-    available = available_memory()
     weights = sum(p.numel() * p.element_size() for p in parameters)
-    return available is not None and weights <= available * WEIGHTS_SHARE_OF_MEMORY
+    return weights <= available_memory() * WEIGHTS_SHARE_OF_MEMORY
 
 
-def available_memory() -> int | None:
-    """Bytes of memory free now, or None where the system does not say."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system that reports it
-        return None
+def available_memory() -> int:
+    """Bytes of memory available now (free, and what the system can reclaim from its caches)."""
+    return int(psutil.virtual_memory().available)
 
 
 def pack(model: torch.nn.Module) -> dict[tuple[str, str], PackedLinear]:

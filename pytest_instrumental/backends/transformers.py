@@ -480,10 +480,7 @@ class TransformersBackend:
         from pytest_instrumental.backends.packed_linear import available_memory
 
         _ = self._packed  # packed first: the memory its copy of the weights takes is not the caches'
-        available = available_memory()
-        if available is None:
-            return min(CPU_BATCH_SIZE, rows)
-        fits = rows_that_fit(max(0, available - PREFIX_STORE_BYTES), kv_per_token, tokens_per_row, rows)
+        fits = rows_that_fit(max(0, available_memory() - PREFIX_STORE_BYTES), kv_per_token, tokens_per_row, rows)
         return min(CPU_BATCH_SIZE, fits)
 
     def _stop_ids(self) -> set[int]:
