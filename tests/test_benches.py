@@ -52,6 +52,16 @@ def test_the_generation_benchmark_compares_paths_and_batch_sizes(smollm2_dir: Pa
 
 
 @pytest.mark.slow
+def test_the_phases_benchmark_splits_the_backends_time_with_packed_and_unpacked_linears(smollm2_dir: Path) -> None:
+    args = ["--prompts", "3", "--max-new-tokens", "3", "--runs", "packed:2,unpacked:3"]
+    lines = bench_lines("generation_phases.py", *args)
+    assert lines[0] == "3 prompts, 3 new tokens, greedy"
+    assert [line.split()[0] for line in lines[1:]] == ["packed:2", "unpacked:3"]
+    assert all(" row-steps)  rest " in line for line in lines[1:])
+    assert lines[1].endswith("same answers as the first run: 3/3")
+
+
+@pytest.mark.slow
 def test_the_decode_cache_benchmark_compares_both_caches_on_the_same_tokens(smollm2_dir: Path) -> None:
     args = ["--rows", "2", "--steps", "3", "--rounds", "1"]
     lines = bench_lines("decode_cache.py", *args)
