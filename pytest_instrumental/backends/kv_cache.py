@@ -51,8 +51,7 @@ class PreallocatedLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # trans
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Row ``i`` becomes row ``indices[i]``, in place: only the rows that change places are
         copied (``fill_holes`` orders a batch so that few do), into the same buffers. Selecting
-        into new ones copied the whole cache each time a row finished: 137 to 508 ms for 64 rows
-        of 515 positions, against 4 to 5 ms in place (docs/performance.md)."""
+        into new buffers allocated and copied the whole cache each time a row finished."""
         order = indices.tolist()
         moved = [row for row, source in enumerate(order) if source != row]
         if moved:

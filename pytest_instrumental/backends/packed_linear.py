@@ -4,8 +4,9 @@ torch's default CPU matmul (MKL's sgemm on an unpacked ``[out, in]`` weight) is 
 row counts decoding has: a step of 64 rows is seven small products per layer and one large
 output projection. oneDNN with the weight reordered once into its blocked layout (what
 torch's own compiler does for CPU linears, ``torch.ops.mkldnn._linear_pointwise``) took the
-default run's generation from 244.6 to 189.5 s on a 2-core CPU (docs/performance.md), with
-227 of its 228 answers the same text: the same float32 arithmetic in another order.
+default run's generation from 278.1 to 208.3 s on a 2-core CPU (``bench/generation_phases.py``,
+docs/performance.md), with 227 of its 228 answers the same text: the same float32 arithmetic in
+another order.
 
 The packed modules replace a model's ``nn.Linear`` children only while ``packed_linears`` is
 entered, so training, adapters (which wrap ``nn.Linear``) and everything else see the model as
