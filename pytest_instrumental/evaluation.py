@@ -274,27 +274,30 @@ class Evaluation:
         self._outcomes: dict[Answer, Outcome] = {}
 
     def plan(self, requests: Sequence[Request]) -> None:
-        for request in requests:
-            for epoch in range(1, self.epochs + 1):
-                self._pending[request.key, epoch] = replace(request, epoch=epoch)
+        self._pending.update(self._in_epochs(requests))
+
+    def _in_epochs(self, requests: Sequence[Request]) -> dict[Answer, Request]:
+        """Each request once per epoch."""
+        return {
+            (request.key, epoch): replace(request, epoch=epoch)
+            for request in requests
+            for epoch in range(1, self.epochs + 1)
+        }
 
     def cost(self, requests: Sequence[Request] | None = None) -> Cost:
         """What evaluating the planned requests (or these, each in every epoch) will take, from the
         cache as it is now (cost.py)."""
-        if requests is None:
-            pending = list(self._pending.values())
-        else:
-            pending = [replace(r, epoch=e) for r in requests for e in range(1, self.epochs + 1)]
+        pending = list((self._pending if requests is None else self._in_epochs(requests)).values())
         generations = cached_generations = judge_calls = cached_verdicts = 0
         sends: dict[str, int] = {}
         for model in sorted({r.key.model for r in pending}):
-            requests = [r for r in pending if r.key.model == model]
+            of_model = [r for r in pending if r.key.model == model]
             backend = self._backends[model]
             # a fine-tuned request's key needs the answers it trains on, which do not exist yet
-            waiting = sum(r.lora is not None and not r.training for r in requests)
-            requests = [r for r in requests if r.lora is None or r.training]
+            waiting = sum(r.lora is not None and not r.training for r in of_model)
+            keyed = [r for r in of_model if r.lora is None or r.training]
             judge_calls += waiting
-            keys = [backend.cache_key(r) for r in requests]
+            keys = [backend.cache_key(r) for r in keyed]
             found = [self._cached(GENERATION, key, Generation) for key in keys]
             cacheable = [i for i, key in enumerate(keys) if key is not None]  # a replay generates nothing
             unique, _ = _same_answers(cacheable, keys)
@@ -303,7 +306,7 @@ class Evaluation:
             cached_generations += len(unique) - made
             if isinstance(backend, Sends) and made:
                 sends[f"model {model} at {backend.endpoint}"] = made
-            for request, generation in zip(requests, found, strict=True):
+            for request, generation in zip(keyed, found, strict=True):
                 judge_calls += 1
                 if generation is not None and generation.response is not None:
                     key = self._judge.cache_key(JudgeRequest(request, generation.response))
