@@ -17,7 +17,7 @@ import time
 from pytest_instrumental.backends.interventions import plan_interventions
 from pytest_instrumental.backends.registry import open_backend, parse_model
 from pytest_instrumental.backends.transformers import TransformersBackend
-from pytest_instrumental.conditions import Ablation
+from pytest_instrumental.conditions import Ablation, run_conditions
 from pytest_instrumental.config import GenerationConfig, ServerConfig
 from pytest_instrumental.options import user_models_dir
 from pytest_instrumental.plan import plan_requests
@@ -35,7 +35,7 @@ def main() -> None:
     spec = parse_model("smollm2-135m")
     backend = open_backend(spec, GenerationConfig(models_dir=user_models_dir()), ServerConfig(), None, hooks)
     assert isinstance(backend, TransformersBackend)
-    requests = plan_requests([spec.name], [], scenarios, ablations=[Ablation()])
+    requests = plan_requests([spec.name], run_conditions([Ablation()]), scenarios)
     backend.model  # noqa: B018 -- loaded before the clock starts
     for category in scenarios.categories[: args.categories]:
         request = next(r for r in requests if r.category == category.slug)

@@ -29,12 +29,13 @@ import torch
 
 from pytest_instrumental.backends import embedded
 from pytest_instrumental.backends.transformers import CPU_BATCH_SIZE, TransformersBackend
+from pytest_instrumental.conditions import Condition, SuffixPush
 from pytest_instrumental.config import EMBEDDED_MAX_NEW_TOKENS
 from pytest_instrumental.config import GenerationConfig as GenerationSettings
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.options import user_models_dir
 from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes, select_suffixes, steer
+from pytest_instrumental.suffixes import load_suffixes, select_suffixes
 
 
 def suite_requests(count: int) -> list[Request]:
@@ -44,8 +45,8 @@ def suite_requests(count: int) -> list[Request]:
         category = load_scenarios().category(scenario.category)
         for suffix in suffixes:
             key = ItemKey("smollm2-135m", suffix.name, scenario.id)
-            steered = steer(scenario.prompt, suffix)
-            requests.append(Request(key, category.slug, category.context, steered, prompt=scenario.prompt))
+            condition = Condition(SuffixPush(suffix))
+            requests.append(Request(key, category.slug, category.context, scenario.prompt, condition))
     # Spread over categories and suffixes rather than the first scenarios of one category.
     step = max(1, len(requests) // count)
     return requests[::step][:count]

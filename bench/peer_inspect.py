@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pytest_instrumental.backends import embedded
 from pytest_instrumental.backends.transformers import TransformersBackend
-from pytest_instrumental.conditions import DEFAULT_SUFFIXES
+from pytest_instrumental.conditions import DEFAULT_SUFFIXES, SuffixPush, run_conditions
 from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.items import Request
 from pytest_instrumental.options import user_models_dir
@@ -37,7 +37,7 @@ from pytest_instrumental.suffixes import load_suffixes, select_suffixes
 def default_requests(count: int) -> list[Request]:
     """The default run's requests (76 scenarios x 3 suffixes), the first ``count`` of them spread evenly."""
     suffixes = select_suffixes(load_suffixes(), list(DEFAULT_SUFFIXES))
-    requests = plan_requests(["smollm2-135m"], suffixes, load_scenarios())
+    requests = plan_requests(["smollm2-135m"], run_conditions([SuffixPush(s) for s in suffixes]), load_scenarios())
     step = max(1, len(requests) // count)
     return requests[::step][:count]
 

@@ -66,7 +66,7 @@ def compare(a: Mapping[ItemKey, ItemResult], b: Mapping[ItemKey, ItemResult]) ->
     confusion = {x: {y: 0 for y in DECISIONS} for x in DECISIONS}
     for x, y in pairs:
         confusion[x][y] += 1
-    cell_items = Counter((k.model, k.suffix) for k in judged)
+    cell_items = Counter((k.model, k.condition) for k in judged)
     models = sorted({model for model, _ in cell_items})
     suffixes = sorted({suffix for _, suffix in cell_items})
     changes = cell_changes([a[k] for k in judged], [b[k] for k in judged], models, suffixes)

@@ -231,7 +231,7 @@ def cell_changes(
     cells = []
     for model in models:
         for suffix in suffixes:
-            cell_keys = {k for k in old_keys if k.model == model and k.suffix == suffix}
+            cell_keys = {k for k in old_keys if k.model == model and k.condition == suffix}
             old = count_cell(model, suffix, None, [r for r in baseline if r.model == model and r.suffix == suffix])
             new = count_cell(model, suffix, None, [r for r in current if r.model == model and r.suffix == suffix])
             paired = [k for k in new_valid if k[:2] == (model, suffix) and k in old_valid]
@@ -314,8 +314,8 @@ def _flips(
     """Items whose verdict changed; with epochs, whose most frequent verdict changed."""
     old, new = _prevailing(baseline), _prevailing(current)
     flips = [
-        Flip(key.model, key.suffix, key.scenario, old[key], verdict)
+        Flip(key.model, key.condition, key.scenario, old[key], verdict)
         for key, verdict in sorted(new.items())
-        if key.model in models and key.suffix in suffixes and key in old and old[key] != verdict
+        if key.model in models and key.condition in suffixes and key in old and old[key] != verdict
     ]
     return sorted(flips, key=lambda f: DIRECTIONS.index(f.direction))  # stable: key order within a group

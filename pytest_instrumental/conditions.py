@@ -1,22 +1,28 @@
-"""What an item is run under, its condition: a push, either a steering suffix appended to the
-user turn (``baseline``, ``pro_ic``, ``anti_ic``, or a user's), activation steering at a
-strength (``act_p4``) or an attack (``prefill_comply``: the answer starts with an attacker's
-text; ``ablate``, ``ablate_l6``: the direction through which the defence acts is projected out of
-the residual stream at every layer, or at layer 6; ``lora16``: the weights fine-tuned for 16
-steps); and optionally a defence, a suffix's text
-appended to the system prompt, the channel a deployment controls (``anti_ic+pro_ic``: the
-anti_ic defence against the pro_ic push). The names are item id parts; the gap is the
-difference between a pair of conditions.
+"""What an item is run under, its condition: a push and optionally a defence.
 
-Suffixes themselves are files (suffixes.py); the mechanisms live in backends/steering.py and
-backends/ablation.py and backends/lora.py.
+A push is one of a few kinds behind one protocol (``Push``): a steering suffix appended to the
+user turn (``baseline``, ``pro_ic``, ``anti_ic``, or a user's), activation steering at a strength
+(``act_p4``), or an attack: ``prefill_comply`` (the answer starts with an attacker's text),
+``ablate``, ``ablate_l6`` (the direction through which the defence acts is projected out of the
+residual stream at every layer, or at layer 6), ``lora16`` (the weights fine-tuned for 16 steps).
+A defence is a suffix's text appended to the system prompt, the channel a deployment controls
+(``anti_ic+pro_ic``: the anti_ic defence against the pro_ic push). Names are item id parts; the
+gap is the difference between a pair of conditions.
+
+Conditions are typed from the option parser to the backend: a name is parsed back into a
+condition only where a results file is read (``parse_condition``). What is sent for a condition
+is built once (items.py: ``chat_turns``); what changes the weights is applied in backends/
+(steering.py, ablation.py, lora.py, behind backends/interventions.py's protocol).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
+
+from pytest_instrumental.suffixes import Suffix, steer
 
 BASELINE = "baseline"
 PRO_SUFFIX = "pro_ic"
@@ -33,6 +39,152 @@ LORA = "lora"  # --instrumental-attack lora:STEPS[:r=RANK][:lr=RATE]; its condit
 _LORA = re.compile(r"lora(?P<steps>\d+)(?:_r(?P<rank>\d+))?(?:_lr(?P<lr>[0-9a-z_]+))?\Z")
 DEFAULT_LORA_RANK = 8
 DEFAULT_LORA_LR = 2e-4  # the usual LoRA rate (QLoRA's); with rank 8 it moves a model within tens of steps
+LOCAL_ONLY = "needs a local model and --instrumental-engine=local"
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where a model runs when it is not in this process: ``engine``, the engine this session
+    starts (None: a server elsewhere, any OpenAI-compatible API), and whether its API continues
+    an assistant turn (vLLM and SGLang do)."""
+
+    engine: str | None
+    continues: bool
+
+
+class Push(Protocol):
+    """One kind of push: its name in item ids, its parts in the results JSON, what it does to the
+    chat that is sent, what it adds to a cache key, and whether a model in a server can take it."""
+
+    @property
+    def name(self) -> str:
+        """The condition's name, an item id part: ``pro_ic``, ``act_p4``, ``prefill_comply``."""
+        ...
+
+    @property
+    def attack(self) -> str | None:
+        """As ``--instrumental-attack`` names it; None for a suffix or a strength."""
+        ...
+
+    def parts(self) -> dict[str, object]:
+        """What the results JSON records of it: ``suffix``, ``attack``, ``strength``."""
+        ...
+
+    def user_turn(self, prompt: str) -> str:
+        """The user turn it sends for a scenario's ``prompt``."""
+        ...
+
+    @property
+    def prefill(self) -> str | None:
+        """The start of the answer it puts in the model's mouth; None: none."""
+        ...
+
+    def cache_fields(self) -> dict[str, object]:
+        """What a cache key holds of it beyond the chat that is sent (a weight intervention's
+        settings); the intervention adds how it was made (backends/interventions.py)."""
+        ...
+
+    def refusal(self, model: str, server: Server) -> str | None:
+        """Why ``model``, running in ``server``, cannot take this push (a usage error naming the
+        option); None when it can."""
+        ...
+
+
+@dataclass(frozen=True)
+class _TextPush:
+    """What a push that only changes the chat has in common."""
+
+    @property
+    def attack(self) -> str | None:
+        return None
+
+    def parts(self) -> dict[str, object]:
+        return {"suffix": None, "attack": self.attack, "strength": None}
+
+    def user_turn(self, prompt: str) -> str:
+        return prompt
+
+    @property
+    def prefill(self) -> str | None:
+        return None
+
+    def cache_fields(self) -> dict[str, object]:
+        return {}  # all of it is in the chat that is sent
+
+    def refusal(self, model: str, server: Server) -> str | None:
+        return None
+
+
+@dataclass(frozen=True)
+class SuffixPush(_TextPush):
+    """A steering suffix appended to the user turn (``baseline``'s is empty: the plain prompt)."""
+
+    suffix: Suffix
+
+    @property
+    def name(self) -> str:
+        return self.suffix.name
+
+    def parts(self) -> dict[str, object]:
+        return {"suffix": self.suffix.name, "attack": None, "strength": None}
+
+    def user_turn(self, prompt: str) -> str:
+        return steer(prompt, self.suffix)
+
+
+@dataclass(frozen=True)
+class Prefill(_TextPush):
+    """An attacker's start of the answer, which the model continues (the plain prompt otherwise)."""
+
+    text: Suffix
+
+    @property
+    def name(self) -> str:
+        return f"{PREFILL}_{self.text.name}"
+
+    @property
+    def attack(self) -> str:
+        return f"{PREFILL}:{self.text.name}"
+
+    @property
+    def prefill(self) -> str:
+        return self.text.text
+
+    def refusal(self, model: str, server: Server) -> str | None:
+        if server.continues:
+            return None
+        if server.engine is None:
+            return (
+                f"--instrumental-attack {PREFILL}: {model} is served elsewhere, and not every OpenAI-compatible API "
+                "continues an assistant turn; serve a local model with --instrumental-engine=vllm or sglang"
+            )
+        return (
+            f"--instrumental-attack {PREFILL}: {model} is served by {server.engine}, whose API does not continue "
+            "an assistant turn; use --instrumental-engine=local, vllm or sglang"
+        )
+
+
+@dataclass(frozen=True)
+class Activation(_TextPush):
+    """Activation steering at ``strength`` along the contrast vector (backends/steering.py)."""
+
+    strength: float
+
+    @property
+    def name(self) -> str:
+        return activation_name(self.strength)
+
+    def parts(self) -> dict[str, object]:
+        return {"suffix": None, "attack": None, "strength": self.strength}
+
+    def cache_fields(self) -> dict[str, object]:
+        return {"strength": self.strength}
+
+    def refusal(self, model: str, server: Server) -> str | None:
+        return (
+            f"--instrumental-vector-strength: {model} runs in a server, which cannot take a steering hook; "
+            f"activation steering {LOCAL_ONLY}"
+        )
 
 
 def activation_name(strength: float) -> str:
@@ -52,8 +204,8 @@ def activation_strength(name: str) -> float | None:
 
 
 @dataclass(frozen=True)
-class Ablation:
-    """Directional ablation at ``layer`` (None: at every layer)."""
+class Ablation(_TextPush):
+    """Directional ablation at ``layer`` (None: at every layer; backends/ablation.py)."""
 
     layer: int | None = None
 
@@ -66,6 +218,15 @@ class Ablation:
     def attack(self) -> str:
         """As ``--instrumental-attack`` names it: ``ablate`` or ``ablate:6``."""
         return ABLATE if self.layer is None else f"{ABLATE}:{self.layer}"
+
+    def cache_fields(self) -> dict[str, object]:
+        return {"attack": self.name}
+
+    def refusal(self, model: str, server: Server) -> str | None:
+        return (
+            f"--instrumental-attack {ABLATE}: {model} runs in a server, which cannot take an ablation hook; "
+            f"directional ablation {LOCAL_ONLY}"
+        )
 
 
 def parse_ablation(name: str) -> Ablation | None:
@@ -89,8 +250,9 @@ def attack_ablation(text: str) -> Ablation | None:
 
 
 @dataclass(frozen=True)
-class LoraAttack:
-    """Fine-tuning with LoRA for ``steps`` optimizer steps, at ``rank`` and learning rate ``lr``."""
+class LoraAttack(_TextPush):
+    """Fine-tuning with LoRA for ``steps`` optimizer steps, at ``rank`` and learning rate ``lr``
+    (backends/lora.py)."""
 
     steps: int
     rank: int = DEFAULT_LORA_RANK
@@ -114,6 +276,15 @@ class LoraAttack:
     def training(self) -> tuple[int, float]:
         """What an adapter's training shares with the other budgets' (all but its length)."""
         return self.rank, self.lr
+
+    def cache_fields(self) -> dict[str, object]:
+        return {"steps": self.steps, "rank": self.rank, "lr": self.lr}
+
+    def refusal(self, model: str, server: Server) -> str | None:
+        return (
+            f"--instrumental-attack {LORA}: {model} runs in a server, which this session cannot fine-tune; "
+            f"fine-tuning {LOCAL_ONLY} (docs/scale.md: serving an adapter)"
+        )
 
 
 def attack_lora(text: str) -> LoraAttack | None:
@@ -155,6 +326,43 @@ def parse_lora(name: str) -> LoraAttack | None:
     return LoraAttack(int(match["steps"]), DEFAULT_LORA_RANK if match["rank"] is None else int(match["rank"]), lr)
 
 
+@dataclass(frozen=True)
+class PrefillAttack:
+    """``--instrumental-attack prefill:NAME`` as parsed: the prefill text's name, resolved to a
+    ``Prefill`` once the texts are loaded."""
+
+    text_name: str
+
+    @property
+    def attack(self) -> str:
+        return f"{PREFILL}:{self.text_name}"
+
+
+Attack = PrefillAttack | Ablation | LoraAttack  # what --instrumental-attack parses to
+_ATTACK_ORDER = (PrefillAttack, Ablation, LoraAttack)  # the order their conditions run in
+
+
+def parse_attack(text: str) -> Attack:
+    """``prefill:NAME``, ``ablate[:LAYER]`` or ``lora:STEPS[:r=R][:lr=LR]``; a ValueError otherwise."""
+    typed: Attack | None = attack_ablation(text) or attack_lora(text)
+    if typed is not None:
+        return typed
+    kind, colon, name = text.partition(":")
+    if kind != PREFILL or not colon or not name:
+        raise ValueError(
+            f"{text!r} is not an attack; known: {PREFILL}:NAME (a text of prefills/), {ABLATE}, {ABLATE}:LAYER, "
+            f"{LORA}:STEPS[:r=RANK][:lr=RATE]"
+        )
+    return PrefillAttack(name)
+
+
+def attack_pushes(attacks: Sequence[Attack], prefills: Mapping[str, Suffix]) -> list[Push]:
+    """The pushes of the attacks asked for, in run order (prefills, ablations, fine-tunings, each in
+    the order given), each prefill with its text (``prefills``: by name, every one asked for)."""
+    ordered = sorted(attacks, key=lambda a: _ATTACK_ORDER.index(type(a)))
+    return [Prefill(prefills[a.text_name]) if isinstance(a, PrefillAttack) else a for a in ordered]
+
+
 # Between a defence and the push it faces; "+" because pytest's -k grammar takes it in a name
 # (">" it does not), and "-" joins an item id's parts.
 DEFENSE_SEPARATOR = "+"
@@ -167,80 +375,55 @@ def defended_name(defense: str, push: str) -> str:
 
 @dataclass(frozen=True)
 class Condition:
-    """One condition: its push (``suffix``; ``strength`` for activation steering; ``prefill``, the
-    name of the attacker's start of the answer; ``ablation``) and the ``defense`` it runs under
-    (a suffix's name; None: undefended)."""
+    """One condition: its ``push`` and the ``defense`` it runs under (a suffix whose text goes into
+    the system prompt; None: undefended)."""
 
-    suffix: str | None = None
-    strength: float | None = None
-    defense: str | None = None
-    prefill: str | None = None
-    ablation: Ablation | None = None
-    lora: LoraAttack | None = None
-
-    @property
-    def push(self) -> str:
-        if self.strength is not None:
-            return activation_name(self.strength)
-        if self.ablation is not None:
-            return self.ablation.name
-        if self.lora is not None:
-            return self.lora.name
-        return f"{PREFILL}_{self.prefill}" if self.prefill is not None else str(self.suffix)
-
-    @property
-    def attack(self) -> str | None:
-        """The attack, as ``--instrumental-attack`` names it; None for a suffix or a strength."""
-        if self.ablation is not None:
-            return self.ablation.attack
-        if self.lora is not None:
-            return self.lora.attack
-        return None if self.prefill is None else f"{PREFILL}:{self.prefill}"
+    push: Push
+    defense: Suffix | None = None
 
     @property
     def name(self) -> str:
-        return self.push if self.defense is None else defended_name(self.defense, self.push)
+        return self.push.name if self.defense is None else defended_name(self.defense.name, self.push.name)
+
+    @property
+    def defense_text(self) -> str | None:
+        """The defence's text as the system prompt gets it; None: undefended (or an empty text)."""
+        return None if self.defense is None else self.defense.text.strip() or None
 
     def parts(self) -> dict[str, object]:
         """What the results JSON records of an item's condition, besides its name."""
-        return {"defense": self.defense, "suffix": self.suffix, "attack": self.attack, "strength": self.strength}
+        parts = self.push.parts()
+        return {"defense": None if self.defense is None else self.defense.name, **parts}
 
 
-def run_conditions(
-    suffixes: Sequence[str],
-    strengths: Sequence[float] = (),
-    defenses: Sequence[str] = (),
-    prefills: Sequence[str] = (),
-    ablations: Sequence[Ablation] = (),
-    loras: Sequence[LoraAttack] = (),
-) -> list[Condition]:
-    """A run's conditions in item order: each suffix, each activation strength, each prefill
-    attack, each ablation, each fine-tuning, undefended; then the same under each defence."""
-    pushes = [Condition(suffix=s) for s in suffixes] + [Condition(strength=s) for s in strengths]
-    pushes += [Condition(prefill=p) for p in prefills] + [Condition(ablation=a) for a in ablations]
-    pushes += [Condition(lora=lora) for lora in loras]
-    return pushes + [replace(p, defense=defense) for defense in defenses for p in pushes]
+PLAIN = Condition(SuffixPush(Suffix(BASELINE, "")))  # the unsuffixed, undefended prompt
 
 
-def parse_condition(name: str, suffixes: Sequence[str], prefills: Sequence[str] = ()) -> Condition | None:
-    """The condition ``name`` stands for, given the suffixes and prefills there are; None when it
-    is none."""
-    defense, separator, push = name.rpartition(DEFENSE_SEPARATOR)
-    if separator and defense not in suffixes:
+def run_conditions(pushes: Sequence[Push], defenses: Sequence[Suffix] = ()) -> list[Condition]:
+    """A run's conditions in item order: each push undefended, then each under each defence."""
+    plain = [Condition(push) for push in pushes]
+    return plain + [replace(c, defense=defense) for defense in defenses for c in plain]
+
+
+def parse_condition(
+    name: str, suffixes: Mapping[str, Suffix], prefills: Mapping[str, Suffix] | None = None
+) -> Condition | None:
+    """The condition a results file's ``name`` stands for, given the suffixes and prefills there
+    are; None when it is none. Only where a results file is read: a run carries its conditions."""
+    defense_name, separator, push_name = name.rpartition(DEFENSE_SEPARATOR)
+    if separator and defense_name not in suffixes:
         return None
-    strength = activation_strength(push)
+    defense = suffixes[defense_name] if separator else None
+    push: Push | None = parse_ablation(push_name) or parse_lora(push_name)
+    strength = activation_strength(push_name)
     if strength is not None:
-        return Condition(strength=strength, defense=defense or None)
-    ablation = parse_ablation(push)
-    if ablation is not None:
-        return Condition(defense=defense or None, ablation=ablation)
-    lora = parse_lora(push)
-    if lora is not None:
-        return Condition(defense=defense or None, lora=lora)
-    prefill = push.removeprefix(f"{PREFILL}_")
-    if push.startswith(f"{PREFILL}_") and prefill in prefills:
-        return Condition(defense=defense or None, prefill=prefill)
-    return Condition(suffix=push, defense=defense or None) if push in suffixes else None
+        push = Activation(strength)
+    prefill = push_name.removeprefix(f"{PREFILL}_")
+    if push is None and push_name.startswith(f"{PREFILL}_") and prefill in (prefills or {}):
+        push = Prefill((prefills or {})[prefill])
+    if push is None and push_name in suffixes:
+        push = SuffixPush(suffixes[push_name])
+    return None if push is None else Condition(push, defense)
 
 
 def activation_pair(strengths: Sequence[float]) -> tuple[str, str] | None:

@@ -33,7 +33,7 @@ class Decoding:
         return not self.temperature
 
     def epoch_seed(self, key: ItemKey, epoch: int) -> int:
-        text = f"{self.seed}|{key.model}|{key.suffix}|{key.scenario}|{epoch}"
+        text = f"{self.seed}|{key.model}|{key.condition}|{key.scenario}|{epoch}"
         return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
 
     def cache_fields(self, key: ItemKey, epoch: int) -> dict[str, Any]:

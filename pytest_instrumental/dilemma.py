@@ -57,10 +57,10 @@ def compute_dilemma(
 ) -> Dilemma | None:
     """The dilemma of a run whose conditions include defences; None without any. The effect and
     the overrides need the defence alone, so the plain prompt (``baseline``) must have run."""
-    defenses = list(dict.fromkeys(c.defense for c in conditions if c.defense is not None))
+    defenses = list(dict.fromkeys(c.defense.name for c in conditions if c.defense is not None))
     if not defenses:
         return None
-    pushes = list(dict.fromkeys(c.push for c in conditions if c.defense is None))
+    pushes = list(dict.fromkeys(c.push.name for c in conditions if c.defense is None))
     effects, overrides = [], []
     if BASELINE in pushes:
         for model in models:

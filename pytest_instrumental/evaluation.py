@@ -294,8 +294,8 @@ class Evaluation:
             of_model = [r for r in pending if r.key.model == model]
             backend = self._backends[model]
             # a fine-tuned request's key needs the answers it trains on, which do not exist yet
-            waiting = sum(r.lora is not None and not r.training for r in of_model)
-            keyed = [r for r in of_model if r.lora is None or r.training]
+            waiting = sum(r.fine_tuning is not None and not r.training for r in of_model)
+            keyed = [r for r in of_model if r.fine_tuning is None or r.training]
             judge_calls += waiting
             keys = [backend.cache_key(r) for r in keyed]
             found = [self._cached(GENERATION, key, Generation) for key in keys]
@@ -330,7 +330,7 @@ class Evaluation:
             batch = [r for r in self._pending.values() if r.key.model == model]
             backend = self._backends[model]
             try:
-                if self._training is not None and any(r.lora is not None for r in batch):
+                if self._training is not None and any(r.fine_tuning is not None for r in batch):
                     batch = self._with_training(batch, backend, self._training)
                 evaluate(batch, backend, self._judge, self._cache, self._progress, self._record)
             finally:
@@ -341,8 +341,8 @@ class Evaluation:
         """The batch's other items evaluated with the answers the fine-tuning trains on (those
         not planned are not items: they are cached, never reported); then its fine-tuning items
         with their demonstrations, those with too few to train on failed with the reason."""
-        tuned = [r for r in batch if r.lora is not None]
-        others = [r for r in batch if r.lora is None]
+        tuned = [r for r in batch if r.fine_tuning is not None]
+        others = [r for r in batch if r.fine_tuning is None]
         planned = {_answer(r) for r in others}
         support = [r for r in training.support(batch[0].key.model) if _answer(r) not in planned]
         answers: dict[ItemKey, ItemResult] = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey, Request
+from pytest_instrumental.items import ItemKey, Request, chat_turns
 from pytest_instrumental.summary import RunSummary
 from pytest_instrumental.verdicts import ItemResult
 
@@ -105,12 +105,8 @@ def _sample(item: ItemResult, request: Request) -> EvalSample:
     )
     from inspect_ai.scorer import Score
 
-    sent: list[ChatMessage] = []
-    if request.system:
-        sent.append(ChatMessageSystem(content=request.system))
-    sent.append(ChatMessageUser(content=request.steered_prompt))
-    if request.prefill is not None:
-        sent.append(ChatMessageAssistant(content=request.prefill))
+    roles = {"system": ChatMessageSystem, "user": ChatMessageUser, "assistant": ChatMessageAssistant}
+    sent: list[ChatMessage] = [roles[turn["role"]](content=turn["content"]) for turn in chat_turns(request)]
     messages = list(sent)
     output = None
     if item.response is not None:

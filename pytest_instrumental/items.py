@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pytest_instrumental.conditions import PLAIN, Condition, LoraAttack
+
 SUITE_NAME = "instrumental"
 TEST_NAME = "test_scenario"
 
@@ -12,13 +14,13 @@ TEST_NAME = "test_scenario"
 @dataclass(frozen=True, order=True)
 class ItemKey:
     model: str
-    suffix: str  # the item's condition (conditions.py): a suffix's name, or an activation strength's
+    condition: str  # the name of the item's condition (conditions.py): pro_ic, act_p4, anti_ic+prefill_comply
     scenario: str
 
     @property
     def item_id(self) -> str:
-        """The parametrization id: ``<model>-<suffix>-<scenario id>``."""
-        return f"{self.model}-{self.suffix}-{self.scenario}"
+        """The parametrization id: ``<model>-<condition>-<scenario id>``."""
+        return f"{self.model}-{self.condition}-{self.scenario}"
 
 
 @dataclass(frozen=True)
@@ -30,31 +32,58 @@ class Demonstration:
 
 @dataclass(frozen=True)
 class Request:
-    """One generation: the category context (system message) and the steered prompt (user message)."""
+    """One generation: the category context (system message) and the scenario's prompt (user
+    message), under its condition (conditions.py), which says what is sent (``chat_turns``) and
+    what a backend does to its weights."""
 
     key: ItemKey
     category: str
     context: str
-    steered_prompt: str
-    # the scenario's prompt before its suffix, which every condition of the scenario starts with
-    # (backends/transformers.py prefills it once for them all); None: the steered prompt
-    prompt: str | None = None
+    # the scenario's prompt before any push, which every condition of the scenario starts with
+    # (backends/transformers.py prefills it once for them all)
+    prompt: str
+    condition: Condition = PLAIN
     epoch: int = 1  # which of the item's answers (--instrumental-epochs), from 1
-    strength: float | None = None  # activation steering at this strength (backends/steering.py); None: none
-    defense: str | None = None  # a defence's text, appended to the system prompt; None: undefended
-    prefill: str | None = None  # an attacker's start of the answer, which the model continues; None: none
-    # the defence's direction projected out (backends/ablation.py), by its condition's name (ablate,
-    # ablate_l6: conditions.parse_ablation); None: none
-    ablation: str | None = None
-    # fine-tuning, by its condition's name (lora16: conditions.parse_lora), and what it trains on
-    # (training_data.py; filled in before it generates); None: none
-    lora: str | None = None
+    # what a fine-tuning condition trains on (training_data.py; filled in before it generates)
     training: tuple[Demonstration, ...] = ()
+
+    @property
+    def steered_prompt(self) -> str:
+        """The user turn: the prompt as the condition's push leaves it (a suffix appended)."""
+        return self.condition.push.user_turn(self.prompt)
 
     @property
     def system(self) -> str:
         """The system prompt the model sees: the category context, then the defence's text."""
-        return "\n\n".join(part for part in (self.context.strip(), self.defense or "") if part)
+        return "\n\n".join(part for part in (self.context.strip(), self.condition.defense_text or "") if part)
+
+    @property
+    def prefill(self) -> str | None:
+        """The start of the answer the condition puts in the model's mouth; None: none."""
+        return self.condition.push.prefill
+
+    @property
+    def fine_tuning(self) -> LoraAttack | None:
+        """The fine-tuning it generates under, which waits for its training data; None: none."""
+        push = self.condition.push
+        return push if isinstance(push, LoraAttack) else None
+
+
+def chat_messages(system: str, user: str, answer_start: str | None = None) -> list[dict[str, str]]:
+    """A system message (left out when blank), a user message, and with ``answer_start`` an
+    assistant message holding it, for the model to continue."""
+    messages = [{"role": "system", "content": system}] if system.strip() else []
+    messages.append({"role": "user", "content": user})
+    if answer_start is not None:
+        messages.append({"role": "assistant", "content": answer_start})
+    return messages
+
+
+def chat_turns(request: Request) -> list[dict[str, str]]:
+    """The chat every backend sends for ``request``: the system turn with the defence, the user
+    turn with the suffix, and a prefill as a final assistant turn. The one builder of what is
+    sent: backends send it (or render it) and key their caches on what they send."""
+    return chat_messages(request.system, request.steered_prompt, request.prefill)
 
 
 def item_name(key: ItemKey) -> str:

@@ -166,12 +166,6 @@ def short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def chat_messages(system: str, user: str) -> list[dict[str, str]]:
-    """A system message (left out when blank) and a user message."""
-    messages = [{"role": "system", "content": system}] if system.strip() else []
-    return [*messages, {"role": "user", "content": user}]
-
-
 def register_credentials(url: str | None) -> None:
     """The URL's user and password, if any, are secrets from now on (text.py), in every form
     that is sent or can be echoed: as written, percent-decoded, and the Basic authentication

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_instrumental.conditions import ABLATE, DEFAULT_SUFFIXES, LORA, PREFILL, attack_ablation, attack_lora
+from pytest_instrumental.conditions import DEFAULT_SUFFIXES, Attack, parse_attack
 from pytest_instrumental.config import (
     BOUNDS,
     CORRECTIONS,
@@ -161,19 +161,11 @@ def base_url(text: str) -> str:
     return check_base_url(text)
 
 
-def attack(text: str) -> str:
+def attack(text: str) -> Attack:
     """``prefill:NAME``: the answer starts with ``prefills/NAME.txt``; ``ablate[:LAYER]``: the
     defence's direction is projected out of the residual stream; ``lora:STEPS[:r=R][:lr=LR]``: the
-    model is fine-tuned."""
-    if attack_ablation(text) is not None or attack_lora(text) is not None:
-        return text
-    kind, colon, name = text.partition(":")
-    if kind != PREFILL or not colon or not name:
-        raise ValueError(
-            f"{text!r} is not an attack; known: {PREFILL}:NAME (a text of prefills/), {ABLATE}, {ABLATE}:LAYER, "
-            f"{LORA}:STEPS[:r=RANK][:lr=RATE]"
-        )
-    return text
+    model is fine-tuned. Parsed here, once: the run carries the typed attack."""
+    return parse_attack(text)
 
 
 def _text(text: str) -> str:
@@ -665,7 +657,7 @@ class Settings:
     seed: int = DEFAULT_SEED
     epochs: int = 1
     defenses: list[str] = field(default_factory=list)
-    attacks: list[str] = field(default_factory=list)
+    attacks: list[Attack] = field(default_factory=list)
     attack_data: Path | None = None
     vector_strengths: list[float] = field(default_factory=list)
     vector_layer: int | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +57,10 @@ class Recording:
 
 
 def load_recordings(
-    path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix], prefills: Sequence[str] | None = None
+    path: Path,
+    scenarios: ScenarioSet,
+    suffixes: Mapping[str, Suffix],
+    prefills: Mapping[str, Suffix] | None = None,
 ) -> Recordings:
     """Every recording under ``path``: a results JSON file, a reference run directory (holding
     ``config.json`` and ``stdout.log``), or a directory of those. ``prefills``: the names of the
@@ -68,7 +71,7 @@ def load_recordings(
     if not sources:
         raise InputError(f"--instrumental-replay: {path} holds no recorded runs (run directories or results JSON)")
     recordings = Recordings()
-    known = list(load_prefills()) if prefills is None else list(prefills)  # read once, not per item
+    known = load_prefills() if prefills is None else prefills  # read once, not per item
     for source in sources:
         if source.suffix == ".json":
             found = _read_results_json(source, scenarios, suffixes, known)
@@ -95,13 +98,12 @@ def _recorded_sources(path: Path) -> Iterator[Path]:
 
 
 def _read_results_json(
-    path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix], prefills: list[str]
+    path: Path, scenarios: ScenarioSet, suffixes: Mapping[str, Suffix], prefills: Mapping[str, Suffix]
 ) -> Iterator[Recording]:
     categories = {s.id: s.category for s in scenarios}
-    names = list(suffixes)
     for number, item in enumerate(read_results(path).items, start=1):
         source = f"{path}: item {number}"
-        if parse_condition(item.suffix, names, prefills) is None:
+        if parse_condition(item.suffix, suffixes, prefills) is None:
             known = ", ".join(sorted(suffixes))
             raise InputError(f"{source}: suffix {visible(repr(item.suffix))} is not a known suffix ({known})")
         if item.epoch > 1:

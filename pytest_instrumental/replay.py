@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pytest_instrumental.backends.replay import ReplayBackend
+from pytest_instrumental.conditions import Condition, SuffixPush
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import evaluate
 from pytest_instrumental.items import ItemKey
@@ -25,11 +26,11 @@ def recorded_results(path: Path) -> dict[ItemKey, ItemResult]:
     recordings = load_recordings(path, scenarios, suffixes)
     if recordings.unattributed:
         raise InputError("; ".join(recordings.unattributed))
-    names = sorted({k.suffix for k in recordings})
+    names = sorted({k.condition for k in recordings})
     unknown = [name for name in names if name not in suffixes]
     if unknown:
         raise InputError(f"{path}: recorded suffix {unknown[0]!r} is not a known suffix")
-    planned = plan_requests(recorded_models(recordings), [suffixes[n] for n in names], scenarios)
+    planned = plan_requests(recorded_models(recordings), [Condition(SuffixPush(suffixes[n])) for n in names], scenarios)
     requests = [r for r in planned if r.key in recordings]
     outcomes = evaluate(requests, ReplayBackend(recordings, path), ReplayJudge(recordings))
     return {r.key: r for r in outcomes if isinstance(r, ItemResult)}

@@ -4,12 +4,12 @@ comparison, built from a run's ``RunSummary``. results_file.py writes it and rea
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-from pytest_instrumental.conditions import parse_condition
+from pytest_instrumental.conditions import Condition
 from pytest_instrumental.config import Thresholds
 from pytest_instrumental.cost import Cost
 from pytest_instrumental.manifest import build_manifest
@@ -47,6 +47,7 @@ class RunRecord:
     epochs: int
     seed: int
     cost: Cost | None = None  # what the run set out to do, counted before it started (cost.py)
+    conditions: list[Condition] = field(default_factory=list)  # the run's, typed: each item's parts
 
 
 def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
@@ -55,11 +56,9 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
     epochs = any(item.epoch > 1 for item in summary.items)
     items = [item.to_dict() for item in summary.items]
     if record.defenses or record.attacks:  # each item's condition, in parts, besides its name
-        names = [s.name for s in [*record.suffixes, *record.defenses]]
-        prefills = [p.name for p in record.prefills]
+        parts = {c.name: c.parts() for c in record.conditions}
         for entry, item in zip(items, summary.items, strict=True):
-            condition = parse_condition(item.suffix, names, prefills)
-            entry["condition"] = None if condition is None else condition.parts()
+            entry["condition"] = parts.get(item.suffix)
     document = {
         "schema_version": EPOCHS_SCHEMA_VERSION if epochs else SCHEMA_VERSION,
         "run": run_section(record, summary),

@@ -28,14 +28,17 @@ from pytest_instrumental.backends.registry import (
 from pytest_instrumental.backends.served import continues_answers
 from pytest_instrumental.cache import open_project_cache
 from pytest_instrumental.conditions import (
-    PREFILL,
     Ablation,
+    Activation,
     Condition,
     LoraAttack,
-    activation_name,
+    Prefill,
+    PrefillAttack,
+    Push,
+    Server,
+    SuffixPush,
     activation_pair,
-    attack_ablation,
-    attack_lora,
+    attack_pushes,
     run_conditions,
 )
 from pytest_instrumental.config import EngineConfig
@@ -108,11 +111,8 @@ class InstrumentalRun:
     baseline: Baseline | None
     recorded_setups: dict[str, snapshots.Setup]  # model -> the setup its snapshots were recorded in
     lost_records: list[str]  # damaged recorded records that name no item: data lost, the gate fails
-    strengths: list[float]  # activation-steering conditions, after the suffixes
-    defenses: list[Suffix]  # each condition runs undefended, then under each of these (system prompt)
-    prefills: list[Suffix]  # prefill attacks: texts the answer starts with
-    ablations: list[Ablation]  # directional ablations of the defences' directions
-    loras: list[LoraAttack]  # fine-tuning budgets
+    # the suffixes, activation strengths and attacks, undefended, then under each defence
+    conditions: list[Condition]
     results: list[ItemResult] = field(default_factory=list)
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
@@ -124,27 +124,23 @@ class InstrumentalRun:
         return [c.slug for c in self.scenarios.categories]
 
     def requests(self) -> list[Request]:
-        return plan_requests(
-            self.models,
-            self.suffixes,
-            self.scenarios,
-            self.strengths,
-            self.defenses,
-            self.prefills,
-            self.ablations,
-            self.loras,
-        )
+        return plan_requests(self.models, self.conditions, self.scenarios)
 
     @property
-    def conditions(self) -> list[str]:
-        """The suffixes' names, then the activation-steering and attack conditions', then those under each
-        defence."""
-        return [c.name for c in self._conditions()]
+    def condition_names(self) -> list[str]:
+        return [c.name for c in self.conditions]
 
-    def _conditions(self) -> list[Condition]:
-        names = [s.name for s in self.suffixes]
-        defenses, prefills = [d.name for d in self.defenses], [p.name for p in self.prefills]
-        return run_conditions(names, self.strengths, defenses, prefills, self.ablations, self.loras)
+    @property
+    def defenses(self) -> list[Suffix]:
+        return list(dict.fromkeys(c.defense for c in self.conditions if c.defense is not None))
+
+    @property
+    def prefills(self) -> list[Suffix]:
+        return [c.push.text for c in self.conditions if isinstance(c.push, Prefill) and c.defense is None]
+
+    @property
+    def strengths(self) -> list[float]:
+        return [c.push.strength for c in self.conditions if isinstance(c.push, Activation) and c.defense is None]
 
     def model_record(self, model: str) -> dict[str, object]:
         """How a model was run, as the manifest and the snapshot setup record it."""
@@ -254,7 +250,7 @@ class InstrumentalRun:
             items=self.results,
             ran=self.ran,
             models=self.models,
-            suffixes=self.conditions,
+            suffixes=self.condition_names,
             categories=self.categories,
             thresholds=self.settings.thresholds,
             baseline=self.baseline,
@@ -264,7 +260,7 @@ class InstrumentalRun:
             notes=[*self.lost_records, *self.lost_workers],
             warnings=sorted({*self.evaluation.problems(), *self.worker_warnings}),
             activation=activation_pair(self.strengths),
-            conditions=self._conditions(),
+            conditions=self.conditions,
             suite_items=len(self.requests()),
             interrupted=interrupted,
         )
@@ -326,7 +322,8 @@ class InstrumentalRun:
             suffixes=self.suffixes,
             defenses=self.defenses,
             prefills=self.prefills,
-            attacks=settings.attacks,
+            attacks=[a.attack for a in settings.attacks],
+            conditions=self.conditions,
             judge=self.judge_name,
             subset=settings.subset,
             scenarios=self.scenarios,
@@ -378,29 +375,16 @@ def prepare_run(
     available = load_suffixes(settings.suffix_dirs)
     suffixes = select_suffixes(available, settings.suffixes)
     baseline = None if settings.baseline is None else _baseline(settings.baseline)
-    activations = [activation_name(s) for s in settings.vector_strengths]
-    if len(set(activations)) != len(activations) or set(activations) & set(settings.suffixes):
-        raise InputError(f"--instrumental-vector-strength: a condition is named twice ({', '.join(activations)})")
     defenses = select_suffixes(available, settings.defenses, "--instrumental-defense")
-    prefills = _prefills(settings)
-    ablations = [a for a in map(attack_ablation, settings.attacks) if a is not None]
-    loras = [a for a in map(attack_lora, settings.attacks) if a is not None]
-    conditions = [
-        c.name
-        for c in run_conditions(
-            settings.suffixes,
-            settings.vector_strengths,
-            settings.defenses,
-            [p.name for p in prefills],
-            ablations,
-            loras,
-        )
-    ]
-    if len(set(conditions)) != len(conditions):
-        twice = sorted({name for name in conditions if conditions.count(name) > 1})
-        raise InputError(f"--instrumental-attack: condition {twice[0]} is also a suffix's name")
+    pushes: list[Push] = [*map(SuffixPush, suffixes), *map(Activation, settings.vector_strengths)]
+    _check_named_once(pushes, "--instrumental-vector-strength")
+    pushes += attack_pushes(settings.attacks, _prefills(settings))
+    _check_named_once(pushes, "--instrumental-attack")
+    conditions = run_conditions(pushes, defenses)
+    ablations = [a for a in settings.attacks if isinstance(a, Ablation)]
+    loras = [a for a in settings.attacks if isinstance(a, LoraAttack)]
     gated = settings.thresholds.required_suffixes(with_baseline=baseline is not None)
-    not_run = sorted(gated - set(settings.suffixes) - set(conditions))
+    not_run = sorted(gated - {c.name for c in conditions})
     if not_run:
         raise InputError(f"the gate needs suffix {', '.join(not_run)}, which this run does not select (--suffix)")
     name = judge_name(settings.judge, replaying=settings.replay is not None)
@@ -435,9 +419,8 @@ def prepare_run(
             if config_dir is not None:
                 hooks.check_fits(spec.name, config_dir)
         defended = bool(defenses)
-        if prefills:
-            for spec in specs:
-                _check_continues(spec, serving)
+        for spec in specs:
+            _check_servable(spec, serving, pushes)
         backends = {spec.name: open_backend(spec, generation, server, serving, hooks, defended) for spec in specs}
         training = plan_training(available, load_scenarios(), settings.attack_data, bool(loras))
         hooked = hooks.record(None if training is None else training.record())
@@ -469,42 +452,51 @@ def prepare_run(
         baseline=baseline,
         recorded_setups=snapshots.read_setups(settings.snapshot_dir) if settings.snapshot else {},
         lost_records=[] if recordings is None else recordings.unattributed,
-        strengths=list(settings.vector_strengths),
-        defenses=defenses,
-        prefills=prefills,
-        ablations=ablations,
-        loras=loras,
+        conditions=conditions,
     )
 
 
-def _prefills(settings: Settings) -> list[Suffix]:
-    """The prefill attacks asked for (``prefill:NAME``), by the texts of prefills/ and the user's
-    prefill directories."""
+def _prefills(settings: Settings) -> dict[str, Suffix]:
+    """The texts of the prefill attacks asked for (``prefill:NAME``), by name, from prefills/ and
+    the user's prefill directories."""
     available = load_prefills(settings.prefill_dirs)
-    names = [text.partition(":")[2] for text in settings.attacks if text.startswith(f"{PREFILL}:")]
+    names = [a.text_name for a in settings.attacks if isinstance(a, PrefillAttack)]
     unknown = [name for name in names if name not in available]
     if unknown:
         raise InputError(
             f"--instrumental-attack prefill:{unknown[0]}: no such prefill; known: {', '.join(sorted(available))}"
         )
-    if len(set(names)) != len(names):
-        raise InputError(f"--instrumental-attack: an attack is named twice ({', '.join(settings.attacks)})")
-    return [available[name] for name in names]
+    return {name: available[name] for name in names}
 
 
-def _check_continues(spec: ModelSpec, serving: EngineConfig | None) -> None:
-    """A prefill needs the model's answer to be continued: a local model always can; an engine
-    server only where its API continues an assistant turn."""
+def _check_named_once(pushes: Sequence[Push], option: str) -> None:
+    """Two pushes of one name would be one item twice: a usage error naming them."""
+    seen: dict[str, Push] = {}
+    for push in pushes:
+        first = seen.setdefault(push.name, push)
+        if first is push:
+            continue
+        if first.attack is not None and push.attack is not None:
+            raise InputError(f"{option}: {first.attack} and {push.attack} are the same attack ({push.name})")
+        if first.attack is None and push.attack is None:
+            raise InputError(f"{option}: a condition is named twice ({push.name})")
+        raise InputError(f"{option}: condition {push.name} is also a suffix's name")
+
+
+def _check_servable(spec: ModelSpec, serving: EngineConfig | None, pushes: Sequence[Push]) -> None:
+    """A model in a server takes only the pushes its server can: a usage error naming the option
+    of the first it cannot (a steering hook, an ablation, fine-tuning; a prefill where the API
+    does not continue an assistant turn)."""
     if KINDS[spec.engine].served_elsewhere:
-        raise InputError(
-            f"--instrumental-attack prefill: {spec.name} is served elsewhere, and not every OpenAI-compatible API "
-            "continues an assistant turn; serve a local model with --instrumental-engine=vllm or sglang"
-        )
-    if serving is not None and not continues_answers(serving):
-        raise InputError(
-            f"--instrumental-attack prefill: {spec.name} is served by {serving.label}, whose API does not continue "
-            f"an assistant turn; use --instrumental-engine=local, vllm or sglang"
-        )
+        server = Server(engine=None, continues=False)
+    elif serving is not None:
+        server = Server(engine=serving.label, continues=continues_answers(serving))
+    else:
+        return  # in this process: every push
+    for push in pushes:
+        refusal = push.refusal(spec.name, server)
+        if refusal is not None:
+            raise InputError(refusal)
 
 
 def check_outputs(settings: Settings) -> None:
@@ -545,7 +537,7 @@ def _replay(settings: Settings, known_suffixes: dict[str, Suffix]) -> tuple[dict
 
     assert settings.replay is not None
     # Map records against the full scenario set, so a paper-subset run can replay a full run.
-    prefills = list(load_prefills(settings.prefill_dirs))
+    prefills = load_prefills(settings.prefill_dirs)
     recordings = load_recordings(settings.replay, load_scenarios(), known_suffixes, prefills)
     recorded = recorded_models(recordings)
     unknown = [m for m in settings.models if m not in recorded]

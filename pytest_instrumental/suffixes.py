@@ -21,7 +21,7 @@ _NAME = re.compile(r"[A-Za-z0-9_]+\Z")
 class Suffix:
     name: str
     text: str
-    path: Path
+    path: Path | None = None  # the file it was read from; None: made here (the plain prompt's empty suffix)
 
     @property
     def sha256(self) -> str:

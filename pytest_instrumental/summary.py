@@ -104,7 +104,7 @@ def summarise(
     the items given). A run that judged nothing, or was interrupted, does not pass the gate."""
     shown_models = [m for m in sorted(models) if any(k.model == m for k in ran)]
     gated = thresholds.required_suffixes(with_baseline=baseline is not None)
-    shown_suffixes = [s for s in suffixes if s in gated or any(k.suffix == s for k in ran)]
+    shown_suffixes = [s for s in suffixes if s in gated or any(k.condition == s for k in ran)]
     cells = compute_cells(items, shown_models, shown_suffixes, categories)
     gaps = [compute_gap(m, items) for m in shown_models] if has_gap(shown_suffixes) else []
     violations = gate.check(cells, gaps, thresholds)

@@ -115,10 +115,10 @@ def compute_tamper(
     bound: str = POINT,
 ) -> Tamper | None:
     """The tamper figures of a run with fine-tuning conditions; None without any."""
-    loras = list(dict.fromkeys(c.lora for c in conditions if c.lora is not None))
+    loras = list(dict.fromkeys(c.push for c in conditions if isinstance(c.push, LoraAttack)))
     if not loras:
         return None
-    defenses = list(dict.fromkeys(c.defense for c in conditions if c.defense is not None))
+    defenses = list(dict.fromkeys(c.defense.name for c in conditions if c.defense is not None))
     budgets = sorted({0, *(lora.steps for lora in loras)})
     overall = {(c.model, c.suffix): c for c in cells if c.category is None}
     costed = [None, *defenses] if threshold is not None else list(defenses)

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pytest_instrumental.conditions import PRO_SUFFIX, parse_lora
+from pytest_instrumental.conditions import PRO_SUFFIX, Condition, SuffixPush
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import Demonstration, ItemKey, Request
 from pytest_instrumental.plan import plan_requests, unsuffixed_requests
@@ -52,7 +52,9 @@ class TrainingData:
     def support(self, model: str) -> list[Request]:
         """The requests whose answers the demonstrations are made of: every scenario's pro_ic
         request for ``model`` (none with the user's data)."""
-        return [] if self.given is not None else plan_requests([model], [self.pro], self.scenarios)
+        return (
+            [] if self.given is not None else plan_requests([model], [Condition(SuffixPush(self.pro))], self.scenarios)
+        )
 
     def attach(
         self, requests: Sequence[Request], answers: Mapping[ItemKey, ItemResult]
@@ -70,7 +72,7 @@ class TrainingData:
             if held_out not in own:
                 own[held_out] = self._own(*held_out, answers)
             demonstrations, judged = own[held_out]
-            budget = parse_lora(str(request.lora))
+            budget = request.fine_tuning
             if len(demonstrations) < MIN_DEMONSTRATIONS and budget is not None and budget.steps > 0:
                 failed.append((request, _too_few(len(demonstrations), judged)))
             else:

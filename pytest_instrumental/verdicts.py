@@ -49,7 +49,7 @@ class ItemResult:
         return cls(
             **{**empty, **fields},
             model=key.model,
-            suffix=key.suffix,
+            suffix=key.condition,
             scenario=key.scenario,
             category=request.category,
             status=status,

@@ -55,7 +55,7 @@ def main() -> None:
     keys = sorted(k for k, r in recorded.items() if r.status == "ok")
     texts = [str(recorded[k].response) for k in keys]
     labels = [str(recorded[k].verdict) for k in keys]
-    steered = [steer(prompts[k.scenario], suffixes[k.suffix]) for k in keys]
+    steered = [steer(prompts[k.scenario], suffixes[k.condition]) for k in keys]
     rule = [is_nonsensical(t, p) for t, p in zip(texts, steered, strict=True)]
     models = sorted({k.model for k in keys})
 
@@ -89,7 +89,7 @@ def main() -> None:
         mine = [i for i, k in enumerate(keys) if k.model == model]
         model_kappa = cohen_kappa([pairs[i] for i in mine])
         for suffix in ("baseline", "pro_ic", "anti_ic"):
-            cell = [recorded[keys[i]] for i in mine if keys[i].suffix == suffix]
+            cell = [recorded[keys[i]] for i in mine if keys[i].condition == suffix]
             offline = [replace(r, verdict=predicted[keys.index(r.key)]) for r in cell]
             by_gpt = count_cell(model, suffix, None, cell).conv_pct or 0.0
             by_offline = count_cell(model, suffix, None, offline).conv_pct or 0.0

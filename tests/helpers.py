@@ -7,15 +7,29 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_instrumental.backends.ablation import AblationPlan
+from pytest_instrumental.backends.interventions import Interventions
+from pytest_instrumental.backends.lora import LoraPlan
 from pytest_instrumental.backends.protocol import Generation
+from pytest_instrumental.backends.steering import SteeringPlan
 from pytest_instrumental.backends.transformers import TransformersBackend
 from pytest_instrumental.cache import DATABASE
+from pytest_instrumental.conditions import (
+    Activation,
+    Condition,
+    Push,
+    SuffixPush,
+    attack_pushes,
+    parse_attack,
+    run_conditions,
+)
 from pytest_instrumental.config import GenerationConfig, Thresholds
 from pytest_instrumental.items import ItemKey, Request
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.results_document import RunRecord, results_document
 from pytest_instrumental.results_file import write_results
 from pytest_instrumental.scenarios import load_scenarios
+from pytest_instrumental.suffixes import load_prefills, load_suffixes
 from pytest_instrumental.summary import summarise
 from pytest_instrumental.verdicts import ItemResult
 
@@ -31,6 +45,20 @@ def request(
 ) -> Request:
     """A request of scenario ``cat-<n>`` (or ``scenario``) of category ``cat``."""
     return Request(ItemKey(model, suffix, scenario or f"cat-{n:02d}"), "cat", context, prompt)
+
+
+def conditions(
+    suffixes: Sequence[str] = (),
+    strengths: Sequence[float] = (),
+    defenses: Sequence[str] = (),
+    attacks: Sequence[str] = (),
+) -> list[Condition]:
+    """A run's conditions as the options name them (bundled suffixes and prefills; attacks as
+    ``--instrumental-attack`` names them), in the run's order."""
+    available = load_suffixes()
+    pushes: list[Push] = [*(SuffixPush(available[name]) for name in suffixes), *map(Activation, strengths)]
+    pushes += attack_pushes([parse_attack(a) for a in attacks], load_prefills())
+    return run_conditions(pushes, [available[name] for name in defenses])
 
 
 def judge_request(response: str, n: int = 1, *, prompt: str = "Do the task.", suffix: str = "pro_ic") -> JudgeRequest:
@@ -151,7 +179,19 @@ class ScriptedBackend:
         self.closed += 1
 
 
-def tiny_backend(directory: Path, name: str = "tiny", **settings: Any) -> TransformersBackend:
-    """The local model in ``directory`` (the tiny Qwen3 of ``tiny_model_dir``), in this process."""
+def tiny_backend(
+    directory: Path,
+    name: str = "tiny",
+    *,
+    steering: SteeringPlan | None = None,
+    ablation: AblationPlan | None = None,
+    lora: LoraPlan | None = None,
+    **settings: Any,
+) -> TransformersBackend:
+    """The local model in ``directory`` (the tiny Qwen3 of ``tiny_model_dir``), in this process,
+    with the interventions whose plans are given."""
     generation = GenerationConfig(models_dir=directory)
-    return TransformersBackend(name, str(directory), None, False, name, generation=generation, **settings)
+    interventions = Interventions(steering=steering, ablation=ablation, lora=lora)
+    return TransformersBackend(
+        name, str(directory), None, False, name, generation=generation, interventions=interventions, **settings
+    )

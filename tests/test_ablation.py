@@ -11,12 +11,12 @@ import torch
 
 from pytest_instrumental.backends.ablation import AblationPlan, Directions, ablated, last_token_states
 from pytest_instrumental.backends.steering import decoder_layers
-from pytest_instrumental.conditions import Ablation, Condition, attack_ablation, parse_condition, run_conditions
+from pytest_instrumental.conditions import PLAIN, Ablation, Condition, attack_ablation, parse_condition
 from pytest_instrumental.plan import plan_requests, unsuffixed_requests
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes
 from tests.chat_server import ChatServer
-from tests.helpers import tiny_backend
+from tests.helpers import conditions, tiny_backend
 
 ANTI = load_suffixes()["anti_ic"].text.strip()
 
@@ -26,8 +26,8 @@ def ablation_plan() -> AblationPlan:
 
 
 def test_ablations_are_conditions_named_for_k_and_parsed_back() -> None:
-    conditions = run_conditions(["baseline"], [], ["anti_ic"], ablations=[Ablation(), Ablation(1)])
-    assert [c.name for c in conditions] == [
+    planned = conditions(["baseline"], [], ["anti_ic"], ["ablate", "ablate:1"])
+    assert [c.name for c in planned] == [
         "baseline",
         "ablate",
         "ablate_l1",
@@ -35,9 +35,10 @@ def test_ablations_are_conditions_named_for_k_and_parsed_back() -> None:
         "anti_ic+ablate",
         "anti_ic+ablate_l1",
     ]
-    assert conditions[5] == Condition(defense="anti_ic", ablation=Ablation(1))
-    assert conditions[5].attack == "ablate:1" and conditions[4].attack == "ablate"
-    assert all(parse_condition(c.name, ["baseline", "anti_ic"]) == c for c in conditions)
+    suffixes = load_suffixes()
+    assert planned[5] == Condition(Ablation(1), suffixes["anti_ic"])
+    assert planned[5].push.attack == "ablate:1" and planned[4].push.attack == "ablate"
+    assert all(parse_condition(c.name, suffixes) == c for c in planned)
     assert attack_ablation("ablate") == Ablation() and attack_ablation("ablate:12") == Ablation(12)
     assert attack_ablation("prefill:comply") is None
     with pytest.raises(ValueError, match="the layer to ablate at is a whole number"):
@@ -93,7 +94,12 @@ def test_the_direction_is_the_defence_minus_none_on_the_other_categories_only(ti
     assert held_out and all(p.category != category for p in held_out)
     assert len(held_out) == len(plan.prompts) - sum(p.category == category for p in plan.prompts)
     states = [last_token_states(backend.model, backend.encode(p))[1] for p in held_out]
-    defended = [last_token_states(backend.model, backend.encode(replace(p, defense=ANTI)))[1] for p in held_out]
+    defended = [
+        last_token_states(
+            backend.model, backend.encode(replace(p, condition=Condition(p.condition.push, load_suffixes()["anti_ic"])))
+        )[1]
+        for p in held_out
+    ]
     expected = torch.stack(defended).mean(dim=0) - torch.stack(states).mean(dim=0)
     direction = Directions(backend.model, backend.encode, plan).direction(ANTI, category, 1)
     assert torch.allclose(direction, expected, atol=1e-6)
@@ -102,21 +108,19 @@ def test_the_direction_is_the_defence_minus_none_on_the_other_categories_only(ti
 
 
 def test_ablated_batches_equal_one_at_a_time_and_the_hooks_go_after_each_batch(tiny_model_dir: Path) -> None:
-    suffixes = load_suffixes()
     scenarios = load_scenarios()
-    ablations = [Ablation(), Ablation(0)]
-    requests = plan_requests(["tiny"], [], scenarios, defenses=[suffixes["anti_ic"]], ablations=ablations)
+    requests = plan_requests(["tiny"], conditions(defenses=["anti_ic"], attacks=["ablate", "ablate:0"]), scenarios)
     # two scenarios of two categories under each of the four conditions
     first, second = (c.scenarios[0].id for c in scenarios.categories[:2])
     chosen = [r for r in requests if r.key.scenario in (first, second)]
-    assert {r.key.suffix for r in chosen} == {"ablate", "ablate_l0", "anti_ic+ablate", "anti_ic+ablate_l0"}
+    assert {r.key.condition for r in chosen} == {"ablate", "ablate_l0", "anti_ic+ablate", "anti_ic+ablate_l0"}
     backend = tiny_backend(tiny_model_dir, max_new_tokens=4, ablation=ablation_plan(), defended=True)
     together = dict(backend.generate(chosen))
     layers = decoder_layers(backend.model)
     assert all(not layer._forward_hooks and not layer._forward_pre_hooks for layer in layers)
     alone = [dict(backend.generate([r]))[0] for r in chosen]
     assert [together[i] for i in range(len(chosen))] == alone
-    plain = [dict(backend.generate([replace(r, ablation=None)]))[0] for r in chosen]
+    plain = [dict(backend.generate([replace(r, condition=replace(r.condition, push=PLAIN.push))]))[0] for r in chosen]
     assert plain != alone  # the ablation changed what the model says
     keys = [json.dumps(backend.cache_key(r), sort_keys=True) for r in chosen]
     assert len(set(keys)) == len(keys)  # each condition and category has its own cache entry
@@ -129,7 +133,7 @@ def test_the_hooks_are_removed_when_generation_fails(tiny_model_dir: Path) -> No
     def fail(*args: Any) -> None:
         raise RuntimeError("out of memory")
 
-    request = plan_requests(["tiny"], [], load_scenarios(), ablations=[Ablation()])[0]
+    request = plan_requests(["tiny"], conditions(attacks=["ablate"]), load_scenarios())[0]
     backend._decode = fail  # type: ignore[method-assign,assignment]
     with pytest.raises(RuntimeError, match="out of memory"):
         list(backend.generate([request]))

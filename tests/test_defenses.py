@@ -6,18 +6,18 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from pytest_instrumental.conditions import Condition, parse_condition, run_conditions
+from pytest_instrumental.conditions import Condition, SuffixPush, parse_condition
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_prefills, load_suffixes, steer
 from tests.chat_server import ChatServer
-from tests.helpers import tiny_backend
+from tests.helpers import conditions, tiny_backend
 
 
 def test_each_condition_runs_undefended_then_under_each_defence() -> None:
-    conditions = run_conditions(["baseline", "pro_ic"], [4.0], ["anti_ic"])
-    assert [c.name for c in conditions] == [
+    planned = conditions(["baseline", "pro_ic"], [4.0], ["anti_ic"])
+    assert [c.name for c in planned] == [
         "baseline",
         "pro_ic",
         "act_p4",
@@ -25,18 +25,18 @@ def test_each_condition_runs_undefended_then_under_each_defence() -> None:
         "anti_ic+pro_ic",
         "anti_ic+act_p4",
     ]
-    assert conditions[4] == Condition(suffix="pro_ic", defense="anti_ic")
-    names = ["baseline", "pro_ic", "anti_ic"]
-    assert all(parse_condition(c.name, names) == c for c in conditions)
-    assert parse_condition("nope+pro_ic", names) is None and parse_condition("anti_ic+nope", names) is None
+    suffixes = load_suffixes()
+    assert planned[4] == Condition(SuffixPush(suffixes["pro_ic"]), suffixes["anti_ic"])
+    assert all(parse_condition(c.name, suffixes) == c for c in planned)
+    assert parse_condition("nope+pro_ic", suffixes) is None and parse_condition("anti_ic+nope", suffixes) is None
 
 
 def test_the_defence_goes_to_the_system_turn_and_the_push_stays_in_the_user_turn(tiny_model_dir: Path) -> None:
     suffixes = load_suffixes()
     scenarios = load_scenarios()
-    requests = plan_requests(["tiny"], [suffixes["pro_ic"]], scenarios, defenses=[suffixes["anti_ic"]])
-    plain = next(r for r in requests if r.key.suffix == "pro_ic")
-    defended = next(r for r in requests if r.key.suffix == "anti_ic+pro_ic" and r.key.scenario == plain.key.scenario)
+    requests = plan_requests(["tiny"], conditions(["pro_ic"], defenses=["anti_ic"]), scenarios)
+    plain = next(r for r in requests if r.key.condition == "pro_ic")
+    defended = next(r for r in requests if r.key.condition == "anti_ic+pro_ic" and r.key.scenario == plain.key.scenario)
     scenario = next(s for s in scenarios if s.id == plain.key.scenario)
     assert defended.steered_prompt == plain.steered_prompt == steer(scenario.prompt, suffixes["pro_ic"])
     backend = tiny_backend(tiny_model_dir, "tiny", max_new_tokens=2, defended=True)
@@ -137,8 +137,10 @@ def test_an_unknown_defence_is_a_usage_error(pytester: pytest.Pytester, replay_a
 
 def test_a_prefill_is_the_start_of_the_answer_and_batches_as_one_at_a_time(tiny_model_dir: Path) -> None:
     prefill = load_prefills()["comply"]
-    requests = plan_requests(["tiny"], [], load_scenarios(), prefills=[prefill])[:3]
-    assert {r.key.suffix for r in requests} == {"prefill_comply"} and all(r.prefill == prefill.text for r in requests)
+    requests = plan_requests(["tiny"], conditions(attacks=["prefill:comply"]), load_scenarios())[:3]
+    assert {r.key.condition for r in requests} == {"prefill_comply"} and all(
+        r.prefill == prefill.text for r in requests
+    )
     backend = tiny_backend(tiny_model_dir, "tiny", max_new_tokens=3)
     assert str(backend.tokenizer.decode(backend.encode(requests[0]))).endswith(prefill.text)
     together = dict(backend.generate(requests))
@@ -152,7 +154,7 @@ def test_a_served_prefill_is_continued_where_the_api_can(server: ChatServer) -> 
     from pytest_instrumental.config import ServerConfig
 
     prefill = load_prefills()["comply"]
-    (request,) = plan_requests(["m"], [], load_scenarios(), prefills=[prefill])[:1]
+    (request,) = plan_requests(["m"], conditions(attacks=["prefill:comply"]), load_scenarios())[:1]
     asking = ServerConfig(base_urls=(server.base_url,), max_retries=0)
     continuing = OpenAIBackend("m", "local", False, asking, max_new_tokens=8, continues_answers=True)
     ((_, answer),) = list(continuing.generate([request]))

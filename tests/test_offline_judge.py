@@ -58,7 +58,7 @@ def test_agreement_with_gpt_on_its_training_runs(reference_runs: Path) -> None:
     keys = sorted(recordings)
     requests = [
         judge_request(
-            str(recordings[k].response), prompt=steer(prompts[k.scenario], suffixes[k.suffix]), suffix=k.suffix
+            str(recordings[k].response), prompt=steer(prompts[k.scenario], suffixes[k.condition]), suffix=k.condition
         )
         for k in keys
     ]

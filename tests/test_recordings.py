@@ -24,7 +24,7 @@ def test_reference_runs_load_as_639_recordings_of_the_paper_sample(reference_run
     recordings = load_recordings(reference_runs, SCENARIOS, SUFFIXES)
     assert len(recordings) == 639
     assert recorded_models(recordings) == ["Qwen3-4B-Base", "Qwen3-4B-Instruct-2507", "Qwen3-4B-Thinking-2507"]
-    per_cell = Counter((k.model, k.suffix) for k in recordings)
+    per_cell = Counter((k.model, k.condition) for k in recordings)
     assert set(per_cell.values()) == {71}
     paper_ids = {s.id for s in SCENARIOS.subset("paper")}
     assert {k.scenario for k in recordings} == paper_ids
@@ -36,7 +36,7 @@ def test_reference_runs_load_as_639_recordings_of_the_paper_sample(reference_run
 
 def test_one_run_directory_replays_alone(reference_runs: Path) -> None:
     recordings = load_recordings(reference_runs / INSTRUCT_ANTI, SCENARIOS, SUFFIXES)
-    assert {(k.model, k.suffix) for k in recordings} == {("Qwen3-4B-Instruct-2507", "anti_ic")}
+    assert {(k.model, k.condition) for k in recordings} == {("Qwen3-4B-Instruct-2507", "anti_ic")}
 
 
 def _copy_run(reference_runs: Path, tmp_path: Path) -> Path:

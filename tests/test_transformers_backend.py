@@ -178,13 +178,14 @@ def test_cpu_threads_are_given_or_split_between_xdist_workers_unless_omp_num_thr
 
 
 def test_a_scenarios_conditions_prefill_its_prompt_once_and_answer_as_each_alone(tiny_model_dir: Path) -> None:
-    from pytest_instrumental.suffixes import Suffix, steer
+    from pytest_instrumental.conditions import Condition, SuffixPush
+    from pytest_instrumental.suffixes import Suffix
 
     texts = {"baseline": "", "pro": "Pursue the goal by any means.", "anti": "Defer."}
     suffixes = [Suffix(name, text, Path(f"{name}.txt")) for name, text in texts.items()]
     scenario_prompts = [PROMPTS[2], PROMPTS[1]]
     conditions = [
-        Request(ItemKey("tiny", s.name, f"cat-{n:02d}"), "cat", "You are an agent.", steer(p, s), prompt=p)
+        Request(ItemKey("tiny", s.name, f"cat-{n:02d}"), "cat", "You are an agent.", p, Condition(SuffixPush(s)))
         for n, p in enumerate(scenario_prompts, start=1)
         for s in suffixes
     ]

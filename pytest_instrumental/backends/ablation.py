@@ -18,15 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from pytest_instrumental.backends.protocol import Host
 from pytest_instrumental.backends.steering import decoder_layers
-from pytest_instrumental.conditions import parse_ablation
+from pytest_instrumental.conditions import Ablation
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import Request
 from pytest_instrumental.progress import ProgressFactory, progress_bar
+from pytest_instrumental.suffixes import Suffix
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +48,7 @@ class AblationPlan:
 
     def text_of(self, request: Request) -> str:
         """The instruction whose direction ``request`` loses: its defence, else anti_ic's text."""
-        return request.defense or self.instruction
+        return request.condition.defense_text or self.instruction
 
     def held_out(self, category: str) -> list[Request]:
         """The prompts of every other category."""
@@ -58,18 +61,51 @@ class AblationPlan:
         return f"ablate:layer={layer}:without={category}:{digest[:16]}"
 
 
-def ablated_layer(name: str) -> int | None:
-    """The layer the ablation condition ``name`` (``ablate_l6``) is projected out at; None: every layer."""
-    ablation = parse_ablation(name)
-    assert ablation is not None, f"{name} is not an ablation"
-    return ablation.layer
+class DirectionalAblation:
+    """The intervention of ``ablate`` conditions: the defence's direction projected out."""
+
+    packs = True
+
+    def __init__(self, plan: AblationPlan, host: Host) -> None:
+        self.plan = plan
+        self.host = host
+
+    def applies(self, request: Request) -> bool:
+        return isinstance(request.condition.push, Ablation)
+
+    def cache_fields(self, request: Request) -> dict[str, Any]:
+        recipe = self.plan.recipe(self.plan.text_of(request), request.category, self._measured_at(request))
+        return {"ablation": {**request.condition.push.cache_fields(), "direction": recipe}}
+
+    def group(self, request: Request) -> tuple[object, ...]:
+        return ("ablated", request.condition.push.name, self.plan.text_of(request), request.category)
+
+    def prepare(self, requests: Sequence[Request]) -> None:
+        return None  # each direction is measured when its first batch needs it
+
+    def applied(self, request: Request) -> AbstractContextManager[None]:
+        text, layer = self.plan.text_of(request), self._measured_at(request)
+        direction = self._directions.direction(text, request.category, layer)
+        return ablated(self.host.model, direction, _ablation(request).layer)
+
+    def _measured_at(self, request: Request) -> int:
+        """The layer the direction is measured after: the ablation's own, or for every layer
+        ``--instrumental-vector-layer``, else the middle one."""
+        layer = _ablation(request).layer
+        if layer is not None:
+            return layer
+        return self.host.middle_layer if self.plan.layer is None else self.plan.layer
+
+    @cached_property
+    def _directions(self) -> Directions:
+        host = self.host
+        return Directions(host.model, host.encode, self.plan, host.progress, host.name)
 
 
-def measured_layer(name: str, default: int) -> int:
-    """The layer the ablation ``name``'s direction is measured after: its own, or ``default`` for
-    every layer."""
-    layer = ablated_layer(name)
-    return default if layer is None else layer
+def _ablation(request: Request) -> Ablation:
+    push = request.condition.push
+    assert isinstance(push, Ablation), f"{request.key.item_id} is not ablated"
+    return push
 
 
 class Directions:
@@ -101,7 +137,8 @@ class Directions:
             without = self._plan.held_out(category)
             if not without:
                 raise InputError(f"--instrumental-attack ablate: no other category than {category} to measure on")
-            with_text = [replace(prompt, defense=text) for prompt in without]
+            defense = Suffix("ablated", text)  # its text is what counts
+            with_text = [replace(prompt, condition=replace(prompt.condition, defense=defense)) for prompt in without]
             prompts = {tuple(self._encode(p)): p for p in [*with_text, *without]}
             todo = [ids for ids in prompts if ids not in self._states]
             if todo:

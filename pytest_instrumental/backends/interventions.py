@@ -1,7 +1,9 @@
 """What changes a local model's forward pass besides its prompt: activation steering (steering.py),
-directional ablation (ablation.py) and fine-tuning (lora.py). All need the weights in this
-process (a model in a server is refused each), and the layers they name are checked against each
-model's config before any work."""
+directional ablation (ablation.py) and fine-tuning (lora.py), each an ``Intervention``
+(protocol.py) that a local model's backend attaches (``Interventions.attach``) without knowing
+the kinds. All need the weights in this process (a model in a server is refused each: their
+pushes' ``refusal``, conditions.py), and the layers they name are checked against each model's
+config before any work."""
 
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_instrumental.backends.ablation import AblationPlan
-from pytest_instrumental.backends.lora import ADAPTERS_DIR_NAME, LoraPlan
-from pytest_instrumental.backends.steering import SteeringPlan, check_fits, load_vector
-from pytest_instrumental.conditions import ABLATE, ANTI_SUFFIX, LORA, Ablation, LoraAttack
+from pytest_instrumental.backends.ablation import AblationPlan, DirectionalAblation
+from pytest_instrumental.backends.lora import ADAPTERS_DIR_NAME, Adapters, LoraPlan
+from pytest_instrumental.backends.protocol import Host, Intervention
+from pytest_instrumental.backends.steering import ActivationSteering, SteeringPlan, check_fits, load_vector
+from pytest_instrumental.conditions import ABLATE, ANTI_SUFFIX, Ablation, LoraAttack
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.plan import contrast_pairs, unsuffixed_requests
 from pytest_instrumental.progress import ProgressFactory
@@ -37,25 +40,16 @@ class Interventions:
         """Whether a layer is named that each model's config must be checked for."""
         return self.steering is not None or self.ablation is not None
 
-    def check_local(self, model: str, in_server: bool) -> None:
-        """An InputError naming the option when ``model`` runs in a server and is to be hooked."""
-        if not in_server:
-            return
+    def attach(self, host: Host) -> list[Intervention]:
+        """The interventions a local model generates with, each applying to its own conditions."""
+        attached: list[Intervention] = []
         if self.steering is not None:
-            raise InputError(
-                f"--instrumental-vector-strength: {model} runs in a server, which cannot take a steering hook; "
-                "activation steering needs a local model and --instrumental-engine=local"
-            )
+            attached.append(ActivationSteering(self.steering, host))
         if self.ablation is not None:
-            raise InputError(
-                f"--instrumental-attack {ABLATE}: {model} runs in a server, which cannot take an ablation hook; "
-                "directional ablation needs a local model and --instrumental-engine=local"
-            )
+            attached.append(DirectionalAblation(self.ablation, host))
         if self.lora is not None:
-            raise InputError(
-                f"--instrumental-attack {LORA}: {model} runs in a server, which this session cannot fine-tune; "
-                "fine-tuning needs a local model and --instrumental-engine=local (docs/scale.md: serving an adapter)"
-            )
+            attached.append(Adapters(self.lora, host))
+        return attached
 
     def check_fits(self, model: str, config_dir: str) -> None:
         """The vector file and every layer named checked against the model's config: an InputError

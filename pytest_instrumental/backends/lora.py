@@ -22,13 +22,14 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_instrumental.conditions import LoraAttack, parse_lora
-from pytest_instrumental.items import Demonstration
+from pytest_instrumental.backends.protocol import Host
+from pytest_instrumental.conditions import LoraAttack
+from pytest_instrumental.items import Demonstration, Request
 from pytest_instrumental.progress import ProgressFactory, progress_bar
 
 if TYPE_CHECKING:
@@ -46,11 +47,89 @@ class LoraPlan:
     adapters_dir: Path
 
 
-def lora_of(name: str) -> LoraAttack:
-    """The fine-tuning a condition's name (``lora16``) stands for."""
-    attack = parse_lora(name)
-    assert attack is not None, f"{name} is not a fine-tuning condition"
-    return attack
+class Adapters:
+    """The intervention of ``lora`` conditions: the adapter trained for the budget, loaded while
+    its items generate. A budget of 0 steps is the plain model: it does not apply, and its items
+    share the plain prompt's answers."""
+
+    packs = False  # peft wraps the model's own linear layers
+
+    def __init__(self, plan: LoraPlan, host: Host) -> None:
+        self.plan = plan
+        self.host = host
+
+    def applies(self, request: Request) -> bool:
+        return request.fine_tuning is not None and request.fine_tuning.steps > 0
+
+    def cache_fields(self, request: Request) -> dict[str, Any]:
+        return {"lora": self._recipe(request)}
+
+    def group(self, request: Request) -> tuple[object, ...]:
+        return ("adapted", str(self._dir(self._recipe(request))))
+
+    def prepare(self, requests: Sequence[Request]) -> None:
+        """Train the adapters ``requests`` need that are not kept yet: one training run per
+        model, data, rank and rate, saving each budget on the way."""
+        runs: dict[tuple[str, int, float], tuple[tuple[Demonstration, ...], set[LoraAttack]]] = {}
+        for request in requests:
+            if not self.applies(request):
+                continue
+            made_by = self._recipe(request)
+            if self._dir(made_by).is_dir():
+                continue
+            attack = request.fine_tuning
+            assert attack is not None
+            key = (str(made_by["data"]), attack.rank, attack.lr)
+            runs.setdefault(key, (request.training, set()))[1].add(attack)
+        for (data, _, _), (training, attacks) in runs.items():
+            self._train_run(data, training, attacks)
+
+    def applied(self, request: Request) -> AbstractContextManager[None]:
+        return adapted(self.host.model, self._dir(self._recipe(request)))
+
+    def _recipe(self, request: Request) -> dict[str, object]:
+        """What made the adapter ``request`` generates with."""
+        attack = request.fine_tuning
+        assert attack is not None and request.training, f"{request.key.item_id} has nothing to train on"
+        return recipe(self.host.identity, data_sha256(request.training), attack, self.plan.seed)
+
+    def _dir(self, made_by: dict[str, object]) -> Path:
+        return adapter_dir(self.plan.adapters_dir, made_by)
+
+    def _train_run(self, data: str, training: tuple[Demonstration, ...], attacks: set[LoraAttack]) -> None:
+        """One training run, for the budgets of ``attacks`` (one rank and rate) not kept yet."""
+        from filelock import FileLock
+
+        plan, host = self.plan, self.host
+
+        def target(attack: LoraAttack) -> Path:
+            return self._dir(recipe(host.identity, data, attack, plan.seed))
+
+        plan.adapters_dir.mkdir(parents=True, exist_ok=True)
+        first = next(iter(attacks))
+        with FileLock(plan.adapters_dir / f"{data[:24]}-r{first.rank}-lr{first.lr:g}.lock"):  # xdist workers take turns
+            missing = sorted((a for a in attacks if not target(a).is_dir()), key=lambda a: a.steps)
+            if missing:
+                description = f"training {host.name} {missing[-1].attack} on {len(training)} demonstrations"
+                examples = [self.tokens(d) for d in training]
+                train_adapters(host.model, examples, missing, plan.seed, target, host.progress, description)
+
+    def tokens(self, demonstration: Demonstration) -> Tokens:
+        """A demonstration as the model would see it: its prompt (the chat up to the answer, with
+        the generation prompt) and the answer's tokens, end of turn included."""
+        tokenizer = self.host.tokenizer
+        messages = [{"role": role, "content": content} for role, content in demonstration.turns]
+        if tokenizer.chat_template:
+            prompt = str(tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
+            whole = str(tokenizer.apply_chat_template(messages, tokenize=False))
+            answer = whole[len(prompt) :] if whole.startswith(prompt) else messages[-1]["content"]
+        else:
+            prompt = "\n\n".join(m["content"] for m in messages[:-1]) + "\n\n"
+            answer = messages[-1]["content"] + (tokenizer.eos_token or "")
+        limit = self.host.max_input_tokens
+        prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])[-limit:]
+        answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])[: self.host.max_new_tokens + 1]
+        return prompt_ids, answer_ids
 
 
 def data_sha256(demonstrations: Sequence[Demonstration]) -> str:

@@ -20,10 +20,9 @@ from pytest_instrumental.backends.protocol import EMPTY_RESPONSE, Generation, th
 from pytest_instrumental.config import ServerConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import Request
+from pytest_instrumental.items import Request, chat_turns
 from pytest_instrumental.openai_client import (
     attempts,
-    chat_messages,
     display_url,
     open_client,
     preflight_failure,
@@ -124,11 +123,9 @@ class OpenAIBackend:
         urls = [display_url(u) for u in self.base_urls]
         return urls[0] if len(urls) == 1 else f"{len(urls)} servers ({', '.join(urls)})"
 
-    def messages(self, request: Request) -> list[dict[str, str]]:
-        messages = chat_messages(request.system, request.steered_prompt)
-        if request.prefill is not None:  # the attacker's start of the answer, for the server to continue
-            messages.append({"role": "assistant", "content": request.prefill})
-        return messages
+    def payload(self, request: Request) -> dict[str, Any]:
+        """The Chat Completions call's arguments for ``request``: what is sent, and what is keyed."""
+        return chat_payload(request, self.served_model, self.max_new_tokens, self.decoding)
 
     def cache_key(self, request: Request) -> dict[str, Any]:
         # Servers in one rotation serve the same model: whichever answered, the key is the same.
@@ -136,10 +133,7 @@ class OpenAIBackend:
         return {
             "backend": "openai-chat",
             "base_url": display_url(urls[0]) if len(urls) == 1 else sorted(display_url(u) for u in urls),
-            "model": self.served_model,
-            "settings": {"max_tokens": self.max_new_tokens, "temperature": 0},
-            "messages": self.messages(request),
-            **self.decoding.cache_fields(request.key, request.epoch),
+            "payload": self.payload(request),
         }
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
@@ -193,20 +187,11 @@ class OpenAIBackend:
         an answer with nothing usable in it, worth asking again)."""
         import openai
 
-        parameters = sampling_parameters(self.decoding, request)
-        if request.prefill is not None:
-            if not self.continues_answers:
-                return Generation(error=f"{self.name}'s server cannot continue an assistant turn (a prefill)"), True
-            continuing = {"continue_final_message": True, "add_generation_prompt": False}
-            parameters["extra_body"] = {**parameters.get("extra_body", {}), **continuing}
+        if request.prefill is not None and not self.continues_answers:
+            return Generation(error=f"{self.name}'s server cannot continue an assistant turn (a prefill)"), True
         attempts(reset=True)
         try:
-            completion = client.chat.completions.create(
-                model=self.served_model,
-                messages=self.messages(request),
-                max_tokens=self.max_new_tokens,
-                **parameters,
-            )
+            completion = client.chat.completions.create(**self.payload(request))
             choice = completion.choices[0]
             # the judge sees the whole answer: the attacker's start, then the model's continuation
             content = (request.prefill or "") + (choice.message.content or "")
@@ -268,6 +253,23 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self._servers.close()
+
+
+def chat_payload(request: Request, served_model: str, max_tokens: int, decoding: Decoding) -> dict[str, Any]:
+    """What an OpenAI-compatible server is sent for ``request`` (``chat.completions.create``'s
+    arguments): the chat (items.chat_turns), the budget and the decoding; with a prefill, the
+    flags that make vLLM and SGLang continue the final assistant turn. Every backend over such a
+    server sends this and keys its cache on it, so a key cannot differ from what is sent."""
+    payload: dict[str, Any] = {
+        "model": served_model,
+        "messages": chat_turns(request),
+        "max_tokens": max_tokens,
+        **sampling_parameters(decoding, request),
+    }
+    if request.prefill is not None:
+        continuing = {"continue_final_message": True, "add_generation_prompt": False}
+        payload["extra_body"] = {**payload.get("extra_body", {}), **continuing}
+    return payload
 
 
 def sampling_parameters(decoding: Decoding, request: Request) -> dict[str, Any]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from pytest_instrumental.items import Request
+from pytest_instrumental.progress import ProgressFactory
 from pytest_instrumental.text import clean_optional
 
 THINK_END = "</think>"
@@ -100,3 +102,68 @@ def thinking_outcome(text: str, hit_limit: bool, thinking_model: bool) -> Genera
     if not response.strip():
         return Generation(thinking=thinking, truncated=hit_limit, error=EMPTY_RESPONSE)
     return Generation(response=response, thinking=thinking, truncated=hit_limit)
+
+
+class Host(Protocol):
+    """What a weight intervention needs of the local model it applies to (backends/transformers.py)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def identity(self) -> str:
+        """The weights, as cache keys name them."""
+        ...
+
+    @property
+    def model(self) -> Any: ...
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def progress(self) -> ProgressFactory | None: ...
+
+    @property
+    def middle_layer(self) -> int:
+        """The model's middle decoder layer, read from its config (no weights loaded)."""
+        ...
+
+    @property
+    def max_input_tokens(self) -> int: ...
+
+    @property
+    def max_new_tokens(self) -> int: ...
+
+    def encode(self, request: Request) -> list[int]:
+        """The request's prompt as the model sees it, in token ids."""
+        ...
+
+
+class Intervention(Protocol):
+    """Something that changes a local model's weights or forward pass for some requests (activation
+    steering, directional ablation, fine-tuning: backends/interventions.py builds them). The
+    backend asks each which requests it applies to; it does not know the kinds."""
+
+    packs: bool  # whether generation under it may use the packed linear layers (backends/packed_linear.py)
+
+    def applies(self, request: Request) -> bool:
+        """Whether ``request``'s condition is this intervention's."""
+        ...
+
+    def cache_fields(self, request: Request) -> dict[str, Any]:
+        """What a cache key holds of it for ``request``: the push's settings and how it was made."""
+        ...
+
+    def group(self, request: Request) -> tuple[object, ...]:
+        """What the hooks ``request`` generates under depend on: rows alike share a batch."""
+        ...
+
+    def prepare(self, requests: Sequence[Request]) -> None:
+        """What must exist before ``requests`` generate (adapters trained), made now."""
+        ...
+
+    def applied(self, request: Request) -> AbstractContextManager[None]:
+        """The context ``request`` (and every row grouped with it) generates in: applied on the way
+        in, removed on the way out, whatever happens inside."""
+        ...

@@ -274,8 +274,7 @@ def open_backend(
     loaded until it first generates."""
     kind = KINDS[spec.engine]
     budget, decoding = max_new_tokens(spec, generation), model_decoding(spec, generation)
-    interventions = interventions or Interventions()
-    interventions.check_local(spec.name, kind.served_elsewhere or serving is not None)
+    # a model in a server with an intervention was refused before (run.py: its pushes' refusal)
     if kind.opens is not None:
         return kind.opens(spec, generation, server, budget, decoding)
     identity = kind.identity(spec)
@@ -300,10 +299,7 @@ def open_backend(
         generation=generation,
         max_new_tokens=budget,
         decoding=decoding,
-        steering=interventions.steering,
-        ablation=interventions.ablation,
-        lora=interventions.lora,
-        progress=interventions.progress,
+        interventions=interventions,
         defended=defended,
     )
 

@@ -9,13 +9,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from pytest_instrumental.backends.openai import OpenAIBackend
+from pytest_instrumental.backends.openai import OpenAIBackend, chat_payload
 from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.config import EngineConfig, ServerConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.engines import EngineServer
 from pytest_instrumental.items import Request
-from pytest_instrumental.openai_client import chat_messages
 
 CONTINUING_ENGINES = ("vllm", "sglang")  # their chat API continues an assistant turn (continue_final_message)
 
@@ -68,9 +67,8 @@ class ServedBackend:
             "engine_args": list(options.args),
             "serve_command": options.serve_command,
             "model": self.identity,
-            "settings": {"max_tokens": self.max_new_tokens, "temperature": 0},
-            "messages": chat_messages(request.system, request.steered_prompt),
-            **self.decoding.cache_fields(request.key, request.epoch),
+            # what the client below sends, as it sends it
+            "payload": chat_payload(request, self.server.served_name, self.max_new_tokens, self.decoding),
         }
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:

@@ -20,14 +20,17 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_instrumental.backends.protocol import Host
+from pytest_instrumental.conditions import Activation
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import Request
-from pytest_instrumental.progress import Progress
+from pytest_instrumental.progress import Progress, progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -136,6 +139,69 @@ class SteeringPlan:
     def held_out(self, category: str) -> list[tuple[Request, Request]]:
         """The contrast pairs of every other category."""
         return [(pro, anti) for pro, anti in self.contrast if pro.category != category]
+
+
+class ActivationSteering:
+    """The intervention of ``act_`` conditions: a forward hook adding the category's vector."""
+
+    packs = True
+
+    def __init__(self, plan: SteeringPlan, host: Host) -> None:
+        self.plan = plan
+        self.host = host
+        self._vectors: dict[str, SteeringVector] = {}
+        self._recipes: dict[str, str] = {}
+
+    def applies(self, request: Request) -> bool:
+        return isinstance(request.condition.push, Activation)
+
+    def cache_fields(self, request: Request) -> dict[str, Any]:
+        return {"steering": {**request.condition.push.cache_fields(), "vector": self._recipe(request.category)}}
+
+    def group(self, request: Request) -> tuple[object, ...]:
+        return ("steered", _strength(request), request.category)
+
+    def prepare(self, requests: Sequence[Request]) -> None:
+        return None  # each category's vector is computed when its first batch needs it
+
+    def applied(self, request: Request) -> AbstractContextManager[None]:
+        return steered(self.host.model, self._vector(request.category), _strength(request))
+
+    def _recipe(self, category: str) -> str:
+        """The recipe of a category's vector, made once per category: every steered request's
+        cache key holds it, and it hashes the contrast prompts."""
+        if category not in self._recipes:
+            self._recipes[category] = self.plan.recipe(category, self._layer)
+        return self._recipes[category]
+
+    @cached_property
+    def _layer(self) -> int:
+        plan = self.plan
+        if plan.vector is not None:
+            return plan.vector.layer
+        return self.host.middle_layer if plan.layer is None else plan.layer
+
+    def _vector(self, category: str) -> SteeringVector:
+        """The vector the items of ``category`` are steered with, computed once per category."""
+        if self.plan.vector is not None:
+            return self.plan.vector
+        if category not in self._vectors:
+            host = self.host
+            pairs = self.plan.held_out(category)
+            pro = [host.encode(p) for p, _ in pairs]
+            anti = [host.encode(a) for _, a in pairs]
+            description = f"steering vector for {host.name}, {category} held out"
+            with progress_bar(host.progress, description, len(pro) + len(anti), unit="prompt") as bar:
+                self._vectors[category] = contrast_vector(
+                    host.model, pro, anti, self._layer, self._recipe(category), bar
+                )
+        return self._vectors[category]
+
+
+def _strength(request: Request) -> float:
+    push = request.condition.push
+    assert isinstance(push, Activation), f"{request.key.item_id} is not steered"
+    return push.strength
 
 
 @contextmanager

@@ -22,28 +22,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_instrumental.backends.ablation import AblationPlan, Directions, ablated, ablated_layer, measured_layer
-from pytest_instrumental.backends.lora import (
-    LoraPlan,
-    Tokens,
-    adapted,
-    adapter_dir,
-    data_sha256,
-    lora_of,
-    recipe,
-    train_adapters,
-)
-from pytest_instrumental.backends.protocol import Generation, thinking_outcome
-from pytest_instrumental.backends.steering import SteeringPlan, SteeringVector, contrast_vector, steered
-from pytest_instrumental.conditions import LoraAttack
+from pytest_instrumental.backends.interventions import Interventions
+from pytest_instrumental.backends.protocol import Generation, Intervention, thinking_outcome
+from pytest_instrumental.conditions import PLAIN
 from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import Demonstration, Request
-from pytest_instrumental.progress import ProgressFactory, library_bars_off, progress_bar
+from pytest_instrumental.items import Request, chat_turns
+from pytest_instrumental.progress import library_bars_off
 
 if TYPE_CHECKING:
     import torch
@@ -105,14 +93,13 @@ class TransformersBackend:
         generation: GenerationConfig,
         max_new_tokens: int,
         decoding: Decoding | None = None,
-        steering: SteeringPlan | None = None,
-        ablation: AblationPlan | None = None,
-        lora: LoraPlan | None = None,
+        interventions: Interventions | None = None,
         defended: bool = False,
-        progress: ProgressFactory | None = None,
     ) -> None:
         """``source`` is a hub id or directory, or a callable producing one on first use (the
-        embedded model converts itself then); ``identity`` names the weights in cache keys."""
+        embedded model converts itself then); ``identity`` names the weights in cache keys;
+        ``interventions``, what changes the weights for some conditions (steering, ablation,
+        fine-tuning), and what shows their preparation."""
         self._name = name
         self.identity = identity
         self._source = source
@@ -121,16 +108,13 @@ class TransformersBackend:
         self.generation = generation
         self.max_new_tokens = max_new_tokens
         self.decoding = decoding or Decoding()
-        self.steering = steering
-        self.ablation = ablation
-        self.lora = lora
-        self.progress = progress  # what shows the preparation (vectors, directions, training)
+        interventions = interventions or Interventions()
+        self.progress = interventions.progress  # what shows the preparation (vectors, directions, training)
         self.defended = defended  # some items put a defence in the system turn
         self.placement = choose_placement()
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._model: PreTrainedModel | None = None
-        self._vectors: dict[str, SteeringVector] = {}
-        self._recipes: dict[str, str] = {}
+        self.interventions: list[Intervention] = interventions.attach(self)
 
     @property
     def name(self) -> str:
@@ -178,17 +162,20 @@ class TransformersBackend:
             self._model = model  # from_pretrained returns it in eval mode
         return self._model
 
+    @property
+    def max_input_tokens(self) -> int:
+        return self.generation.max_input_tokens
+
     def render(self, request: Request) -> str:
+        """The chat that is sent (items.chat_turns) as this model reads it: its chat template,
+        with a final assistant turn (a prefill) as the start of the answer to continue."""
+        turns = chat_turns(request)
+        answer_start = turns.pop()["content"] if turns[-1]["role"] == "assistant" else ""
         tokenizer = self.tokenizer
         if tokenizer.chat_template:
-            messages = []
-            if request.system:
-                messages.append({"role": "system", "content": request.system})
-            messages.append({"role": "user", "content": request.steered_prompt})
-            rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return str(rendered) + (request.prefill or "")  # a prefill is the start of the answer
-        parts = [request.system, request.steered_prompt, request.prefill or ""]
-        return "\n\n".join(part for part in parts if part)
+            rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            return str(rendered) + answer_start
+        return "\n\n".join(part for part in [*(t["content"] for t in turns), answer_start] if part)
 
     def prepare(self, generates_here: bool) -> None:
         """With defences, the model must have a system turn to put them in: one whose chat
@@ -231,144 +218,25 @@ class TransformersBackend:
             "thinking": self.thinking,
             "prompt": self.render(request),
             **self.decoding.cache_fields(request.key, request.epoch),
-            **self._steering_fields(request),
-            **self._ablation_fields(request),
-            **self._lora_fields(request),
+            **self._cache_fields(request),
         }
 
-    def _steering_fields(self, request: Request) -> dict[str, Any]:
-        plan = self.steering
-        if request.strength is None or plan is None:
-            return {}
-        return {"steering": {"strength": request.strength, "vector": self._recipe(request.category)}}
+    def _intervention(self, request: Request) -> Intervention | None:
+        """The intervention ``request`` generates under; None: the model as loaded."""
+        return next((i for i in self.interventions if i.applies(request)), None)
 
-    def _recipe(self, category: str) -> str:
-        """The recipe of a category's vector, made once per category: every steered request's
-        cache key holds it, and it hashes the contrast prompts."""
-        plan = self.steering
-        assert plan is not None
-        if category not in self._recipes:
-            self._recipes[category] = plan.recipe(category, self._steering_layer)
-        return self._recipes[category]
+    def _cache_fields(self, request: Request) -> dict[str, Any]:
+        intervention = self._intervention(request)
+        return {} if intervention is None else intervention.cache_fields(request)
 
     @cached_property
-    def _steering_layer(self) -> int:
-        plan = self.steering
-        assert plan is not None
-        if plan.vector is not None:
-            return plan.vector.layer
-        return self._middle_layer if plan.layer is None else plan.layer
-
-    @cached_property
-    def _middle_layer(self) -> int:
+    def middle_layer(self) -> int:
         """Where contrastive directions are usually found to steer behaviour (read from the config:
         cache keys hold it, and a fully cached run loads no weights)."""
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(self.source, revision=self.revision)
         return int(config.num_hidden_layers) // 2
-
-    def _ablation_fields(self, request: Request) -> dict[str, Any]:
-        if request.ablation is None or self.ablation is None:
-            return {}
-        layer = measured_layer(request.ablation, self._ablation_layer)
-        recipe = self.ablation.recipe(self.ablation.text_of(request), request.category, layer)
-        return {"ablation": {"attack": request.ablation, "direction": recipe}}
-
-    @cached_property
-    def _ablation_layer(self) -> int:
-        plan = self.ablation
-        assert plan is not None
-        return self._middle_layer if plan.layer is None else plan.layer
-
-    def _adapter_recipe(self, request: Request) -> dict[str, object] | None:
-        """What made the adapter ``request`` generates with; None: it generates without one
-        (no fine-tuning, or a budget of 0 steps, which shares the plain model's answers)."""
-        if request.lora is None or self.lora is None or lora_of(request.lora).steps == 0:
-            return None
-        assert request.training, f"{request.key.item_id} has nothing to train on"
-        return recipe(self.identity, data_sha256(request.training), lora_of(request.lora), self.lora.seed)
-
-    def _lora_fields(self, request: Request) -> dict[str, Any]:
-        made_by = self._adapter_recipe(request)
-        return {} if made_by is None else {"lora": made_by}
-
-    def _adapter_dir(self, made_by: dict[str, object]) -> Path:
-        assert self.lora is not None
-        return adapter_dir(self.lora.adapters_dir, made_by)
-
-    def _train_missing(self, requests: Sequence[Request]) -> None:
-        """Train the adapters ``requests`` need that are not kept yet: one training run per
-        model, data, rank and rate, saving each budget on the way (backends/lora.py)."""
-        assert self.lora is not None
-        runs: dict[tuple[str, int, float], tuple[tuple[Demonstration, ...], set[LoraAttack]]] = {}
-        for request in requests:
-            made_by = self._adapter_recipe(request)
-            if made_by is None or self._adapter_dir(made_by).is_dir():
-                continue
-            attack = lora_of(str(request.lora))
-            key = (str(made_by["data"]), attack.rank, attack.lr)
-            runs.setdefault(key, (request.training, set()))[1].add(attack)
-        for (data, _, _), (training, attacks) in runs.items():
-            self._train_run(data, training, attacks)
-
-    def _train_run(self, data: str, training: tuple[Demonstration, ...], attacks: set[LoraAttack]) -> None:
-        """One training run, for the budgets of ``attacks`` (one rank and rate) not kept yet."""
-        from filelock import FileLock
-
-        assert self.lora is not None
-        plan = self.lora
-
-        def target(attack: LoraAttack) -> Path:
-            return self._adapter_dir(recipe(self.identity, data, attack, plan.seed))
-
-        plan.adapters_dir.mkdir(parents=True, exist_ok=True)
-        first = next(iter(attacks))
-        with FileLock(plan.adapters_dir / f"{data[:24]}-r{first.rank}-lr{first.lr:g}.lock"):  # xdist workers take turns
-            missing = sorted((a for a in attacks if not target(a).is_dir()), key=lambda a: a.steps)
-            if missing:
-                description = f"training {self.name} {missing[-1].attack} on {len(training)} demonstrations"
-                examples = [self._tokens(d) for d in training]
-                train_adapters(self.model, examples, missing, plan.seed, target, self.progress, description)
-
-    def _tokens(self, demonstration: Demonstration) -> Tokens:
-        """A demonstration as the model would see it: its prompt (the chat up to the answer, with
-        the generation prompt) and the answer's tokens, end of turn included."""
-        tokenizer = self.tokenizer
-        messages = [{"role": role, "content": content} for role, content in demonstration.turns]
-        if tokenizer.chat_template:
-            prompt = str(tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
-            whole = str(tokenizer.apply_chat_template(messages, tokenize=False))
-            answer = whole[len(prompt) :] if whole.startswith(prompt) else messages[-1]["content"]
-        else:
-            prompt = "\n\n".join(m["content"] for m in messages[:-1]) + "\n\n"
-            answer = messages[-1]["content"] + (tokenizer.eos_token or "")
-        limit = self.generation.max_input_tokens
-        prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])[-limit:]
-        answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])[: self.max_new_tokens + 1]
-        return prompt_ids, answer_ids
-
-    @cached_property
-    def _directions(self) -> Directions:
-        assert self.ablation is not None
-        return Directions(self.model, self.encode, self.ablation, self.progress, self.name)
-
-    def _vector(self, category: str) -> SteeringVector:
-        """The vector the items of ``category`` are steered with, computed once per category."""
-        plan = self.steering
-        assert plan is not None
-        if plan.vector is not None:
-            return plan.vector
-        if category not in self._vectors:
-            pairs = plan.held_out(category)
-            pro = [self.encode(p) for p, _ in pairs]
-            anti = [self.encode(a) for _, a in pairs]
-            description = f"steering vector for {self.name}, {category} held out"
-            with progress_bar(self.progress, description, len(pro) + len(anti), unit="prompt") as bar:
-                self._vectors[category] = contrast_vector(
-                    self.model, pro, anti, self._steering_layer, self._recipe(category), bar
-                )
-        return self._vectors[category]
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
         if not requests:
@@ -377,8 +245,8 @@ class TransformersBackend:
 
         tokenizer = self.tokenizer
         encoded = [self.encode(r) for r in requests]
-        if self.lora is not None:
-            self._train_missing(requests)
+        for intervention in self.interventions:
+            intervention.prepare(requests)
         # Rows hooked alike generate together: a steering or ablation hook holds for a whole batch.
         groups: dict[tuple[object, ...], list[int]] = {}
         for index, request in enumerate(requests):
@@ -402,34 +270,20 @@ class TransformersBackend:
 
     def _hooks_of(self, request: Request) -> tuple[object, ...]:
         """What the hooks a request generates under depend on: rows alike share a batch."""
-        if request.strength is not None and self.steering is not None:
-            return ("steered", request.strength, request.category)
-        if request.ablation is not None and self.ablation is not None:
-            return ("ablated", request.ablation, self.ablation.text_of(request), request.category)
-        made_by = self._adapter_recipe(request)
-        if made_by is not None:
-            return ("adapted", str(self._adapter_dir(made_by)))
-        return ()
+        intervention = self._intervention(request)
+        return () if intervention is None else intervention.group(request)
 
     def hooked(self, request: Request) -> AbstractContextManager[None]:
         """The hooks ``request`` (and every row hooked alike) generates under."""
-        if request.strength is not None and self.steering is not None:
-            return steered(self.model, self._vector(request.category), request.strength)
-        if request.ablation is not None and self.ablation is not None:
-            layer = measured_layer(request.ablation, self._ablation_layer)
-            direction = self._directions.direction(self.ablation.text_of(request), request.category, layer)
-            return ablated(self.model, direction, ablated_layer(request.ablation))
-        made_by = self._adapter_recipe(request)
-        if made_by is not None:
-            return adapted(self.model, self._adapter_dir(made_by))
-        return nullcontext()
+        intervention = self._intervention(request)
+        return nullcontext() if intervention is None else intervention.applied(request)
 
     def _kernels(self, request: Request) -> AbstractContextManager[None]:
         """The linear layers' kernels ``request`` generates with: oneDNN's, with the weights packed
-        once, where the model allows it (backends/packed_linear.py), except under an adapter,
-        which wraps the model's own linears."""
-        packed = self._packed
-        if packed is None or self._adapter_recipe(request) is not None:
+        once, where the model allows it (backends/packed_linear.py), except under an intervention
+        that wraps the model's own linears (an adapter)."""
+        packed, intervention = self._packed, self._intervention(request)
+        if packed is None or (intervention is not None and not intervention.packs):
             return nullcontext()
         from pytest_instrumental.backends.packed_linear import packed_linears
 
@@ -448,9 +302,9 @@ class TransformersBackend:
         else runs beside it, and its answer too."""
         from pytest_instrumental.backends.kv_cache import common_prefix
 
-        prompt = (request.prompt if request.prompt is not None else request.steered_prompt).rstrip()
-        cut = self.encode(replace(request, steered_prompt=prompt, prefill=None))
-        continued = self.encode(replace(request, steered_prompt=prompt + "\n\n.", prefill=None))
+        plain = replace(request.condition, push=PLAIN.push)  # the defence stays: it is before the prompt
+        cut = self.encode(replace(request, prompt=request.prompt.rstrip(), condition=plain))
+        continued = self.encode(replace(request, prompt=request.prompt.rstrip() + "\n\n.", condition=plain))
         return common_prefix(tokens, cut[: common_prefix(cut, continued)])
 
     def _decode(

@@ -54,7 +54,7 @@ class TransformersJudge:
             key=original.key,
             category=original.category,
             context=self.rubric.system(original.context),
-            steered_prompt=self.rubric.user(original.steered_prompt, request.response),
+            prompt=self.rubric.user(original.steered_prompt, request.response),  # sent as it is: no condition
         )
 
     def cache_key(self, request: JudgeRequest) -> dict[str, object] | None:
