@@ -32,8 +32,9 @@ from pytest_instrumental.backends.transformers import CPU_BATCH_SIZE, Transforme
 from pytest_instrumental.conditions import Condition, SuffixPush
 from pytest_instrumental.config import EMBEDDED_MAX_NEW_TOKENS
 from pytest_instrumental.config import GenerationConfig as GenerationSettings
-from pytest_instrumental.items import ItemKey, Request
+from pytest_instrumental.items import ItemKey
 from pytest_instrumental.options import user_models_dir
+from pytest_instrumental.request import Request
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes, select_suffixes
 

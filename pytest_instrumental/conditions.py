@@ -17,12 +17,12 @@ is built once (items.py: ``chat_turns``); what changes the weights is applied in
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Protocol
-
-from pytest_instrumental.suffixes import Suffix, steer
 
 BASELINE = "baseline"
 PRO_SUFFIX = "pro_ic"
@@ -40,6 +40,26 @@ _LORA = re.compile(r"lora(?P<steps>\d+)(?:_r(?P<rank>\d+))?(?:_lr(?P<lr>[0-9a-z_
 DEFAULT_LORA_RANK = 8
 DEFAULT_LORA_LR = 2e-4  # the usual LoRA rate (QLoRA's); with rank 8 it moves a model within tens of steps
 LOCAL_ONLY = "needs a local model and --instrumental-engine=local"
+
+
+@dataclass(frozen=True)
+class Suffix:
+    """A named text: a steering suffix, a defence's text, or a prefill (suffixes.py loads them)."""
+
+    name: str
+    text: str
+    path: Path | None = None  # the file it was read from; None: made here (the plain prompt's empty suffix)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def steer(prompt: str, suffix: Suffix) -> str:
+    """The steered prompt of PROTOCOL.md; an empty suffix leaves the prompt unchanged."""
+    if not suffix.text.strip():
+        return prompt
+    return prompt.rstrip() + "\n\n" + suffix.text.strip() + "\n"
 
 
 @dataclass(frozen=True)

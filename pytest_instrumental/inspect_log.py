@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey, Request, chat_turns
+from pytest_instrumental.items import ItemKey
+from pytest_instrumental.request import Request, chat_turns
 from pytest_instrumental.summary import RunSummary
 from pytest_instrumental.verdicts import ItemResult
 

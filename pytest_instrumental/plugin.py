@@ -21,8 +21,8 @@ from pytest_instrumental import options
 from pytest_instrumental.errors import InputError
 
 if TYPE_CHECKING:
-    from pytest_instrumental.items import Request
     from pytest_instrumental.progress import Progress, ProgressFactory
+    from pytest_instrumental.request import Request
     from pytest_instrumental.run import InstrumentalRun
     from pytest_instrumental.summary import RunSummary
 

@@ -14,12 +14,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_instrumental.conditions import parse_condition
+from pytest_instrumental.conditions import Suffix, parse_condition, steer
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.items import ItemKey
 from pytest_instrumental.results_file import read_results
 from pytest_instrumental.scenarios import Category, ScenarioSet
-from pytest_instrumental.suffixes import Suffix, load_prefills, steer
+from pytest_instrumental.suffixes import load_prefills
 from pytest_instrumental.text import visible
 
 REPLAY = "replay"

@@ -9,14 +9,13 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-from pytest_instrumental.conditions import Condition
+from pytest_instrumental.conditions import Condition, Suffix
 from pytest_instrumental.config import Thresholds
 from pytest_instrumental.cost import Cost
 from pytest_instrumental.manifest import build_manifest
 from pytest_instrumental.metrics import Gap
 from pytest_instrumental.results_file import EPOCHS_SCHEMA_VERSION, SCHEMA_VERSION
 from pytest_instrumental.scenarios import ScenarioSet
-from pytest_instrumental.suffixes import Suffix
 from pytest_instrumental.summary import RunSummary
 
 if TYPE_CHECKING:  # comparison needs numpy, loaded only with a baseline

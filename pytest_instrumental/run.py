@@ -36,6 +36,7 @@ from pytest_instrumental.conditions import (
     PrefillAttack,
     Push,
     Server,
+    Suffix,
     SuffixPush,
     activation_pair,
     attack_pushes,
@@ -46,7 +47,7 @@ from pytest_instrumental.cost import Cost
 from pytest_instrumental.engines import EngineError
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import Evaluation
-from pytest_instrumental.items import ItemKey, Request, nodeid_of
+from pytest_instrumental.items import ItemKey, nodeid_of
 from pytest_instrumental.judges.offline import OfflineJudge
 from pytest_instrumental.judges.protocol import Judge
 from pytest_instrumental.judges.registry import judge_name, open_judge
@@ -57,10 +58,11 @@ from pytest_instrumental.outputs import REPORTS, output_problem
 from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.progress import ProgressFactory
 from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
+from pytest_instrumental.request import Request
 from pytest_instrumental.results_document import RunRecord, results_document, run_section
 from pytest_instrumental.results_file import read_results, write_results
 from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
-from pytest_instrumental.suffixes import Suffix, load_prefills, load_suffixes, select_suffixes
+from pytest_instrumental.suffixes import load_prefills, load_suffixes, select_suffixes
 from pytest_instrumental.summary import Baseline, RunSummary, summarise
 from pytest_instrumental.training_data import plan_training
 from pytest_instrumental.verdicts import ItemResult, tally

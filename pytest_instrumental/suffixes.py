@@ -1,38 +1,19 @@
-"""Steering texts: suffixes (appended to the user turn, or as a defence to the system prompt),
-loaded from the bundled and user directories, and ``steer``; and prefills, the attacker's start
-of an answer (``prefills/``)."""
+"""Steering texts loaded from the bundled and user directories: suffixes (appended to the user
+turn, or as a defence to the system prompt) and prefills, the attacker's start of an answer
+(``prefills/``). What a text is and does (``Suffix``, ``steer``) is in conditions.py."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_instrumental.bundled import bundled_dir
+from pytest_instrumental.conditions import Suffix
 from pytest_instrumental.errors import InputError
 
 # No "-": item ids join model, suffix and scenario with "-".
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")
-
-
-@dataclass(frozen=True)
-class Suffix:
-    name: str
-    text: str
-    path: Path | None = None  # the file it was read from; None: made here (the plain prompt's empty suffix)
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
-
-
-def steer(prompt: str, suffix: Suffix) -> str:
-    """The steered prompt of PROTOCOL.md; an empty suffix leaves the prompt unchanged."""
-    if not suffix.text.strip():
-        return prompt
-    return prompt.rstrip() + "\n\n" + suffix.text.strip() + "\n"
 
 
 def load_suffixes(extra_dirs: Iterable[Path] = ()) -> dict[str, Suffix]:

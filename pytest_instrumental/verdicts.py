@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from pytest_instrumental.items import ItemKey, Request
+from pytest_instrumental.items import ItemKey
 from pytest_instrumental.text import clean_optional
 
 CONVERGENCE = "convergence"
@@ -15,6 +15,19 @@ NONSENSICAL = "nonsensical"
 DECISIONS = (CONVERGENCE, NO_CONVERGENCE, SAFETY_REFUSAL, NONSENSICAL)
 
 Status = Literal["ok", "error"]
+
+
+class Asked(Protocol):
+    """What a result records of the request it answers (request.Request): not how it was sent."""
+
+    @property
+    def key(self) -> ItemKey: ...
+
+    @property
+    def category(self) -> str: ...
+
+    @property
+    def epoch(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -42,7 +55,7 @@ class ItemResult:
             object.__setattr__(self, name, clean_optional(getattr(self, name)))
 
     @classmethod
-    def of(cls, request: Request, status: Status, **fields: Any) -> ItemResult:
+    def of(cls, request: Asked, status: Status, **fields: Any) -> ItemResult:
         """The result of one answer to ``request``; ``fields`` are the rest (verdict, judge, ...)."""
         key = request.key
         empty: dict[str, Any] = dict.fromkeys(_TEXTS, None)
@@ -57,7 +70,7 @@ class ItemResult:
         )
 
     @classmethod
-    def failed(cls, request: Request, error: str, **fields: Any) -> ItemResult:
+    def failed(cls, request: Asked, error: str, **fields: Any) -> ItemResult:
         """An answer that ended in an error: the item still counts, as an error."""
         return cls.of(request, "error", error=error, **fields)
 

@@ -24,8 +24,9 @@ from pytest_instrumental.conditions import (
     run_conditions,
 )
 from pytest_instrumental.config import GenerationConfig, Thresholds
-from pytest_instrumental.items import ItemKey, Request
+from pytest_instrumental.items import ItemKey
 from pytest_instrumental.judges.protocol import JudgeRequest
+from pytest_instrumental.request import Request
 from pytest_instrumental.results_document import RunRecord, results_document
 from pytest_instrumental.results_file import write_results
 from pytest_instrumental.scenarios import load_scenarios
@@ -191,7 +192,7 @@ def tiny_backend(
     """The local model in ``directory`` (the tiny Qwen3 of ``tiny_model_dir``), in this process,
     with the interventions whose plans are given."""
     generation = GenerationConfig(models_dir=directory)
-    interventions = Interventions(steering=steering, ablation=ablation, lora=lora)
+    attach = Interventions(steering=steering, ablation=ablation, lora=lora).attach
     return TransformersBackend(
-        name, str(directory), None, False, name, generation=generation, interventions=interventions, **settings
+        name, str(directory), None, False, name, generation=generation, interventions=attach, **settings
     )

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pytest_instrumental.backends.ablation import AblationPlan, Directions, ablated, last_token_states
-from pytest_instrumental.backends.steering import decoder_layers
+from pytest_instrumental.backends.layers import decoder_layers
 from pytest_instrumental.conditions import PLAIN, Ablation, Condition, attack_ablation, parse_condition
 from pytest_instrumental.plan import plan_requests, unsuffixed_requests
 from pytest_instrumental.scenarios import load_scenarios

@@ -7,10 +7,11 @@ import pytest
 
 from pytest_instrumental.backends.replay import ReplayBackend
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey, Request
+from pytest_instrumental.items import ItemKey
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.judges.replay import ReplayJudge
 from pytest_instrumental.recordings import load_recordings, recorded_models
+from pytest_instrumental.request import Request
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes
 from tests.helpers import item, write_results_file

@@ -23,9 +23,10 @@ from pytest_instrumental.conditions import (
 from pytest_instrumental.config import Thresholds
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.gate import check_tamper
-from pytest_instrumental.items import Demonstration, ItemKey
+from pytest_instrumental.items import ItemKey
 from pytest_instrumental.metrics import compute_cells
 from pytest_instrumental.plan import plan_requests, unsuffixed_requests
+from pytest_instrumental.request import Demonstration
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes
 from pytest_instrumental.tamper import compute_tamper

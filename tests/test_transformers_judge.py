@@ -9,9 +9,9 @@ import pytest
 from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.backends.registry import parse_model
 from pytest_instrumental.config import GenerationConfig, JudgeConfig, ServerConfig
-from pytest_instrumental.items import Request
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.judges.transformers import TransformersJudge
+from pytest_instrumental.request import Request
 from tests.helpers import judge_request
 
 

@@ -23,13 +23,12 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from pytest_instrumental.backends.layers import decoder_layers
 from pytest_instrumental.backends.protocol import Host
-from pytest_instrumental.backends.steering import decoder_layers
-from pytest_instrumental.conditions import Ablation
+from pytest_instrumental.conditions import Ablation, Suffix
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import Request
 from pytest_instrumental.progress import ProgressFactory, progress_bar
-from pytest_instrumental.suffixes import Suffix
+from pytest_instrumental.request import Request
 
 if TYPE_CHECKING:
     import torch

@@ -20,7 +20,6 @@ from pytest_instrumental.backends.protocol import EMPTY_RESPONSE, Generation, th
 from pytest_instrumental.config import ServerConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import Request, chat_turns
 from pytest_instrumental.openai_client import (
     attempts,
     display_url,
@@ -28,6 +27,7 @@ from pytest_instrumental.openai_client import (
     preflight_failure,
     short,
 )
+from pytest_instrumental.request import Request, chat_turns
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 

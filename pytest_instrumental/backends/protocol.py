@@ -7,8 +7,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from pytest_instrumental.items import Request
 from pytest_instrumental.progress import ProgressFactory
+from pytest_instrumental.request import Request
 from pytest_instrumental.text import clean_optional
 
 THINK_END = "</think>"

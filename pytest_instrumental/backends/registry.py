@@ -299,8 +299,9 @@ def open_backend(
         generation=generation,
         max_new_tokens=budget,
         decoding=decoding,
-        interventions=interventions,
+        interventions=None if interventions is None else interventions.attach,
         defended=defended,
+        progress=None if interventions is None else interventions.progress,
     )
 
 

@@ -26,11 +26,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_instrumental.backends.layers import decoder_layers
 from pytest_instrumental.backends.protocol import Host
 from pytest_instrumental.conditions import Activation
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import Request
 from pytest_instrumental.progress import Progress, progress_bar
+from pytest_instrumental.request import Request
 
 if TYPE_CHECKING:
     import torch
@@ -73,13 +74,6 @@ def check_fits(vector: SteeringVector | None, layer: int | None, model: str, con
 def default_layer(model: PreTrainedModel) -> int:
     """A middle layer: where contrastive directions are usually found to steer behaviour."""
     return int(model.config.num_hidden_layers) // 2
-
-
-def decoder_layers(model: PreTrainedModel) -> Sequence[Any]:
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is None:
-        raise InputError(f"activation steering: {type(model).__name__} has no model.layers to hook")
-    return list(layers)
 
 
 def last_token_activations(

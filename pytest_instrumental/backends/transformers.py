@@ -24,14 +24,13 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from pytest_instrumental.backends.interventions import Interventions
-from pytest_instrumental.backends.protocol import Generation, Intervention, thinking_outcome
+from pytest_instrumental.backends.protocol import Generation, Host, Intervention, thinking_outcome
 from pytest_instrumental.conditions import PLAIN
 from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import Request, chat_turns
-from pytest_instrumental.progress import library_bars_off
+from pytest_instrumental.progress import ProgressFactory, library_bars_off
+from pytest_instrumental.request import Request, chat_turns
 
 if TYPE_CHECKING:
     import torch
@@ -93,13 +92,15 @@ class TransformersBackend:
         generation: GenerationConfig,
         max_new_tokens: int,
         decoding: Decoding | None = None,
-        interventions: Interventions | None = None,
+        interventions: Callable[[Host], Sequence[Intervention]] | None = None,
         defended: bool = False,
+        progress: ProgressFactory | None = None,
     ) -> None:
         """``source`` is a hub id or directory, or a callable producing one on first use (the
         embedded model converts itself then); ``identity`` names the weights in cache keys;
-        ``interventions``, what changes the weights for some conditions (steering, ablation,
-        fine-tuning), and what shows their preparation."""
+        ``interventions`` attaches what changes the weights for some conditions (steering,
+        ablation, fine-tuning: backends/interventions.py) to this model; ``progress`` shows their
+        preparation."""
         self._name = name
         self.identity = identity
         self._source = source
@@ -108,13 +109,12 @@ class TransformersBackend:
         self.generation = generation
         self.max_new_tokens = max_new_tokens
         self.decoding = decoding or Decoding()
-        interventions = interventions or Interventions()
-        self.progress = interventions.progress  # what shows the preparation (vectors, directions, training)
+        self.progress = progress  # what shows the preparation (vectors, directions, training)
         self.defended = defended  # some items put a defence in the system turn
         self.placement = choose_placement()
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._model: PreTrainedModel | None = None
-        self.interventions: list[Intervention] = interventions.attach(self)
+        self.interventions = [] if interventions is None else list(interventions(self))
 
     @property
     def name(self) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pytest_instrumental.items import Request
+from pytest_instrumental.request import Request
 from pytest_instrumental.text import clean_optional
 
 

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pytest_instrumental.backends.protocol import Prepares
 from pytest_instrumental.backends.registry import ModelSpec, open_backend
 from pytest_instrumental.config import DecodingConfig, EngineConfig, GenerationConfig, ServerConfig
-from pytest_instrumental.items import Request
 from pytest_instrumental.judges.openai import MAX_OUTPUT_TOKENS
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.judges.rubric import JudgeAnswerError, Rubric, parse_judgement
+from pytest_instrumental.request import Request
 
 HF_PREFIX = "hf:"
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.config import GenerationConfig, JudgeConfig, ServerConfig
 from pytest_instrumental.decoding import Decoding
-from pytest_instrumental.items import Request
+from pytest_instrumental.request import Request, chat_turns
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 
 
@@ -25,8 +25,9 @@ class CannedBackend:
         return f"canned:{self.answer}"
 
     def cache_key(self, request: Request) -> dict[str, object]:
-        # Everything that determines the answer: a changed answer is generated again.
-        return {"backend": "canned", "answer": self.answer, "prompt": [request.context, request.steered_prompt]}
+        # Everything that determines the answer, keyed as it would be sent (the chat every backend
+        # sends: system turn with any defence, user turn, a prefill): a changed answer is generated again.
+        return {"backend": "canned", "answer": self.answer, "chat": chat_turns(request)}
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
         for index, _ in enumerate(requests):
