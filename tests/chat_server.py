@@ -4,9 +4,9 @@ formats, with faults chosen by markers in the last message: ``FAULT:429`` (twice
 ``FAULT:MALFORMED`` (a body that is not JSON), ``FAULT:REASONING`` (reasoning in
 ``reasoning_content``), ``FAULT:THINKTAGS`` (reasoning inline in ``<think>`` tags),
 ``FAULT:EMPTY`` (empty content), ``FAULT:401`` (a rejected key, echoing part of it),
-``FAULT:WAIT`` (429 asking to retry after an hour),
-a request to continue a final assistant turn (vLLM's ``continue_final_message``) says so (``CONTINUED``), ``FAULT:DRIP`` (a body dripped a byte at a time),
-``FAULT:DRIPHEAD`` (the status line and headers dripped too).
+``FAULT:WAIT`` (429 asking to retry after an hour), ``FAULT:DRIP`` (a body dripped a byte at a
+time), ``FAULT:DRIPHEAD`` (the status line and headers dripped too). Asked to continue a final
+assistant turn (vLLM's ``continue_final_message``), an answer starts with ``CONTINUED``.
 
 As a judge it answers the rubric's JSON with the decision named by a ``DECIDE:<decision>``
 marker (default convergence); ``DECIDE:maybe`` answers a decision outside the four classes,
@@ -27,8 +27,8 @@ from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-API_KEY = "sk-test-do-not-leak-4242"
-CONTINUED = "[continued the assistant turn]"  # what an answer starts with when asked to continue one  # the key a test sets for a server: it must never be stored or shown
+API_KEY = "sk-test-do-not-leak-4242"  # the key a test sets for a server: it must never be stored or shown
+CONTINUED = "[continued the assistant turn]"  # an answer's start when asked to continue one
 
 
 class ChatServer(ThreadingHTTPServer):

@@ -92,7 +92,9 @@ def test_openai_keys_follow_the_request_body(server: ChatServer) -> None:
     answers = dict(backend.generate(requests))
     assert len(server.bodies) == len(requests) and all(answers[i].response for i in range(len(requests)))
     sent = [canonical(body) for body in server.bodies]
-    assert set(sent) == {canonical(on_the_wire(backend.payload(r))) for r in requests}  # each body is a request's payload, as keyed
+    assert set(sent) == {
+        canonical(on_the_wire(backend.payload(r))) for r in requests
+    }  # each body is a request's payload, as keyed
     assert_keys_follow_payloads(requests, backend.cache_key, [canonical(backend.payload(r)) for r in requests])
     backend.close()
 
