@@ -53,6 +53,7 @@ def test_the_upper_bound_passes_a_maximum_only_when_the_whole_interval_is_below_
     assert check(cells, gaps, Thresholds({"anti_ic": 5.0}, None)) == []  # the point estimate is below 5
     (violation,) = check(cells, gaps, Thresholds({"anti_ic": 5.0}, None, bound="upper"))
     assert violation.compared == pytest.approx(12.88, abs=0.01)
+    assert (violation.statistic, violation.test) == ("Wilson 95% interval", None)  # no paired test behind it
     assert violation.message() == (
         "m anti_ic: Conv% 2.50, the upper end of its 95% interval 12.88, is not below the maximum 5.00 "
         "(--instrumental-max-conv, bound upper)"
@@ -67,6 +68,7 @@ def test_the_upper_bound_passes_a_minimum_gap_only_when_the_lower_end_is_above_i
     assert check(cells, gaps, Thresholds({}, 40.0)) == []
     (violation,) = check(cells, gaps, Thresholds({}, 40.0, bound="upper"))
     assert violation.compared == gap.ci.low and "the lower end of its 95% interval" in violation.message()
+    assert violation.statistic == "Newcombe 95% interval" and violation.p_value is None
     assert check(cells, gaps, Thresholds({}, gap.ci.low - 0.1, bound="upper")) == []
 
 
