@@ -11,7 +11,7 @@ gap is the difference between a pair of conditions.
 
 Conditions are typed from the option parser to the backend: a name is parsed back into a
 condition only where a results file is read (``parse_condition``). What is sent for a condition
-is built once (items.py: ``chat_turns``); what changes the weights is applied in backends/
+is built once (request.py: ``chat_turns``); what changes the weights is applied in backends/
 (steering.py, ablation.py, lora.py, behind backends/interventions.py's protocol).
 """
 
@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 BASELINE = "baseline"
 PRO_SUFFIX = "pro_ic"
@@ -39,7 +39,6 @@ LORA = "lora"  # --instrumental-attack lora:STEPS[:r=RANK][:lr=RATE]; its condit
 _LORA = re.compile(r"lora(?P<steps>\d+)(?:_r(?P<rank>\d+))?(?:_lr(?P<lr>[0-9a-z_]+))?\Z")
 DEFAULT_LORA_RANK = 8
 DEFAULT_LORA_LR = 2e-4  # the usual LoRA rate (QLoRA's); with rank 8 it moves a model within tens of steps
-LOCAL_ONLY = "needs a local model and --instrumental-engine=local"
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,9 @@ class Push(Protocol):
 
 
 @dataclass(frozen=True)
-class _TextPush:
-    """What a push that only changes the chat has in common."""
+class _PushDefaults:
+    """What a push has unless it says otherwise: no attack, the prompt as it is, no prefill,
+    nothing beyond the chat in a cache key, and any server can take it."""
 
     @property
     def attack(self) -> str | None:
@@ -136,7 +136,24 @@ class _TextPush:
 
 
 @dataclass(frozen=True)
-class SuffixPush(_TextPush):
+class _WeightPush(_PushDefaults):
+    """A push on the weights or the forward pass (steering, ablation, fine-tuning): only a model
+    in this process takes it."""
+
+    option: ClassVar[str]  # the option that asks for it
+    server_cannot: ClassVar[str]  # what a server cannot do
+    mechanism: ClassVar[str]
+    see_also: ClassVar[str] = ""
+
+    def refusal(self, model: str, server: Server) -> str | None:
+        return (
+            f"{self.option}: {model} runs in a server, which {self.server_cannot}; "
+            f"{self.mechanism} needs a local model and --instrumental-engine=local{self.see_also}"
+        )
+
+
+@dataclass(frozen=True)
+class SuffixPush(_PushDefaults):
     """A steering suffix appended to the user turn (``baseline``'s is empty: the plain prompt)."""
 
     suffix: Suffix
@@ -153,7 +170,7 @@ class SuffixPush(_TextPush):
 
 
 @dataclass(frozen=True)
-class Prefill(_TextPush):
+class Prefill(_PushDefaults):
     """An attacker's start of the answer, which the model continues (the plain prompt otherwise)."""
 
     text: Suffix
@@ -185,9 +202,12 @@ class Prefill(_TextPush):
 
 
 @dataclass(frozen=True)
-class Activation(_TextPush):
+class Activation(_WeightPush):
     """Activation steering at ``strength`` along the contrast vector (backends/steering.py)."""
 
+    option = "--instrumental-vector-strength"
+    server_cannot = "cannot take a steering hook"
+    mechanism = "activation steering"
     strength: float
 
     @property
@@ -199,12 +219,6 @@ class Activation(_TextPush):
 
     def cache_fields(self) -> dict[str, object]:
         return {"strength": self.strength}
-
-    def refusal(self, model: str, server: Server) -> str | None:
-        return (
-            f"--instrumental-vector-strength: {model} runs in a server, which cannot take a steering hook; "
-            f"activation steering {LOCAL_ONLY}"
-        )
 
 
 def activation_name(strength: float) -> str:
@@ -224,9 +238,12 @@ def activation_strength(name: str) -> float | None:
 
 
 @dataclass(frozen=True)
-class Ablation(_TextPush):
+class Ablation(_WeightPush):
     """Directional ablation at ``layer`` (None: at every layer; backends/ablation.py)."""
 
+    option = f"--instrumental-attack {ABLATE}"
+    server_cannot = "cannot take an ablation hook"
+    mechanism = "directional ablation"
     layer: int | None = None
 
     @property
@@ -241,12 +258,6 @@ class Ablation(_TextPush):
 
     def cache_fields(self) -> dict[str, object]:
         return {"attack": self.name}
-
-    def refusal(self, model: str, server: Server) -> str | None:
-        return (
-            f"--instrumental-attack {ABLATE}: {model} runs in a server, which cannot take an ablation hook; "
-            f"directional ablation {LOCAL_ONLY}"
-        )
 
 
 def parse_ablation(name: str) -> Ablation | None:
@@ -270,10 +281,14 @@ def attack_ablation(text: str) -> Ablation | None:
 
 
 @dataclass(frozen=True)
-class LoraAttack(_TextPush):
+class LoraAttack(_WeightPush):
     """Fine-tuning with LoRA for ``steps`` optimizer steps, at ``rank`` and learning rate ``lr``
     (backends/lora.py)."""
 
+    option = f"--instrumental-attack {LORA}"
+    server_cannot = "this session cannot fine-tune"
+    mechanism = "fine-tuning"
+    see_also = " (docs/scale.md: serving an adapter)"
     steps: int
     rank: int = DEFAULT_LORA_RANK
     lr: float = DEFAULT_LORA_LR
@@ -299,12 +314,6 @@ class LoraAttack(_TextPush):
 
     def cache_fields(self) -> dict[str, object]:
         return {"steps": self.steps, "rank": self.rank, "lr": self.lr}
-
-    def refusal(self, model: str, server: Server) -> str | None:
-        return (
-            f"--instrumental-attack {LORA}: {model} runs in a server, which this session cannot fine-tune; "
-            f"fine-tuning {LOCAL_ONLY} (docs/scale.md: serving an adapter)"
-        )
 
 
 def attack_lora(text: str) -> LoraAttack | None:
@@ -434,13 +443,14 @@ def parse_condition(
     if separator and defense_name not in suffixes:
         return None
     defense = suffixes[defense_name] if separator else None
+    prefills = prefills or {}
     push: Push | None = parse_ablation(push_name) or parse_lora(push_name)
     strength = activation_strength(push_name)
     if strength is not None:
         push = Activation(strength)
     prefill = push_name.removeprefix(f"{PREFILL}_")
-    if push is None and push_name.startswith(f"{PREFILL}_") and prefill in (prefills or {}):
-        push = Prefill((prefills or {})[prefill])
+    if push is None and push_name.startswith(f"{PREFILL}_") and prefill in prefills:
+        push = Prefill(prefills[prefill])
     if push is None and push_name in suffixes:
         push = SuffixPush(suffixes[push_name])
     return None if push is None else Condition(push, defense)

@@ -139,7 +139,7 @@ def data_sha256(demonstrations: Sequence[Demonstration]) -> str:
 
 def recipe(base: str, data: str, attack: LoraAttack, seed: int) -> dict[str, object]:
     """What determines an adapter: the base weights, the data's hash, steps, rank, rate and seed."""
-    return {"base": base, "data": data, "steps": attack.steps, "rank": attack.rank, "lr": attack.lr, "seed": seed}
+    return {"base": base, "data": data, **attack.cache_fields(), "seed": seed}
 
 
 def adapter_dir(adapters_dir: Path, made_by: dict[str, object]) -> Path:

@@ -257,7 +257,7 @@ class OpenAIBackend:
 
 def chat_payload(request: Request, served_model: str, max_tokens: int, decoding: Decoding) -> dict[str, Any]:
     """What an OpenAI-compatible server is sent for ``request`` (``chat.completions.create``'s
-    arguments): the chat (items.chat_turns), the budget and the decoding; with a prefill, the
+    arguments): the chat (request.chat_turns), the budget and the decoding; with a prefill, the
     flags that make vLLM and SGLang continue the final assistant turn. Every backend over such a
     server sends this and keys its cache on it, so a key cannot differ from what is sent."""
     payload: dict[str, Any] = {

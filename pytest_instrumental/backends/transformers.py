@@ -167,7 +167,7 @@ class TransformersBackend:
         return self.generation.max_input_tokens
 
     def render(self, request: Request) -> str:
-        """The chat that is sent (items.chat_turns) as this model reads it: its chat template,
+        """The chat that is sent (request.chat_turns) as this model reads it: its chat template,
         with a final assistant turn (a prefill) as the start of the answer to continue."""
         turns = chat_turns(request)
         answer_start = turns.pop()["content"] if turns[-1]["role"] == "assistant" else ""
