@@ -2,7 +2,9 @@
 
 import os
 import sqlite3
+import stat
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,3 +198,43 @@ def tiny_backend(
     return TransformersBackend(
         name, str(directory), None, False, name, generation=generation, interventions=attach, **settings
     )
+
+
+# A continuing engine's stand-in: tests/chat_server.py on the port the engine is given, writing
+# each request body it gets to $STANDIN_BODIES when that is set.
+STANDIN_SERVER = """import json, os, sys
+sys.path.insert(0, {root!r})
+from tests.chat_server import ChatServer
+port = int(sys.argv[sys.argv.index('--port') + 1])
+class Recorded(list):
+    def append(self, body):
+        super().append(body)
+        if os.environ.get('STANDIN_BODIES'):
+            with open(os.environ['STANDIN_BODIES'], 'a', encoding='utf-8') as out:
+                out.write(json.dumps(body) + '\\n')
+server = ChatServer(port)
+server.bodies = Recorded()
+server.serve_forever()
+"""
+
+
+def standin_engine(engine: str, directory: Path) -> dict[str, str]:
+    """Put a stand-in for ``engine`` (vllm: a ``vllm`` command; sglang: the module
+    ``sglang.launch_server``) under ``directory``; returns the environment variables that make the
+    plugin start it (PATH or PYTHONPATH, this environment's value after the stand-in's)."""
+    source = STANDIN_SERVER.format(root=str(Path(__file__).resolve().parent.parent))
+    if engine == "vllm":
+        directory.mkdir(parents=True)
+        script = directory / "vllm"
+        script.write_text(f"#!{sys.executable}\n{source}", encoding="utf-8")
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+        variable = "PATH"
+    elif engine == "sglang":
+        (directory / "sglang").mkdir(parents=True)
+        (directory / "sglang" / "__init__.py").write_text("", encoding="utf-8")
+        (directory / "sglang" / "launch_server.py").write_text(source, encoding="utf-8")
+        variable = "PYTHONPATH"
+    else:
+        raise ValueError(f"no stand-in for {engine}")
+    before = os.environ.get(variable)
+    return {variable: f"{directory}{os.pathsep}{before}" if before else str(directory)}

@@ -4,9 +4,6 @@ when what is sent for them is the same. Identical keys generate once (evaluation
 that left out a part of the condition would hand one condition another's answers."""
 
 import json
-import os
-import stat
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from itertools import combinations
@@ -29,7 +26,7 @@ from pytest_instrumental.request import Demonstration, Request
 from pytest_instrumental.scenarios import load_scenarios
 from pytest_instrumental.suffixes import load_suffixes
 from tests.chat_server import CONTINUED, ChatServer
-from tests.helpers import conditions, tiny_backend
+from tests.helpers import conditions, standin_engine, tiny_backend
 
 SCENARIOS = load_scenarios()
 CHAT = ["baseline", "pro_ic", "anti_ic"]  # what every server takes, with a prefill
@@ -103,8 +100,8 @@ def test_openai_keys_follow_the_request_body(server: ChatServer) -> None:
 def test_served_engine_keys_follow_the_request_body_and_a_prefill_is_continued(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stand_in = standin_vllm(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{stand_in}{os.pathsep}{os.environ['PATH']}")
+    for variable, value in standin_engine("vllm", tmp_path / "bin").items():
+        monkeypatch.setenv(variable, value)
     monkeypatch.setenv("STANDIN_BODIES", str(tmp_path / "bodies.jsonl"))
     engine = EngineServer(EngineConfig(engine="vllm", logs_dir=tmp_path / "logs"), str(tiny_model_dir), "m", "m")
     backend = ServedBackend(
@@ -126,29 +123,3 @@ def test_served_engine_keys_follow_the_request_body_and_a_prefill_is_continued(
         continued = request.prefill is not None
         assert response.startswith(f"{request.prefill}{CONTINUED}" if continued else "Answer to:"), response
     assert not engine.running
-
-
-def standin_vllm(directory: Path) -> Path:
-    """A ``vllm`` command on PATH that serves tests/chat_server.py on the port it is given and
-    writes every request body it gets to $STANDIN_BODIES."""
-    directory.mkdir(parents=True)
-    script = directory / "vllm"
-    chat_server = Path(__file__).with_name("chat_server.py")
-    script.write_text(
-        f"#!{sys.executable}\n"
-        "import json, os, sys\n"
-        f"sys.path.insert(0, {str(chat_server.parent.parent)!r})\n"
-        "from tests.chat_server import ChatServer\n"
-        "port = int(sys.argv[sys.argv.index('--port') + 1])\n"
-        "class Recorded(list):\n"
-        "    def append(self, body):\n"
-        "        super().append(body)\n"
-        "        with open(os.environ['STANDIN_BODIES'], 'a', encoding='utf-8') as out:\n"
-        "            out.write(json.dumps(body) + '\\n')\n"
-        "server = ChatServer(port)\n"
-        "server.bodies = Recorded()\n"
-        "server.serve_forever()\n",
-        encoding="utf-8",
-    )
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return directory
