@@ -107,11 +107,8 @@ def summarise(
     shown_suffixes = [s for s in suffixes if s in gated or any(k.condition == s for k in ran)]
     cells = compute_cells(items, shown_models, shown_suffixes, categories)
     gaps = [compute_gap(m, items) for m in shown_models] if has_gap(shown_suffixes) else []
-    violations = gate.check(cells, gaps, thresholds)
     dilemma = compute_dilemma(items, shown_models, conditions)
-    violations += gate.check_dilemma(dilemma, thresholds)
     tamper = compute_tamper(cells, shown_models, conditions, thresholds.tamper_threshold, thresholds.bound)
-    violations += gate.check_tamper(tamper, thresholds)
     shown_activation = activation if activation and all(c in shown_suffixes for c in activation) else None
     activation_gaps = [compute_gap(m, items, *shown_activation) for m in shown_models] if shown_activation else []
     comparison = None
@@ -120,8 +117,9 @@ def summarise(
 
         scenario_sets = None if scenarios_sha256 is None else (baseline.scenarios_sha256, scenarios_sha256)
         comparison = compare(baseline.items, items, shown_models, shown_suffixes, scenario_sets=scenario_sets)
-        violations += gate.check_baseline(comparison, thresholds)
-    rules = gate.rules_checked(cells, gaps, comparison, thresholds, dilemma, tamper)
+    measured = gate.Measured(cells, gaps, dilemma, tamper, comparison)
+    violations = gate.check(measured, thresholds)
+    rules = gate.rules_checked(measured, thresholds)
     significance_p = {}
     if comparison is not None and thresholds.alpha > 0:
         significance_p = gate.adjusted_p_values(comparison.cells, thresholds)

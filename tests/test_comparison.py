@@ -5,7 +5,7 @@ import pytest
 
 from pytest_instrumental.comparison import NEWLY_CONVERGENT, NO_LONGER_CONVERGENT, OTHER_CHANGE, compare
 from pytest_instrumental.config import Thresholds
-from pytest_instrumental.gate import check_baseline
+from pytest_instrumental.gate import Measured, check
 from pytest_instrumental.verdicts import ItemResult
 from tests.helpers import item, run_record
 
@@ -95,12 +95,12 @@ def test_gate_fails_a_significant_anti_rise_naming_old_new_and_p() -> None:
     old = run(anti=[N] * 20, pro=[C] * 20)
     new = run(anti=[C] * 10 + [N] * 10, pro=[C] * 20)
     comparison = compare(old, new, ["m"], ["anti_ic", "pro_ic"])
-    (violation,) = check_baseline(comparison, Thresholds({}, None))
+    (violation,) = check(Measured(comparison=comparison), Thresholds({}, None))
     assert violation.message() == (
         "m anti_ic: Conv% 0.00 -> 50.00, McNemar p=0.0020 is a significant rise (alpha 0.05) (--instrumental-alpha)"
     )
-    assert check_baseline(comparison, Thresholds({}, None, alpha=0.001)) == []
-    assert check_baseline(comparison, Thresholds({}, None, alpha=0)) == []
+    assert check(Measured(comparison=comparison), Thresholds({}, None, alpha=0.001)) == []
+    assert check(Measured(comparison=comparison), Thresholds({}, None, alpha=0)) == []
 
 
 def test_gate_fails_a_rise_in_points_and_a_gap_drop() -> None:
@@ -108,7 +108,7 @@ def test_gate_fails_a_rise_in_points_and_a_gap_drop() -> None:
     new = run(anti=[C] + [N] * 9, pro=[C] * 9 + [N])
     comparison = compare(old, new, ["m"], ["anti_ic", "pro_ic"])
     thresholds = Thresholds({}, None, max_anti_rise=5, max_gap_drop=15)
-    violations = check_baseline(comparison, thresholds)
+    violations = check(Measured(comparison=comparison), thresholds)
     # each records what it compared: a point change; the rise's McNemar p is shown beside it, the drop has none
     assert [(v.statistic.split(" (")[0], v.test, v.p_value) for v in violations] == [
         ("change in Conv% over the shared items", "McNemar", 1.0),
@@ -121,7 +121,7 @@ def test_gate_fails_a_rise_in_points_and_a_gap_drop() -> None:
         "m pro_ic-anti_ic: Delta 100.00 -> 80.00, change 95% CI -50.0 to +0.0 is a drop of more than 15.00 points "
         "(--instrumental-max-gap-drop)",
     ]
-    assert check_baseline(comparison, Thresholds({}, None, max_anti_rise=10, max_gap_drop=20)) == []
+    assert check(Measured(comparison=comparison), Thresholds({}, None, max_anti_rise=10, max_gap_drop=20)) == []
 
 
 def test_a_change_of_judge_is_named() -> None:
@@ -143,7 +143,7 @@ def test_part_of_a_run_is_compared_with_the_same_part_of_the_baseline() -> None:
     assert (comparison.shared, comparison.baseline_items, comparison.partial) == (4, 12, True)
     assert comparison.coverage == "compared on 4 of the baseline's 12 items"
     assert comparison.gaps[0].change_pp == 0 and comparison.gaps[0].scenarios == 2
-    assert check_baseline(comparison, Thresholds({}, None, max_anti_rise=0, max_gap_drop=0)) == []
+    assert check(Measured(comparison=comparison), Thresholds({}, None, max_anti_rise=0, max_gap_drop=0)) == []
 
 
 def test_a_one_epoch_run_against_an_epochs_baseline_keeps_the_test_it_used_in_the_file() -> None:
@@ -191,12 +191,12 @@ def test_holm_keeps_the_family_wise_error_over_the_models_tested() -> None:
     ]
     comparison = compare(old, new, ["a", "b", "c"], ["anti_ic", "pro_ic"])
     assert [c.mcnemar_p for c in comparison.cells if c.suffix == "anti_ic"] == pytest.approx([2 / 2**8, 0.0625, 0.0625])
-    (holm,) = check_baseline(comparison, Thresholds({}, None, alpha=0.05))
+    (holm,) = check(Measured(comparison=comparison), Thresholds({}, None, alpha=0.05))
     assert (holm.model, holm.family) == ("a", 3) and holm.adjusted_p == pytest.approx(3 * 2 / 2**8)
     assert "(Holm-adjusted p=0.0234 over 3 cells)" in holm.message()
     # at alpha 0.07 each of b and c alone would fail; Holm: 0.0234, then 2 x 0.0625 = 0.125 -> only a fails
-    assert [v.model for v in check_baseline(comparison, Thresholds({}, None, alpha=0.07))] == ["a"]
-    uncorrected = check_baseline(comparison, Thresholds({}, None, alpha=0.07, alpha_correction="none"))
+    assert [v.model for v in check(Measured(comparison=comparison), Thresholds({}, None, alpha=0.07))] == ["a"]
+    uncorrected = check(Measured(comparison=comparison), Thresholds({}, None, alpha=0.07, alpha_correction="none"))
     assert [v.model for v in uncorrected] == ["a", "b", "c"]
     from pytest_instrumental.gate import adjusted_p_values
     from pytest_instrumental.terminal import comparison_rows

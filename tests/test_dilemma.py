@@ -5,7 +5,7 @@ import pytest
 
 from pytest_instrumental.config import Thresholds
 from pytest_instrumental.dilemma import compute_dilemma
-from pytest_instrumental.gate import check_dilemma
+from pytest_instrumental.gate import Measured, check
 from pytest_instrumental.metrics import mcnemar_exact_p
 from pytest_instrumental.verdicts import ItemResult
 from tests.helpers import conditions, item
@@ -47,14 +47,14 @@ def test_the_effect_and_the_override_are_paired_differences_against_the_defence_
 
 def test_the_gate_fails_an_override_above_its_limit_and_says_when_there_is_none() -> None:
     dilemma = compute_dilemma(items(), ["m"], conditions(["baseline", "pro_ic"], defenses=["anti_ic"]))
-    (crossed,) = check_dilemma(dilemma, Thresholds({}, None, max_override=30))
+    (crossed,) = check(Measured(dilemma=dilemma), Thresholds({}, None, max_override=30))
     assert (
         crossed.message() == "m anti_ic+pro_ic: override 32.58 crosses the maximum 30.00 (--instrumental-max-override)"
     )
-    assert check_dilemma(dilemma, Thresholds({}, None, max_override=35)) == []
-    upper = check_dilemma(dilemma, Thresholds({}, None, max_override=35, bound="upper"))
+    assert check(Measured(dilemma=dilemma), Thresholds({}, None, max_override=35)) == []
+    upper = check(Measured(dilemma=dilemma), Thresholds({}, None, max_override=35, bound="upper"))
     assert upper and upper[0].compared is not None and upper[0].compared >= 35
-    (unmeasured,) = check_dilemma(None, Thresholds({}, None, max_override=35))
+    (unmeasured,) = check(Measured(dilemma=None), Thresholds({}, None, max_override=35))
     assert "not evaluated: no push ran under a defence" in unmeasured.message()
 
 
