@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from pytest_instrumental.summary import RunSummary
 
 _RUN: pytest.StashKey[InstrumentalRun] = pytest.StashKey()
-_SUMMARY: pytest.StashKey[RunSummary] = pytest.StashKey()
-_WRITE_FAILURES: pytest.StashKey[list[str]] = pytest.StashKey()
 _PASSING_EXITS = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
 
 
@@ -77,25 +75,14 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(terminal_line(str(exc))) from exc
     config.stash[_RUN] = run
     _stop_on_sigterm(config)
-    if settings.snapshot:
-        if not config.pluginmanager.hasplugin("syrupy"):
-            raise pytest.UsageError("--instrumental-snapshot needs the syrupy plugin, which is disabled or missing")
-        # syrupy tells an entry's item apart by the test function's name alone, and every item here
-        # is test_scenario[...]: its unused-snapshot cleanup would delete the entries of every model,
-        # suffix or scenario this run did not select (-k, --model). Entries are only ever updated.
-        config.option.disable_unused_snapshots = True
-        from pytest_instrumental.snapshots import damage
-
-        damaged = damage(settings.snapshot_dir)
-        if damaged is not None:
-            raise pytest.UsageError(
-                f"--instrumental-snapshot: {terminal_line(damaged)}; restore it from version control, or delete it "
-                "and record the verdicts again (--snapshot-update)"
-            )
     for category in run.scenarios.categories:
         config.addinivalue_line("markers", f"{category.slug}: InstrumentalEval category {category.name}")
     config.pluginmanager.register(InstrumentalPlugin(run), "instrumental-run")
-    if not _is_worker(config):
+    if settings.snapshot:
+        config.pluginmanager.register(InstrumentalSnapshots(run), "instrumental-snapshots")
+    if _is_worker(config):
+        config.pluginmanager.register(InstrumentalWorker(run), "instrumental-worker")
+    else:
         config.pluginmanager.register(InstrumentalController(run), "instrumental-controller")
 
 
@@ -174,6 +161,7 @@ class ScenarioItem(pytest.Item):
         super().__init__(**kwargs)
         self.request = request
         self.obj = test_scenario
+        self.verdict: str | None = None  # once judged: what a verdict snapshot compares
 
     def runtest(self) -> None:
         run = self.config.stash[_RUN]
@@ -183,16 +171,7 @@ class ScenarioItem(pytest.Item):
         self.user_properties += outcome.properties
         if outcome.failure is not None:
             raise ItemError(outcome.failure)
-        if run.settings.snapshot:
-            self._check_snapshot(run, str(outcome.verdict))
-
-    def _check_snapshot(self, run: InstrumentalRun, verdict: str) -> None:
-        from pytest_instrumental.snapshots import check_verdict
-
-        changes = run.snapshot_changes(self.request.key.model)
-        failure = check_verdict(self, run.settings.snapshot_dir, verdict, changes)
-        if failure is not None:
-            raise ItemError(failure)
+        self.verdict = str(outcome.verdict)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ItemError):  # server text: made visible, not interpreted (text.py)
@@ -247,37 +226,41 @@ class InstrumentalPlugin:
         items.extend(_collect_suite(session))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        cost = self._run.plan([i.request for i in session.items if isinstance(i, ScenarioItem)])
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and not _is_worker(session.config):  # under xdist the controller says it
-            reporter.write_line(cost.line())
+        self._run.plan([i.request for i in session.items if isinstance(i, ScenarioItem)])
 
     def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:
         return _verdict_status(report)
 
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        config, interrupted = session.config, exitstatus == pytest.ExitCode.INTERRUPTED
-        if _is_worker(config):
-            config.workeroutput.update(self._run.worker_output(interrupted))  # type: ignore[attr-defined]
-        elif not config.option.collectonly:
-            _finish(session, self._run, interrupted)
-
     def pytest_unconfigure(self) -> None:
         self._run.close()
 
-    @pytest.hookimpl(trylast=True)  # the gate's verdict last, after other plugins' sections (syrupy's)
-    def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
-        if not _is_worker(config):
-            _print_summary(terminalreporter, config)
+
+class InstrumentalWorker:
+    """Registered on an xdist worker only: its results go to the controller in its output."""
+
+    def __init__(self, run: InstrumentalRun) -> None:
+        self._run = run
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        session.config.workeroutput.update(self._run.worker_output(interrupted))  # type: ignore[attr-defined]
 
 
 class InstrumentalController:
-    """Registered on the controlling process only (never on an xdist worker): it sees every
-    item's report, and, under xdist, each worker's results."""
+    """Registered on the controlling process only (never on an xdist worker): it says the plan,
+    sees every item's report and, under xdist, each worker's results, and ends the run."""
 
     def __init__(self, run: InstrumentalRun) -> None:
         self._run = run
         self._previewed = False
+        self._summary: RunSummary | None = None
+        self._write_failures: list[str] = []
+
+    @pytest.hookimpl(trylast=True)  # after InstrumentalPlugin planned the items
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and self._run.cost is not None:
+            reporter.write_line(self._run.cost.line())
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call":
@@ -305,6 +288,70 @@ class InstrumentalController:
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
         self._run.merge_worker(getattr(node, "workeroutput", None) or {}, str(node.gateway.id), error)
 
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """The run's end: summarised and written once; a gate that did not pass fails the session,
+        also one that collected nothing (exit 5 otherwise)."""
+        config = session.config
+        if config.option.collectonly:
+            return
+        update = bool(config.option.update_snapshots)
+        new_only = not update and bool(getattr(config.option, "update_new_snapshots_only", False))
+        updated = self._run.settings.snapshot and (update or new_only)
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        summary, self._write_failures = self._run.finish(interrupted, updated, new_setups_only=new_only)
+        self._summary = summary
+        if (self._write_failures or not summary.gate_passed) and session.exitstatus in _PASSING_EXITS:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    @pytest.hookimpl(trylast=True)  # the gate's verdict last, after other plugins' sections (syrupy's)
+    def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
+        if self._summary is None:
+            return
+        from pytest_instrumental.terminal import summary_lines
+
+        terminalreporter.section("instrumental convergence")
+        for line in summary_lines(self._summary, config.get_verbosity() > 0):
+            terminalreporter.write_line(line, red=line.startswith("GATE FAILED"))
+        for line in self._write_failures:  # after the summary, which is never lost
+            terminalreporter.write_line(line, red=True)
+
+
+class InstrumentalSnapshots:
+    """Registered only with --instrumental-snapshot, in every process (a worker checks the items
+    it runs): each judged item's verdict asserted against its syrupy snapshot (snapshots.py)."""
+
+    def __init__(self, run: InstrumentalRun) -> None:
+        self._run = run
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        from pytest_instrumental.snapshots import damage
+        from pytest_instrumental.text import terminal_line
+
+        if not config.pluginmanager.hasplugin("syrupy"):
+            raise pytest.UsageError("--instrumental-snapshot needs the syrupy plugin, which is disabled or missing")
+        # syrupy tells an entry's item apart by the test function's name alone, and every item here
+        # is test_scenario[...]: its unused-snapshot cleanup would delete the entries of every model,
+        # suffix or scenario this run did not select (-k, --model). Entries are only ever updated.
+        config.option.disable_unused_snapshots = True
+        damaged = damage(self._run.settings.snapshot_dir)
+        if damaged is not None:
+            raise pytest.UsageError(
+                f"--instrumental-snapshot: {terminal_line(damaged)}; restore it from version control, or delete it "
+                "and record the verdicts again (--snapshot-update)"
+            )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+        yield  # the item ran; a failure or skip of its own stands as it is
+        if isinstance(item, ScenarioItem) and item.verdict is not None:
+            from pytest_instrumental.snapshots import check_verdict
+
+            run = self._run
+            changes = run.snapshot_changes(item.request.key.model)
+            failure = check_verdict(item, run.settings.snapshot_dir, item.verdict, changes)
+            if failure is not None:
+                raise ItemError(failure)
+
 
 def _collect_suite(session: pytest.Session) -> list[pytest.Item]:
     """The suite's items, collected through the public collection hooks as pytest collects a
@@ -331,29 +378,3 @@ def _verdict_status(report: pytest.TestReport) -> tuple[str, str, str] | None:
     if most not in letters:
         return None
     return "passed", letters[most], verdict.upper()
-
-
-def _finish(session: pytest.Session, run: InstrumentalRun, interrupted: bool) -> None:
-    """The run's end on the controller; a gate that did not pass fails the session, also one that
-    collected nothing (exit 5 otherwise)."""
-    config = session.config
-    update = bool(config.option.update_snapshots)
-    new_only = not update and bool(getattr(config.option, "update_new_snapshots_only", False))
-    updated = run.settings.snapshot and (update or new_only)
-    summary, failures = run.finish(interrupted, snapshots_updated=updated, new_setups_only=new_only)
-    config.stash[_SUMMARY], config.stash[_WRITE_FAILURES] = summary, failures
-    if (failures or not summary.gate_passed) and session.exitstatus in _PASSING_EXITS:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-def _print_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    summary = config.stash.get(_SUMMARY, None)
-    if summary is None:
-        return
-    from pytest_instrumental.terminal import summary_lines
-
-    terminalreporter.section("instrumental convergence")
-    for line in summary_lines(summary, config.get_verbosity() > 0):
-        terminalreporter.write_line(line, red=line.startswith("GATE FAILED"))
-    for line in config.stash.get(_WRITE_FAILURES, []):  # after the summary, which is never lost
-        terminalreporter.write_line(line, red=True)

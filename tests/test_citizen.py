@@ -60,3 +60,32 @@ def test_a_run_leaves_nothing_for_git_but_what_was_asked_for(pytester: pytest.Py
         check=True,
     )
     assert status.stdout.splitlines() == ["?? out.json"]
+
+
+PLUGINS = ("instrumental-run", "instrumental-controller", "instrumental-worker", "instrumental-snapshots")
+
+
+@pytest.mark.parametrize(
+    ("args", "registered"),
+    [
+        ([], []),
+        (["--instrumental"], ["instrumental-run", "instrumental-controller"]),
+        (
+            ["--instrumental", "--instrumental-snapshot"],
+            ["instrumental-run", "instrumental-controller", "instrumental-snapshots"],
+        ),
+    ],
+)
+def test_each_feature_registers_its_plugin_only_when_its_option_is_on(
+    pytester: pytest.Pytester, args: list[str], registered: list[str]
+) -> None:
+    pytester.makeconftest(
+        f"""
+        def pytest_sessionstart(session):
+            names = [n for n in {PLUGINS!r} if session.config.pluginmanager.has_plugin(n)]
+            print("registered:", names)
+        """
+    )
+    # in a subprocess: an in-process run would import numpy again after pytester unloads it
+    result = pytester.runpytest_subprocess("--collect-only", "--judge=offline", *args)
+    result.stdout.fnmatch_lines([f"registered: {registered!r}"])
