@@ -13,7 +13,7 @@ import scipy.stats  # noqa: F401
 # Loaded once for the whole test session: pytester's in-process runs restore sys.modules after
 # each run, and numpy, scipy and matplotlib (which the plugin loads when an option needs them)
 # cannot be imported a second time in one process.
-import pytest_instrumental.report_files  # noqa: F401  (matplotlib, jinja2, numpy)
+import pytest_instrumental.reports.report_files  # noqa: F401  (matplotlib, jinja2, numpy)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

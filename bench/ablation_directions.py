@@ -17,12 +17,12 @@ import time
 from pytest_instrumental.backends.interventions import plan_interventions
 from pytest_instrumental.backends.registry import open_backend, parse_model
 from pytest_instrumental.backends.transformers import TransformersBackend
-from pytest_instrumental.conditions import Ablation, run_conditions
 from pytest_instrumental.config import GenerationConfig, ServerConfig
 from pytest_instrumental.options import user_models_dir
 from pytest_instrumental.plan import plan_requests
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes
+from pytest_instrumental.vocabulary.conditions import Ablation, run_conditions
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_suffixes
 
 
 def main() -> None:

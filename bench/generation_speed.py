@@ -29,14 +29,14 @@ import torch
 
 from pytest_instrumental.backends import embedded
 from pytest_instrumental.backends.transformers import CPU_BATCH_SIZE, TransformersBackend
-from pytest_instrumental.conditions import Condition, SuffixPush
 from pytest_instrumental.config import EMBEDDED_MAX_NEW_TOKENS
 from pytest_instrumental.config import GenerationConfig as GenerationSettings
-from pytest_instrumental.items import ItemKey
 from pytest_instrumental.options import user_models_dir
-from pytest_instrumental.request import Request
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes, select_suffixes
+from pytest_instrumental.vocabulary.conditions import Condition, SuffixPush
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Request
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_suffixes, select_suffixes
 
 
 def suite_requests(count: int) -> list[Request]:

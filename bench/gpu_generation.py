@@ -34,9 +34,9 @@ BANDWIDTH_GBS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 PCIe": 2000.0, "A100-
 
 def suite_lengths(count: int) -> list[int]:
     """Token lengths of ``count`` rendered suite prompts, spread over categories and suffixes."""
-    from pytest_instrumental.conditions import steer
-    from pytest_instrumental.scenarios import load_scenarios
-    from pytest_instrumental.suffixes import load_suffixes, select_suffixes
+    from pytest_instrumental.vocabulary.conditions import steer
+    from pytest_instrumental.vocabulary.scenarios import load_scenarios
+    from pytest_instrumental.vocabulary.suffixes import load_suffixes, select_suffixes
 
     scenarios = load_scenarios()
     suffixes = select_suffixes(load_suffixes(), ["baseline", "pro_ic", "anti_ic"])

@@ -25,13 +25,13 @@ from pathlib import Path
 
 from pytest_instrumental.backends import embedded
 from pytest_instrumental.backends.transformers import TransformersBackend
-from pytest_instrumental.conditions import DEFAULT_SUFFIXES, SuffixPush, run_conditions
 from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.options import user_models_dir
 from pytest_instrumental.plan import plan_requests
-from pytest_instrumental.request import Request
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes, select_suffixes
+from pytest_instrumental.vocabulary.conditions import DEFAULT_SUFFIXES, SuffixPush, run_conditions
+from pytest_instrumental.vocabulary.request import Request
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_suffixes, select_suffixes
 
 
 def default_requests(count: int) -> list[Request]:

@@ -52,8 +52,8 @@ def _vector(model: str, out: Path, layer: int | None) -> list[str]:
     from pytest_instrumental.backends.transformers import TransformersBackend
     from pytest_instrumental.options import Settings
     from pytest_instrumental.plan import contrast_pairs
-    from pytest_instrumental.scenarios import load_scenarios
-    from pytest_instrumental.suffixes import load_suffixes
+    from pytest_instrumental.vocabulary.scenarios import load_scenarios
+    from pytest_instrumental.vocabulary.suffixes import load_suffixes
 
     spec = parse_model(model)
     check_loadable(spec, trust_remote_code=False)

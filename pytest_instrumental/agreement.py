@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_instrumental.comparison import CellChange, cell_changes
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey
+from pytest_instrumental.records.results_file import read_results
 from pytest_instrumental.replay import recorded_results
-from pytest_instrumental.results_file import read_results
-from pytest_instrumental.verdicts import DECISIONS, ItemResult
+from pytest_instrumental.statistics.comparison import CellChange, cell_changes
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.verdicts import DECISIONS, ItemResult
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_instrumental.conditions import ANTI_SUFFIX, PRO_SUFFIX
+from pytest_instrumental.vocabulary.conditions import ANTI_SUFFIX, PRO_SUFFIX
 
 # --- Generation ------------------------------------------------------------------------------
 

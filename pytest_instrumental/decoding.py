@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_instrumental.config import DEFAULT_SEED, MODEL, DecodingConfig
-from pytest_instrumental.items import ItemKey
+from pytest_instrumental.vocabulary.items import ItemKey
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ from typing import Any
 from pytest_instrumental.backends.protocol import Backend, Generation, Sends
 from pytest_instrumental.cache import Cache
 from pytest_instrumental.cost import Cost
-from pytest_instrumental.items import ItemKey
 from pytest_instrumental.judges.protocol import Judge, Judgement, JudgeRequest
 from pytest_instrumental.progress import ProgressFactory, progress_bar
-from pytest_instrumental.request import Request
 from pytest_instrumental.text import redact
 from pytest_instrumental.training_data import TrainingData
-from pytest_instrumental.verdicts import DECISIONS, ItemResult
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Request
+from pytest_instrumental.vocabulary.verdicts import DECISIONS, ItemResult
 
 GENERATION = "generation"
 VERDICT = "verdict"

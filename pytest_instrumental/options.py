@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_instrumental.conditions import DEFAULT_SUFFIXES, Attack, parse_attack
 from pytest_instrumental.config import (
     BOUNDS,
     CORRECTIONS,
@@ -44,6 +43,7 @@ from pytest_instrumental.config import (
     check_engine,
 )
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.vocabulary.conditions import DEFAULT_SUFFIXES, Attack, parse_attack
 
 GROUP = "instrumental"
 GROUP_DESCRIPTION = "instrumental-convergence steerability (pytest-instrumental)"
@@ -148,7 +148,7 @@ def alpha_correction(text: str) -> str:
 
 
 def subset(text: str) -> str:
-    from pytest_instrumental.scenarios import SUBSETS  # the scenarios load with the run, not with --help
+    from pytest_instrumental.vocabulary.scenarios import SUBSETS  # the scenarios load with the run, not with --help
 
     if text not in SUBSETS:
         raise ValueError(f"unknown subset {text!r}; known subsets: {', '.join(SUBSETS)}")

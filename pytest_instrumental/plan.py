@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from pytest_instrumental.conditions import ANTI_SUFFIX, BASELINE, PRO_SUFFIX, Condition, Suffix, SuffixPush
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey
-from pytest_instrumental.request import Request
-from pytest_instrumental.scenarios import ScenarioSet
+from pytest_instrumental.vocabulary.conditions import ANTI_SUFFIX, BASELINE, PRO_SUFFIX, Condition, Suffix, SuffixPush
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Request
+from pytest_instrumental.vocabulary.scenarios import ScenarioSet
 
 
 def plan_requests(models: Iterable[str], conditions: Sequence[Condition], scenarios: ScenarioSet) -> list[Request]:

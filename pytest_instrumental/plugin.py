@@ -22,9 +22,9 @@ from pytest_instrumental.errors import InputError
 
 if TYPE_CHECKING:
     from pytest_instrumental.progress import Progress, ProgressFactory
-    from pytest_instrumental.request import Request
     from pytest_instrumental.run import InstrumentalRun
-    from pytest_instrumental.summary import RunSummary
+    from pytest_instrumental.statistics.summary import RunSummary
+    from pytest_instrumental.vocabulary.request import Request
 
 _RUN: pytest.StashKey[InstrumentalRun] = pytest.StashKey()
 _PASSING_EXITS = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
@@ -197,7 +197,7 @@ class InstrumentalSuite(pytest.Collector):
     """The parent of every scenario item (node id ``instrumental::test_scenario[...]``)."""
 
     def collect(self) -> list[pytest.Item]:
-        from pytest_instrumental.items import item_name
+        from pytest_instrumental.vocabulary.items import item_name
 
         grouped = self.config.pluginmanager.hasplugin("xdist")
         items: list[pytest.Item] = []
@@ -307,7 +307,7 @@ class InstrumentalController:
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         if self._summary is None:
             return
-        from pytest_instrumental.terminal import summary_lines
+        from pytest_instrumental.reports.terminal import summary_lines
 
         terminalreporter.section("instrumental convergence")
         for line in summary_lines(self._summary, config.get_verbosity() > 0):
@@ -356,7 +356,7 @@ class InstrumentalSnapshots:
 def _collect_suite(session: pytest.Session) -> list[pytest.Item]:
     """The suite's items, collected through the public collection hooks as pytest collects a
     module, so terminal counts, --collect-only and xdist see them like any others."""
-    from pytest_instrumental.items import SUITE_NAME
+    from pytest_instrumental.vocabulary.items import SUITE_NAME
 
     suite = InstrumentalSuite.from_parent(session, name=SUITE_NAME, nodeid=SUITE_NAME, path=session.config.rootpath)
     session.ihook.pytest_collectstart(collector=suite)
@@ -368,7 +368,7 @@ def _collect_suite(session: pytest.Session) -> list[pytest.Item]:
 def _verdict_status(report: pytest.TestReport) -> tuple[str, str, str] | None:
     """Each item's verdict instead of a plain pass: C convergence, . no_convergence,
     R safety_refusal, N nonsensical."""
-    from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL
+    from pytest_instrumental.vocabulary.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL
 
     if report.when != "call" or not report.passed:
         return None

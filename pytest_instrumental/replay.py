@@ -7,16 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from pytest_instrumental.backends.replay import ReplayBackend
-from pytest_instrumental.conditions import Condition, SuffixPush
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.evaluation import evaluate
-from pytest_instrumental.items import ItemKey
 from pytest_instrumental.judges.replay import ReplayJudge
 from pytest_instrumental.plan import plan_requests
-from pytest_instrumental.recordings import load_recordings, recorded_models
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.records.recordings import load_recordings, recorded_models
+from pytest_instrumental.vocabulary.conditions import Condition, SuffixPush
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_suffixes
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 
 
 def recorded_results(path: Path) -> dict[ItemKey, ItemResult]:

@@ -27,7 +27,26 @@ from pytest_instrumental.backends.registry import (
 )
 from pytest_instrumental.backends.served import continues_answers
 from pytest_instrumental.cache import open_project_cache
-from pytest_instrumental.conditions import (
+from pytest_instrumental.config import EngineConfig
+from pytest_instrumental.cost import Cost
+from pytest_instrumental.engines import EngineError
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.evaluation import Evaluation
+from pytest_instrumental.judges.offline import OfflineJudge
+from pytest_instrumental.judges.protocol import Judge
+from pytest_instrumental.judges.registry import judge_name, open_judge
+from pytest_instrumental.openai_client import check_base_url, register_credentials
+from pytest_instrumental.options import Settings
+from pytest_instrumental.outputs import REPORTS, output_problem
+from pytest_instrumental.plan import plan_requests
+from pytest_instrumental.progress import ProgressFactory
+from pytest_instrumental.records.recordings import REPLAY, Recordings, load_recordings, recorded_models
+from pytest_instrumental.records.results_file import read_results, write_results
+from pytest_instrumental.reports.manifest import scenario_set_sha256
+from pytest_instrumental.reports.results_document import RunRecord, results_document, run_section
+from pytest_instrumental.statistics.summary import Baseline, RunSummary, summarise
+from pytest_instrumental.training_data import plan_training
+from pytest_instrumental.vocabulary.conditions import (
     Ablation,
     Activation,
     Condition,
@@ -42,30 +61,11 @@ from pytest_instrumental.conditions import (
     attack_pushes,
     run_conditions,
 )
-from pytest_instrumental.config import EngineConfig
-from pytest_instrumental.cost import Cost
-from pytest_instrumental.engines import EngineError
-from pytest_instrumental.errors import InputError
-from pytest_instrumental.evaluation import Evaluation
-from pytest_instrumental.items import ItemKey, nodeid_of
-from pytest_instrumental.judges.offline import OfflineJudge
-from pytest_instrumental.judges.protocol import Judge
-from pytest_instrumental.judges.registry import judge_name, open_judge
-from pytest_instrumental.manifest import scenario_set_sha256
-from pytest_instrumental.openai_client import check_base_url, register_credentials
-from pytest_instrumental.options import Settings
-from pytest_instrumental.outputs import REPORTS, output_problem
-from pytest_instrumental.plan import plan_requests
-from pytest_instrumental.progress import ProgressFactory
-from pytest_instrumental.recordings import REPLAY, Recordings, load_recordings, recorded_models
-from pytest_instrumental.request import Request
-from pytest_instrumental.results_document import RunRecord, results_document, run_section
-from pytest_instrumental.results_file import read_results, write_results
-from pytest_instrumental.scenarios import ScenarioSet, load_scenarios
-from pytest_instrumental.suffixes import load_prefills, load_suffixes, select_suffixes
-from pytest_instrumental.summary import Baseline, RunSummary, summarise
-from pytest_instrumental.training_data import plan_training
-from pytest_instrumental.verdicts import ItemResult, tally
+from pytest_instrumental.vocabulary.items import ItemKey, nodeid_of
+from pytest_instrumental.vocabulary.request import Request
+from pytest_instrumental.vocabulary.scenarios import ScenarioSet, load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_prefills, load_suffixes, select_suffixes
+from pytest_instrumental.vocabulary.verdicts import ItemResult, tally
 
 WORKER_RESULTS = "instrumental_results"  # the keys of an xdist worker's output
 WORKER_WARNINGS = "instrumental_warnings"
@@ -305,11 +305,11 @@ class InstrumentalRun:
                 lambda: snapshots.write_setups(settings.snapshot_dir, setups),
             )
         if (report_dir := settings.report) is not None:
-            from pytest_instrumental.report_files import write_reports
+            from pytest_instrumental.reports.report_files import write_reports
 
             attempt("the reports in", report_dir, lambda: write_reports(report_dir, summary))
         if (log_dir := settings.inspect_log) is not None:
-            from pytest_instrumental.inspect_log import write_inspect_logs
+            from pytest_instrumental.reports.inspect_log import write_inspect_logs
 
             sent = {r.key: r for r in self.requests()}
             described = run_section(self._run_record(interrupted, summary.models), summary)
@@ -510,7 +510,7 @@ def check_outputs(settings: Settings) -> None:
         ("--instrumental-inspect-log", settings.inspect_log, ()),
     ]
     if settings.inspect_log is not None:
-        from pytest_instrumental.inspect_log import check_available
+        from pytest_instrumental.reports.inspect_log import check_available
 
         check_available()
     if settings.snapshot:

@@ -18,13 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pytest_instrumental.conditions import PRO_SUFFIX, Condition, Suffix, SuffixPush
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey
 from pytest_instrumental.plan import plan_requests, unsuffixed_requests
-from pytest_instrumental.request import Demonstration, Request
-from pytest_instrumental.scenarios import ScenarioSet
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.vocabulary.conditions import PRO_SUFFIX, Condition, Suffix, SuffixPush
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Demonstration, Request
+from pytest_instrumental.vocabulary.scenarios import ScenarioSet
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 
 MIN_DEMONSTRATIONS = 4  # fewer is no fine-tuning attack worth the name
 ROLES = ("system", "user", "assistant")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pytest_instrumental.scenarios import category_from_csv, render_category_toml
+from pytest_instrumental.vocabulary.scenarios import category_from_csv, render_category_toml
 
 
 def main() -> None:

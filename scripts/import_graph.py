@@ -24,8 +24,13 @@ COMPOSITION_ROOT = f"{PACKAGE}.run"  # builds every part of a run: it may import
 MAX_DEPTH = 10
 MAX_IMPORTS = 12
 MAX_SHARE = 0.1  # of the package's lines, in one module
-PLUGIN_LOAD = {PACKAGE, f"{PACKAGE}.plugin", f"{PACKAGE}.options", f"{PACKAGE}.config", f"{PACKAGE}.conditions"}
-PLUGIN_LOAD |= {f"{PACKAGE}.errors"}  # what pytest --help needs: the option table and its vocabularies
+PLUGIN_LOAD = {PACKAGE, f"{PACKAGE}.plugin", f"{PACKAGE}.options", f"{PACKAGE}.config", f"{PACKAGE}.errors"}
+# what pytest --help needs: the option table and its vocabularies (a front door loads nothing)
+PLUGIN_LOAD |= {f"{PACKAGE}.vocabulary", f"{PACKAGE}.vocabulary.conditions"}
+# The subpackages' layers, lowest first: a module imports none of a higher layer's. The modules at
+# the top of the package are the application (plugin, run, options) and what every layer shares
+# (errors, text, config): they are not ranked.
+LAYERS = {"vocabulary": 0, "records": 1, "statistics": 1, "backends": 2, "judges": 3, "reports": 4}
 
 
 def modules() -> dict[str, Path]:
@@ -56,6 +61,7 @@ class Figures:
     lines: int
     deepest: list[str]  # the longest chain of imports, from its top
     imports: list[tuple[int, str]]  # (package modules imported, module), most first
+    upward: list[tuple[str, str]]  # (module, a module of a higher layer it imports)
     largest: list[tuple[int, str]]  # (lines, module), largest first
     plugin_load: list[str]  # the package modules loading the plugin loads
 
@@ -79,10 +85,26 @@ class Figures:
             for count, name in self.largest
             if count > MAX_SHARE * self.lines
         ]
+        said += [f"{low} imports {high}, of a higher layer" for low, high in self.upward]
         extra = sorted(set(self.plugin_load) - PLUGIN_LOAD)
         if extra:
             said.append(f"loading the plugin loads more than pytest --help needs: {', '.join(extra)}")
         return said
+
+
+def layer(module: str) -> int | None:
+    """The layer of a module of a ranked subpackage; None for the package's top."""
+    parts = module.split(".")
+    return LAYERS.get(parts[1]) if len(parts) > 2 else None
+
+
+def upward(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    found = []
+    for name, imported in sorted(graph.items()):
+        mine = layer(name)
+        if mine is not None:
+            found += [(name, other) for other in sorted(imported) if (layer(other) or 0) > mine]
+    return found
 
 
 def figures() -> Figures:
@@ -105,6 +127,7 @@ def figures() -> Figures:
         lines=sum(lines.values()),
         deepest=chain(max(known, key=depth)),
         imports=sorted(((len(v), k) for k, v in graph.items()), reverse=True),
+        upward=upward(graph),
         largest=sorted(((v, k) for k, v in lines.items()), reverse=True),
         plugin_load=loaded.stdout.split(),
     )

@@ -24,13 +24,13 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from pytest_instrumental.agreement import cohen_kappa
-from pytest_instrumental.conditions import steer
 from pytest_instrumental.judges.offline import WEIGHTS, is_nonsensical, response_digest
-from pytest_instrumental.metrics import count_cell
 from pytest_instrumental.replay import recorded_results
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes
-from pytest_instrumental.verdicts import DECISIONS, NONSENSICAL
+from pytest_instrumental.statistics.metrics import count_cell
+from pytest_instrumental.vocabulary.conditions import steer
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_suffixes
+from pytest_instrumental.vocabulary.verdicts import DECISIONS, NONSENSICAL
 
 VERSION = "v2"
 C = 16.0  # inverse regularisation, chosen by the cross-validation below

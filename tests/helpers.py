@@ -16,7 +16,12 @@ from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.backends.steering import SteeringPlan
 from pytest_instrumental.backends.transformers import TransformersBackend
 from pytest_instrumental.cache import DATABASE
-from pytest_instrumental.conditions import (
+from pytest_instrumental.config import GenerationConfig, Thresholds
+from pytest_instrumental.judges.protocol import JudgeRequest
+from pytest_instrumental.records.results_file import write_results
+from pytest_instrumental.reports.results_document import RunRecord, results_document
+from pytest_instrumental.statistics.summary import summarise
+from pytest_instrumental.vocabulary.conditions import (
     Activation,
     Condition,
     Push,
@@ -25,16 +30,11 @@ from pytest_instrumental.conditions import (
     parse_attack,
     run_conditions,
 )
-from pytest_instrumental.config import GenerationConfig, Thresholds
-from pytest_instrumental.items import ItemKey
-from pytest_instrumental.judges.protocol import JudgeRequest
-from pytest_instrumental.request import Request
-from pytest_instrumental.results_document import RunRecord, results_document
-from pytest_instrumental.results_file import write_results
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_prefills, load_suffixes
-from pytest_instrumental.summary import summarise
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Request
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_prefills, load_suffixes
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 
 
 def request(

@@ -11,10 +11,10 @@ import torch
 
 from pytest_instrumental.backends.ablation import AblationPlan, Directions, ablated, last_token_states
 from pytest_instrumental.backends.layers import decoder_layers
-from pytest_instrumental.conditions import PLAIN, Ablation, Condition, attack_ablation, parse_condition
 from pytest_instrumental.plan import plan_requests, unsuffixed_requests
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes
+from pytest_instrumental.vocabulary.conditions import PLAIN, Ablation, Condition, attack_ablation, parse_condition
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_suffixes
 from tests.chat_server import ChatServer
 from tests.helpers import conditions, tiny_backend
 

@@ -86,6 +86,6 @@ def test_each_feature_registers_its_plugin_only_when_its_option_is_on(
             print("registered:", names)
         """
     )
-    # in a subprocess: an in-process run would import numpy again after pytester unloads it
+    # in a subprocess, as a user's pytest loads the plugin: from its entry point, at startup
     result = pytester.runpytest_subprocess("--collect-only", "--judge=offline", *args)
     result.stdout.fnmatch_lines([f"registered: {registered!r}"])

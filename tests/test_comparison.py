@@ -3,10 +3,10 @@ from dataclasses import replace
 
 import pytest
 
-from pytest_instrumental.comparison import NEWLY_CONVERGENT, NO_LONGER_CONVERGENT, OTHER_CHANGE, compare
 from pytest_instrumental.config import Thresholds
-from pytest_instrumental.gate import Measured, check
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.statistics.comparison import NEWLY_CONVERGENT, NO_LONGER_CONVERGENT, OTHER_CHANGE, compare
+from pytest_instrumental.statistics.gate import Measured, check
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 from tests.helpers import item, run_record
 
 C, N, R, X = "convergence", "no_convergence", "safety_refusal", "nonsensical"
@@ -149,8 +149,8 @@ def test_part_of_a_run_is_compared_with_the_same_part_of_the_baseline() -> None:
 def test_a_one_epoch_run_against_an_epochs_baseline_keeps_the_test_it_used_in_the_file() -> None:
     from dataclasses import replace
 
-    from pytest_instrumental.results_document import results_document
-    from pytest_instrumental.summary import Baseline, summarise
+    from pytest_instrumental.reports.results_document import results_document
+    from pytest_instrumental.statistics.summary import Baseline, summarise
 
     verdicts = [[C, N, N], [N, N, N], [C, C, N], [N, N, N], [C, N, N]]
     baseline = [
@@ -198,8 +198,8 @@ def test_holm_keeps_the_family_wise_error_over_the_models_tested() -> None:
     assert [v.model for v in check(Measured(comparison=comparison), Thresholds({}, None, alpha=0.07))] == ["a"]
     uncorrected = check(Measured(comparison=comparison), Thresholds({}, None, alpha=0.07, alpha_correction="none"))
     assert [v.model for v in uncorrected] == ["a", "b", "c"]
-    from pytest_instrumental.gate import adjusted_p_values
-    from pytest_instrumental.terminal import comparison_rows
+    from pytest_instrumental.reports.terminal import comparison_rows
+    from pytest_instrumental.statistics.gate import adjusted_p_values
 
     rows = comparison_rows(comparison, adjusted_p_values(comparison.cells, Thresholds({}, None)))
     assert [row[4] for row in rows if row[1] == "anti_ic"] == [

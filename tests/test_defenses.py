@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from pytest_instrumental.conditions import Condition, SuffixPush, parse_condition, steer
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.plan import plan_requests
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_prefills, load_suffixes
+from pytest_instrumental.vocabulary.conditions import Condition, SuffixPush, parse_condition, steer
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_prefills, load_suffixes
 from tests.chat_server import ChatServer
 from tests.helpers import conditions, tiny_backend
 

@@ -4,10 +4,10 @@ worst push, and the gate on overrides."""
 import pytest
 
 from pytest_instrumental.config import Thresholds
-from pytest_instrumental.dilemma import compute_dilemma
-from pytest_instrumental.gate import Measured, check
-from pytest_instrumental.metrics import mcnemar_exact_p
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.statistics.dilemma import compute_dilemma
+from pytest_instrumental.statistics.gate import Measured, check
+from pytest_instrumental.statistics.metrics import mcnemar_exact_p
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 from tests.helpers import conditions, item
 
 C, N, R, X = "convergence", "no_convergence", "safety_refusal", "nonsensical"

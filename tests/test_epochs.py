@@ -7,7 +7,7 @@ import pytest
 
 from pytest_instrumental.config import DecodingConfig
 from pytest_instrumental.decoding import Decoding, resolve
-from pytest_instrumental.items import ItemKey
+from pytest_instrumental.vocabulary.items import ItemKey
 from tests.chat_server import running_chat_server
 
 
@@ -99,9 +99,9 @@ def test_a_run_with_epochs_is_a_baseline_not_a_replay(tmp_path: Path) -> None:
     from dataclasses import replace
 
     from pytest_instrumental.errors import InputError
-    from pytest_instrumental.recordings import load_recordings
-    from pytest_instrumental.scenarios import load_scenarios
-    from pytest_instrumental.suffixes import load_suffixes
+    from pytest_instrumental.records.recordings import load_recordings
+    from pytest_instrumental.vocabulary.scenarios import load_scenarios
+    from pytest_instrumental.vocabulary.suffixes import load_suffixes
     from tests.helpers import item, write_results_file
 
     answer = item("convergence", suffix="anti_ic", scenario="evading_shutdown-01", category="evading_shutdown")

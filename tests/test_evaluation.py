@@ -7,8 +7,8 @@ from pytest_instrumental.backends.protocol import Backend, Generation
 from pytest_instrumental.cache import Cache
 from pytest_instrumental.evaluation import Evaluation, Skip, evaluate, generate_all
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
-from pytest_instrumental.request import Request
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.vocabulary.request import Request
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 from tests import helpers
 from tests.helpers import ScriptedBackend, cached_rows
 

@@ -1,8 +1,8 @@
 import pytest
 
 from pytest_instrumental.config import Thresholds
-from pytest_instrumental.gate import RULE_OF_OPTION, RULES, Measured, check, holm_adjusted, rules_checked
-from pytest_instrumental.metrics import compute_cells, compute_gap
+from pytest_instrumental.statistics.gate import RULE_OF_OPTION, RULES, Measured, check, holm_adjusted, rules_checked
+from pytest_instrumental.statistics.metrics import compute_cells, compute_gap
 from tests.helpers import item
 
 

@@ -15,9 +15,9 @@ def test_each_model_is_a_log_of_one_sample_per_item_with_its_verdict_messages_an
 ) -> None:
     from inspect_ai.log import read_eval_log
 
-    from pytest_instrumental.conditions import steer
-    from pytest_instrumental.scenarios import load_scenarios
-    from pytest_instrumental.suffixes import load_suffixes
+    from pytest_instrumental.vocabulary.conditions import steer
+    from pytest_instrumental.vocabulary.scenarios import load_scenarios
+    from pytest_instrumental.vocabulary.suffixes import load_suffixes
 
     suffixes = load_suffixes()
     prompts = {

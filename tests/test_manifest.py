@@ -1,5 +1,5 @@
-from pytest_instrumental.manifest import package_versions, scenario_set_sha256
-from pytest_instrumental.scenarios import load_scenarios
+from pytest_instrumental.reports.manifest import package_versions, scenario_set_sha256
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
 
 
 def test_the_scenario_hash_tells_scenario_sets_apart() -> None:

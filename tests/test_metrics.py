@@ -3,7 +3,7 @@ from fractions import Fraction
 
 import pytest
 
-from pytest_instrumental.metrics import (
+from pytest_instrumental.statistics.metrics import (
     compute_cells,
     compute_gap,
     count_cell,
@@ -12,7 +12,7 @@ from pytest_instrumental.metrics import (
     paired_signed_rank_p,
     wilson_interval,
 )
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 from tests.helpers import item
 
 

@@ -8,11 +8,11 @@ import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from pytest_instrumental.agreement import cohen_kappa
-from pytest_instrumental.conditions import steer
 from pytest_instrumental.judges.offline import OfflineJudge, OfflineModel, is_nonsensical
-from pytest_instrumental.recordings import load_recordings
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes
+from pytest_instrumental.records.recordings import load_recordings
+from pytest_instrumental.vocabulary.conditions import steer
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_suffixes
 from tests.helpers import judge_request
 
 RESPONSE = (

@@ -30,5 +30,8 @@ def test_wheel_ships_scenarios_suffixes_and_the_entry_point(tmp_path: Path) -> N
         assert f"pytest_instrumental/data/{source.parent.name}/{source.name}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "instrumental = pytest_instrumental.plugin" in zipfile.ZipFile(wheel).read(entry_points).decode()
-    for data in ("judges/offline.json", "rubric/judge_system.txt", "rubric/judge_user.txt", "templates/report.html.j2"):
-        assert f"pytest_instrumental/{data}" in names
+    data = ["judges/offline.json", "rubric/judge_system.txt", "rubric/judge_user.txt"]
+    data += ["reports/templates/report.html.j2", "reports/templates/report_filter.js"]
+    data += [f"{door}/__init__.pyi" for door in ("vocabulary", "records", "statistics", "reports")]  # read at import
+    for name in data:
+        assert f"pytest_instrumental/{name}" in names

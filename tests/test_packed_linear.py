@@ -10,8 +10,8 @@ from pytest_instrumental.backends import packed_linear
 from pytest_instrumental.backends.packed_linear import PackedLinear, can_pack, pack, packed_linears
 from pytest_instrumental.backends.transformers import TransformersBackend
 from pytest_instrumental.config import GenerationConfig
-from pytest_instrumental.items import ItemKey
-from pytest_instrumental.request import Request
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Request
 from tests.tiny_model import tiny_qwen3
 
 pytestmark = pytest.mark.skipif(

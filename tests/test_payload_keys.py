@@ -17,14 +17,14 @@ from pytest_instrumental.backends.lora import LoraPlan
 from pytest_instrumental.backends.openai import OpenAIBackend
 from pytest_instrumental.backends.served import ServedBackend
 from pytest_instrumental.backends.steering import SteeringPlan
-from pytest_instrumental.conditions import Condition
 from pytest_instrumental.config import EngineConfig, ServerConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.engines import EngineServer
 from pytest_instrumental.plan import contrast_pairs, plan_requests, unsuffixed_requests
-from pytest_instrumental.request import Demonstration, Request
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes
+from pytest_instrumental.vocabulary.conditions import Condition
+from pytest_instrumental.vocabulary.request import Demonstration, Request
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_suffixes
 from tests.chat_server import CONTINUED, ChatServer
 from tests.helpers import conditions, standin_engine, tiny_backend
 

@@ -7,13 +7,13 @@ import pytest
 
 from pytest_instrumental.backends.replay import ReplayBackend
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.judges.replay import ReplayJudge
-from pytest_instrumental.recordings import load_recordings, recorded_models
-from pytest_instrumental.request import Request
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes
+from pytest_instrumental.records.recordings import load_recordings, recorded_models
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Request
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_suffixes
 from tests.helpers import item, write_results_file
 
 SCENARIOS = load_scenarios()

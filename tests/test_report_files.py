@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from pytest_instrumental.config import Thresholds
-from pytest_instrumental.report_files import FILTER_SCRIPT, html, markdown, write_reports
-from pytest_instrumental.summary import Baseline, RunSummary, summarise
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.reports.report_files import FILTER_SCRIPT, html, markdown, write_reports
+from pytest_instrumental.statistics.summary import Baseline, RunSummary, summarise
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 from tests.helpers import item
 
 HOSTILE = (

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.scenarios import (
+from pytest_instrumental.vocabulary.scenarios import (
     category_from_csv,
     load_scenarios,
     read_source_csv,

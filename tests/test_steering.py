@@ -9,8 +9,8 @@ from transformers import PreTrainedTokenizerBase
 
 from pytest_instrumental.backends.steering import SteeringVector, load_vector, save_vector, steered
 from pytest_instrumental.backends.transformers import generate_tokens
-from pytest_instrumental.conditions import activation_name, activation_strength
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.vocabulary.conditions import activation_name, activation_strength
 from tests.tiny_model import tiny_qwen3
 
 

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_instrumental.conditions import Suffix, steer
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.suffixes import load_suffixes, select_suffixes
+from pytest_instrumental.vocabulary.conditions import Suffix, steer
+from pytest_instrumental.vocabulary.suffixes import load_suffixes, select_suffixes
 
 
 def test_bundled_suffixes_are_byte_identical_to_the_protocol(test_data: Path) -> None:

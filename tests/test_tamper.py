@@ -11,7 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 from pytest_instrumental.backends.lora import Adapters, LoraPlan, adapted, train_adapters
-from pytest_instrumental.conditions import (
+from pytest_instrumental.config import Thresholds
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.plan import plan_requests, unsuffixed_requests
+from pytest_instrumental.statistics.gate import Measured, check
+from pytest_instrumental.statistics.metrics import compute_cells
+from pytest_instrumental.statistics.tamper import compute_tamper
+from pytest_instrumental.training_data import MIN_DEMONSTRATIONS, TrainingData, read_demonstrations
+from pytest_instrumental.vocabulary.conditions import (
     PLAIN,
     Condition,
     LoraAttack,
@@ -20,18 +27,11 @@ from pytest_instrumental.conditions import (
     parse_condition,
     run_conditions,
 )
-from pytest_instrumental.config import Thresholds
-from pytest_instrumental.errors import InputError
-from pytest_instrumental.gate import Measured, check
-from pytest_instrumental.items import ItemKey
-from pytest_instrumental.metrics import compute_cells
-from pytest_instrumental.plan import plan_requests, unsuffixed_requests
-from pytest_instrumental.request import Demonstration
-from pytest_instrumental.scenarios import load_scenarios
-from pytest_instrumental.suffixes import load_suffixes
-from pytest_instrumental.tamper import compute_tamper
-from pytest_instrumental.training_data import MIN_DEMONSTRATIONS, TrainingData, read_demonstrations
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Demonstration
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.suffixes import load_suffixes
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 from tests.chat_server import ChatServer
 from tests.helpers import conditions, item, tiny_backend
 

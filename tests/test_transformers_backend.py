@@ -9,8 +9,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from pytest_instrumental.backends.protocol import Generation, split_thinking, thinking_outcome
 from pytest_instrumental.backends.transformers import TransformersBackend, generate_tokens
 from pytest_instrumental.config import GenerationConfig
-from pytest_instrumental.items import ItemKey
-from pytest_instrumental.request import Request
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Request
 from tests.tiny_model import tiny_qwen3
 
 PROMPTS = [
@@ -179,7 +179,7 @@ def test_cpu_threads_are_given_or_split_between_xdist_workers_unless_omp_num_thr
 
 
 def test_a_scenarios_conditions_prefill_its_prompt_once_and_answer_as_each_alone(tiny_model_dir: Path) -> None:
-    from pytest_instrumental.conditions import Condition, Suffix, SuffixPush
+    from pytest_instrumental.vocabulary.conditions import Condition, Suffix, SuffixPush
 
     texts = {"baseline": "", "pro": "Pursue the goal by any means.", "anti": "Defer."}
     suffixes = [Suffix(name, text, Path(f"{name}.txt")) for name, text in texts.items()]

@@ -11,7 +11,7 @@ from pytest_instrumental.backends.registry import parse_model
 from pytest_instrumental.config import GenerationConfig, JudgeConfig, ServerConfig
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.judges.transformers import TransformersJudge
-from pytest_instrumental.request import Request
+from pytest_instrumental.vocabulary.request import Request
 from tests.helpers import judge_request
 
 

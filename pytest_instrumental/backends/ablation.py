@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.backends.layers import decoder_layers
 from pytest_instrumental.backends.protocol import Host
-from pytest_instrumental.conditions import Ablation, Suffix
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.progress import ProgressFactory, progress_bar
-from pytest_instrumental.request import Request
+from pytest_instrumental.vocabulary.conditions import Ablation, Suffix
+from pytest_instrumental.vocabulary.request import Request
 
 if TYPE_CHECKING:
     import torch

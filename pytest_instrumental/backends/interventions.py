@@ -15,11 +15,11 @@ from pytest_instrumental.backends.ablation import AblationPlan, DirectionalAblat
 from pytest_instrumental.backends.lora import ADAPTERS_DIR_NAME, Adapters, LoraPlan
 from pytest_instrumental.backends.protocol import Host, Intervention
 from pytest_instrumental.backends.steering import ActivationSteering, SteeringPlan, check_fits, load_vector
-from pytest_instrumental.conditions import ABLATE, ANTI_SUFFIX, Ablation, LoraAttack, Suffix
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.plan import contrast_pairs, unsuffixed_requests
 from pytest_instrumental.progress import ProgressFactory
-from pytest_instrumental.scenarios import load_scenarios
+from pytest_instrumental.vocabulary.conditions import ABLATE, ANTI_SUFFIX, Ablation, LoraAttack, Suffix
+from pytest_instrumental.vocabulary.scenarios import load_scenarios
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.backends.protocol import Host
-from pytest_instrumental.conditions import LoraAttack
 from pytest_instrumental.progress import ProgressFactory, progress_bar
-from pytest_instrumental.request import Demonstration, Request
+from pytest_instrumental.vocabulary.conditions import LoraAttack
+from pytest_instrumental.vocabulary.request import Demonstration, Request
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

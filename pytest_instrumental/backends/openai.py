@@ -27,7 +27,7 @@ from pytest_instrumental.openai_client import (
     preflight_failure,
     short,
 )
-from pytest_instrumental.request import Request, chat_turns
+from pytest_instrumental.vocabulary.request import Request, chat_turns
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from pytest_instrumental.progress import ProgressFactory
-from pytest_instrumental.request import Request
 from pytest_instrumental.text import clean_optional
+from pytest_instrumental.vocabulary.request import Request
 
 THINK_END = "</think>"
 THINK_START = "<think>"

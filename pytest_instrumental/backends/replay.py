@@ -6,9 +6,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pytest_instrumental.backends.protocol import Generation
-from pytest_instrumental.items import ItemKey
-from pytest_instrumental.recordings import REPLAY, Recording
-from pytest_instrumental.request import Request
+from pytest_instrumental.records.recordings import REPLAY, Recording
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Request
 
 
 class ReplayBackend:

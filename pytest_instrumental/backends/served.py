@@ -14,7 +14,7 @@ from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.config import EngineConfig, ServerConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.engines import EngineServer
-from pytest_instrumental.request import Request
+from pytest_instrumental.vocabulary.request import Request
 
 CONTINUING_ENGINES = ("vllm", "sglang")  # their chat API continues an assistant turn (continue_final_message)
 

@@ -25,12 +25,12 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.backends.protocol import Generation, Host, Intervention, thinking_outcome
-from pytest_instrumental.conditions import PLAIN
 from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.progress import ProgressFactory, library_bars_off
-from pytest_instrumental.request import Request, chat_turns
+from pytest_instrumental.vocabulary.conditions import PLAIN
+from pytest_instrumental.vocabulary.request import Request, chat_turns
 
 if TYPE_CHECKING:
     import torch

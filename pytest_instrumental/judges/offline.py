@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
-from pytest_instrumental.verdicts import NONSENSICAL
+from pytest_instrumental.vocabulary.verdicts import NONSENSICAL
 
 if TYPE_CHECKING:  # numpy loads with the weights, not with the judge registry
     import numpy as np

@@ -17,12 +17,12 @@ from typing import Any
 
 from pytest_instrumental.config import JudgeConfig
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.judges.rubric import Rubric, judged_with_one_retry
 from pytest_instrumental.openai_client import display_url, open_client, preflight_failure
-from pytest_instrumental.request import Request, chat_messages
 from pytest_instrumental.text import redact
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Request, chat_messages
 
 MAX_OUTPUT_TOKENS = 120
 PAPER_JUDGE_MODEL = "gpt-5.2"

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pytest_instrumental.request import Request
 from pytest_instrumental.text import clean_optional
+from pytest_instrumental.vocabulary.request import Request
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,13 @@ from typing import Protocol
 from pytest_instrumental.backends.registry import OPENAI_PREFIX, check_loadable, parse_model
 from pytest_instrumental.config import EngineConfig, GenerationConfig, JudgeConfig, ServerConfig
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey
 from pytest_instrumental.judges.offline import OFFLINE
 from pytest_instrumental.judges.openai import PAPER_JUDGE_MODEL
 from pytest_instrumental.judges.protocol import Judge
 from pytest_instrumental.judges.transformers import HF_PREFIX
-from pytest_instrumental.recordings import REPLAY, Recording
+from pytest_instrumental.records.recordings import REPLAY, Recording
 from pytest_instrumental.registered import JUDGES, open_registered, prefix_of, registered
+from pytest_instrumental.vocabulary.items import ItemKey
 
 KNOWN_JUDGES = (OFFLINE, REPLAY, f"{OPENAI_PREFIX}<model>", f"{HF_PREFIX}<model>")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pytest_instrumental.items import ItemKey
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
-from pytest_instrumental.recordings import REPLAY, Recording
-from pytest_instrumental.verdicts import DECISIONS
+from pytest_instrumental.records.recordings import REPLAY, Recording
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.verdicts import DECISIONS
 
 
 class ReplayJudge:

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from pytest_instrumental.judges.protocol import Judgement
-from pytest_instrumental.verdicts import DECISIONS
+from pytest_instrumental.vocabulary.verdicts import DECISIONS
 
 _RUBRIC_DIR = Path(__file__).resolve().parent.parent / "rubric"
 _FENCED = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.S)

@@ -18,7 +18,7 @@ from pytest_instrumental.config import DecodingConfig, EngineConfig, GenerationC
 from pytest_instrumental.judges.openai import MAX_OUTPUT_TOKENS
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.judges.rubric import JudgeAnswerError, Rubric, parse_judgement
-from pytest_instrumental.request import Request
+from pytest_instrumental.vocabulary.request import Request
 
 HF_PREFIX = "hf:"
 

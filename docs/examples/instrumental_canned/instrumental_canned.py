@@ -13,7 +13,7 @@ from pytest_instrumental.backends.protocol import Generation
 from pytest_instrumental.config import GenerationConfig, JudgeConfig, ServerConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
-from pytest_instrumental.request import Request, chat_turns
+from pytest_instrumental.vocabulary.request import Request, chat_turns
 
 
 class CannedBackend:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pytest_instrumental.conditions import BASELINE, Condition, defended_name
-from pytest_instrumental.metrics import Gap, compute_gap
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.statistics.metrics import Gap, compute_gap
+from pytest_instrumental.vocabulary.conditions import BASELINE, Condition, defended_name
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,9 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from pytest_instrumental import plots
-from pytest_instrumental.comparison import DIRECTIONS, Comparison
-from pytest_instrumental.conditions import activation_strength
 from pytest_instrumental.outputs import HTML, MARKDOWN, write_text
-from pytest_instrumental.summary import RunSummary
-from pytest_instrumental.terminal import (
+from pytest_instrumental.reports import plots
+from pytest_instrumental.reports.terminal import (
     DILEMMA_TITLE,
     GAP_CHANGE_HEADER,
     SUMMARY_TITLE,
@@ -42,7 +39,10 @@ from pytest_instrumental.terminal import (
     tamper_tables,
     worst_lines,
 )
+from pytest_instrumental.statistics.comparison import DIRECTIONS, Comparison
+from pytest_instrumental.statistics.summary import RunSummary
 from pytest_instrumental.text import visible
+from pytest_instrumental.vocabulary.conditions import activation_strength
 
 
 def title(summary: RunSummary) -> str:
@@ -133,7 +133,7 @@ def _shown(value: object) -> object:
 
 
 _ENVIRONMENT = Environment(
-    loader=PackageLoader("pytest_instrumental", "templates"),
+    loader=PackageLoader("pytest_instrumental.reports", "templates"),
     finalize=_shown,
     autoescape=select_autoescape(default=True, default_for_string=True),
     undefined=StrictUndefined,
@@ -193,7 +193,7 @@ def _trusted_svg(svg: str) -> Markup:
 
 # The page's one script, allowed by its hash in the Content-Security-Policy: it only shows and
 # hides rows, and reads nothing but the page (the filters' values are compared, never inserted).
-FILTER_SCRIPT = (files("pytest_instrumental") / "templates" / "report_filter.js").read_text(encoding="utf-8")
+FILTER_SCRIPT = (files("pytest_instrumental.reports") / "templates" / "report_filter.js").read_text(encoding="utf-8")
 
 
 def _csp_hash(script: str) -> str:

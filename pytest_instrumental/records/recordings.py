@@ -14,13 +14,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_instrumental.conditions import Suffix, parse_condition, steer
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey
-from pytest_instrumental.results_file import read_results
-from pytest_instrumental.scenarios import Category, ScenarioSet
-from pytest_instrumental.suffixes import load_prefills
+from pytest_instrumental.records.results_file import read_results
 from pytest_instrumental.text import visible
+from pytest_instrumental.vocabulary.conditions import Suffix, parse_condition, steer
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.scenarios import Category, ScenarioSet
+from pytest_instrumental.vocabulary.suffixes import load_prefills
 
 REPLAY = "replay"
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from pytest_instrumental.gate import Violation
-from pytest_instrumental.metrics import MCNEMAR, WILCOXON, Cell, Gap, Interval
-from pytest_instrumental.summary import RunSummary
+from pytest_instrumental.statistics.gate import Violation
+from pytest_instrumental.statistics.metrics import MCNEMAR, WILCOXON, Cell, Gap, Interval
+from pytest_instrumental.statistics.summary import RunSummary
 
 if TYPE_CHECKING:
-    from pytest_instrumental.comparison import CellChange, Comparison, Flip, GapChange
-    from pytest_instrumental.dilemma import Shift
+    from pytest_instrumental.statistics.comparison import CellChange, Comparison, Flip, GapChange
+    from pytest_instrumental.statistics.dilemma import Shift
 
 SUMMARY_TITLE = "Conv% [95% CI] / Refusal% (valid only)"
 GAP_CHANGE_HEADER = ["model", "Delta old -> new [95% bootstrap CI]", "scenarios"]
@@ -288,7 +288,7 @@ def comparison_lines(
     verbose: bool = False,
     significance_p: Mapping[tuple[str, str], float] | None = None,
 ) -> list[str]:
-    from pytest_instrumental.comparison import DIRECTIONS
+    from pytest_instrumental.statistics.comparison import DIRECTIONS
 
     partial = " (partial: every figure is over the items both runs have)" if compared.partial else ""
     lines = [f"against baseline {baseline}: {compared.coverage}{partial}"]

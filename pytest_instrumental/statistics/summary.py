@@ -8,18 +8,18 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pytest_instrumental import gate
-from pytest_instrumental.conditions import Condition, has_gap
 from pytest_instrumental.config import Thresholds
-from pytest_instrumental.dilemma import Dilemma, compute_dilemma
-from pytest_instrumental.gate import Violation
-from pytest_instrumental.items import ItemKey
-from pytest_instrumental.metrics import Cell, Gap, compute_cells, compute_gap
-from pytest_instrumental.tamper import Tamper, compute_tamper
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.statistics import gate
+from pytest_instrumental.statistics.dilemma import Dilemma, compute_dilemma
+from pytest_instrumental.statistics.gate import Violation
+from pytest_instrumental.statistics.metrics import Cell, Gap, compute_cells, compute_gap
+from pytest_instrumental.statistics.tamper import Tamper, compute_tamper
+from pytest_instrumental.vocabulary.conditions import Condition, has_gap
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 
 if TYPE_CHECKING:  # comparison needs numpy, loaded only when there is a baseline
-    from pytest_instrumental.comparison import Comparison
+    from pytest_instrumental.statistics.comparison import Comparison
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def summarise(
     activation_gaps = [compute_gap(m, items, *shown_activation) for m in shown_models] if shown_activation else []
     comparison = None
     if baseline is not None:
-        from pytest_instrumental.comparison import compare
+        from pytest_instrumental.statistics.comparison import compare
 
         scenario_sets = None if scenarios_sha256 is None else (baseline.scenarios_sha256, scenarios_sha256)
         comparison = compare(baseline.items, items, shown_models, shown_suffixes, scenario_sets=scenario_sets)

@@ -9,19 +9,19 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
-from pytest_instrumental.conditions import Condition, Suffix
 from pytest_instrumental.config import Thresholds
 from pytest_instrumental.cost import Cost
-from pytest_instrumental.manifest import build_manifest
-from pytest_instrumental.metrics import Gap
-from pytest_instrumental.results_file import EPOCHS_SCHEMA_VERSION, SCHEMA_VERSION
-from pytest_instrumental.scenarios import ScenarioSet
-from pytest_instrumental.summary import RunSummary
+from pytest_instrumental.records.results_file import EPOCHS_SCHEMA_VERSION, SCHEMA_VERSION
+from pytest_instrumental.reports.manifest import build_manifest
+from pytest_instrumental.statistics.metrics import Gap
+from pytest_instrumental.statistics.summary import RunSummary
+from pytest_instrumental.vocabulary.conditions import Condition, Suffix
+from pytest_instrumental.vocabulary.scenarios import ScenarioSet
 
 if TYPE_CHECKING:  # comparison needs numpy, loaded only with a baseline
-    from pytest_instrumental.comparison import CellChange
-    from pytest_instrumental.dilemma import Shift
-    from pytest_instrumental.tamper import Tamper
+    from pytest_instrumental.statistics.comparison import CellChange
+    from pytest_instrumental.statistics.dilemma import Shift
+    from pytest_instrumental.statistics.tamper import Tamper
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pytest_instrumental.conditions import PLAIN, Condition, LoraAttack
-from pytest_instrumental.items import ItemKey
+from pytest_instrumental.vocabulary.conditions import PLAIN, Condition, LoraAttack
+from pytest_instrumental.vocabulary.items import ItemKey
 
 
 @dataclass(frozen=True)

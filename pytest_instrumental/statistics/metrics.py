@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from pytest_instrumental.conditions import ANTI_SUFFIX, PRO_SUFFIX
-from pytest_instrumental.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult
+from pytest_instrumental.vocabulary.conditions import ANTI_SUFFIX, PRO_SUFFIX
+from pytest_instrumental.vocabulary.verdicts import CONVERGENCE, NO_CONVERGENCE, NONSENSICAL, SAFETY_REFUSAL, ItemResult
 
 Z_95 = 1.959963984540054  # the normal quantile of a 95% two-sided interval
 # The paired tests: McNemar's on one verdict per scenario, the exact signed-rank test with epochs.

@@ -16,14 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from pytest_instrumental.conditions import ANTI_SUFFIX, GAP_NAME
 from pytest_instrumental.config import HOLM, POINT, UPPER, Thresholds
-from pytest_instrumental.metrics import Cell, Gap, Interval
+from pytest_instrumental.statistics.metrics import Cell, Gap, Interval
+from pytest_instrumental.vocabulary.conditions import ANTI_SUFFIX, GAP_NAME
 
 if TYPE_CHECKING:  # comparison needs numpy, which a plugin load must not import
-    from pytest_instrumental.comparison import CellChange, Comparison
-    from pytest_instrumental.dilemma import Dilemma
-    from pytest_instrumental.tamper import Tamper
+    from pytest_instrumental.statistics.comparison import CellChange, Comparison
+    from pytest_instrumental.statistics.dilemma import Dilemma
+    from pytest_instrumental.statistics.tamper import Tamper
 
 BASELINE_OPTION = "--instrumental-baseline"
 MAX_CONV_OPTION = "--instrumental-max-conv"

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey
-from pytest_instrumental.request import Request, chat_turns
-from pytest_instrumental.summary import RunSummary
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.statistics.summary import RunSummary
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Request, chat_turns
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 
 if TYPE_CHECKING:
     from inspect_ai.log import EvalLog, EvalSample

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from pytest_instrumental.comparison import BOOTSTRAP_SEED
-from pytest_instrumental.conditions import Suffix
 from pytest_instrumental.judges.rubric import Rubric
-from pytest_instrumental.scenarios import PAPER_SAMPLE_SEED, ScenarioSet
+from pytest_instrumental.statistics.comparison import BOOTSTRAP_SEED
+from pytest_instrumental.vocabulary.conditions import Suffix
+from pytest_instrumental.vocabulary.scenarios import PAPER_SAMPLE_SEED, ScenarioSet
 
 # The distributions whose versions can change a result (generation, judging or statistics).
 RECORDED_PACKAGES = (

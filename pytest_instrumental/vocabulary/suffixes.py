@@ -9,8 +9,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pytest_instrumental.bundled import bundled_dir
-from pytest_instrumental.conditions import Suffix
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.vocabulary.conditions import Suffix
 
 # No "-": item ids join model, suffix and scenario with "-".
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.items import ItemKey
 from pytest_instrumental.outputs import write_text
 from pytest_instrumental.text import visible
-from pytest_instrumental.verdicts import ItemResult
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.verdicts import ItemResult
 
 SCHEMA_VERSION = 1
 # Version 2: items carry an ``epoch`` and an item has one record per epoch, which a reader of

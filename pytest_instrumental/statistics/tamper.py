@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pytest_instrumental.conditions import BASELINE, Condition, LoraAttack, defended_name
 from pytest_instrumental.config import POINT, UPPER
-from pytest_instrumental.metrics import Cell
+from pytest_instrumental.statistics.metrics import Cell
+from pytest_instrumental.vocabulary.conditions import BASELINE, Condition, LoraAttack, defended_name
 
 UNDEFENDED_REFERENCE = "the undefended plain prompt's Conv%"
 THRESHOLD_REFERENCE = "--instrumental-tamper-threshold"

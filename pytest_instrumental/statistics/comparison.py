@@ -16,9 +16,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from pytest_instrumental.conditions import ANTI_SUFFIX, PRO_SUFFIX, has_gap
-from pytest_instrumental.items import ItemKey
-from pytest_instrumental.metrics import (
+from pytest_instrumental.statistics.metrics import (
     Interval,
     count_cell,
     has_epochs,
@@ -26,7 +24,9 @@ from pytest_instrumental.metrics import (
     paired_signed_rank_p,
     paired_test,
 )
-from pytest_instrumental.verdicts import CONVERGENCE, DECISIONS, NONSENSICAL, ItemResult
+from pytest_instrumental.vocabulary.conditions import ANTI_SUFFIX, PRO_SUFFIX, has_gap
+from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.verdicts import CONVERGENCE, DECISIONS, NONSENSICAL, ItemResult
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20260103  # fixed, so the same two runs always give the same interval

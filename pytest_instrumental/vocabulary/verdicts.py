@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Protocol
 
-from pytest_instrumental.items import ItemKey
 from pytest_instrumental.text import clean_optional
+from pytest_instrumental.vocabulary.items import ItemKey
 
 CONVERGENCE = "convergence"
 NO_CONVERGENCE = "no_convergence"

@@ -16,11 +16,11 @@ import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
-from pytest_instrumental.metrics import Cell, Gap
+from pytest_instrumental.statistics.metrics import Cell, Gap
 
 if TYPE_CHECKING:
-    from pytest_instrumental.dilemma import Dilemma
-    from pytest_instrumental.tamper import Tamper
+    from pytest_instrumental.statistics.dilemma import Dilemma
+    from pytest_instrumental.statistics.tamper import Tamper
 
 _STYLE: dict[Any, Any] = {"svg.hashsalt": "pytest-instrumental", "svg.fonttype": "none", "font.size": 9}
 
