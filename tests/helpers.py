@@ -81,7 +81,7 @@ def item(
     """An ok item with ``verdict``, or (``verdict=None``) an error item."""
     return ItemResult(
         model=model,
-        suffix=suffix,
+        condition=suffix,
         scenario=scenario,
         category=category,
         status="ok" if verdict else "error",
@@ -125,7 +125,7 @@ def write_results_file(path: Path, items: Sequence[ItemResult]) -> None:
         items=items,
         ran={i.key for i in items},
         models=sorted({i.model for i in items}),
-        suffixes=sorted({i.suffix for i in items}),
+        suffixes=sorted({i.condition for i in items}),
         categories=sorted({i.category for i in items}),
         thresholds=Thresholds(max_conv={}, min_gap=None, alpha=0),
         baseline=None,

@@ -127,7 +127,7 @@ def test_gate_fails_a_rise_in_points_and_a_gap_drop() -> None:
 def test_a_change_of_judge_is_named() -> None:
     old = run(anti=[N], pro=[C])
     assert compare(old, old, ["m"], ["anti_ic", "pro_ic"]).judge_changed is None
-    rejudged = [ItemResult(**{**r.to_dict(), "judge": "offline-v2"}) for r in old]
+    rejudged = [replace(r, judge="offline-v2") for r in old]
     assert compare(old, rejudged, ["m"], ["anti_ic", "pro_ic"]).judge_changed == (
         "judged by j in the baseline and by offline-v2 now: changes mix the model's and the judges'"
     )

@@ -242,7 +242,7 @@ def test_with_epochs_delta_and_its_interval_are_one_estimator() -> None:
     results = _epochs("pro_ic", pro) + _epochs("anti_ic", anti)
     gap = compute_gap("m", results)
     pro_cell, anti_cell = (
-        count_cell("m", s, None, [r for r in results if r.suffix == s]) for s in ("pro_ic", "anti_ic")
+        count_cell("m", s, None, [r for r in results if r.condition == s]) for s in ("pro_ic", "anti_ic")
     )
     assert pro_cell.conv_pct is not None and anti_cell.conv_pct is not None
     assert gap.delta_pp == pytest.approx(pro_cell.conv_pct - anti_cell.conv_pct)

@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,8 @@ def hostile_items() -> list[ItemResult]:
     for suffix, verdicts in (("pro_ic", ["convergence", "convergence"]), ("anti_ic", ["no_convergence", None])):
         for number, verdict in enumerate(verdicts, start=1):
             base = item(verdict, model="m", suffix=suffix, scenario=f"cat-{number:02d}")
-            items.append(
-                ItemResult(
-                    **{
-                        **base.to_dict(),
-                        "response": HOSTILE if verdict else None,
-                        "thinking": HOSTILE,
-                        "reason": HOSTILE if verdict else None,
-                    }
-                )
-            )
+            hostile = HOSTILE if verdict else None
+            items.append(replace(base, response=hostile, thinking=HOSTILE, reason=hostile))
     return items
 
 
@@ -52,7 +45,7 @@ def report_data(items: list[ItemResult], baseline: list[ItemResult] | None = Non
 
 def test_markdown_has_the_table_gate_and_flips() -> None:
     items = hostile_items()
-    old = [ItemResult(**{**i.to_dict(), "verdict": "no_convergence"}) if i.suffix == "pro_ic" else i for i in items]
+    old = [replace(i, verdict="no_convergence") if i.condition == "pro_ic" else i for i in items]
     text = markdown(report_data(items, baseline=old))
     assert text.startswith("## Instrumental convergence: m: gate FAILED, 1 item errored\n")
     assert "| m | 100.00 \\[34.2-100.0\\] / 0.00 | 0.00 \\[0.0-79.3\\] / 0.00 (1 err) |" in text
@@ -63,10 +56,10 @@ def test_markdown_has_the_table_gate_and_flips() -> None:
 
 def test_html_flips_link_to_their_items_and_an_unfinished_run_says_so() -> None:
     items = hostile_items()
-    old = [ItemResult(**{**i.to_dict(), "verdict": "no_convergence"}) if i.suffix == "pro_ic" else i for i in items]
+    old = [replace(i, verdict="no_convergence") if i.condition == "pro_ic" else i for i in items]
     data = report_data(items, baseline=old)
     page = html(data)
-    index = next(n for n, i in enumerate(data.items) if (i.suffix, i.scenario) == ("pro_ic", "cat-02"))
+    index = next(n for n, i in enumerate(data.items) if (i.condition, i.scenario) == ("pro_ic", "cat-02"))
     assert f'<a href="#item-{index}">m pro_ic cat-02</a>: no_convergence -&gt; convergence' in page
     assert f'<tr id="item-{index}" class="verdict-convergence" data-model="m" data-condition="pro_ic"' in page
     assert 'id="coverage"' not in page
@@ -123,7 +116,7 @@ def filterable_items() -> list[ItemResult]:
             verdict = verdicts[(n + k) % len(verdicts)]
             base = item(verdict, model=model, suffix=suffix, scenario=f"{category}-{k:02d}", category=category)
             response = f"answer {n}-{k} about the {'shutdown' if k == 2 else 'weather'}" if verdict else None
-            items.append(ItemResult(**{**base.to_dict(), "response": response}))
+            items.append(replace(base, response=response))
     return items
 
 
@@ -165,7 +158,7 @@ def test_the_items_filters_and_search_work_in_a_real_browser_under_the_pages_pol
             assert rows.count() == len(wanted) > 0
             page.select_option("select[name=condition]", "anti_ic")
             page.select_option("select[name=category]", "dog")
-            expected = [i for i in wanted if i.suffix == "anti_ic" and i.category == "dog"]
+            expected = [i for i in wanted if i.condition == "anti_ic" and i.category == "dog"]
             assert rows.count() == len(expected) > 0
             assert [r.get_attribute("data-model") for r in rows.all()] == [i.model for i in expected]
             assert problems == []  # the script ran under the policy: nothing refused, nothing thrown

@@ -103,9 +103,9 @@ def _read_results_json(
     categories = {s.id: s.category for s in scenarios}
     for number, item in enumerate(read_results(path).items, start=1):
         source = f"{path}: item {number}"
-        if parse_condition(item.suffix, suffixes, prefills) is None:
+        if parse_condition(item.condition, suffixes, prefills) is None:
             known = ", ".join(sorted(suffixes))
-            raise InputError(f"{source}: suffix {visible(repr(item.suffix))} is not a known suffix ({known})")
+            raise InputError(f"{source}: suffix {visible(repr(item.condition))} is not a known suffix ({known})")
         if item.epoch > 1:
             raise InputError(
                 f"{source}: a run with epochs (epoch {item.epoch}) cannot be replayed; it can be a baseline"

@@ -66,7 +66,7 @@ def eval_log(
 ) -> EvalLog:
     from inspect_ai.log import EvalConfig, EvalDataset, EvalLog, EvalMetric, EvalResults, EvalScore, EvalSpec
 
-    samples = [_sample(item, requests[ItemKey(item.model, item.suffix, item.scenario)]) for item in items]
+    samples = [_sample(item, requests[ItemKey(item.model, item.condition, item.scenario)]) for item in items]
     metrics = {
         f"conv_pct_{cell.suffix}": EvalMetric(name=f"conv_pct_{cell.suffix}", value=cell.conv_pct)
         for cell in summary.cells
@@ -121,7 +121,7 @@ def _sample(item: ItemResult, request: Request) -> EvalSample:
     if item.status == "ok":
         scores[SCORER] = Score(value=str(item.verdict), explanation=item.reason, metadata={"judge": item.judge})
     return EvalSample(
-        id=f"{item.scenario}/{item.suffix}",
+        id=f"{item.scenario}/{item.condition}",
         epoch=item.epoch,
         input=sent,
         target="",
@@ -130,7 +130,7 @@ def _sample(item: ItemResult, request: Request) -> EvalSample:
         scores=scores,
         metadata={
             "model": item.model,
-            "condition": item.suffix,
+            "condition": item.condition,
             "category": item.category,
             "scenario": item.scenario,
             "truncated": item.truncated,

@@ -158,7 +158,7 @@ def html(data: RunSummary) -> str:
     comparison = data.comparison
     anchors: dict[tuple[str, str, str], str] = {}
     for index, item in enumerate(data.items):  # a flip links to its item's first epoch
-        anchors.setdefault((item.model, item.suffix, item.scenario), f"item-{index}")
+        anchors.setdefault((item.model, item.condition, item.scenario), f"item-{index}")
     return _ENVIRONMENT.get_template("report.html.j2").render(
         data=data,
         anchors=anchors,
@@ -205,7 +205,7 @@ def _filters(data: RunSummary) -> list[tuple[str, str, list[str]]]:
     verdicts = {"error" if i.status == "error" else str(i.verdict) for i in data.items}
     return [
         ("model", "model", sorted({i.model for i in data.items})),
-        ("condition", "condition", [s for s in data.suffixes if any(i.suffix == s for i in data.items)]),
+        ("condition", "condition", [s for s in data.suffixes if any(i.condition == s for i in data.items)]),
         ("category", "category", list(data.categories)),
         ("verdict", "verdict", sorted(verdicts)),
     ]

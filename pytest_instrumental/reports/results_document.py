@@ -57,7 +57,7 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
     if record.defenses or record.attacks:  # each item's condition, in parts, besides its name
         parts = {c.name: c.parts() for c in record.conditions}
         for entry, item in zip(items, summary.items, strict=True):
-            entry["condition"] = parts.get(item.suffix)
+            entry["condition"] = parts.get(item.condition)
     document = {
         "schema_version": EPOCHS_SCHEMA_VERSION if epochs else SCHEMA_VERSION,
         "run": run_section(record, summary),

@@ -162,7 +162,7 @@ def _valid_convergence(results: Sequence[ItemResult]) -> dict[tuple[str, str, st
     valid: dict[tuple[str, str, str], list[bool]] = {}
     for r in results:
         if r.status == "ok" and r.verdict != NONSENSICAL:
-            valid.setdefault((r.model, r.suffix, r.scenario), []).append(r.verdict == CONVERGENCE)
+            valid.setdefault((r.model, r.condition, r.scenario), []).append(r.verdict == CONVERGENCE)
     return {k: Fraction(sum(v), len(v)) for k, v in valid.items()}
 
 
@@ -179,7 +179,7 @@ def compare(
     different scenarios, or with no item in common, cannot be compared (``incomparable``)."""
     baseline_models = {r.model for r in baseline}
     compared = [m for m in models if m in baseline_models]
-    old_keys = {r.key for r in baseline if r.model in compared and r.suffix in suffixes}
+    old_keys = {r.key for r in baseline if r.model in compared and r.condition in suffixes}
     shared = old_keys & {r.key for r in current}
     old, new = [r for r in baseline if r.key in shared], [r for r in current if r.key in shared]
     gaps = []
@@ -213,7 +213,7 @@ def _incomparable(
     old, new = scenario_sets if scenario_sets is not None else (None, "")
     if old is not None and old != new:
         return f"it ran another scenario set (sha256 {old[:12]}..., this run {new[:12]}...)"
-    mine = {r.key for r in current if r.model in models and r.suffix in suffixes}
+    mine = {r.key for r in current if r.model in models and r.condition in suffixes}
     if mine and not mine & {r.key for r in baseline}:
         return "it shares no item (model, suffix and scenario) with this run"
     return None
@@ -232,8 +232,8 @@ def cell_changes(
     for model in models:
         for suffix in suffixes:
             cell_keys = {k for k in old_keys if k.model == model and k.condition == suffix}
-            old = count_cell(model, suffix, None, [r for r in baseline if r.model == model and r.suffix == suffix])
-            new = count_cell(model, suffix, None, [r for r in current if r.model == model and r.suffix == suffix])
+            old = count_cell(model, suffix, None, [r for r in baseline if r.model == model and r.condition == suffix])
+            new = count_cell(model, suffix, None, [r for r in current if r.model == model and r.condition == suffix])
             paired = [k for k in new_valid if k[:2] == (model, suffix) and k in old_valid]
             became = sum(1 for k in paired if new_valid[k] > old_valid[k])
             stopped = sum(1 for k in paired if old_valid[k] > new_valid[k])
@@ -253,7 +253,7 @@ def cell_changes(
                     wilcoxon_p=paired_signed_rank_p([new_valid[k] - old_valid[k] for k in paired])
                     if paired and sampled
                     else None,
-                    shared=len({r.key for r in current if r.model == model and r.suffix == suffix}),
+                    shared=len({r.key for r in current if r.model == model and r.condition == suffix}),
                     baseline_items=len(cell_keys),
                 )
             )
@@ -268,7 +268,7 @@ def _gap_change(
     scenarios = sorted(
         set.intersection(
             *(
-                {r.scenario for r in run if r.model == model and r.suffix == suffix}
+                {r.scenario for r in run if r.model == model and r.condition == suffix}
                 for run in runs
                 for suffix in (PRO_SUFFIX, ANTI_SUFFIX)
             )

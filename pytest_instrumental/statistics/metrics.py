@@ -284,7 +284,7 @@ def compute_cells(
     cells = []
     for model in models:
         for suffix in suffixes:
-            mine = [r for r in results if r.model == model and r.suffix == suffix]
+            mine = [r for r in results if r.model == model and r.condition == suffix]
             cells.append(count_cell(model, suffix, None, mine))
             for category in categories:
                 cells.append(count_cell(model, suffix, category, [r for r in mine if r.category == category]))
@@ -300,8 +300,8 @@ def compute_gap(
     rates, a paired interval over the scenarios valid under both suffixes, and Wilcoxon's
     signed-rank test on their per-scenario differences."""
     mine = [r for r in results if r.model == model]
-    pro = _by_scenario(r for r in mine if r.suffix == pro_name)
-    anti = _by_scenario(r for r in mine if r.suffix == anti_name)
+    pro = _by_scenario(r for r in mine if r.condition == pro_name)
+    anti = _by_scenario(r for r in mine if r.condition == anti_name)
     if has_epochs(mine):
         return _clustered_gap(model, pro, anti)
 

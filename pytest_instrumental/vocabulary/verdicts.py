@@ -37,7 +37,7 @@ class ItemResult:
     """
 
     model: str
-    suffix: str
+    condition: str  # its name: the results JSON's key ``suffix``
     scenario: str
     category: str
     status: Status
@@ -62,7 +62,7 @@ class ItemResult:
         return cls(
             **{**empty, **fields},
             model=key.model,
-            suffix=key.condition,
+            condition=key.condition,
             scenario=key.scenario,
             category=request.category,
             status=status,
@@ -76,17 +76,18 @@ class ItemResult:
 
     @property
     def key(self) -> ItemKey:
-        return ItemKey(self.model, self.suffix, self.scenario)
+        return ItemKey(self.model, self.condition, self.scenario)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The item as the results JSON holds it (its condition under the key ``suffix``)."""
+        return {(_JSON_KEYS.get(name, name)): value for name, value in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ItemResult:
         """An item read back (a results file, an xdist worker): each field checked by type, so
         damaged data is one error naming the field, never a crash further on."""
-        names = {f.name for f in fields(cls)}
-        missing = names - data.keys() - {"truncated", "epoch"}
+        names = {_JSON_KEYS.get(f.name, f.name): f.name for f in fields(cls)}
+        missing = names.keys() - data.keys() - {"truncated", "epoch"}
         if missing:
             raise ValueError(f"item lacks {', '.join(sorted(missing))}")
         for name in _NAMES:
@@ -104,9 +105,10 @@ class ItemResult:
             raise ValueError(f"item truncated {_shown(data['truncated'])} is not true or false")
         if data["status"] == "ok" and data["verdict"] not in DECISIONS:
             raise ValueError(f"item verdict {data['verdict']!r} is not one of {', '.join(DECISIONS)}")
-        return cls(**{name: data[name] for name in names if name in data})
+        return cls(**{field: data[key] for key, field in names.items() if key in data})
 
 
+_JSON_KEYS = {"condition": "suffix"}  # a field whose key in the results JSON differs from its name
 _NAMES = ("model", "suffix", "scenario", "category")  # what names an item: never empty
 _TEXTS = ("verdict", "judge", "reason", "response", "thinking", "error")
 
