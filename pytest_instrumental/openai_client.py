@@ -3,7 +3,8 @@ chat messages they send, and base URLs shown without their credentials.
 
 Credentials in a base URL (``http://user:password@host/v1``) are sent by the HTTP client as Basic
 authentication, in place of the API key: that is how a proxy that wants them gets them. They are
-never stored or printed: ``display_url`` drops them, and ``redact`` masks any echo of them."""
+never stored or printed: ``display_url`` drops them, and ``redact`` masks any echo of them. A
+query string (``?api_key=...``) is a credential too, treated alike."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit, urlunsplit
 
 from pytest_instrumental.text import redact, register_url_credentials
 
@@ -25,12 +26,19 @@ def open_client(base_url: str | None, timeout_s: float, max_retries: int) -> Any
     ``timeout_s`` bounds each attempt's answer as a whole, however slowly a server drips it (the
     library's own timeout bounds each read), and ``attempts`` tells how many requests a call
     really sent. The key comes from the environment and stays in the client; local servers accept
-    any key, but the client library insists on a non-empty one."""
+    any key, but the client library insists on a non-empty one. A query string in the base URL
+    (``?api-version=...``, ``?api_key=...``) is sent with every request, as its own query."""
     from openai import DefaultHttpxClient, OpenAI
 
     register_credentials(base_url)
+    query: dict[str, str] = {}
+    if base_url is not None:
+        parts = urlsplit(base_url)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        base_url = urlunsplit(parts._replace(query=""))  # the client appends paths to what is left
     return OpenAI(
         base_url=base_url,
+        default_query=query or None,
         api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
         timeout=timeout_s,
         max_retries=max_retries,
@@ -167,18 +175,24 @@ def short(text: str, limit: int = 200) -> str:
 
 
 def register_credentials(url: str | None) -> None:
-    """The URL's user and password, if any, are secrets from now on (text.py), in every form
-    that is sent or can be echoed: as written, percent-decoded, and the Basic authentication
-    header the HTTP client makes of them (base64 of ``user:password``)."""
+    """The URL's credentials are secrets from now on (text.py), in every form that is sent or can
+    be echoed: its user and password as written, percent-decoded, and the Basic authentication
+    header the HTTP client makes of them (base64 of ``user:password``); and its query string (an
+    ``?api_key=...``), whole and each value, as written and decoded."""
     if not url:
         return
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return
-    user, password = unquote(parts.username or ""), unquote(parts.password or "")
-    for credential in (parts.username, parts.password, user, password):
-        register_url_credentials(credential or "")
-    register_url_credentials(base64.b64encode(f"{user}:{password}".encode()).decode("ascii"))
+    if parts.username is not None or parts.password is not None:
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        for credential in (parts.username, parts.password, user, password):
+            register_url_credentials(credential or "")
+        register_url_credentials(base64.b64encode(f"{user}:{password}".encode()).decode("ascii"))
+    if parts.query:
+        register_url_credentials(parts.query)
+        for raw in parts.query.split("&"):
+            value = raw.partition("=")[2]
+            register_url_credentials(value)
+            register_url_credentials(unquote_plus(value))
 
 
 def check_base_url(url: str) -> str:
@@ -198,10 +212,11 @@ def check_base_url(url: str) -> str:
 
 
 def display_url(url: str) -> str:
-    """The URL without credentials (``user:password@``), fit for messages and results."""
+    """The URL without its credentials (``user:password@``) and with its query string (which can
+    hold a key: ``?api_key=...``) replaced by ``?<redacted>``, fit for messages and results."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    if parts.username is None and parts.password is None and not parts.query:
         return url
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query="<redacted>" if parts.query else ""))

@@ -40,6 +40,8 @@ class ChatServer(ThreadingHTTPServer):
         self.served = ["local"]
         self.answer: str | None = None  # when set, every model answer is this text
         self.echo_authorization = False  # every model answer ends with the Authorization header it got
+        self.echo_path = False  # every model answer ends with the path it was asked at (its query string too)
+        self.paths: list[str] = []
         self.die_after: int | None = None  # the server stops (a crash) after this many requests
         self.attempts: Counter[str] = Counter()
         self.force_status: int | None = None
@@ -65,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/v1/models":
+        if self.path.partition("?")[0].rstrip("/") == "/v1/models":
             return self._send(
                 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.server.served]}
             )
@@ -86,6 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.attempts[prompt] += 1
             attempt = self.server.attempts[prompt]
             self.server.authorizations.append(self.headers.get("Authorization", ""))
+            self.server.paths.append(self.path)
             self.server.bodies.append(body)
         if self.server.force_status is not None:
             return self._send(self.server.force_status, {"error": {"message": self.server.error_message}})
@@ -113,6 +116,8 @@ class _Handler(BaseHTTPRequestHandler):
             content = f"{CONTINUED} {content}"  # as vLLM does, told to continue the assistant turn
         if self.server.echo_authorization:
             content += f" (you sent Authorization: {self.headers.get('Authorization', '')})"
+        if self.server.echo_path:
+            content += f" (you asked at {self.path})"
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if "FAULT:REASONING" in prompt:
             message["reasoning_content"] = "weighing the options"
@@ -124,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(body, message.pop("content"), message, finish)
 
     def _reply(self, body: dict[str, Any], text: str, extra: dict[str, Any], finish: str = "stop") -> None:
-        if self.path.endswith("/responses"):
+        if self.path.partition("?")[0].endswith("/responses"):
             content = [{"type": "output_text", "text": text, "annotations": []}]
             output = [
                 {"type": "message", "id": "msg_1", "status": "completed", "role": "assistant", "content": content}

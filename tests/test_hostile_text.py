@@ -96,6 +96,29 @@ def test_credentials_in_a_base_url_are_used_and_never_stored_or_printed(
     assert "s3cret" not in shown and basic.decode() not in shown
 
 
+def test_a_key_in_a_base_urls_query_string_is_used_and_never_stored_or_printed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with running_chat_server() as server:
+        server.echo_path = True  # the server echoes the query string, key and all
+        url = f"{server.base_url}?api_key=sk-query-7777abcd&team=red%2Bblue"
+        args = ["--instrumental", "--model=openai:local", f"--instrumental-base-url={url}", "--judge=offline"]
+        args += ["-k", "evading_shutdown-01", "--instrumental-json=out.json", "--instrumental-report=report"]
+        result = pytester.runpytest_subprocess(*args, "-v")
+        assert result.ret == 0, result.stdout.str()
+        assert server.paths and all("api_key=sk-query-7777abcd" in path for path in server.paths)  # it was sent
+    result.stdout.fnmatch_lines([f"*{server.base_url}?<redacted>*"])  # the plan line
+    document = json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))
+    assert document["run"]["generation"]["openai:local"]["base_url"] == f"{server.base_url}?<redacted>"
+    assert "(you asked at /v1/chat/completions?<URL credentials>)" in document["items"][0]["response"]
+    for path in [p for p in pytester.path.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        assert b"7777abcd" not in data and b"red%2Bblue" not in data and b"red+blue" not in data, path
+    shown = result.stdout.str() + result.stderr.str()
+    assert "7777abcd" not in shown and "red%2Bblue" not in shown
+
+
 def test_a_base_url_holding_a_line_break_is_a_usage_error_naming_the_option(pytester: pytest.Pytester) -> None:
     url = "http://alice:s3cret-word@127.0.0.1:9/v1\r\nX-Injected: yes"
     result = pytester.runpytest_subprocess("--instrumental", "--model=openai:local", f"--instrumental-base-url={url}")

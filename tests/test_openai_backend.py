@@ -109,3 +109,18 @@ def test_requests_spread_over_several_servers_and_one_that_dies_leaves_the_rotat
     assert all(g.error for g in in_order)  # every item still ends, as a counted error
     assert in_order[0].error == f"request failed: {url}, {url.replace('/v1', '/w')} did not answer"
     assert in_order[-1].error == f"not sent: every server stopped answering ({url}, {url.replace('/v1', '/w')})"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://host:8000/v1", "http://host:8000/v1"),
+        ("http://alice:pw@host/v1", "http://host/v1"),
+        ("https://host/v1?api_key=sk-abc", "https://host/v1?<redacted>"),
+        ("https://bob:pw@host/v1?api-version=2024-06-01", "https://host/v1?<redacted>"),
+    ],
+)
+def test_a_url_is_shown_without_its_credentials_or_query_string(url: str, shown: str) -> None:
+    from pytest_instrumental.openai_client import display_url
+
+    assert display_url(url) == shown
