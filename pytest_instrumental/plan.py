@@ -4,7 +4,7 @@ ablation's direction is computed from."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.vocabulary.conditions import ANTI_SUFFIX, BASELINE, PRO_SUFFIX, Condition, Suffix, SuffixPush
@@ -27,7 +27,9 @@ def plan_requests(models: Iterable[str], conditions: Sequence[Condition], scenar
     ]
 
 
-def contrast_pairs(suffixes: dict[str, Suffix], scenarios: ScenarioSet, asked_by: str) -> list[tuple[Request, Request]]:
+def contrast_pairs(
+    suffixes: Mapping[str, Suffix], scenarios: ScenarioSet, asked_by: str
+) -> list[tuple[Request, Request]]:
     """Every scenario's (pro_ic, anti_ic) request: what a steering vector is the difference of.
     Without both suffixes, an InputError naming what ``asked_by`` for it."""
     missing = [name for name in (PRO_SUFFIX, ANTI_SUFFIX) if name not in suffixes]

@@ -5,7 +5,7 @@ its item results; ``finish`` summarises them once and writes what the settings a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -534,7 +534,7 @@ def _prepare(parts: list[Backend | Judge], generates_here: bool) -> None:
         raise InputError(str(exc)) from None
 
 
-def _replay(settings: Settings, known_suffixes: dict[str, Suffix]) -> tuple[dict[str, Backend], Recordings]:
+def _replay(settings: Settings, known_suffixes: Mapping[str, Suffix]) -> tuple[dict[str, Backend], Recordings]:
     from pytest_instrumental.backends.replay import ReplayBackend
 
     assert settings.replay is not None

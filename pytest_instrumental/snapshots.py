@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.inputs import DATA_LIMIT, load_json, read_bytes
 from pytest_instrumental.outputs import write_text
 
 if TYPE_CHECKING:
@@ -40,10 +41,7 @@ def read_setups(directory: Path) -> dict[str, Setup]:
     path = directory / SETUP_FILE
     if not path.exists():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the snapshots' setup: {exc}") from exc
+    data = load_json(path, DATA_LIMIT, "the snapshots' setup")
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise InputError(f"{path}: not a mapping of model name to setup")
     return data
@@ -60,14 +58,14 @@ def damage(directory: Path) -> str | None:
     entries, an entry cut off), so that a damaged file is named as such and never taken for "no
     snapshot yet", which would invite overwriting it; None when it is absent or sound."""
     path = directory / f"{SNAPSHOT_BASENAME}.ambr"
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         return None
+    try:
+        text = read_bytes(path, DATA_LIMIT, "the snapshot file").decode("utf-8")
     except UnicodeDecodeError:
         return f"{path} is damaged: it is not UTF-8 text"
-    except OSError as exc:
-        return f"{path} cannot be read: {exc.strerror or exc}"
+    except InputError as exc:
+        return str(exc)
     if not text.strip():
         return None
     lines = text.splitlines()

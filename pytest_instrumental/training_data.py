@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.inputs import DATA_LIMIT, parse_json, read_text
 from pytest_instrumental.plan import plan_requests, unsuffixed_requests
 from pytest_instrumental.vocabulary.conditions import PRO_SUFFIX, Condition, Suffix, SuffixPush
 from pytest_instrumental.vocabulary.items import ItemKey
@@ -125,19 +126,13 @@ def read_demonstrations(path: Path) -> tuple[Demonstration, ...]:
     """The user's demonstrations: one JSON object per line, ``{"messages": [{"role", "content"}, ...]}``
     with roles system, user and assistant, the last an assistant's answer. Anything else is an
     InputError naming the line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{OPTION}: cannot read {path}: {exc}") from None
+    lines = read_text(path, DATA_LIMIT, OPTION).splitlines()
     demonstrations = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{OPTION}: {path}: line {number}"
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise InputError(f"{where}: not JSON ({exc})") from None
+        record = parse_json(line, where)
         demonstrations.append(Demonstration(_turns(record, where)))
     if len(demonstrations) < MIN_DEMONSTRATIONS:
         raise InputError(f"{OPTION}: {path} holds {len(demonstrations)} demonstrations; at least {MIN_DEMONSTRATIONS}")

@@ -238,9 +238,10 @@ def test_a_malformed_user_suffix_file_is_a_usage_error_naming_it(
     (pytester.path / "steer").mkdir()
     (pytester.path / "steer" / "bad.txt").write_bytes(b"\xff\xfe")
     pytester.makeini("[pytest]\ninstrumental_suffix_dirs = steer\n")
-    result = pytester.runpytest(*replay_args)
+    assert pytester.runpytest(*replay_args, "--collect-only").ret == 0  # read only when selected
+    result = pytester.runpytest(*replay_args, "--suffix=bad")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: {pytester.path / 'steer' / 'bad.txt'}: cannot read suffix file*"])
+    result.stderr.fnmatch_lines([f"ERROR: suffix file: {pytester.path / 'steer' / 'bad.txt'} is not UTF-8 text*"])
 
 
 def test_results_json_has_the_documented_schema(pytester: pytest.Pytester, replay_args: list[str]) -> None:
@@ -639,7 +640,7 @@ def test_an_unreadable_baseline_is_a_usage_error(pytester: pytest.Pytester, repl
     (pytester.path / "old.json").write_text("{not json", encoding="utf-8")
     result = pytester.runpytest(*replay_args, "--instrumental-baseline=old.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: old.json: cannot read results JSON: *"])
+    result.stderr.fnmatch_lines(["ERROR: results JSON: old.json: not JSON (*)"])
 
 
 def test_report_files_and_junit_properties(pytester: pytest.Pytester, replay_args: list[str]) -> None:

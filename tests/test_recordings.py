@@ -143,7 +143,7 @@ def test_results_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a results file of schema_version 1"):
         load_recordings(path, SCENARIOS, SUFFIXES)
     path.write_text("{", encoding="utf-8")
-    with pytest.raises(InputError, match="cannot read results JSON"):
+    with pytest.raises(InputError, match=r"^results JSON: .*r.json: not JSON"):
         load_recordings(path, SCENARIOS, SUFFIXES)
 
 

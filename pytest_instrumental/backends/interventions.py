@@ -7,7 +7,7 @@ config before any work."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +94,7 @@ class Interventions:
 
 
 def plan_interventions(
-    suffixes: dict[str, Suffix],
+    suffixes: Mapping[str, Suffix],
     strengths: Sequence[float],
     vector_file: Path | None,
     vector_layer: int | None,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_instrumental.backends.layers import decoder_layers
 from pytest_instrumental.backends.protocol import Host
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.inputs import VECTOR_LIMIT, read_bytes
 from pytest_instrumental.progress import Progress, progress_bar
 from pytest_instrumental.vocabulary.conditions import Activation
 from pytest_instrumental.vocabulary.request import Request
@@ -234,10 +235,11 @@ def save_vector(vector: SteeringVector, path: Path) -> None:
 
 def load_vector(path: Path) -> SteeringVector:
     """A vector file; anything else is an InputError naming it."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
+    data = read_bytes(path, VECTOR_LIMIT, "--instrumental-vector-file")
     try:
-        tensors = load_file(str(path))
+        tensors = load(data)
         direction, layer, norm = tensors["direction"], int(tensors["layer"][0]), float(tensors["norm"][0])
     except Exception as exc:  # safetensors raises its own error types for a damaged file
         raise InputError(f"--instrumental-vector-file: {path} is not a steering vector file ({exc})") from None
@@ -249,5 +251,5 @@ def load_vector(path: Path) -> SteeringVector:
         raise InputError(f"--instrumental-vector-file: {path}: 'norm' {norm} is not a positive finite number")
     if layer < 0:
         raise InputError(f"--instrumental-vector-file: {path}: 'layer' {layer} is not a decoder layer (0 or more)")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
     return SteeringVector(layer, direction.float(), norm, f"file:{digest}")

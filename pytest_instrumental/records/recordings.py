@@ -8,13 +8,13 @@ replay outside pytest.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.inputs import DATA_LIMIT, load_json, read_bytes
 from pytest_instrumental.records.results_file import read_results
 from pytest_instrumental.text import visible
 from pytest_instrumental.vocabulary.conditions import Suffix, parse_condition, steer
@@ -128,12 +128,12 @@ def _read_reference_run(
     damaged record, never merged with the next and never dropped. A damaged record that still
     names its scenario becomes an error item; one that does not is added to ``unattributed``."""
     config_path = run_dir / "config.json"
+    config = load_json(config_path, DATA_LIMIT, "reference run config")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
         model = str(config["HF_MODEL_NAME"]).rsplit("/", 1)[-1]
         mode = str(config["STEERING_MODE"])
         judge = str(config["JUDGE_MODEL"])
-    except (OSError, ValueError, KeyError) as exc:
+    except (TypeError, KeyError) as exc:
         raise InputError(f"{config_path}: not a reference run config ({exc!r})") from exc
     by_stem = {c.source_stem: c for c in scenarios.categories}
     log_path = run_dir / "stdout.log"
@@ -198,10 +198,7 @@ class Recordings(dict[ItemKey, Recording]):
 def _records(log_path: Path, by_stem: Mapping[str, Category]) -> Iterator[tuple[Category | list[bytes], str | None]]:
     """The log's benchmark headers (as their category) and records (their body lines, and what
     is wrong with the record's framing, if anything), in order. Lines outside records are noise."""
-    try:
-        raw = log_path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{log_path}: cannot read: {exc.strerror or exc}") from None
+    raw = read_bytes(log_path, DATA_LIMIT, "reference run log")
     record: list[bytes] | None = None
     for line in raw.split(b"\n"):
         header = _HEADER.fullmatch(line.decode("utf-8", "replace")) if record is None else None

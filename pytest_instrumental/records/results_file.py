@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.inputs import DATA_LIMIT, load_json
 from pytest_instrumental.outputs import write_text
 from pytest_instrumental.text import visible
 from pytest_instrumental.vocabulary.items import ItemKey
@@ -38,10 +39,7 @@ class ResultsFile:
 
 def read_results(path: Path) -> ResultsFile:
     """A results JSON's items, validated, and its scenario set's hash; anything else is an InputError."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read results JSON: {exc}") from exc
+    data = load_json(path, DATA_LIMIT, "results JSON")
     if not isinstance(data, dict) or data.get("schema_version") not in READABLE_VERSIONS:
         found = data.get("schema_version") if isinstance(data, dict) else None
         raise InputError(f"{path}: not a results file of schema_version 1 or 2 (found {found!r})")
