@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 MARKDOWN = "report.md"  # the report files of --instrumental-report DIR
@@ -36,8 +36,10 @@ def output_problem(path: Path, is_directory: bool, files: Sequence[str] = ()) ->
                 return f"{name} in it: {problem}"
         target = path if path.is_dir() else path.parent
         return None if os.access(target, os.W_OK | os.X_OK) else f"{target} is not writable"
-    ancestor = path.parent
+    ancestor = path if is_directory else path.parent
     while not ancestor.exists():
+        if ancestor.is_symlink():  # it would be made at the end, and fail: the run's results lost
+            return f"{ancestor} is a symbolic link to nothing"
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         return f"{ancestor} is a file"
@@ -47,11 +49,17 @@ def output_problem(path: Path, is_directory: bool, files: Sequence[str] = ()) ->
 def write_text(path: Path, text: str) -> None:
     """``text`` into ``path`` by the rule above; a link or special file that appeared at the
     target since the check is replaced, never written through."""
+    write_with(path, lambda staging: staging.write_text(text, encoding="utf-8"))
+
+
+def write_with(path: Path, write: Callable[[Path], object]) -> None:
+    """What ``write`` writes to the path it is given (a file of its own beside ``path``, with the
+    same extension, which some writers read as the format) put at ``path`` by the rule above."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        write(Path(staging))
         os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes it 0600
         os.replace(staging, path)
     except BaseException:

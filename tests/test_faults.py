@@ -29,6 +29,16 @@ def _link(name: str) -> Callable[[Path], None]:
         (lambda p: (p / "blocker").write_text("x"), "--instrumental-json=blocker/sub/out.json", "blocker is a file"),
         (lambda p: (p / "snaps").write_text("x"), "--instrumental-snapshot-dir=snaps", "it is a file, not a directory"),
         (lambda p: os.mkfifo(p / "fifo"), "--instrumental-json=fifo", "it exists and is not a regular file *"),
+        (
+            lambda p: (p / "gone").symlink_to(p / "nowhere"),
+            "--instrumental-json=gone/out.json",
+            "*gone is a symbolic link to nothing",
+        ),
+        (
+            lambda p: (p / "gone").symlink_to(p / "nowhere"),
+            "--instrumental-report=gone",
+            "*gone is a symbolic link to nothing",
+        ),
         (_link("out.json"), "--instrumental-json=out.json", "it is a symbolic link (outputs are never written *"),
         (_link("out/report.md"), "--instrumental-report=out", "report.md in it: it is a symbolic link *"),
         (_link("snaps/instrumental.ambr"), "--instrumental-snapshot-dir=snaps", "instrumental.ambr in it: it is a *"),

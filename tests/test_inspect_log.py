@@ -72,3 +72,19 @@ def test_without_inspect_ai_the_option_is_a_usage_error(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--instrumental-inspect-log needs inspect_ai: pip install*"])
     assert not (pytester.path / "logs").exists()
+
+
+def test_a_log_is_never_written_through_a_link_planted_at_its_name(
+    pytester: pytest.Pytester, small_replay_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_instrumental.reports import inspect_log
+
+    monkeypatch.setattr(inspect_log, "_stamp", lambda started_at: "2026-01-01T00-00-00+00-00")  # a name to plant
+    (pytester.path / "logs").mkdir()
+    (pytester.path / "precious.txt").write_text("not yours to overwrite")
+    planted = pytester.path / "logs" / "2026-01-01T00-00-00+00-00_instrumental_Qwen3-4B-Base.eval"
+    planted.symlink_to(pytester.path / "precious.txt")
+    result = pytester.runpytest(*small_replay_args, "--instrumental-inspect-log=logs")
+    assert result.ret == 0, result.stdout.str()
+    assert (pytester.path / "precious.txt").read_text() == "not yours to overwrite"
+    assert not planted.is_symlink() and planted.stat().st_size > 0  # the link was replaced by the log

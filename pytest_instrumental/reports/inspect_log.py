@@ -14,10 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.outputs import write_with
 from pytest_instrumental.statistics.summary import RunSummary
 from pytest_instrumental.vocabulary.items import ItemKey
 from pytest_instrumental.vocabulary.request import Request, chat_turns
@@ -52,7 +54,7 @@ def write_inspect_logs(
         items = [i for i in summary.items if i.model == model]
         log = eval_log(model, items, requests, summary, settings)
         path = directory / f"{_stamp(summary.started_at)}_{TASK}_{_slug(model)}.eval"
-        write_eval_log(log, str(path))
+        write_with(path, partial(write_eval_log, log, format="eval"))  # never through a link
         written.append(path)
     return written
 
