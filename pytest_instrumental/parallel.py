@@ -10,7 +10,9 @@ then generated once, and a local model loads in one process only.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,6 +45,36 @@ def model_scheduler(config: Any, log: Any, model_of: Callable[[str], str | None]
             return str(crashed)
 
     return ModelScheduling(config, log)
+
+
+LATE_OUTPUT_WAIT_S = 10.0  # after an interruption, how long the controller waits for workers' outputs
+INTERRUPT_AFTER_S = 2.0  # a worker interrupted with the controller has reported by then, unless busy
+
+
+def late_outputs(nodes: Mapping[str, Any], wait_s: float = LATE_OUTPUT_WAIT_S) -> dict[str, dict[str, Any] | None]:
+    """After an interruption the controller stops reading its workers' events, but a worker
+    whose session ends still sends its output, which xdist keeps on the node (``workeroutput``,
+    as ``pytest_testnodedown`` reads it). A local worker still running after ``INTERRUPT_AFTER_S``
+    (the controller alone got SIGTERM) is interrupted then, so that it reports what it finished.
+    Each node's output, waiting up to ``wait_s`` in all; None for a worker that sent none in time."""
+    start = time.monotonic()
+    interrupted = False
+    while time.monotonic() - start < wait_s and not all(hasattr(n, "workeroutput") for n in nodes.values()):
+        if not interrupted and time.monotonic() - start >= INTERRUPT_AFTER_S:
+            for node in nodes.values():
+                if not hasattr(node, "workeroutput"):
+                    _interrupt(node)
+            interrupted = True
+        time.sleep(0.05)
+    return {name: getattr(node, "workeroutput", None) for name, node in nodes.items()}
+
+
+def _interrupt(node: Any) -> None:
+    """Ctrl-C to a worker this process started (execnet's popen gateway keeps its process); a
+    remote worker, or one that ended, is left as it is."""
+    process = getattr(getattr(node.gateway, "_io", None), "popen", None)
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGINT)
 
 
 def worker_index(worker_id: str) -> int | None:

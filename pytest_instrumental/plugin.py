@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,9 +25,11 @@ if TYPE_CHECKING:
     from pytest_instrumental.run import InstrumentalRun
     from pytest_instrumental.statistics.summary import RunSummary
     from pytest_instrumental.vocabulary.request import Request
+    from pytest_instrumental.vocabulary.verdicts import ItemResult
 
 _RUN: pytest.StashKey[InstrumentalRun] = pytest.StashKey()
 _PASSING_EXITS = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
+_REPORTED_RESULTS = "instrumental_results"  # the attribute of a worker's item report holding its results
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -162,6 +164,7 @@ class ScenarioItem(pytest.Item):
         self.request = request
         self.obj = test_scenario
         self.verdict: str | None = None  # once judged: what a verdict snapshot compares
+        self.results: tuple[ItemResult, ...] = ()  # once judged: each epoch's result
 
     def runtest(self) -> None:
         run = self.config.stash[_RUN]
@@ -169,6 +172,7 @@ class ScenarioItem(pytest.Item):
         if outcome.skip_reason is not None:
             pytest.skip(outcome.skip_reason)
         self.user_properties += outcome.properties
+        self.results = outcome.results
         if outcome.failure is not None:
             raise ItemError(outcome.failure)
         self.verdict = str(outcome.verdict)
@@ -236,10 +240,20 @@ class InstrumentalPlugin:
 
 
 class InstrumentalWorker:
-    """Registered on an xdist worker only: its results go to the controller in its output."""
+    """Registered on an xdist worker only: its results go to the controller with each item's
+    report, as they finish, and what no report carried in its output at the end."""
 
     def __init__(self, run: InstrumentalRun) -> None:
         self._run = run
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if call.when == "call" and isinstance(item, ScenarioItem) and item.results:
+            setattr(report, _REPORTED_RESULTS, self._run.report_results(item.results))  # xdist serialises it
+        return report
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
@@ -253,6 +267,7 @@ class InstrumentalController:
     def __init__(self, run: InstrumentalRun) -> None:
         self._run = run
         self._previewed = False
+        self._workers: dict[str, Any] = {}  # under xdist, the workers whose output has not come
         self._summary: RunSummary | None = None
         self._write_failures: list[str] = []
 
@@ -265,6 +280,9 @@ class InstrumentalController:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call":
             self._run.mark_ran(report.nodeid)
+            results = getattr(report, _REPORTED_RESULTS, None)  # a worker's item, under xdist
+            if results:
+                self._run.merge_reported(results)
 
     @pytest.hookimpl(optionalhook=True)  # xdist hooks: the plugin works without xdist
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -284,8 +302,27 @@ class InstrumentalController:
         if reporter is not None:
             reporter.write_line(self._run.preview([i.partition("@")[0] for i in ids]).line())
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
+        """Under xdist, an interruption stops the controller reading its workers' events: what
+        they report after it is taken here, while they are still up (parallel.late_outputs)."""
+        try:
+            return (yield)
+        except KeyboardInterrupt:
+            if self._workers:
+                from pytest_instrumental.parallel import late_outputs
+
+                for worker, output in late_outputs(self._workers).items():
+                    self._run.merge_worker(output or {}, worker, "interrupted before it reported")
+            raise
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodeready(self, node: Any) -> None:
+        self._workers[str(node.gateway.id)] = node
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: object | None) -> None:
+        self._workers.pop(str(node.gateway.id), None)
         self._run.merge_worker(getattr(node, "workeroutput", None) or {}, str(node.gateway.id), error)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

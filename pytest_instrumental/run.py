@@ -81,6 +81,7 @@ class ItemOutcome:
     judge: str | None = None
     reason: str | None = None
     failure: str | None = None
+    results: tuple[ItemResult, ...] = ()  # each epoch's result
 
     @classmethod
     def of(cls, results: list[ItemResult]) -> ItemOutcome:
@@ -91,7 +92,7 @@ class ItemOutcome:
         else:
             failure = "; ".join(f"epoch {r.epoch}: {r.error}" for r in errors) or None
         verdict = first.verdict if len(results) == 1 else tally(results)
-        return cls(verdict=verdict, judge=first.judge, reason=first.reason, failure=failure)
+        return cls(verdict=verdict, judge=first.judge, reason=first.reason, failure=failure, results=tuple(results))
 
     @property
     def properties(self) -> list[tuple[str, object]]:
@@ -119,6 +120,9 @@ class InstrumentalRun:
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
     worker_warnings: list[str] = field(default_factory=list)  # xdist workers' cache problems
+    # answers that crossed between xdist processes (on a worker: sent with their report; on the
+    # controller: recorded), each once
+    _exchanged: set[tuple[ItemKey, int]] = field(default_factory=set, init=False)
     cost: Cost | None = None  # what the run set out to do (under xdist: counted on the controller)
 
     @property
@@ -207,19 +211,40 @@ class InstrumentalRun:
         self.cost = self.evaluation.cost([by_nodeid[n] for n in nodeids if n in by_nodeid])
         return self.cost
 
+    def report_results(self, results: Sequence[ItemResult]) -> list[dict[str, Any]]:
+        """On an xdist worker: an item's results, as its test report carries them to the
+        controller, which records them as they come (``merge_reported``): a session interrupted
+        or a worker lost keeps every item that reported."""
+        self._exchanged.update((r.key, r.epoch) for r in results)
+        return [r.to_dict() for r in results]
+
     def worker_output(self, interrupted: bool) -> dict[str, Any]:
-        """What an xdist worker sends its controller at the end: its results and its warnings."""
+        """What an xdist worker sends its controller at the end: the results no item's report
+        carried (after an interruption, the rest of a batch that finished) and its warnings."""
         if interrupted:
             self._take_finished()
-        return {WORKER_RESULTS: [r.to_dict() for r in self.results], WORKER_WARNINGS: self.evaluation.problems()}
+        unsent = [r.to_dict() for r in self.results if (r.key, r.epoch) not in self._exchanged]
+        return {WORKER_RESULTS: unsent, WORKER_WARNINGS: self.evaluation.problems()}
+
+    def merge_reported(self, results: Sequence[dict[str, Any]]) -> None:
+        """On the controller: the results a worker's item report carried."""
+        self._merge([ItemResult.from_dict(d) for d in results])
 
     def merge_worker(self, output: dict[str, Any], worker: str, error: object | None) -> None:
-        """A worker's output, on the controller; a worker that ended without one lost its items."""
+        """A worker's output, on the controller; a worker that ended without one lost the items
+        that had not reported."""
         if WORKER_RESULTS not in output:
             self.lost_workers.append(f"worker {worker} ended without reporting results ({error})")
             return
-        self.record([ItemResult.from_dict(d) for d in output[WORKER_RESULTS]])
+        self._merge([ItemResult.from_dict(d) for d in output[WORKER_RESULTS]])
         self.worker_warnings.extend(output.get(WORKER_WARNINGS, []))
+
+    def _merge(self, results: list[ItemResult]) -> None:
+        """Results from workers, each answer once."""
+        new = [r for r in results if (r.key, r.epoch) not in self._exchanged]
+        self._exchanged.update((r.key, r.epoch) for r in new)
+        self.record(new)
+        self.ran.update(r.key for r in new)  # also those an interrupted worker finished unreported
 
     def finish(
         self, interrupted: bool, snapshots_updated: bool, new_setups_only: bool = False

@@ -288,6 +288,54 @@ def test_a_run_stopped_halfway_reports_and_writes_what_finished_and_fails(pytest
     assert "gate FAILED" in report and "INTERRUPTED" in report
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["SIGINT to the process group", "SIGTERM to the controller"])
+def test_a_parallel_run_stopped_halfway_reports_what_its_workers_finished(pytester: pytest.Pytester, stop: str) -> None:
+    """Under xdist too: each worker reports what it finished (interrupted with the controller,
+    or by it), and the controller summarises and writes it, as one process does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.chat_server import running_chat_server
+
+    with running_chat_server() as server:
+        server.delay_s = 0.2  # each worker generates its model's 76 answers in about 15 s
+        server.served = ["local", "other"]
+        args = ["--instrumental", "--model=openai:local", "--model=openai:other", "-n", "2"]
+        args += [f"--instrumental-base-url={server.base_url}", "--judge=offline", "--suffix=anti_ic"]
+        args += ["--instrumental-concurrency=1", "--instrumental-json=out.json", "-p", "no:cacheprovider"]
+        env = {**os.environ, "OPENAI_API_KEY": "sk-test"}
+        session = subprocess.Popen(
+            [sys.executable, "-m", "pytest", *args],
+            cwd=pytester.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # a process group of its own, as a terminal's job is
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while len(server.bodies) < 20 and time.monotonic() < deadline and session.poll() is None:
+                time.sleep(0.05)
+            if stop.startswith("SIGINT"):
+                os.killpg(session.pid, signal.SIGINT)
+            else:
+                session.send_signal(signal.SIGTERM)
+            output = session.communicate(timeout=90)[0].decode()
+        finally:
+            session.kill()
+    assert session.returncode == pytest.ExitCode.INTERRUPTED, output
+    document = json.loads((pytester.path / "out.json").read_text(encoding="utf-8"))
+    finished = len(document["items"])
+    assert 10 <= finished < 152, output  # about what was generated when the signal came
+    assert {i["model"] for i in document["items"]} == {"openai:local", "openai:other"}
+    assert document["run"]["interrupted"] is True and document["gate"]["passed"] is False
+    assert f"INTERRUPTED: the run was stopped after {finished} items; what finished is reported" in output
+
+
 def test_a_cache_locked_by_another_process_is_said_then_a_usage_error(
     pytester: pytest.Pytester, small_replay_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
