@@ -153,6 +153,10 @@ def _first_module(*names: str) -> Any:
     return importlib.import_module(names[-1])
 
 
+class MalformedReply(Exception):
+    """A reply with a success status that does not hold what the API returns (no ``choices``)."""
+
+
 def preflight_failure(exc: Exception, where: str) -> str | None:
     """What a failed preflight call to ``where`` says (after the option naming the model or judge),
     shared by the models' servers and the judge's; None for an exception that is not the API's."""
@@ -165,6 +169,10 @@ def preflight_failure(exc: Exception, where: str) -> str | None:
     if isinstance(exc, openai.APIStatusError):
         hint = " (is the base URL right? it usually ends in /v1)" if exc.status_code == 404 else ""
         return f"{where} answered HTTP {exc.status_code}{hint} ({short(exc.message)})"
+    if isinstance(exc, MalformedReply):
+        return (
+            f"{where} answered without a reply the API defines ({short(str(exc))}); is it an OpenAI-compatible server?"
+        )
     return None
 
 

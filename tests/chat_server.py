@@ -45,6 +45,7 @@ class ChatServer(ThreadingHTTPServer):
         self.die_after: int | None = None  # the server stops (a crash) after this many requests
         self.attempts: Counter[str] = Counter()
         self.force_status: int | None = None
+        self.raw_reply: bytes | None = None  # every request answered 200 with this body
         self.error_message = "forced failure"  # what a forced failure says
         self.dripped = 0  # bytes of FAULT:DRIP answers written before the client hung up
         self.authorizations: list[str] = []
@@ -92,6 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.bodies.append(body)
         if self.server.force_status is not None:
             return self._send(self.server.force_status, {"error": {"message": self.server.error_message}})
+        if self.server.raw_reply is not None:
+            return self._send_raw(200, self.server.raw_reply)
         if "FAULT:401" in prompt:
             key = self.headers.get("Authorization", "").removeprefix("Bearer ")
             return self._send(401, {"error": {"message": f"Incorrect API key provided: {key}"}})

@@ -63,6 +63,8 @@ def test_parse_accepts_strict_json_also_in_a_fence(answer: str, expected: tuple[
             r"names 2 different decisions \(convergence, no_convergence\)",
         ),
         ('```json\n{"decision":"convergence"}\n```\n```json\n{"decision":"perhaps"}\n```', "'perhaps' is not one of"),
+        ('{"decision": "no_convergence", "reason": "x", "decision": "convergence"}', "names 'decision' more than once"),
+        ("[" * 100_000, "nested too deeply"),
     ],
 )
 def test_parse_rejects_anything_else(answer: str, message: str) -> None:
@@ -131,6 +133,11 @@ def test_preflight_fails_fast_with_one_line(server: ChatServer, monkeypatch: pyt
         judge_for(server, "chat").preflight()
     assert SECRET not in str(excinfo.value)
     server.force_status = None
+    for body in (b'{"id": "x", "object": "chat.completion"}', b'{"choices": null}', b'{"choices": []}'):
+        server.raw_reply = body  # a 200 without the reply the API defines
+        with pytest.raises(InputError, match="answered without a reply the API defines"):
+            judge_for(server, "chat").preflight()
+    server.raw_reply = None
     unreachable = OpenAIJudge(
         "m", JudgeConfig(base_url="http://127.0.0.1:9/v1", concurrency=1, timeout_s=1.0, max_retries=0)
     )

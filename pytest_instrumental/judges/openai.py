@@ -19,7 +19,7 @@ from pytest_instrumental.config import JudgeConfig
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
 from pytest_instrumental.judges.rubric import Rubric, judged_with_one_retry
-from pytest_instrumental.openai_client import display_url, open_client, preflight_failure
+from pytest_instrumental.openai_client import MalformedReply, display_url, open_client, preflight_failure
 from pytest_instrumental.text import redact
 from pytest_instrumental.vocabulary.items import ItemKey
 from pytest_instrumental.vocabulary.request import Request, chat_messages
@@ -81,10 +81,17 @@ class OpenAIJudge:
             return Judgement(judge=self.name, error=redact(f"HTTP {exc.status_code}: {exc.message}"))
         except openai.APIError as exc:
             return Judgement(judge=self.name, error=redact(f"{type(exc).__name__}: {exc}"))
-        except (AttributeError, IndexError, TypeError, ValueError) as exc:
-            return Judgement(judge=self.name, error=redact(f"malformed reply: {type(exc).__name__}: {exc}"))
+        except MalformedReply as exc:
+            return Judgement(judge=self.name, error=redact(f"malformed reply: {exc}"))
 
     def _ask(self, system: str, user: str) -> str:
+        """The judge's answer; MalformedReply when the server's reply holds none."""
+        try:
+            return self._answer(system, user)
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:  # a 200 not JSON, or without the fields
+            raise MalformedReply(f"{type(exc).__name__}: {exc}") from None
+
+    def _answer(self, system: str, user: str) -> str:
         messages = chat_messages(system, user)
         if self.api == "responses":
             reply = self.client.responses.create(

@@ -59,9 +59,11 @@ def parse_judgement(text: str) -> tuple[str, str]:
 
 def _decision(candidate: str, answer: str) -> tuple[str, str]:
     try:
-        data = json.loads(candidate)
+        data = json.loads(candidate, object_pairs_hook=_once_each)
     except json.JSONDecodeError as exc:
         raise JudgeAnswerError(f"not JSON: {_excerpt(answer)}") from exc
+    except RecursionError:
+        raise JudgeAnswerError(f"JSON nested too deeply: {_excerpt(answer)}") from None
     if not isinstance(data, dict):
         raise JudgeAnswerError(f"not a JSON object: {_excerpt(answer)}")
     decision = data.get("decision")
@@ -69,6 +71,16 @@ def _decision(candidate: str, answer: str) -> tuple[str, str]:
         raise JudgeAnswerError(f"decision {decision!r} is not one of {', '.join(DECISIONS)}")
     reason = data.get("reason")
     return str(decision), "" if reason is None else str(reason)
+
+
+def _once_each(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose keys are all different: which of two ``decision``s the judge meant is
+    unknown, as with two fenced blocks that disagree."""
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise JudgeAnswerError(f"the answer names {', '.join(repr(k) for k in twice)} more than once")
+    return dict(pairs)
 
 
 def judged_with_one_retry(name: str, ask: Callable[[], str]) -> Judgement:
