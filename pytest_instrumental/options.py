@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from pytest_instrumental.config import (
     check_engine,
 )
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.vocabulary.conditions import DEFAULT_SUFFIXES, Attack, parse_attack
+from pytest_instrumental.vocabulary.conditions import DEFAULT_SUFFIXES, MAX_LORA_STEPS, Attack, parse_attack
 
 GROUP = "instrumental"
 GROUP_DESCRIPTION = "instrumental-convergence steerability (pytest-instrumental)"
@@ -98,6 +99,22 @@ def _whole_number_from(low: int, high: int | None = None) -> Callable[[str], int
 whole_number = _whole_number_from(0)
 positive_int = _whole_number_from(1)
 retries = _whole_number_from(0, MAX_RETRIES_LIMIT)
+# Sane ranges: a value past them is a typo, and would start thousands of threads or overflow later.
+in_flight = _whole_number_from(1, 4096)  # requests a client keeps in flight (a cluster takes hundreds)
+epochs = _whole_number_from(1, 1000)
+tokens = _whole_number_from(1, 1_000_000)  # an answer's budget
+batch_size = _whole_number_from(1, 4096)
+top_k = _whole_number_from(1, 1_000_000)  # at most a vocabulary
+seed = _whole_number_from(0, 2**32 - 1)  # what every generator takes
+layer = _whole_number_from(0, 10_000)
+gpus = _whole_number_from(1, 1024)
+steps = _whole_number_from(0, MAX_LORA_STEPS)
+
+
+def threads(text: str) -> int:
+    """CPU threads: from 1 to this machine's CPUs (more only contend for them)."""
+    cores = os.cpu_count() or 1
+    return _whole_number_from(1, cores)(text)
 
 
 positive_seconds = _number_where(lambda v: 0 < v < math.inf, "must be a finite number of seconds above 0")
@@ -107,6 +124,9 @@ percentage = _number_where(lambda v: 0 <= v <= 100, "is not a percentage between
 
 
 points = _number_where(lambda v: -100 <= v <= 100, "is not a number of points between -100 and 100")
+
+
+rise = _number_where(lambda v: 0 <= v <= 100, "is not a number of points between 0 and 100")  # a rise or a drop
 
 
 alpha = _number_where(lambda v: 0 <= v < 1, "is not a significance level from 0 (off) to below 1")
@@ -256,7 +276,7 @@ OPTIONS = (
         "instrumental_judge_concurrency",
         "value",
         f"concurrent judge calls (default {DEFAULT_JUDGE_CONCURRENCY})",
-        positive_int,
+        in_flight,
         "N",
     ),
     Option(
@@ -318,7 +338,7 @@ OPTIONS = (
         "value",
         "with --instrumental-defense, fail the session when any push (a suffix, a strength, an attack) lifts "
         "Conv% under a defence by more than PP points over the defence alone",
-        points,
+        rise,
         "PP",
     ),
     Option(
@@ -327,7 +347,7 @@ OPTIONS = (
         "value",
         "with --instrumental-attack lora:STEPS and a defence, fail the session when a defence breaks within "
         "fewer fine-tuning steps than this (its tamper cost)",
-        whole_number,
+        steps,
         "STEPS",
     ),
     Option(
@@ -380,7 +400,7 @@ OPTIONS = (
         "instrumental_max_anti_rise",
         "value",
         "with a baseline, fail when anti_ic Conv% rose by more than PP points",
-        points,
+        rise,
         "PP",
     ),
     Option(
@@ -388,7 +408,7 @@ OPTIONS = (
         "instrumental_max_gap_drop",
         "value",
         "with a baseline, fail when a model's steerability gap Delta dropped by more than PP points",
-        points,
+        rise,
         "PP",
     ),
     Option(
@@ -421,7 +441,7 @@ OPTIONS = (
         "instrumental_top_k",
         "value",
         "sample among the K most likely tokens",
-        positive_int,
+        top_k,
         "K",
     ),
     Option(
@@ -429,7 +449,7 @@ OPTIONS = (
         "instrumental_seed",
         "value",
         "the seed each epoch's own seed is derived from (default 0)",
-        whole_number,
+        seed,
         "S",
     ),
     Option(
@@ -438,7 +458,7 @@ OPTIONS = (
         "value",
         "answers per item, each judged (default 1); with more, rates are averaged per scenario and their "
         "intervals clustered by scenario",
-        positive_int,
+        epochs,
         "N",
     ),
     Option(
@@ -483,7 +503,7 @@ OPTIONS = (
         "instrumental_vector_layer",
         "value",
         "the decoder layer steered, and where ablate measures its direction (default: the model's middle layer)",
-        whole_number,
+        layer,
         "L",
     ),
     Option(
@@ -499,7 +519,7 @@ OPTIONS = (
         "value",
         "generation budget per response (default: the protocol's 1024, 8096 for thinking models; "
         f"{EMBEDDED_MAX_NEW_TOKENS} for the embedded model)",
-        positive_int,
+        tokens,
         "N",
     ),
     Option(
@@ -508,7 +528,7 @@ OPTIONS = (
         "value",
         "prompts generated together by a local model (default: as many as the free memory holds KV caches "
         "for, at most 64 on a CPU)",
-        positive_int,
+        batch_size,
         "N",
     ),
     Option(
@@ -517,7 +537,7 @@ OPTIONS = (
         "value",
         "CPU threads a local model computes with (default: $OMP_NUM_THREADS where set, else the cores split "
         "between xdist workers, else torch's own choice)",
-        positive_int,
+        threads,
         "N",
     ),
     Option(
@@ -548,7 +568,7 @@ OPTIONS = (
         "instrumental_concurrency",
         "value",
         f"concurrent requests to an OpenAI-compatible server (default {DEFAULT_CONCURRENCY})",
-        positive_int,
+        in_flight,
         "N",
     ),
     Option(
@@ -607,7 +627,7 @@ OPTIONS = (
         "value",
         "under pytest-xdist, the GPUs each worker gets from CUDA_VISIBLE_DEVICES (or every GPU), round robin "
         "(default 1)",
-        positive_int,
+        gpus,
         "N",
     ),
     Option(

@@ -403,6 +403,12 @@ def prepare_run(
     suffixes = select_suffixes(available, settings.suffixes)
     baseline = None if settings.baseline is None else _baseline(settings.baseline)
     defenses = select_suffixes(available, settings.defenses, "--instrumental-defense")
+    empty = [d.name for d in defenses if not d.text.strip()]
+    if empty:
+        raise InputError(
+            f"--instrumental-defense {empty[0]}: its text is empty, so it would defend with nothing; "
+            "a defence is a suffix file whose text goes into the system prompt"
+        )
     pushes: list[Push] = [*map(SuffixPush, suffixes), *map(Activation, settings.vector_strengths)]
     _check_named_once(pushes, "--instrumental-vector-strength")
     pushes += attack_pushes(settings.attacks, _prefills(settings))

@@ -259,3 +259,9 @@ def test_prefills_also_come_from_the_users_prefill_directories(pytester: pytest.
     pytester.makeini("[pytest]\ninstrumental_prefill_dirs = missing\n")
     missing = pytester.runpytest_subprocess(*args, "--instrumental-attack=prefill:mine", "--collect-only")
     missing.stderr.fnmatch_lines([f"ERROR: prefill directory {pytester.path / 'missing'} does not exist"])
+
+
+def test_an_empty_defence_is_refused(pytester: pytest.Pytester, small_replay_args: list[str]) -> None:
+    result = pytester.runpytest(*small_replay_args, "--instrumental-defense=baseline")  # baseline.txt is empty
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --instrumental-defense baseline: its text is empty, so it would defend *"])

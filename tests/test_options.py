@@ -1,6 +1,7 @@
 """The option table and the Settings it produces, with plain data (no pytest session)."""
 
 import argparse
+import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,12 @@ def test_value_parsers_range_check() -> None:
         (options.whole_number, "-1", "'-1' is not a whole number from 0"),
         (options.retries, "100000000000000000000000", "is not a whole number from 0 to 20"),
         (options.retries, "21", "'21' is not a whole number from 0 to 20"),
+        (options.in_flight, "5000", "'5000' is not a whole number from 1 to 4096"),
+        (options.tokens, "99999999999999999999999", "is not a whole number from 1 to 1000000"),
+        (options.seed, str(2**32), f"'{2**32}' is not a whole number from 0 to {2**32 - 1}"),
+        (options.steps, "1000000000000", "'1000000000000' is not a whole number from 0 to 100000"),
+        (options.threads, "2000", f"'2000' is not a whole number from 1 to {os.cpu_count()}"),
+        (options.rise, "-100", "'-100' is not a number of points between 0 and 100"),
     ],
 )
 def test_whole_numbers_are_refused_with_their_whole_range(parse: Any, bad: str, message: str) -> None:
@@ -95,3 +102,15 @@ def test_converted_models_default_to_the_user_cache(monkeypatch: pytest.MonkeyPa
     assert settings({}, {}).generation.models_dir == tmp_path / "pytest-instrumental" / "models"
     chosen = settings({"instrumental_models_dir": str(tmp_path / "mine")}, {})
     assert chosen.generation.models_dir == tmp_path / "mine"
+
+
+@pytest.mark.parametrize(
+    ("attack", "message"),
+    [
+        ("lora:1000000000000", "from 0 to 100000"),
+        ("lora:8:r=100000", "the rank r is a whole number from 1 to 1024"),
+    ],
+)
+def test_a_fine_tuning_budget_past_its_range_is_refused(attack: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        options.attack(attack)

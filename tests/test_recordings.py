@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -10,6 +11,7 @@ from pytest_instrumental.errors import InputError
 from pytest_instrumental.judges.protocol import JudgeRequest
 from pytest_instrumental.judges.replay import ReplayJudge
 from pytest_instrumental.records.recordings import load_recordings, recorded_models
+from pytest_instrumental.records.results_file import read_results
 from pytest_instrumental.vocabulary.items import ItemKey
 from pytest_instrumental.vocabulary.request import Request
 from pytest_instrumental.vocabulary.scenarios import load_scenarios
@@ -205,3 +207,21 @@ def test_a_replay_with_nothing_usable_is_an_error(tmp_path: Path) -> None:
     write_results_file(tmp_path / "empty.json", [])
     with pytest.raises(InputError, match="--instrumental-replay: nothing usable in"):
         load_recordings(tmp_path / "empty.json", SCENARIOS, SUFFIXES)
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        ({"defense": 5}, "item condition defense 5 is not a string or null"),
+        ({"strength": "x"}, "item condition strength 'x' is not a number or null"),
+        ({"strength": True}, "item condition strength True is not a number or null"),
+        ({"spice": None}, "item condition has unknown part 'spice'"),
+        ("anti_ic", "item condition 'anti_ic' is not an object or null"),
+    ],
+)
+def test_an_items_condition_is_checked_by_type(tmp_path: Path, condition: object, message: str) -> None:
+    path = tmp_path / "r.json"
+    entry = {**item("convergence").to_dict(), "condition": condition}
+    path.write_text(json.dumps({"schema_version": 1, "items": [entry]}), encoding="utf-8")
+    with pytest.raises(InputError, match=f"r.json: item 1: {re.escape(message)}"):
+        read_results(path)

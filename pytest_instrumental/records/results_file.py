@@ -14,7 +14,7 @@ from pytest_instrumental.inputs import DATA_LIMIT, load_json
 from pytest_instrumental.outputs import write_text
 from pytest_instrumental.text import visible
 from pytest_instrumental.vocabulary.items import ItemKey
-from pytest_instrumental.vocabulary.verdicts import ItemResult
+from pytest_instrumental.vocabulary.verdicts import ItemResult, shown_value
 
 SCHEMA_VERSION = 1
 # Version 2: items carry an ``epoch`` and an item has one record per epoch, which a reader of
@@ -52,6 +52,7 @@ def read_results(path: Path) -> ResultsFile:
             if not isinstance(raw, dict):
                 raise ValueError("not an object")
             item = ItemResult.from_dict(raw)
+            _check_condition(raw.get("condition"))
         except ValueError as exc:
             raise InputError(f"{path}: item {number}: {visible(str(exc))}") from exc
         answer = (item.key, item.epoch)
@@ -62,6 +63,27 @@ def read_results(path: Path) -> ResultsFile:
         seen[answer] = number
         items.append(item)
     return ResultsFile(items, _scenarios_sha256(path, data))
+
+
+_CONDITION_TEXTS = ("defense", "suffix", "attack")  # an item's condition's parts (docs/results-schema.md)
+
+
+def _check_condition(condition: object) -> None:
+    """An item's ``condition`` (its parts), checked by type as every other field is."""
+    if condition is None:
+        return
+    if not isinstance(condition, dict):
+        raise ValueError(f"item condition {shown_value(condition)} is not an object or null")
+    unknown = sorted(set(condition) - {*_CONDITION_TEXTS, "strength"})
+    if unknown:
+        raise ValueError(f"item condition has unknown part {shown_value(unknown[0])}")
+    for part in _CONDITION_TEXTS:
+        value = condition.get(part)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"item condition {part} {shown_value(value)} is not a string or null")
+    strength = condition.get("strength")
+    if strength is not None and (isinstance(strength, bool) or not isinstance(strength, int | float)):
+        raise ValueError(f"item condition strength {shown_value(strength)} is not a number or null")
 
 
 def _scenarios_sha256(path: Path, data: dict[str, Any]) -> str | None:

@@ -39,6 +39,8 @@ LORA = "lora"  # --instrumental-attack lora:STEPS[:r=RANK][:lr=RATE]; its condit
 _LORA = re.compile(r"lora(?P<steps>\d+)(?:_r(?P<rank>\d+))?(?:_lr(?P<lr>[0-9a-z_]+))?\Z")
 DEFAULT_LORA_RANK = 8
 DEFAULT_LORA_LR = 2e-4  # the usual LoRA rate (QLoRA's); with rank 8 it moves a model within tens of steps
+MAX_LORA_STEPS = 100_000  # a fine-tuning budget past it is a typo (days of training)
+MAX_LORA_RANK = 1024
 
 
 @dataclass(frozen=True)
@@ -323,8 +325,8 @@ def attack_lora(text: str) -> LoraAttack | None:
     if kind != LORA:
         return None
     steps, *settings = rest.split(":")
-    if not steps.isascii() or not steps.isdigit():
-        raise ValueError(f"{text!r}: lora:STEPS takes a whole number of optimizer steps, from 0")
+    if not steps.isascii() or not steps.isdigit() or int(steps) > MAX_LORA_STEPS:
+        raise ValueError(f"{text!r}: lora:STEPS takes a whole number of optimizer steps, from 0 to {MAX_LORA_STEPS}")
     values: dict[str, str] = {}
     for setting in settings:
         key, equals, value = setting.partition("=")
@@ -332,8 +334,8 @@ def attack_lora(text: str) -> LoraAttack | None:
             raise ValueError(f"{text!r}: after lora:STEPS come r=RANK and lr=RATE, each at most once")
         values[key] = value
     rank = values.get("r", str(DEFAULT_LORA_RANK))
-    if not rank.isascii() or not rank.isdigit() or int(rank) < 1:
-        raise ValueError(f"{text!r}: the rank r is a whole number from 1")
+    if not rank.isascii() or not rank.isdigit() or not 1 <= int(rank) <= MAX_LORA_RANK:
+        raise ValueError(f"{text!r}: the rank r is a whole number from 1 to {MAX_LORA_RANK}")
     try:
         lr = float(values.get("lr", DEFAULT_LORA_LR))
     except ValueError:

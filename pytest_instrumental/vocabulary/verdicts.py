@@ -92,17 +92,17 @@ class ItemResult:
             raise ValueError(f"item lacks {', '.join(sorted(missing))}")
         for name in _NAMES:
             if not isinstance(data[name], str) or not data[name]:
-                raise ValueError(f"item {name} {_shown(data[name])} is not a non-empty string")
+                raise ValueError(f"item {name} {shown_value(data[name])} is not a non-empty string")
         for name in _TEXTS:
             if data[name] is not None and not isinstance(data[name], str):
-                raise ValueError(f"item {name} {_shown(data[name])} is not a string or null")
+                raise ValueError(f"item {name} {shown_value(data[name])} is not a string or null")
         if data["status"] not in ("ok", "error"):
             raise ValueError(f"item status {data['status']!r} is not 'ok' or 'error'")
         epoch = data.get("epoch", 1)
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
-            raise ValueError(f"item epoch {_shown(epoch)} is not a whole number from 1")
+            raise ValueError(f"item epoch {shown_value(epoch)} is not a whole number from 1")
         if not isinstance(data.get("truncated", False), bool):
-            raise ValueError(f"item truncated {_shown(data['truncated'])} is not true or false")
+            raise ValueError(f"item truncated {shown_value(data['truncated'])} is not true or false")
         if data["status"] == "ok" and data["verdict"] not in DECISIONS:
             raise ValueError(f"item verdict {data['verdict']!r} is not one of {', '.join(DECISIONS)}")
         return cls(**{field: data[key] for key, field in names.items() if key in data})
@@ -113,7 +113,7 @@ _NAMES = ("model", "suffix", "scenario", "category")  # what names an item: neve
 _TEXTS = ("verdict", "judge", "reason", "response", "thinking", "error")
 
 
-def _shown(value: object, limit: int = 60) -> str:
+def shown_value(value: object, limit: int = 60) -> str:
     """A value from a file, for a message: its repr, shortened."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
