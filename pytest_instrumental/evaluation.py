@@ -250,6 +250,13 @@ def _outcome(request: Request, generation: Generation, judgement: Judgement | No
     return ItemResult.of(request, "ok", verdict=judgement.decision, reason=judgement.reason, judge=judge, **answer)
 
 
+def _waits_for_training(request: Request) -> bool:
+    """Whether the request's answer (and its cache key) waits for what it is fine-tuned on; 0 steps
+    is the plain model, which trains on nothing."""
+    budget = request.fine_tuning
+    return budget is not None and budget.steps > 0 and not request.training
+
+
 class Evaluation:
     """Holds the planned requests of this process and evaluates them one model at a time, every
     epoch of every item together; a model's backend is closed (its weights freed) once all its
@@ -294,9 +301,11 @@ class Evaluation:
         for model in sorted({r.key.model for r in pending}):
             of_model = [r for r in pending if r.key.model == model]
             backend = self._backends[model]
-            # a fine-tuned request's key needs the answers it trains on, which do not exist yet
-            waiting = sum(r.fine_tuning is not None and not r.training for r in of_model)
-            keyed = [r for r in of_model if r.fine_tuning is None or r.training]
+            # a fine-tuned request's key holds the answers it trains on: known where they are cached
+            untrained = [r for r in of_model if _waits_for_training(r)]
+            trained = self._trained_from_cache(untrained, backend)
+            waiting = len(untrained) - len(trained)  # their training answers are made first: counted as new
+            keyed = [r for r in of_model if not _waits_for_training(r)] + trained
             judge_calls += waiting
             keys = [backend.cache_key(r) for r in keyed]
             found = [self._cached(GENERATION, key, Generation) for key in keys]
@@ -304,7 +313,7 @@ class Evaluation:
             unique, _ = _same_answers(cacheable, keys)
             made = sum(1 for i in unique if found[i] is None) + waiting
             generations += len(unique) + waiting
-            cached_generations += len(unique) - made
+            cached_generations += sum(1 for i in unique if found[i] is not None)
             if isinstance(backend, Sends) and made:
                 sends[f"model {model} at {backend.endpoint}"] = made
             for request, generation in zip(keyed, found, strict=True):
@@ -316,6 +325,26 @@ class Evaluation:
             sends[f"judge {self._judge.name} at {self._judge.endpoint}"] = judge_calls - cached_verdicts
         items = len({r.key for r in pending})
         return Cost(items, len(pending), generations, cached_generations, judge_calls, cached_verdicts, sends)
+
+    def _trained_from_cache(self, requests: list[Request], backend: Backend) -> list[Request]:
+        """Fine-tuning ``requests`` with the demonstrations they will train on, where every answer
+        those are made of is in the cache (or the user gave them); none otherwise."""
+        if not requests or self._training is None:
+            return []
+        answers: dict[ItemKey, ItemResult] = {}
+        for request in self._training.support(requests[0].key.model):
+            generation = self._cached(GENERATION, backend.cache_key(request), Generation)
+            if generation is None or generation.response is None:
+                return []
+            judge_request = JudgeRequest(request, generation.response)
+            judgement = self._cached(VERDICT, self._judge.cache_key(judge_request), cached_judgement)
+            if judgement is None:
+                return []
+            outcome = _outcome(request, generation, judgement)
+            if isinstance(outcome, ItemResult):
+                answers[request.key] = outcome
+        ready, _ = self._training.attach(requests, answers)
+        return ready
 
     def _cached(self, kind: str, key: dict[str, Any] | None, factory: Callable[..., Any]) -> Any:
         return (

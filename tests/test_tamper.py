@@ -2,6 +2,7 @@
 its mechanism on a tiny random Qwen3; and a run of it, trained on the model's own answers."""
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,13 @@ def test_a_run_trains_on_its_own_judged_answers_and_a_cached_rerun_trains_and_lo
     assert rerun.ret == pytest.ExitCode.TESTS_FAILED
     for absent in ("training", "generating", "Loading weights"):
         assert absent not in rerun.stderr.str()
+    # the plan line counts exactly: cold, nothing cached; warm, every generation cached, fine-tuned ones too
+    planned = [_generations(run.stdout.str()) for run in (first, rerun)]
+    assert planned[0] == (4, 4, 0) and planned[1] == (0, 4, 4), planned
+
+
+def _generations(output: str) -> tuple[int, int, int]:
+    """(to make, in all, cached) from the plan line."""
+    found = re.search(r"(\d+) of (\d+) generations to make \((-?\d+) cached\)", output)
+    assert found is not None, output
+    return int(found[1]), int(found[2]), int(found[3])
