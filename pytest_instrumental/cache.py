@@ -149,17 +149,22 @@ class Cache:
         self._db.close()
 
 
-def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+def build_once(target: Path, build: Callable[[Path], None], damage: Callable[[Path], str | None] | None = None) -> Path:
     """``target``, made by ``build(staging directory)`` unless it exists. Processes that need it at
     once (xdist workers, two sessions) take turns on a lock file, so it is built once; it is built
     beside the target and renamed into place, so nobody sees half of it, and what a killed build
-    left behind is removed before the next build starts."""
+    left behind is removed before the next build starts. A target that ``damage`` finds damaged
+    (a file cut short by a full disk, say) is set aside as ``<target>.damaged`` and built again."""
     from filelock import FileLock
 
-    if target.is_dir():
+    if target.is_dir() and (damage is None or damage(target) is None):
         return target
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target} is a file where a directory of built files belongs; move it away")
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(target.with_name(f"{target.name}.lock")):
+        if target.is_dir() and damage is not None and damage(target) is not None:
+            set_aside(target)
         if target.is_dir():  # built by another process while this one waited
             return target
         staging = target.with_name(f"{target.name}.partial")
@@ -171,3 +176,29 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def set_aside(directory: Path) -> Path:
+    """A damaged ``directory`` moved to ``<directory>.damaged`` (replacing an older one), kept for
+    a look, out of the way of the one made again."""
+    aside = directory.with_name(f"{directory.name}.damaged")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(directory, aside)
+    return aside
+
+
+def safetensors_damage(directory: Path) -> str | None:
+    """What is wrong with the safetensors files in ``directory`` (one cut short, or none there);
+    None when each one's header and length agree."""
+    from safetensors import safe_open
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        return f"{directory} holds no .safetensors file"
+    for path in files:
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as exc:
+            return f"{path} is damaged ({exc})"
+    return None

@@ -14,6 +14,7 @@ from typing import Any
 
 from pytest_instrumental import snapshots
 from pytest_instrumental.backends.interventions import plan_interventions
+from pytest_instrumental.backends.lora import ADAPTERS_DIR_NAME
 from pytest_instrumental.backends.protocol import Backend, Prepares
 from pytest_instrumental.backends.registry import (
     EMBEDDED,
@@ -551,6 +552,10 @@ def check_outputs(settings: Settings) -> None:
             problem = output_problem(path, files is not None, files or ())
             if problem is not None:
                 raise InputError(f"{flag}: cannot write {path}: {problem}")
+    models = settings.generation.models_dir  # converted models, and the adapters fine-tuning keeps
+    for directory in (models, models / ADAPTERS_DIR_NAME):
+        if directory.exists() and not directory.is_dir():
+            raise InputError(f"--instrumental-models-dir: {directory} is a file, where a directory belongs")
 
 
 def _prepare(parts: list[Backend | Judge], generates_here: bool) -> None:

@@ -358,3 +358,74 @@ def test_a_cache_locked_by_another_process_is_said_then_a_usage_error(
             "ERROR: --instrumental-cache-dir: */cache.sqlite stayed locked by another process for 3 s *",
         ]
     )
+
+
+def test_a_damaged_build_is_set_aside_named_and_made_again(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from pytest_instrumental.cache import build_once, safetensors_damage
+
+    builds = []
+
+    def build(directory: Path) -> None:
+        builds.append(directory)
+        save_file({"w": torch.ones(64)}, str(directory / "model.safetensors"))
+
+    target = tmp_path / "converted"
+    assert build_once(target, build, safetensors_damage) == target and len(builds) == 1
+    assert build_once(target, build, safetensors_damage) == target and len(builds) == 1  # intact: kept
+    weights = target / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # cut short, as by a full disk
+    assert "model.safetensors is damaged" in (safetensors_damage(target) or "")
+    assert build_once(target, build, safetensors_damage) == target and len(builds) == 2
+    assert safetensors_damage(target) is None  # made again
+    assert (tmp_path / "converted.damaged" / "model.safetensors").stat().st_size == weights.stat().st_size - 100
+
+
+def test_a_models_directory_that_is_a_file_is_a_usage_error(
+    pytester: pytest.Pytester, small_replay_args: list[str]
+) -> None:
+    (pytester.path / "models").write_text("not a directory")
+    result = pytester.runpytest(*small_replay_args, "--instrumental-models-dir=models")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --instrumental-models-dir: *models is a file, where a directory belongs"])
+    (pytester.path / "models").unlink()
+    (pytester.path / "models").mkdir()
+    (pytester.path / "models" / "adapters").write_text("not a directory")
+    result = pytester.runpytest(*small_replay_args, "--instrumental-models-dir=models")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --instrumental-models-dir: *adapters is a file, where a directory belongs"])
+
+
+def test_a_process_waiting_for_another_ones_training_says_so(tmp_path: Path) -> None:
+    import threading
+    import time
+    from contextlib import contextmanager
+
+    from filelock import FileLock
+
+    from pytest_instrumental.backends.lora import waiting_for
+
+    said: list[str] = []
+
+    @contextmanager
+    def progress(desc: str, total: int, done: int = 0, unit: str = "item"):  # type: ignore[no-untyped-def]
+        said.append(desc)
+        yield type("Bar", (), {"update": lambda self, n: None, "set_postfix_str": lambda self, s: None})()
+
+    held = threading.Event()
+
+    def train_elsewhere() -> None:  # another process's training run, as far as the lock can tell
+        with FileLock(tmp_path / "recipe.lock"):
+            held.set()
+            time.sleep(0.3)
+
+    threading.Thread(target=train_elsewhere).start()
+    held.wait()
+    with waiting_for(FileLock(tmp_path / "recipe.lock"), "waiting for another process training m", progress):
+        pass
+    assert said == [f"waiting for another process training m (lock {tmp_path / 'recipe.lock'})"]
+    with waiting_for(FileLock(tmp_path / "recipe.lock"), "never shown", progress):  # free: nothing to say
+        pass
+    assert len(said) == 1

@@ -13,7 +13,7 @@ import importlib.util
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from pytest_instrumental.cache import build_once
+from pytest_instrumental.cache import build_once, safetensors_damage
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.progress import library_bars_off
 
@@ -49,7 +49,7 @@ def converted_dir(models_dir: Path) -> Path:
     """The safetensors copy of the GGUF, converting it on first use (once, whatever the number of
     processes asking)."""
     target = models_dir / f"smollm2-135m-{revision().replace(':', '-').replace('=', '')}"
-    return build_once(target, _convert)
+    return build_once(target, _convert, safetensors_damage)
 
 
 def _convert(directory: Path) -> None:

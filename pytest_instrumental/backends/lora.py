@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.backends.protocol import Host
+from pytest_instrumental.cache import safetensors_damage, set_aside
+from pytest_instrumental.errors import InputError
 from pytest_instrumental.progress import ProgressFactory, progress_bar
 from pytest_instrumental.vocabulary.conditions import LoraAttack
 from pytest_instrumental.vocabulary.request import Demonstration, Request
@@ -75,7 +77,10 @@ class Adapters:
             if not self.applies(request):
                 continue
             made_by = self._recipe(request)
-            if self._dir(made_by).is_dir():
+            kept = self._dir(made_by)
+            if kept.is_dir() and safetensors_damage(kept) is not None:
+                set_aside(kept)  # cut short by a full disk, say: trained again below, the damaged one kept aside
+            if kept.is_dir():
                 continue
             attack = request.fine_tuning
             assert attack is not None
@@ -101,13 +106,16 @@ class Adapters:
         from filelock import FileLock
 
         plan, host = self.plan, self.host
+        if plan.adapters_dir.exists() and not plan.adapters_dir.is_dir():
+            raise InputError(f"{plan.adapters_dir} is a file where the adapters directory belongs; move it away")
 
         def target(attack: LoraAttack) -> Path:
             return self._dir(recipe(host.identity, data, attack, plan.seed))
 
         plan.adapters_dir.mkdir(parents=True, exist_ok=True)
         first = next(iter(attacks))
-        with FileLock(plan.adapters_dir / f"{data[:24]}-r{first.rank}-lr{first.lr:g}.lock"):  # xdist workers take turns
+        lock = FileLock(plan.adapters_dir / f"{data[:24]}-r{first.rank}-lr{first.lr:g}.lock")  # one trains, others wait
+        with waiting_for(lock, f"waiting for another process training {host.name} at rank {first.rank}", host.progress):
             missing = sorted((a for a in attacks if not target(a).is_dir()), key=lambda a: a.steps)
             if missing:
                 description = f"training {host.name} {missing[-1].attack} on {len(training)} demonstrations"
@@ -130,6 +138,24 @@ class Adapters:
         prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])[-limit:]
         answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])[: self.host.max_new_tokens + 1]
         return prompt_ids, answer_ids
+
+
+@contextmanager
+def waiting_for(lock: Any, waiting: str, progress: ProgressFactory | None) -> Iterator[None]:
+    """``lock`` held while inside; when another process holds it, a bar says what this one waits
+    for (a training run takes minutes) until it is free."""
+    from filelock import Timeout
+
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        with progress_bar(progress, f"{waiting} (lock {lock.lock_file})", 1, unit="lock") as bar:
+            lock.acquire()
+            bar.update(1)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def data_sha256(demonstrations: Sequence[Demonstration]) -> str:
