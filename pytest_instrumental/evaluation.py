@@ -19,7 +19,7 @@ from pytest_instrumental.cache import Cache
 from pytest_instrumental.cost import Cost
 from pytest_instrumental.judges.protocol import Judge, Judgement, JudgeRequest
 from pytest_instrumental.progress import ProgressFactory, progress_bar
-from pytest_instrumental.text import redact
+from pytest_instrumental.text import redact, visible
 from pytest_instrumental.training_data import TrainingData
 from pytest_instrumental.vocabulary.items import ItemKey
 from pytest_instrumental.vocabulary.request import Request
@@ -82,7 +82,7 @@ def generate_all(
                         bar.update(1)
                         if on_generation is not None:
                             on_generation(same, generation)
-            except Exception as exc:  # a broken backend must not lose the items; each reports it
+            except (Exception, SystemExit) as exc:  # a broken backend (a plugin's sys.exit too) loses no item
                 failure = Generation(error=redact(f"generation failed: {type(exc).__name__}: {exc}"))
                 found = [g if g is not None else failure for g in found]
     missing = [i for i, g in enumerate(found) if g is None]
@@ -224,7 +224,7 @@ def _ask(judge: Judge, requests: list[JudgeRequest]) -> list[Judgement]:
         if len(answers) != len(requests):
             raise RuntimeError(f"judge {judge.name} answered {len(answers)} of {len(requests)} requests")
         return answers
-    except Exception as exc:  # a broken judge must not lose the items; each reports it
+    except (Exception, SystemExit) as exc:  # a broken judge (a plugin's sys.exit too) loses no item
         return [Judgement(judge=judge.name, error=redact(f"judging failed: {type(exc).__name__}: {exc}"))] * len(
             requests
         )
@@ -280,6 +280,7 @@ class Evaluation:
         self.epochs = epochs
         self._pending: dict[Answer, Request] = {}
         self._outcomes: dict[Answer, Outcome] = {}
+        self._closing_problems: list[str] = []
 
     def plan(self, requests: Sequence[Request]) -> None:
         self._pending.update(self._in_epochs(requests))
@@ -364,7 +365,7 @@ class Evaluation:
                     batch = self._with_training(batch, backend, self._training)
                 evaluate(batch, backend, self._judge, self._cache, self._progress, self._record)
             finally:
-                backend.close()
+                self._close(backend)
         return [self._outcomes[request.key, epoch] for epoch in range(1, self.epochs + 1)]
 
     def _with_training(self, batch: list[Request], backend: Backend, training: TrainingData) -> list[Request]:
@@ -410,12 +411,21 @@ class Evaluation:
         return self._judge
 
     def problems(self) -> list[str]:
-        """What went wrong around the results (the cache), one line each."""
-        return self._cache.problems() if self._cache is not None else []
+        """What went wrong around the results (the cache, a backend that failed to close), one line each."""
+        return [*self._closing_problems, *(self._cache.problems() if self._cache is not None else [])]
+
+    def _close(self, part: Backend | Judge) -> None:
+        """``part.close()``: a failure to free what it holds is a warning, never a judged item lost."""
+        try:
+            part.close()
+        except (Exception, SystemExit) as exc:
+            problem = redact(f"closing {visible(part.name)} failed: {type(exc).__name__}: {exc}")
+            if problem not in self._closing_problems:
+                self._closing_problems.append(problem)
 
     def close(self) -> None:
         for backend in self._backends.values():
-            backend.close()
-        self._judge.close()
+            self._close(backend)
+        self._close(self._judge)
         if self._cache is not None:
             self._cache.close()

@@ -145,8 +145,10 @@ def _progress_bars(config: pytest.Config) -> ProgressFactory | None:
     def progress(desc: str, total: int, done: int, unit: str = "item") -> Iterator[Progress]:
         from tqdm import tqdm
 
+        from pytest_instrumental.text import visible  # a plugin's backend names itself: shown inert
+
         uncaptured = capture.global_and_fixture_disabled() if capture is not None else nullcontext()
-        with uncaptured, tqdm(desc=desc, total=total, initial=done, unit=unit, file=sys.stderr) as bar:
+        with uncaptured, tqdm(desc=visible(desc), total=total, initial=done, unit=unit, file=sys.stderr) as bar:
             yield bar
 
     return progress

@@ -220,7 +220,7 @@ def _open_registered(
     def opened(factory: BackendFactory) -> Backend:
         return factory(name, generation=generation, server=server, max_new_tokens=budget, decoding=decoding)
 
-    return open_registered(BACKENDS, spec.name, "--model", opened)
+    return open_registered(BACKENDS, spec.name, "--model", opened, ("cache_key", "generate", "close"))
 
 
 def _no_files(spec: ModelSpec, models_dir: Path) -> None:

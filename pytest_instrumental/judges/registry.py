@@ -94,4 +94,4 @@ def _registered_judge(name: str, judging: JudgeConfig) -> Judge:
     def opened(factory: JudgeFactory) -> Judge:
         return factory(name.partition(":")[2], judging=judging)
 
-    return open_registered(JUDGES, name, "--judge", opened)
+    return open_registered(JUDGES, name, "--judge", opened, ("cache_key", "judge", "close"))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from pytest_instrumental.statistics.gate import Violation
 from pytest_instrumental.statistics.metrics import MCNEMAR, WILCOXON, Cell, Gap, Interval
 from pytest_instrumental.statistics.summary import RunSummary
+from pytest_instrumental.text import visible
 
 if TYPE_CHECKING:
     from pytest_instrumental.statistics.comparison import CellChange, Comparison, Flip, GapChange
@@ -83,7 +84,7 @@ def summary_table(summary: RunSummary) -> tuple[list[str], list[list[str]]]:
 
 def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
     """The overall table (with ``verbose`` one more table per category), the judge, the
-    comparison with the baseline, and the gate's violations."""
+    comparison with the baseline, and the gate's violations; control characters made visible."""
     models, suffixes = summary.models, summary.suffixes
     lines = [SUMMARY_TITLE, *_table(*summary_table(summary))]
     if verbose:
@@ -102,7 +103,8 @@ def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
     if summary.comparison is not None:
         comparison = comparison_lines(summary.comparison, str(summary.baseline), verbose, summary.significance_p)
         lines += ["", *comparison]
-    return [*lines, *summary.notes, *violation_lines(summary.violations), *gate_lines(summary)]
+    lines = [*lines, *summary.notes, *violation_lines(summary.violations), *gate_lines(summary)]
+    return [visible(line) for line in lines]  # model names are the user's or a plugin's: shown inert
 
 
 def gate_lines(summary: RunSummary) -> list[str]:
