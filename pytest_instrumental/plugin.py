@@ -372,7 +372,7 @@ class InstrumentalSnapshots:
         # is test_scenario[...]: its unused-snapshot cleanup would delete the entries of every model,
         # suffix or scenario this run did not select (-k, --model). Entries are only ever updated.
         config.option.disable_unused_snapshots = True
-        damaged = damage(self._run.settings.snapshot_dir)
+        damaged = damage(self._run.settings.snapshot_dir, needs_setup=not config.option.update_snapshots)
         if damaged is not None:
             raise pytest.UsageError(
                 f"--instrumental-snapshot: {terminal_line(damaged)}; restore it from version control, or delete it "

@@ -53,10 +53,11 @@ def write_setups(directory: Path, setups: Mapping[str, Setup]) -> None:
     write_text(directory / SETUP_FILE, text + "\n")
 
 
-def damage(directory: Path) -> str | None:
+def damage(directory: Path, needs_setup: bool = True) -> str | None:
     """Why the snapshot file in ``directory`` cannot be what this plugin wrote (not text, no
-    entries, an entry cut off), so that a damaged file is named as such and never taken for "no
-    snapshot yet", which would invite overwriting it; None when it is absent or sound."""
+    entries, an entry cut off or there twice, its setup file missing), so that a damaged file is
+    named as such and never taken for "no snapshot yet", which would invite overwriting it; None
+    when it is absent or sound. ``needs_setup``: verdicts are compared (not recorded) this run."""
     path = directory / f"{SNAPSHOT_BASENAME}.ambr"
     if not path.exists() and not path.is_symlink():
         return None
@@ -75,6 +76,17 @@ def damage(directory: Path) -> str | None:
         return f"{path} is damaged: it holds no snapshot entry"
     if names != ends or lines[-1] != "# ---":
         return f"{path} is damaged: an entry is cut off ({names} entries begin, {ends} end)"
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        if line.startswith("# name: "):
+            if line in first_line:  # which of the two is the item's verdict is unknown: never pick one
+                return f"{path} is damaged: entry {line[8:]!r} is there twice (lines {first_line[line]} and {number})"
+            first_line[line] = number
+    if needs_setup and not (directory / SETUP_FILE).exists():
+        return (
+            f"{path} has no {SETUP_FILE} beside it, so the setup its verdicts were judged in (model, judge, "
+            "suffixes) is unknown and no verdict can be compared"
+        )
     return None
 
 

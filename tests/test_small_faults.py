@@ -134,6 +134,10 @@ def test_a_replayed_item_of_an_unknown_suffix_or_a_baseline_with_a_bad_hash_is_n
         (lambda text: text[: len(text) // 2], "an entry is cut off (* entries begin, * end)"),
         (lambda text: "\x89PNG\xff\xfe garbage".encode("latin-1"), "it is not UTF-8 text"),
         (lambda text: "some notes\nwithout any entry\n", "it holds no snapshot entry"),
+        (  # the first entry again, with the other verdict: which one is the item's is unknown
+            lambda text: text + text[: text.index("# ---") + 6].replace("convergence", "nonsensical"),
+            "entry '*' is there twice (lines * and *)",
+        ),
     ],
 )
 def test_a_damaged_snapshot_file_is_named_as_damaged(
@@ -153,6 +157,24 @@ def test_a_damaged_snapshot_file_is_named_as_damaged(
         )
         assert "no verdict snapshot yet" not in result.stdout.str()
         assert path.read_bytes() == before  # never overwritten
+
+
+def test_a_snapshot_file_without_its_setup_fails_and_says_how_to_record_one(
+    pytester: pytest.Pytester, small_replay_args: list[str]
+) -> None:
+    snapshot = ["--instrumental-snapshot", "--instrumental-snapshot-dir=snaps"]
+    assert pytester.runpytest(*small_replay_args, *snapshot, "--snapshot-update").ret == 0
+    (pytester.path / "snaps" / "instrumental.setup.json").unlink()
+    result = pytester.runpytest(*small_replay_args, *snapshot)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --instrumental-snapshot: *instrumental.ambr has no instrumental.setup.json beside it, *"
+            "record the verdicts again (--snapshot-update)"
+        ]
+    )
+    assert pytester.runpytest(*small_replay_args, *snapshot, "--snapshot-update").ret == 0  # recorded again
+    assert pytester.runpytest(*small_replay_args, *snapshot).ret == 0
 
 
 def test_snapshots_update_under_warnings_as_errors_and_new_only_records_only_new(
