@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,17 @@ def test_an_unreachable_hub_is_reported_at_once_without_retries(
     with pytest.raises(InputError, match=r"not in the local Hugging Face cache, and 127\.0\.0\.1 cannot be reached"):
         check_loadable(parse_model("qwen3-4b-base"), trust_remote_code=False)
     assert "Retrying" not in capfd.readouterr().err
+
+
+def test_a_directory_with_custom_model_code_names_the_trust_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = {"model_type": "lab-internal", "auto_map": {"AutoConfig": "configuration_lab.LabConfig"}}
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(
+        InputError,
+        match="names custom model code \\(auto_map\\), which runs only with --instrumental-trust-remote-code",
+    ) as refused:
+        check_loadable(parse_model(str(tmp_path)), trust_remote_code=False)
+    assert "Download it" not in str(refused.value)

@@ -9,6 +9,7 @@ a revision.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable
@@ -138,11 +139,26 @@ def check_loadable(spec: ModelSpec, trust_remote_code: bool) -> None:
             problem = _first_line(exc)
     elif unreachable is not None:
         problem = f"not in the local Hugging Face cache, and {unreachable}"
+    if not trust_remote_code and _holds_custom_code(spec.source):
+        raise InputError(
+            f"--model {spec.name!r}: cannot load {spec.source}: {problem}. Its config.json names custom model "
+            "code (auto_map), which runs only with --instrumental-trust-remote-code (off by default: that code "
+            "runs on this machine; pass it only for a directory you trust)"
+        )
     raise InputError(
         f"--model {spec.name!r}: cannot load {spec.source} (revision {spec.revision or 'default'}): {problem}. "
         f"Download it into the Hugging Face cache or pass a local directory; "
         f"known aliases: {', '.join(KNOWN_ALIASES)}"
     )
+
+
+def _holds_custom_code(source: str) -> bool:
+    """Whether ``source`` is a local model directory whose config names custom code (``auto_map``)."""
+    config = Path(source) / "config.json"
+    try:
+        return config.is_file() and "auto_map" in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, RecursionError):
+        return False
 
 
 def _unreachable_hub(timeout_s: float = 3.0) -> str | None:
