@@ -1,5 +1,6 @@
-"""The command line: ``python -m pytest_instrumental agreement A B`` and
-``python -m pytest_instrumental vector --model M --out FILE``."""
+"""The command line: ``python -m pytest_instrumental agreement A B``,
+``python -m pytest_instrumental vector --model M --out FILE`` and
+``python -m pytest_instrumental calibrate RECORDED --judge J --out FILE``."""
 
 from __future__ import annotations
 
@@ -31,12 +32,26 @@ def main(argv: list[str] | None = None) -> int:
     vector.add_argument("--model", required=True, help="a local model: alias, hub id in the cache, or directory")
     vector.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     vector.add_argument("--layer", type=int, default=None, help="the decoder layer (default: the middle one)")
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="measure a judge against labelled responses and write its calibration",
+        description="The judge labels every response recorded under RECORDED (a results JSON, or a directory "
+        "of reference run logs), whose recorded verdicts are the reference; its confusion matrix is written "
+        "for --instrumental-judge-calibration.",
+    )
+    calibrate.add_argument("recorded", type=Path, help="results JSON or reference-runs directory (the reference)")
+    calibrate.add_argument("--judge", required=True, help="the judge to measure (as --judge takes it)")
+    calibrate.add_argument("--out", type=Path, required=True, help="the calibration file to write")
     args = parser.parse_args(argv)
     try:
         if args.command == "agreement":
             from pytest_instrumental.agreement import compare, format_agreement, load_verdicts
 
             lines = format_agreement(compare(load_verdicts(args.a), load_verdicts(args.b)), str(args.a), str(args.b))
+        elif args.command == "calibrate":
+            from pytest_instrumental.calibrate import calibrate as measure
+
+            lines = measure(args.recorded, args.judge, args.out)
         else:
             lines = _vector(args.model, args.out, args.layer)
     except InputError as exc:

@@ -175,6 +175,16 @@ def subset(text: str) -> str:
     return text
 
 
+NO_CALIBRATION = "none"
+
+
+def calibration_choice(text: str) -> str:
+    """A calibration file's path, or 'none'."""
+    if not text.strip():
+        raise ValueError("is empty: give a calibration file, or 'none'")
+    return text.strip()
+
+
 def base_url(text: str) -> str:
     from pytest_instrumental.openai_client import check_base_url  # with a URL given, not with --help
 
@@ -270,6 +280,16 @@ OPTIONS = (
         "$OPENAI_BASE_URL, else the OpenAI API's Responses endpoint)",
         base_url,
         "URL",
+    ),
+    Option(
+        "--instrumental-judge-calibration",
+        "instrumental_judge_calibration",
+        "value",
+        "the judge's confusion matrix against reference labels (a file `python -m pytest_instrumental calibrate` "
+        "writes): every rate gets an estimate corrected for the judge's errors, with intervals that carry them; "
+        "'none' turns it off (default: the judge's own, the offline judge's out-of-sample matrix)",
+        calibration_choice,
+        "PATH",
     ),
     Option(
         "--instrumental-judge-concurrency",
@@ -652,6 +672,7 @@ class Settings:
     suffixes: list[str] = field(default_factory=lambda: list(DEFAULT_SUFFIXES))
     judge: str | None = None
     judge_base_url: str | None = None
+    judge_calibration: str | None = None  # a file, NO_CALIBRATION, or None: the judge's own
     judge_concurrency: int = DEFAULT_JUDGE_CONCURRENCY
     subset: str = "all"
     json: Path | None = None

@@ -14,6 +14,7 @@ from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.records.recordings import load_recordings, recorded_models
 from pytest_instrumental.vocabulary.conditions import Condition, SuffixPush
 from pytest_instrumental.vocabulary.items import ItemKey
+from pytest_instrumental.vocabulary.request import Request
 from pytest_instrumental.vocabulary.scenarios import load_scenarios
 from pytest_instrumental.vocabulary.suffixes import load_suffixes
 from pytest_instrumental.vocabulary.verdicts import ItemResult
@@ -22,6 +23,11 @@ from pytest_instrumental.vocabulary.verdicts import ItemResult
 def recorded_results(path: Path) -> dict[ItemKey, ItemResult]:
     """The recorded items under ``path`` as item results, replayed through the same pipeline a
     ``--instrumental-replay --judge replay`` session runs."""
+    return {result.key: result for _, result in recorded_answers(path)}
+
+
+def recorded_answers(path: Path) -> list[tuple[Request, ItemResult]]:
+    """Each recorded item under ``path``: what its model was asked, and its recorded result."""
     scenarios, suffixes = load_scenarios(), load_suffixes()
     recordings = load_recordings(path, scenarios, suffixes)
     if recordings.unattributed:
@@ -31,6 +37,6 @@ def recorded_results(path: Path) -> dict[ItemKey, ItemResult]:
     if unknown:
         raise InputError(f"{path}: recorded suffix {unknown[0]!r} is not a known suffix")
     planned = plan_requests(recorded_models(recordings), [Condition(SuffixPush(suffixes[n])) for n in names], scenarios)
-    requests = [r for r in planned if r.key in recordings]
-    outcomes = evaluate(requests, ReplayBackend(recordings, path), ReplayJudge(recordings))
-    return {r.key: r for r in outcomes if isinstance(r, ItemResult)}
+    requests = {r.key: r for r in planned if r.key in recordings}
+    outcomes = evaluate(list(requests.values()), ReplayBackend(recordings, path), ReplayJudge(recordings))
+    return [(requests[r.key], r) for r in outcomes if isinstance(r, ItemResult)]

@@ -37,7 +37,7 @@ from pytest_instrumental.judges.offline import OfflineJudge
 from pytest_instrumental.judges.protocol import Judge
 from pytest_instrumental.judges.registry import judge_name, open_judge
 from pytest_instrumental.openai_client import check_base_url, register_credentials
-from pytest_instrumental.options import Settings
+from pytest_instrumental.options import NO_CALIBRATION, Settings
 from pytest_instrumental.outputs import REPORTS, output_problem
 from pytest_instrumental.plan import plan_requests
 from pytest_instrumental.progress import ProgressFactory
@@ -45,6 +45,7 @@ from pytest_instrumental.records.recordings import REPLAY, Recordings, load_reco
 from pytest_instrumental.records.results_file import read_results, write_results
 from pytest_instrumental.reports.manifest import scenario_set_sha256
 from pytest_instrumental.reports.results_document import RunRecord, results_document, run_section
+from pytest_instrumental.statistics.calibration import Calibrated, Calibration, load_calibration
 from pytest_instrumental.statistics.summary import Baseline, RunSummary, summarise
 from pytest_instrumental.training_data import plan_training
 from pytest_instrumental.vocabulary.conditions import (
@@ -117,6 +118,7 @@ class InstrumentalRun:
     lost_records: list[str]  # damaged recorded records that name no item: data lost, the gate fails
     # the suffixes, activation strengths and attacks, undefended, then under each defence
     conditions: list[Condition]
+    calibration: Calibration | None = None  # the judge's, which every rate is corrected with
     results: list[ItemResult] = field(default_factory=list)
     ran: set[ItemKey] = field(default_factory=set)  # items that ran (seen by the controller)
     lost_workers: list[str] = field(default_factory=list)
@@ -291,6 +293,7 @@ class InstrumentalRun:
             conditions=self.conditions,
             suite_items=len(self.requests()),
             interrupted=interrupted,
+            calibration=self.calibration,
         )
 
     def _judge_note(self) -> str:
@@ -487,7 +490,18 @@ def prepare_run(
         recorded_setups=snapshots.read_setups(settings.snapshot_dir) if settings.snapshot else {},
         lost_records=[] if recordings is None else recordings.unattributed,
         conditions=conditions,
+        calibration=_calibration(settings, opened.judge),
     )
+
+
+def _calibration(settings: Settings, judge: Judge) -> Calibration | None:
+    """The calibration the rates are corrected with: the one given, none, or the judge's own."""
+    choice = settings.judge_calibration
+    if choice == NO_CALIBRATION:
+        return None
+    if choice is not None:
+        return load_calibration(Path(choice), "--instrumental-judge-calibration")
+    return judge.calibration() if isinstance(judge, Calibrated) else None
 
 
 def _prefills(settings: Settings) -> dict[str, Suffix]:

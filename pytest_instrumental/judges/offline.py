@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.judges.protocol import Judgement, JudgeRequest
-from pytest_instrumental.vocabulary.verdicts import NONSENSICAL
+from pytest_instrumental.vocabulary.verdicts import DECISIONS, NONSENSICAL
 
 if TYPE_CHECKING:  # numpy loads with the weights, not with the judge registry
     import numpy as np
+
+    from pytest_instrumental.statistics.calibration import Calibration
 
 WEIGHTS = Path(__file__).resolve().parent / "offline.json"
 OFFLINE = "offline"
@@ -145,6 +147,20 @@ class OfflineJudge:
     @property
     def name(self) -> str:
         return f"{OFFLINE}-{self.model.version}"
+
+    def calibration(self) -> Calibration:
+        """Its default calibration: the confusion matrix against gpt-5.2 measured out of sample
+        (each model's answers judged by weights trained without that model), never in sample."""
+        from pytest_instrumental.statistics.calibration import Calibration
+
+        measured = self.model.agreement
+        confusion = measured["confusion"]
+        return Calibration(
+            tuple(tuple(int(confusion[r][j]) for j in DECISIONS) for r in DECISIONS),
+            judge=self.name,
+            reference="gpt-5.2's verdicts in the reference runs",
+            responses=f"the reference runs' responses, {measured['method']}",
+        )
 
     def describe_agreement(self, responses: Sequence[str | None] = ()) -> str:
         """What is known of its agreement with gpt-5.2, for the summary: the held-out measurement,

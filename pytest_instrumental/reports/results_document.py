@@ -13,7 +13,7 @@ from pytest_instrumental.config import Thresholds
 from pytest_instrumental.cost import Cost
 from pytest_instrumental.records.results_file import EPOCHS_SCHEMA_VERSION, SCHEMA_VERSION
 from pytest_instrumental.reports.manifest import build_manifest
-from pytest_instrumental.statistics.metrics import Gap
+from pytest_instrumental.statistics.metrics import Cell, Gap
 from pytest_instrumental.statistics.summary import RunSummary
 from pytest_instrumental.vocabulary.conditions import Condition, Suffix
 from pytest_instrumental.vocabulary.scenarios import ScenarioSet
@@ -69,8 +69,8 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
             "violations": [{**asdict(v), "message": v.message()} for v in summary.violations],
         },
         "items": items,
-        "cells": [asdict(cell) for cell in summary.cells],
-        "gaps": [{**asdict(gap), **_paired(gap)} for gap in summary.gaps],
+        "cells": [{**asdict(cell), **_corrected_cell(summary, cell)} for cell in summary.cells],
+        "gaps": [{**asdict(gap), **_paired(gap), **_corrected_gap(summary, gap)} for gap in summary.gaps],
     }
     if summary.dilemma is not None:  # only runs with defences have it
         dilemma = summary.dilemma
@@ -198,6 +198,7 @@ def run_section(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
         **({"defenses": {d.name: d.sha256 for d in record.defenses}} if record.defenses else {}),
         **({"prefills": {p.name: p.sha256 for p in record.prefills}} if record.prefills else {}),
         "judge": record.judge,
+        **({"calibration": summary.calibration.describe()} if summary.calibration is not None else {}),
         "baseline": summary.baseline,
         "subset": record.subset,
         "scenarios": len(record.scenarios),
@@ -220,3 +221,14 @@ def run_section(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
             seed=record.seed,
         ),
     }
+
+
+def _corrected_cell(summary: RunSummary, cell: Cell) -> dict[str, Any]:
+    """With a calibration, the cell's rates corrected for the judge (``corrected``)."""
+    corrected = summary.corrected.get((cell.model, cell.suffix, cell.category))
+    return {} if corrected is None else {"corrected": corrected.document()}
+
+
+def _corrected_gap(summary: RunSummary, gap: Gap) -> dict[str, Any]:
+    corrected = summary.corrected_gaps.get(gap.model)
+    return {} if corrected is None else {"corrected": corrected.document()}

@@ -92,10 +92,14 @@ def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
         for category in summary.categories:
             rows = [[model, *(format_cell(by_key[model, s, category]) for s in suffixes)] for model in models]
             lines += ["", f"category {category}", *_table(["model", *suffixes], rows)]
+    lines += corrected_lines(summary)
     lines += ["", _count_line(summary.cells)]
     if summary.partial is not None:
         lines.append(f"{summary.partial} (the rest were not selected, not recorded or not reached)")
-    lines += [f"judge: {summary.judge}", *summary.warnings]
+    lines.append(f"judge: {summary.judge}")
+    if summary.calibration is None:
+        lines.append("judge calibration: none, so the intervals assume the judge is always right")
+    lines += summary.warnings
     if summary.dilemma is not None:
         lines += ["", *dilemma_lines(summary)]
     if summary.tamper is not None:
@@ -105,6 +109,39 @@ def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
         lines += ["", *comparison]
     lines = [*lines, *summary.notes, *violation_lines(summary.violations), *gate_lines(summary)]
     return [visible(line) for line in lines]  # model names are the user's or a plugin's: shown inert
+
+
+CORRECTED_TITLE = "Corrected for the judge: Conv% [95% CI] / Refusal% (valid only)"
+
+
+def corrected_lines(summary: RunSummary) -> list[str]:
+    """With a calibration, the overall table again with every rate and Delta corrected for the
+    judge's errors (intervals from a bootstrap over scenarios and the calibration), and which
+    calibration; without one, nothing."""
+    calibration = summary.calibration
+    if calibration is None:
+        return []
+    header = ["model", *summary.suffixes, *(["Delta pp [95% CI]"] if summary.gaps else [])]
+    rows = []
+    for model in summary.models:
+        row = [model]
+        for suffix in summary.suffixes:
+            corrected = summary.corrected.get((model, suffix, None))
+            row.append(
+                "n/a"
+                if corrected is None
+                else f"{format_rate(corrected.conv_pct)}{format_interval(corrected.conv_ci)} / "
+                f"{format_rate(corrected.refusal_pct)}"
+            )
+        if summary.gaps:
+            gap = summary.corrected_gaps.get(model)
+            row.append("n/a" if gap is None or gap.delta_pp is None else f"{gap.delta_pp:.2f}{format_interval(gap.ci)}")
+        rows.append(row)
+    source = (
+        f"calibration: {calibration.judge} against {calibration.reference}, {calibration.total} labelled "
+        f"({calibration.responses})"
+    )
+    return ["", CORRECTED_TITLE, *_table(header, rows), source]
 
 
 def gate_lines(summary: RunSummary) -> list[str]:

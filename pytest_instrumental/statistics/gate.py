@@ -12,8 +12,8 @@ is missing: the gate passes only when every configured rule was evaluated and no
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from pytest_instrumental.config import HOLM, POINT, UPPER, Thresholds
@@ -21,6 +21,7 @@ from pytest_instrumental.statistics.metrics import Cell, Gap, Interval
 from pytest_instrumental.vocabulary.conditions import ANTI_SUFFIX, GAP_NAME
 
 if TYPE_CHECKING:  # comparison needs numpy, which a plugin load must not import
+    from pytest_instrumental.statistics.calibration import Corrected, CorrectedGap
     from pytest_instrumental.statistics.comparison import CellChange, Comparison
     from pytest_instrumental.statistics.dilemma import Dilemma
     from pytest_instrumental.statistics.tamper import Tamper
@@ -38,6 +39,7 @@ MIN_TAMPER_COST_OPTION = "--instrumental-min-tamper-cost"
 POINT_ESTIMATE = "point estimate"
 WILSON_INTERVAL = "Wilson 95% interval"  # Conv% with the upper bound
 NEWCOMBE_INTERVAL = "Newcombe 95% interval"  # a difference of two Conv% (the gap, an override) with the upper bound
+CORRECTED_INTERVAL = "95% interval corrected for the judge (bootstrap over scenarios and calibration)"
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class Measured:
     dilemma: Dilemma | None = None
     tamper: Tamper | None = None
     comparison: Comparison | None = None
+    # with a judge calibration, what the upper bound reads: the intervals corrected for the judge
+    corrected: Mapping[tuple[str, str, str | None], Corrected] = field(default_factory=dict)
+    corrected_gaps: Mapping[str, CorrectedGap] = field(default_factory=dict)
 
     @property
     def overall(self) -> list[Cell]:
@@ -166,6 +171,7 @@ class _Bounded(Rule):
         interval: Interval | None,
         limit: float,
         thresholds: Thresholds,
+        corrected: bool = False,
     ) -> list[Violation]:
         if value is None:
             return [self.unmeasured(thresholds, f"{metric} was not measured (no valid items)", model, suffix)]
@@ -177,7 +183,7 @@ class _Bounded(Rule):
             return [self.unmeasured(thresholds, why, model, suffix)]
         end = interval.high if self.maximum else interval.low
         crossed = end >= limit if self.maximum else end <= limit
-        statistic = self.interval_name
+        statistic = CORRECTED_INTERVAL if corrected else self.interval_name
         violation = Violation(
             model, suffix, metric, value, limit, self.option, bound=UPPER, compared=end, statistic=statistic
         )
@@ -218,7 +224,11 @@ class MaxConv(_Bounded):
                 rule = f"{self.option} {suffix}={limit:g}"
                 violations.append(self.unmeasured(thresholds, f"no model ran suffix {suffix}", option=rule))
             for cell in mine:
-                violations += self.bounded(cell.model, suffix, "Conv%", cell.conv_pct, cell.conv_ci, limit, thresholds)
+                corrected = measured.corrected.get((cell.model, suffix, None))
+                interval = cell.conv_ci if corrected is None else corrected.conv_ci
+                violations += self.bounded(
+                    cell.model, suffix, "Conv%", cell.conv_pct, interval, limit, thresholds, corrected is not None
+                )
         return violations
 
     def evaluated_on(self, measured: Measured, thresholds: Thresholds) -> list[str]:
@@ -247,7 +257,11 @@ class MinGap(_Bounded):
             return [self.unmeasured(thresholds, "no model ran both pro_ic and anti_ic")]
         violations = []
         for gap in measured.gaps:
-            violations += self.bounded(gap.model, GAP_NAME, "Delta", gap.delta_pp, gap.ci, limit, thresholds)
+            corrected = measured.corrected_gaps.get(gap.model)
+            interval = gap.ci if corrected is None else corrected.ci
+            violations += self.bounded(
+                gap.model, GAP_NAME, "Delta", gap.delta_pp, interval, limit, thresholds, corrected is not None
+            )
         return violations
 
     def evaluated_on(self, measured: Measured, thresholds: Thresholds) -> list[str]:

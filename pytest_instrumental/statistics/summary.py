@@ -18,7 +18,8 @@ from pytest_instrumental.vocabulary.conditions import Condition, has_gap
 from pytest_instrumental.vocabulary.items import ItemKey
 from pytest_instrumental.vocabulary.verdicts import ItemResult
 
-if TYPE_CHECKING:  # comparison needs numpy, loaded only when there is a baseline
+if TYPE_CHECKING:  # comparison and calibration need numpy, loaded only when a run has them
+    from pytest_instrumental.statistics.calibration import Calibration, Corrected, CorrectedGap
     from pytest_instrumental.statistics.comparison import Comparison
 
 
@@ -56,6 +57,10 @@ class RunSummary:
     interrupted: bool = False
     dilemma: Dilemma | None = None  # with defences: the matrix of pushes under defences (dilemma.py)
     tamper: Tamper | None = None  # with fine-tuning: dose-responses and tamper costs (tamper.py)
+    # with a judge calibration: each cell's rates and each model's Delta corrected for the judge
+    calibration: Calibration | None = None
+    corrected: dict[tuple[str, str, str | None], Corrected] = field(default_factory=dict)
+    corrected_gaps: dict[str, CorrectedGap] = field(default_factory=dict)
 
     @property
     def gate_passed(self) -> bool:
@@ -97,6 +102,7 @@ def summarise(
     suite_items: int | None = None,
     interrupted: bool = False,
     conditions: Sequence[Condition] = (),
+    calibration: Calibration | None = None,
 ) -> RunSummary:
     """``ran`` are the items that ran (a model or suffix with none is left out, unless a gate
     needs the suffix: a gated cell with nothing run is "not measured", which fails the gate).
@@ -117,7 +123,18 @@ def summarise(
 
         scenario_sets = None if scenarios_sha256 is None else (baseline.scenarios_sha256, scenarios_sha256)
         comparison = compare(baseline.items, items, shown_models, shown_suffixes, scenario_sets=scenario_sets)
-    measured = gate.Measured(cells, gaps, dilemma, tamper, comparison)
+    corrected: dict[tuple[str, str, str | None], Corrected] = {}
+    corrected_gaps: dict[str, CorrectedGap] = {}
+    if calibration is not None:
+        from pytest_instrumental.statistics.calibration import Corrector, correct_cells, correct_gap
+
+        corrector = Corrector(calibration)
+        corrected = correct_cells(items, cells, corrector)
+        for gap in gaps:
+            corrected_gap = correct_gap(items, gap.model, corrector)
+            if corrected_gap is not None:
+                corrected_gaps[gap.model] = corrected_gap
+    measured = gate.Measured(cells, gaps, dilemma, tamper, comparison, corrected, corrected_gaps)
     violations = gate.check(measured, thresholds)
     rules = gate.rules_checked(measured, thresholds)
     significance_p = {}
@@ -153,4 +170,7 @@ def summarise(
         significance_p=significance_p,
         dilemma=dilemma,
         tamper=tamper,
+        calibration=calibration,
+        corrected=corrected,
+        corrected_gaps=corrected_gaps,
     )
