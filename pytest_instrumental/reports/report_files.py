@@ -25,12 +25,14 @@ from markupsafe import Markup
 from pytest_instrumental.outputs import HTML, MARKDOWN, write_text
 from pytest_instrumental.reports import plots
 from pytest_instrumental.reports.terminal import (
+    CORRECTED_TITLE,
     DILEMMA_TITLE,
     GAP_CHANGE_HEADER,
     SUMMARY_TITLE,
     TAMPER_TITLE,
     comparison_header,
     comparison_rows,
+    corrected_table,
     dilemma_tables,
     format_flip,
     format_gap_change,
@@ -81,6 +83,10 @@ def markdown(data: RunSummary) -> str:
     lines = [f"## {_md(title(data))}: gate {verdict}{errored}", ""]
     header, rows = summary_table(data)
     lines += [SUMMARY_TITLE, "", *_md_table(header, rows), ""]
+    corrected = corrected_table(data)
+    if corrected is not None:
+        corrected_header, corrected_rows, source = corrected
+        lines += [CORRECTED_TITLE, "", *_md_table(corrected_header, corrected_rows), "", _md(source), ""]
     lines += [f"Judge: {_md(data.judge)}", ""]
     if data.partial is not None:
         lines += [f"**{_md(data.partial)}** (the rest were not selected, not recorded or not reached)", ""]

@@ -114,13 +114,13 @@ def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
 CORRECTED_TITLE = "Corrected for the judge: Conv% [95% CI] / Refusal% (valid only)"
 
 
-def corrected_lines(summary: RunSummary) -> list[str]:
-    """With a calibration, the overall table again with every rate and Delta corrected for the
-    judge's errors (intervals from a bootstrap over scenarios and the calibration), and which
-    calibration; without one, nothing."""
+def corrected_table(summary: RunSummary) -> tuple[list[str], list[list[str]], str] | None:
+    """With a calibration: the overall table's header and rows with every rate and Delta corrected
+    for the judge's errors (intervals from a bootstrap over scenarios and the calibration), and
+    which calibration; None without one."""
     calibration = summary.calibration
     if calibration is None:
-        return []
+        return None
     header = ["model", *summary.suffixes, *(["Delta pp [95% CI]"] if summary.gaps else [])]
     rows = []
     for model in summary.models:
@@ -141,6 +141,14 @@ def corrected_lines(summary: RunSummary) -> list[str]:
         f"calibration: {calibration.judge} against {calibration.reference}, {calibration.total} labelled "
         f"({calibration.responses})"
     )
+    return header, rows, source
+
+
+def corrected_lines(summary: RunSummary) -> list[str]:
+    table = corrected_table(summary)
+    if table is None:
+        return []
+    header, rows, source = table
     return ["", CORRECTED_TITLE, *_table(header, rows), source]
 
 
