@@ -148,3 +148,42 @@ def test_the_offline_judges_runs_show_rates_corrected_with_its_shipped_calibrati
     off.stdout.fnmatch_lines(["judge calibration: none, so the intervals assume the judge is always right"])
     plain = json.loads((pytester.path / "off.json").read_text(encoding="utf-8"))
     assert "calibration" not in plain["run"] and all("corrected" not in c for c in plain["cells"])
+
+
+def test_every_paired_difference_is_corrected_too_and_the_override_gate_reads_it() -> None:
+    from pytest_instrumental.config import Thresholds
+    from pytest_instrumental.statistics.summary import Baseline, summarise
+    from tests.helpers import conditions, item
+
+    run = conditions(["baseline", "pro_ic"], defenses=["anti_ic"])
+    shares = {"baseline": 0.4, "pro_ic": 0.8, "anti_ic+baseline": 0.1, "anti_ic+pro_ic": 0.5}  # convergent share
+    items = [
+        item("convergence" if n < 40 * share else "no_convergence", suffix=name, scenario=f"cat-{n:02d}")
+        for name, share in shares.items()
+        for n in range(40)
+    ]
+    calibration = Calibration(COUNTS, "offline", "gpt-5.2", "reference runs")
+    summary = summarise(
+        started_at="2026-01-01T00:00:00+00:00",
+        items=items,
+        ran={i.key for i in items},
+        models=["m"],
+        suffixes=[c.name for c in run],
+        categories=["cat"],
+        thresholds=Thresholds({}, None, bound="upper", max_override=100),
+        baseline=Baseline("old.json", items, None),
+        judge_name="offline",
+        judge_note="",
+        notes=[],
+        conditions=run,
+        calibration=calibration,
+    )
+    assert summary.dilemma is not None
+    shifts = [*summary.dilemma.effects, *summary.dilemma.overrides]
+    assert shifts and all((s.model, s.condition, s.reference) in summary.corrected_differences for s in shifts)
+    override = summary.dilemma.overrides[0]
+    corrected = summary.corrected_differences[override.model, override.condition, override.reference]
+    raw = override.gap.delta_pp
+    assert corrected.delta_pp is not None and raw is not None and corrected.delta_pp > raw  # the judge's errors shrink it
+    assert set(summary.corrected_changes) == {("m", name) for name in shares}
+    assert all(change.delta_pp == 0 for change in summary.corrected_changes.values())  # the same items as the baseline

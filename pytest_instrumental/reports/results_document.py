@@ -77,8 +77,14 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
         document["dilemma"] = {
             "pushes": dilemma.pushes,
             "defenses": dilemma.defenses,
-            "effects": [_shift(s) for s in dilemma.effects],
-            "overrides": [_shift(s) for s in dilemma.overrides],
+            "effects": [
+                {**_shift(s), **_corrected_difference(summary, s.model, s.condition, s.reference)}
+                for s in dilemma.effects
+            ],
+            "overrides": [
+                {**_shift(s), **_corrected_difference(summary, s.model, s.condition, s.reference)}
+                for s in dilemma.overrides
+            ],
             "worst": [
                 {"model": m, "defense": d, "push": worst.push, "override_pp": worst.gap.delta_pp}
                 for m in summary.models
@@ -91,7 +97,10 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
     if summary.activation is not None:  # only runs with activation steering have these
         document["activation_gap"] = {
             "conditions": list(summary.activation),
-            "gaps": [asdict(gap) for gap in summary.activation_gaps],
+            "gaps": [
+                {**asdict(gap), **_corrected_difference(summary, gap.model, *summary.activation)}
+                for gap in summary.activation_gaps
+            ],
         }
     compared = summary.comparison
     if compared is not None:
@@ -106,6 +115,7 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
                     "refusal_change_pp": c.refusal_change_pp,
                     **_paired(c),
                     "significance_p": summary.significance_p.get((c.model, c.suffix)),
+                    **_corrected_change(summary, c.model, c.suffix),
                 }
                 for c in compared.cells
             ],
@@ -231,4 +241,14 @@ def _corrected_cell(summary: RunSummary, cell: Cell) -> dict[str, Any]:
 
 def _corrected_gap(summary: RunSummary, gap: Gap) -> dict[str, Any]:
     corrected = summary.corrected_gaps.get(gap.model)
+    return {} if corrected is None else {"corrected": corrected.document()}
+
+
+def _corrected_difference(summary: RunSummary, model: str, condition: str, reference: str) -> dict[str, Any]:
+    corrected = summary.corrected_differences.get((model, condition, reference))
+    return {} if corrected is None else {"corrected": corrected.document()}
+
+
+def _corrected_change(summary: RunSummary, model: str, condition: str) -> dict[str, Any]:
+    corrected = summary.corrected_changes.get((model, condition))
     return {} if corrected is None else {"corrected": corrected.document()}

@@ -319,9 +319,19 @@ def correct_cells(
 def correct_gap(
     items: Sequence[ItemResult], model: str, corrector: Corrector, pair: tuple[str, str] = (PRO_SUFFIX, ANTI_SUFFIX)
 ) -> CorrectedGap | None:
-    """Conv%(pair[0]) - Conv%(pair[1]) of ``model``, corrected for the judge, paired by scenario."""
+    """Conv%(pair[0]) - Conv%(pair[1]) of ``model``, corrected for the judge, paired by scenario
+    (Delta; with other conditions, the activation gap or a dilemma's effect and override)."""
     first, second = (by_scenario([i for i in items if i.model == model and i.condition == c]) for c in pair)
     return corrector.gap(first, second)
+
+
+def correct_change(
+    new: Sequence[ItemResult], old: Sequence[ItemResult], model: str, condition: str, corrector: Corrector
+) -> CorrectedGap | None:
+    """The change of a cell's Conv% from a baseline run (``old``) to this one, corrected for the
+    judge, paired by the scenarios both runs hold."""
+    now, before = (by_scenario([i for i in run if i.model == model and i.condition == condition]) for run in (new, old))
+    return corrector.gap(now, before)
 
 
 def load_calibration(path: Path, what: str) -> Calibration:

@@ -92,6 +92,7 @@ class Measured:
     # with a judge calibration, what the upper bound reads: the intervals corrected for the judge
     corrected: Mapping[tuple[str, str, str | None], Corrected] = field(default_factory=dict)
     corrected_gaps: Mapping[str, CorrectedGap] = field(default_factory=dict)
+    corrected_differences: Mapping[tuple[str, str, str], CorrectedGap] = field(default_factory=dict)
 
     @property
     def overall(self) -> list[Cell]:
@@ -289,7 +290,11 @@ class MaxOverride(_Bounded):
             return [self.unmeasured(thresholds, why)]
         violations = []
         for o in overrides:
-            violations += self.bounded(o.model, o.condition, "override", o.gap.delta_pp, o.gap.ci, limit, thresholds)
+            corrected = measured.corrected_differences.get((o.model, o.condition, o.reference))
+            interval = o.gap.ci if corrected is None else corrected.ci
+            violations += self.bounded(
+                o.model, o.condition, "override", o.gap.delta_pp, interval, limit, thresholds, corrected is not None
+            )
         return violations
 
     def evaluated_on(self, measured: Measured, thresholds: Thresholds) -> list[str]:

@@ -61,6 +61,9 @@ class RunSummary:
     calibration: Calibration | None = None
     corrected: dict[tuple[str, str, str | None], Corrected] = field(default_factory=dict)
     corrected_gaps: dict[str, CorrectedGap] = field(default_factory=dict)
+    # (model, condition, reference) -> a paired difference corrected: the activation gap, the dilemma's shifts
+    corrected_differences: dict[tuple[str, str, str], CorrectedGap] = field(default_factory=dict)
+    corrected_changes: dict[tuple[str, str], CorrectedGap] = field(default_factory=dict)  # from the baseline
 
     @property
     def gate_passed(self) -> bool:
@@ -125,8 +128,10 @@ def summarise(
         comparison = compare(baseline.items, items, shown_models, shown_suffixes, scenario_sets=scenario_sets)
     corrected: dict[tuple[str, str, str | None], Corrected] = {}
     corrected_gaps: dict[str, CorrectedGap] = {}
+    differences: dict[tuple[str, str, str], CorrectedGap] = {}
+    changes: dict[tuple[str, str], CorrectedGap] = {}
     if calibration is not None:
-        from pytest_instrumental.statistics.calibration import Corrector, correct_cells, correct_gap
+        from pytest_instrumental.statistics.calibration import Corrector, correct_cells, correct_change, correct_gap
 
         corrector = Corrector(calibration)
         corrected = correct_cells(items, cells, corrector)
@@ -134,7 +139,19 @@ def summarise(
             corrected_gap = correct_gap(items, gap.model, corrector)
             if corrected_gap is not None:
                 corrected_gaps[gap.model] = corrected_gap
-    measured = gate.Measured(cells, gaps, dilemma, tamper, comparison, corrected, corrected_gaps)
+        pairs = [(m, *shown_activation) for m in shown_models] if shown_activation else []
+        if dilemma is not None:
+            pairs += [(s.model, s.condition, s.reference) for s in [*dilemma.effects, *dilemma.overrides]]
+        for model, condition, reference in pairs:
+            difference = correct_gap(items, model, corrector, (condition, reference))
+            if difference is not None:
+                differences[model, condition, reference] = difference
+        if comparison is not None and baseline is not None:
+            for change in comparison.cells:
+                found = correct_change(items, baseline.items, change.model, change.suffix, corrector)
+                if found is not None:
+                    changes[change.model, change.suffix] = found
+    measured = gate.Measured(cells, gaps, dilemma, tamper, comparison, corrected, corrected_gaps, differences)
     violations = gate.check(measured, thresholds)
     rules = gate.rules_checked(measured, thresholds)
     significance_p = {}
@@ -173,4 +190,6 @@ def summarise(
         calibration=calibration,
         corrected=corrected,
         corrected_gaps=corrected_gaps,
+        corrected_differences=differences,
+        corrected_changes=changes,
     )
