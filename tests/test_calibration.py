@@ -183,7 +183,7 @@ def test_every_paired_difference_is_corrected_too_and_the_override_gate_reads_it
     assert shifts and all((s.model, s.condition, s.reference) in summary.corrected_differences for s in shifts)
     override = summary.dilemma.overrides[0]
     corrected = summary.corrected_differences[override.model, override.condition, override.reference]
-    raw = override.gap.delta_pp
-    assert corrected.delta_pp is not None and raw is not None and corrected.delta_pp > raw  # the judge's errors shrink it
+    raw = override.gap.delta_pp  # the judge's errors shrink a difference: corrected, it is larger
+    assert corrected.delta_pp is not None and raw is not None and corrected.delta_pp > raw
     assert set(summary.corrected_changes) == {("m", name) for name in shares}
     assert all(change.delta_pp == 0 for change in summary.corrected_changes.values())  # the same items as the baseline
