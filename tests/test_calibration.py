@@ -125,8 +125,9 @@ def test_the_offline_judges_runs_show_rates_corrected_with_its_shipped_calibrati
     args = ["--instrumental", f"--instrumental-replay={reference_runs}", "--judge=offline", "-k", "Instruct"]
     result = pytester.runpytest(*args, "--instrumental-json=out.json", "--instrumental-report=rep")
     assert result.ret == 0, result.stdout.str()
-    report = (pytester.path / "rep" / "report.md").read_text(encoding="utf-8")
-    assert "Corrected for the judge: Conv% [95% CI]" in report and "calibration: offline-v2 against" in report
+    for name in ("report.md", "report.html"):
+        report = (pytester.path / "rep" / name).read_text(encoding="utf-8")
+        assert "Corrected for the judge: Conv% [95% CI]" in report and "calibration: offline-v2 against" in report
     result.stdout.fnmatch_lines(
         [
             "Corrected for the judge: Conv% ?95% CI? / Refusal% (valid only)",

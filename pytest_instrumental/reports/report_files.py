@@ -87,6 +87,8 @@ def markdown(data: RunSummary) -> str:
     if corrected is not None:
         corrected_header, corrected_rows, source = corrected
         lines += [CORRECTED_TITLE, "", *_md_table(corrected_header, corrected_rows), "", _md(source), ""]
+    else:
+        lines += ["Judge calibration: none, so the intervals assume the judge is always right.", ""]
     lines += [f"Judge: {_md(data.judge)}", ""]
     if data.partial is not None:
         lines += [f"**{_md(data.partial)}** (the rest were not selected, not recorded or not reached)", ""]
@@ -174,6 +176,8 @@ def html(data: RunSummary) -> str:
         summary_title=SUMMARY_TITLE,
         header=header,
         table=table,
+        corrected=corrected_table(data),
+        corrected_title=CORRECTED_TITLE,
         comparison_header=comparison_header(comparison) if comparison else [],
         gap_change_header=GAP_CHANGE_HEADER,
         # matplotlib's own SVG output (text escaped by matplotlib): the one value not escaped here
