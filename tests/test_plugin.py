@@ -360,7 +360,7 @@ def test_xdist_gives_the_same_items_aggregates_gate_and_snapshots_as_one_process
     runs = {"n0": in_process, "parallel": parallel, "grouped": grouped}
     assert serial.ret == pytest.ExitCode.TESTS_FAILED
     serial.assert_outcomes(passed=639)
-    assert len(_summary_section(serial)) == 10  # header, table of 3 models, counts, judge, gate line
+    assert len(_summary_section(serial)) == 11  # header, table of 3 models, counts, judge, no calibration, gate line
 
     def document(name: str) -> dict:  # type: ignore[type-arg]
         return json.loads((pytester.path / f"{name}.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
