@@ -188,3 +188,36 @@ def test_every_paired_difference_is_corrected_too_and_the_override_gate_reads_it
     assert corrected.delta_pp is not None and raw is not None and corrected.delta_pp > raw
     assert set(summary.corrected_changes) == {("m", name) for name in shares}
     assert all(change.delta_pp == 0 for change in summary.corrected_changes.values())  # the same items as the baseline
+
+
+def test_the_change_of_delta_from_a_baseline_is_corrected_paired_by_scenario() -> None:
+    from pytest_instrumental.config import Thresholds
+    from pytest_instrumental.statistics.summary import Baseline, summarise
+    from tests.helpers import item
+
+    def run(pro: float, anti: float) -> list:  # type: ignore[type-arg]
+        return [
+            item("convergence" if n < 40 * share else "no_convergence", suffix=name, scenario=f"cat-{n:02d}")
+            for name, share in (("pro_ic", pro), ("anti_ic", anti))
+            for n in range(40)
+        ]
+
+    old, new = run(0.8, 0.1), run(0.6, 0.3)  # Delta fell by 40 points of labels
+    summary = summarise(
+        started_at="2026-01-01T00:00:00+00:00",
+        items=new,
+        ran={i.key for i in new},
+        models=["m"],
+        suffixes=["pro_ic", "anti_ic"],
+        categories=["cat"],
+        thresholds=Thresholds({}, None),
+        baseline=Baseline("old.json", old, None),
+        judge_name="offline",
+        judge_note="",
+        notes=[],
+        calibration=Calibration(COUNTS, "offline", "gpt-5.2", "reference runs"),
+    )
+    raw = summary.comparison.gaps[0].change_pp if summary.comparison else None
+    corrected = summary.corrected_gap_changes["m"]
+    assert raw == pytest.approx(-40.0) and corrected.delta_pp is not None and corrected.ci is not None
+    assert corrected.ci.low < corrected.delta_pp < corrected.ci.high and corrected.delta_pp != raw

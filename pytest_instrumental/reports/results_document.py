@@ -119,7 +119,10 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
                 }
                 for c in compared.cells
             ],
-            "gaps": [{**asdict(g), "change_pp": g.change_pp} for g in compared.gaps],
+            "gaps": [
+                {**asdict(g), "change_pp": g.change_pp, **_corrected_gap_change(summary, g.model)}
+                for g in compared.gaps
+            ],
             "flips": [{**asdict(f), "direction": f.direction} for f in compared.flips],
             "missing_models": compared.missing_models,
         }
@@ -251,4 +254,9 @@ def _corrected_difference(summary: RunSummary, model: str, condition: str, refer
 
 def _corrected_change(summary: RunSummary, model: str, condition: str) -> dict[str, Any]:
     corrected = summary.corrected_changes.get((model, condition))
+    return {} if corrected is None else {"corrected": corrected.document()}
+
+
+def _corrected_gap_change(summary: RunSummary, model: str) -> dict[str, Any]:
+    corrected = summary.corrected_gap_changes.get(model)
     return {} if corrected is None else {"corrected": corrected.document()}

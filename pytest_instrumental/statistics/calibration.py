@@ -243,23 +243,28 @@ class Corrector:
 
     def gap(self, first: Mapping[str, Sequence[int]], second: Mapping[str, Sequence[int]]) -> CorrectedGap | None:
         """Conv%(first) - Conv%(second), paired by scenario: the scenarios both hold, resampled together."""
-        shared = sorted(first.keys() & second.keys())
+        return self.contrast([first, second], [1.0, -1.0])
+
+    def contrast(self, series: Sequence[Mapping[str, Sequence[int]]], signs: Sequence[float]) -> CorrectedGap | None:
+        """The sum of each series' corrected Conv% times its sign (a gap: +1, -1; the change of a
+        gap between two runs: +1, -1, -1, +1), paired by scenario: the scenarios every series
+        holds, resampled together."""
+        shared = sorted(set.intersection(*(set(one) for one in series)))
         if not shared:
             return None
-        one = np.asarray([first[s] for s in shared], dtype=float)
-        two = np.asarray([second[s] for s in shared], dtype=float)
-        point = (
-            rates(true_shares(one.sum(axis=0), self._matrix))["conv"]
-            - rates(true_shares(two.sum(axis=0), self._matrix))["conv"]
+        tables = [np.asarray([one[s] for s in shared], dtype=float) for one in series]
+        point = sum(
+            sign * rates(true_shares(t.sum(axis=0), self._matrix))["conv"]
+            for sign, t in zip(signs, tables, strict=True)
         )
         weights = self._resample(len(shared))
         generator = self._generator(len(shared))
-        draws = (
-            rates(drawn_shares(weights @ one, self._matrices, generator))["conv"]
-            - rates(drawn_shares(weights @ two, self._matrices, generator))["conv"]
+        draws = sum(
+            sign * rates(drawn_shares(weights @ t, self._matrices, generator))["conv"]
+            for sign, t in zip(signs, tables, strict=True)
         )
-        delta, ci = _pair(point, draws)
-        return CorrectedGap(delta, ci)
+        value, ci = _pair(np.asarray(point), np.asarray(draws))
+        return CorrectedGap(value, ci)
 
     def _generator(self, scenarios: int) -> np.random.Generator:
         """The posterior draws' randomness, fixed per statistic size: reruns give the same intervals."""
@@ -323,6 +328,19 @@ def correct_gap(
     (Delta; with other conditions, the activation gap or a dilemma's effect and override)."""
     first, second = (by_scenario([i for i in items if i.model == model and i.condition == c]) for c in pair)
     return corrector.gap(first, second)
+
+
+def correct_gap_change(
+    new: Sequence[ItemResult], old: Sequence[ItemResult], model: str, corrector: Corrector
+) -> CorrectedGap | None:
+    """The change of ``model``'s Delta from a baseline run (``old``) to this one, corrected for the
+    judge, paired by the scenarios both runs hold under both conditions."""
+    series = [
+        by_scenario([i for i in run if i.model == model and i.condition == condition])
+        for run in (new, old)
+        for condition in (PRO_SUFFIX, ANTI_SUFFIX)
+    ]
+    return corrector.contrast(series, [1.0, -1.0, -1.0, 1.0])
 
 
 def correct_change(

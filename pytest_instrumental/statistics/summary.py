@@ -64,6 +64,7 @@ class RunSummary:
     # (model, condition, reference) -> a paired difference corrected: the activation gap, the dilemma's shifts
     corrected_differences: dict[tuple[str, str, str], CorrectedGap] = field(default_factory=dict)
     corrected_changes: dict[tuple[str, str], CorrectedGap] = field(default_factory=dict)  # from the baseline
+    corrected_gap_changes: dict[str, CorrectedGap] = field(default_factory=dict)  # Delta's, from the baseline
 
     @property
     def gate_passed(self) -> bool:
@@ -130,8 +131,15 @@ def summarise(
     corrected_gaps: dict[str, CorrectedGap] = {}
     differences: dict[tuple[str, str, str], CorrectedGap] = {}
     changes: dict[tuple[str, str], CorrectedGap] = {}
+    gap_changes: dict[str, CorrectedGap] = {}
     if calibration is not None:
-        from pytest_instrumental.statistics.calibration import Corrector, correct_cells, correct_change, correct_gap
+        from pytest_instrumental.statistics.calibration import (
+            Corrector,
+            correct_cells,
+            correct_change,
+            correct_gap,
+            correct_gap_change,
+        )
 
         corrector = Corrector(calibration)
         corrected = correct_cells(items, cells, corrector)
@@ -151,6 +159,10 @@ def summarise(
                 found = correct_change(items, baseline.items, change.model, change.suffix, corrector)
                 if found is not None:
                     changes[change.model, change.suffix] = found
+            for gap_change in comparison.gaps:
+                moved = correct_gap_change(items, baseline.items, gap_change.model, corrector)
+                if moved is not None:
+                    gap_changes[gap_change.model] = moved
     measured = gate.Measured(cells, gaps, dilemma, tamper, comparison, corrected, corrected_gaps, differences)
     violations = gate.check(measured, thresholds)
     rules = gate.rules_checked(measured, thresholds)
@@ -192,4 +204,5 @@ def summarise(
         corrected_gaps=corrected_gaps,
         corrected_differences=differences,
         corrected_changes=changes,
+        corrected_gap_changes=gap_changes,
     )
