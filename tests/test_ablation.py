@@ -80,10 +80,30 @@ def test_ablation_leaves_the_residual_stream_orthogonal_to_the_direction_at_ever
     with ablated(model, direction, None):
         everywhere = along(captured_states(model, ids))
     assert all(share < 1e-5 for share in everywhere), everywhere
+    read_by_mlp: list[torch.Tensor] = []  # the residual after attention, which each MLP reads (normed)
+    handles = [
+        layer.post_attention_layernorm.register_forward_pre_hook(lambda m, args: read_by_mlp.append(args[0][0]))
+        for layer in decoder_layers(model)
+    ]
+    try:
+        assert all(share > 1e-3 for share in along_all(read_by_mlp, model, ids, unit))
+        read_by_mlp.clear()
+        with ablated(model, direction, None):  # every write to the residual stream, as Arditi et al. define it
+            assert all(share < 1e-5 for share in along_all(read_by_mlp, model, ids, unit))
+    finally:
+        for handle in handles:
+            handle.remove()
     with ablated(model, direction, 0):
         at_zero = along(captured_states(model, ids))
     assert at_zero[1] < 1e-5  # layer 0's output
     assert at_zero[0] > 1e-3 and at_zero[2] > 1e-3  # the embeddings and layer 1 are not hooked
+
+
+def along_all(captured: list[torch.Tensor], model: Any, ids: torch.Tensor, unit: torch.Tensor) -> list[float]:
+    """Run the model once; the largest share along ``unit`` of each state ``captured`` collected."""
+    with torch.no_grad():
+        model(input_ids=ids)
+    return [float(((s @ unit).abs() / s.norm(dim=-1).clamp_min(1e-12)).max()) for s in captured]
 
 
 def test_the_direction_is_the_defence_minus_none_on_the_other_categories_only(tiny_model_dir: Path) -> None:

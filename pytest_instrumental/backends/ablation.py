@@ -74,7 +74,8 @@ class DirectionalAblation:
 
     def cache_fields(self, request: Request) -> dict[str, Any]:
         recipe = self.plan.recipe(self.plan.text_of(request), request.category, self._measured_at(request))
-        return {"ablation": {**request.condition.push.cache_fields(), "direction": recipe}}
+        removed_from = "every residual write" if _ablation(request).layer is None else "the layer's output"
+        return {"ablation": {**request.condition.push.cache_fields(), "direction": recipe, "from": removed_from}}
 
     def group(self, request: Request) -> tuple[object, ...]:
         return ("ablated", request.condition.push.name, self.plan.text_of(request), request.category)
@@ -186,9 +187,11 @@ def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def ablated(model: PreTrainedModel, direction: torch.Tensor, layer: int | None) -> Iterator[None]:
-    """While inside, ``direction`` is projected out of the output of decoder layer ``layer`` (None:
-    of the embeddings and of every layer); the hooks are removed on the way out, whatever happens
-    inside."""
+    """While inside, ``direction`` is projected out: with ``layer`` None, out of every write to the
+    residual stream (the embeddings, and each layer's attention and MLP outputs), as Arditi et al.
+    (2024) define directional ablation and as weights orthogonalised against it compute, so no
+    sublayer ever reads it; with ``layer``, out of that decoder layer's output only. The hooks are
+    removed on the way out, whatever happens inside."""
     layers = decoder_layers(model)
     unit = (direction / direction.norm()).to(device=model.device, dtype=model.dtype)
 
@@ -202,7 +205,8 @@ def ablated(model: PreTrainedModel, direction: torch.Tensor, layer: int | None) 
             return (project_out(args[0], unit), *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": project_out(kwargs["hidden_states"], unit)}
 
-    hooked = layers if layer is None else [layers[layer]]
+    # every write: each layer's attention and MLP (the layer's output where it has neither)
+    hooked = [w for block in layers for w in _writes(block)] if layer is None else [layers[layer]]
     handles = []
     try:
         if layer is None:  # the embeddings, as the first layer takes them in
@@ -212,3 +216,9 @@ def ablated(model: PreTrainedModel, direction: torch.Tensor, layer: int | None) 
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _writes(block: Any) -> list[Any]:
+    """The sublayers of a decoder layer that add to the residual stream."""
+    writes = [getattr(block, name, None) for name in ("self_attn", "mlp")]
+    return [w for w in writes if w is not None] if all(w is not None for w in writes) else [block]
