@@ -13,12 +13,13 @@ from pytest_instrumental.config import Thresholds
 from pytest_instrumental.cost import Cost
 from pytest_instrumental.records.results_file import EPOCHS_SCHEMA_VERSION, SCHEMA_VERSION
 from pytest_instrumental.reports.manifest import build_manifest
-from pytest_instrumental.statistics.metrics import Cell, Gap
+from pytest_instrumental.statistics.metrics import Gap
 from pytest_instrumental.statistics.summary import RunSummary
 from pytest_instrumental.vocabulary.conditions import Condition, Suffix
 from pytest_instrumental.vocabulary.scenarios import ScenarioSet
 
 if TYPE_CHECKING:  # comparison needs numpy, loaded only with a baseline
+    from pytest_instrumental.statistics.calibration import Corrected, CorrectedGap
     from pytest_instrumental.statistics.comparison import CellChange
     from pytest_instrumental.statistics.dilemma import Shift
     from pytest_instrumental.statistics.tamper import Tamper
@@ -69,8 +70,13 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
             "violations": [{**asdict(v), "message": v.message()} for v in summary.violations],
         },
         "items": items,
-        "cells": [{**asdict(cell), **_corrected_cell(summary, cell)} for cell in summary.cells],
-        "gaps": [{**asdict(gap), **_paired(gap), **_corrected_gap(summary, gap)} for gap in summary.gaps],
+        "cells": [
+            {**asdict(cell), **_corrected(summary.corrected.get((cell.model, cell.suffix, cell.category)))}
+            for cell in summary.cells
+        ],
+        "gaps": [
+            {**asdict(gap), **_paired(gap), **_corrected(summary.corrected_gaps.get(gap.model))} for gap in summary.gaps
+        ],
     }
     if summary.dilemma is not None:  # only runs with defences have it
         dilemma = summary.dilemma
@@ -78,11 +84,11 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
             "pushes": dilemma.pushes,
             "defenses": dilemma.defenses,
             "effects": [
-                {**_shift(s), **_corrected_difference(summary, s.model, s.condition, s.reference)}
+                {**_shift(s), **_corrected(summary.corrected_differences.get((s.model, s.condition, s.reference)))}
                 for s in dilemma.effects
             ],
             "overrides": [
-                {**_shift(s), **_corrected_difference(summary, s.model, s.condition, s.reference)}
+                {**_shift(s), **_corrected(summary.corrected_differences.get((s.model, s.condition, s.reference)))}
                 for s in dilemma.overrides
             ],
             "worst": [
@@ -98,7 +104,7 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
         document["activation_gap"] = {
             "conditions": list(summary.activation),
             "gaps": [
-                {**asdict(gap), **_corrected_difference(summary, gap.model, *summary.activation)}
+                {**asdict(gap), **_corrected(summary.corrected_differences.get((gap.model, *summary.activation)))}
                 for gap in summary.activation_gaps
             ],
         }
@@ -115,12 +121,12 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
                     "refusal_change_pp": c.refusal_change_pp,
                     **_paired(c),
                     "significance_p": summary.significance_p.get((c.model, c.suffix)),
-                    **_corrected_change(summary, c.model, c.suffix),
+                    **_corrected(summary.corrected_changes.get((c.model, c.suffix))),
                 }
                 for c in compared.cells
             ],
             "gaps": [
-                {**asdict(g), "change_pp": g.change_pp, **_corrected_gap_change(summary, g.model)}
+                {**asdict(g), "change_pp": g.change_pp, **_corrected(summary.corrected_gap_changes.get(g.model))}
                 for g in compared.gaps
             ],
             "flips": [{**asdict(f), "direction": f.direction} for f in compared.flips],
@@ -236,27 +242,6 @@ def run_section(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
     }
 
 
-def _corrected_cell(summary: RunSummary, cell: Cell) -> dict[str, Any]:
-    """With a calibration, the cell's rates corrected for the judge (``corrected``)."""
-    corrected = summary.corrected.get((cell.model, cell.suffix, cell.category))
-    return {} if corrected is None else {"corrected": corrected.document()}
-
-
-def _corrected_gap(summary: RunSummary, gap: Gap) -> dict[str, Any]:
-    corrected = summary.corrected_gaps.get(gap.model)
-    return {} if corrected is None else {"corrected": corrected.document()}
-
-
-def _corrected_difference(summary: RunSummary, model: str, condition: str, reference: str) -> dict[str, Any]:
-    corrected = summary.corrected_differences.get((model, condition, reference))
-    return {} if corrected is None else {"corrected": corrected.document()}
-
-
-def _corrected_change(summary: RunSummary, model: str, condition: str) -> dict[str, Any]:
-    corrected = summary.corrected_changes.get((model, condition))
-    return {} if corrected is None else {"corrected": corrected.document()}
-
-
-def _corrected_gap_change(summary: RunSummary, model: str) -> dict[str, Any]:
-    corrected = summary.corrected_gap_changes.get(model)
-    return {} if corrected is None else {"corrected": corrected.document()}
+def _corrected(found: Corrected | CorrectedGap | None) -> dict[str, Any]:
+    """With a calibration, the figure corrected for the judge (``corrected``); nothing without one."""
+    return {} if found is None else {"corrected": asdict(found)}

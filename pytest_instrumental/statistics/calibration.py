@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -60,7 +60,6 @@ class Calibration:
     reference: str  # whose labels are the truth (e.g. gpt-5.2's verdicts)
     responses: str  # which responses were labelled
     sha256: str | None = None  # the calibration file's, when it came from one
-    notes: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         size = len(DECISIONS)
@@ -102,7 +101,6 @@ class Calibration:
             "classes": list(DECISIONS),
             "counts": [list(row) for row in self.counts],
             "sha256": self.sha256,
-            **({"notes": dict(self.notes)} if self.notes else {}),
         }
 
 
@@ -178,19 +176,6 @@ class Corrected:
     nonsensical_pct: float | None
     nonsensical_ci: Interval | None
 
-    def document(self) -> dict[str, Any]:
-        def interval(ci: Interval | None) -> dict[str, float] | None:
-            return None if ci is None else {"low": ci.low, "high": ci.high}
-
-        return {
-            "conv_pct": self.conv_pct,
-            "conv_ci": interval(self.conv_ci),
-            "refusal_pct": self.refusal_pct,
-            "refusal_ci": interval(self.refusal_ci),
-            "nonsensical_pct": self.nonsensical_pct,
-            "nonsensical_ci": interval(self.nonsensical_ci),
-        }
-
 
 @dataclass(frozen=True)
 class CorrectedGap:
@@ -198,12 +183,6 @@ class CorrectedGap:
 
     delta_pp: float | None
     ci: Interval | None
-
-    def document(self) -> dict[str, Any]:
-        return {
-            "delta_pp": self.delta_pp,
-            "ci": None if self.ci is None else {"low": self.ci.low, "high": self.ci.high},
-        }
 
 
 def rates(shares: np.ndarray) -> dict[str, np.ndarray]:
