@@ -24,10 +24,12 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_instrumental.config import EngineConfig
 from pytest_instrumental.errors import InputError
+from pytest_instrumental.inputs import TEXT_LIMIT, load_json
 from pytest_instrumental.text import redact, visible
 
 READY_PATHS = ("/v1/models", "/health")
@@ -42,10 +44,16 @@ class EngineError(Exception):
 
 
 def serve_argv(
-    options: EngineConfig, model: str, served_name: str, port: int, revision: str | None = None
+    options: EngineConfig,
+    model: str,
+    served_name: str,
+    port: int,
+    revision: str | None = None,
+    adapters: Sequence[Path] = (),
 ) -> list[str]:
     """The command line that serves ``model`` (a hub id, a directory, or for llama-server a GGUF
-    file) at ``revision`` as ``served_name`` on 127.0.0.1:``port``, the pass-through flags last."""
+    file) at ``revision`` as ``served_name`` on 127.0.0.1:``port``, with the LoRA ``adapters``
+    (vLLM, SGLang) each under its directory's name, the pass-through flags last."""
     if options.serve_command:
         values = {
             "model": model,
@@ -80,7 +88,28 @@ def serve_argv(
         base = ["llama-server", *source, "--host", host, "--port", where, "--alias", served_name]
     else:
         raise InputError(f"--instrumental-engine {options.engine!r} does not start a server")
-    return [*base, *pinned, *options.args]
+    return [*base, *pinned, *lora_flags(options.engine, adapters), *options.args]
+
+
+# the ranks vLLM's --max-lora-rank takes; SGLang takes any
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_flags(engine: str, adapters: Sequence[Path]) -> list[str]:
+    """The flags that make vLLM or SGLang serve ``adapters`` (peft directories), each as a model
+    named by its directory's name, up to the largest rank among them."""
+    if not adapters:
+        return []
+    rank = max(
+        int(load_json(a / "adapter_config.json", TEXT_LIMIT, "a LoRA adapter config").get("r", 1)) for a in adapters
+    )
+    modules = [f"{a.name}={a}" for a in adapters]
+    if engine == "vllm":
+        rank = next((r for r in _VLLM_LORA_RANKS if r >= rank), rank)
+        return ["--enable-lora", "--lora-modules", *modules, "--max-lora-rank", str(rank)]
+    if engine == "sglang":
+        return ["--enable-lora", "--lora-paths", *modules, "--max-lora-rank", str(rank)]
+    raise InputError(f"--instrumental-engine {engine}: does not serve LoRA adapters; serve merged checkpoints")
 
 
 def _sibling_script(name: str) -> str:
@@ -99,11 +128,18 @@ class EngineServer:
     """One server process for one model; ``start`` is idempotent, ``stop`` always safe."""
 
     def __init__(
-        self, options: EngineConfig, model: str, served_name: str, label: str, revision: str | None = None
+        self,
+        options: EngineConfig,
+        model: str,
+        served_name: str,
+        label: str,
+        revision: str | None = None,
+        adapters: Sequence[Path] = (),
     ) -> None:
         self.options = options
         self.model = model
         self.revision = revision
+        self.adapters = tuple(adapters)  # LoRA adapters served beside the model
         self.served_name = served_name
         self.label = label  # the model's name in messages and the log file's name
         self.port = 0
@@ -123,7 +159,7 @@ class EngineServer:
         if self._process is not None:
             return
         self.port = free_port()
-        self.argv = serve_argv(self.options, self.model, self.served_name, self.port, self.revision)
+        self.argv = serve_argv(self.options, self.model, self.served_name, self.port, self.revision, self.adapters)
         self.log_path = self.options.logs_dir / f"{_safe(self.label)}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:

@@ -26,7 +26,7 @@ from pytest_instrumental.backends.registry import (
     open_backend,
     parse_model,
 )
-from pytest_instrumental.backends.served import continues_answers
+from pytest_instrumental.backends.served import continues_answers, serves_checkpoints
 from pytest_instrumental.cache import open_project_cache
 from pytest_instrumental.config import EngineConfig
 from pytest_instrumental.cost import Cost
@@ -538,7 +538,7 @@ def _check_servable(spec: ModelSpec, serving: EngineConfig | None, pushes: Seque
     if KINDS[spec.engine].served_elsewhere:
         server = Server(engine=None, continues=False)
     elif serving is not None:
-        server = Server(engine=serving.label, continues=continues_answers(serving))
+        server = Server(serving.label, continues_answers(serving), serves_checkpoints(serving))
     else:
         return  # in this process: every push
     for push in pushes:

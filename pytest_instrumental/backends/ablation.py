@@ -7,8 +7,9 @@ scenarios' prompts with the defence's text in the system prompt and the same pro
 after one decoder layer (``--instrumental-vector-layer``, else the middle one). An undefended item
 loses the anti_ic text's direction: what the model would heed if a developer gave that instruction.
 
-``ablate`` projects the direction out of the embeddings and out of every decoder layer's output,
-so the residual stream between layers never holds it; ``ablate:L`` measures it after layer L and
+``ablate`` projects the direction out of every write to the residual stream (the embeddings, each
+attention's and each MLP's output), so no sublayer reads it, and has the same effect baked into the
+weights (checkpoints.py), the form an engine serves; ``ablate:L`` measures it after layer L and
 projects it out there only. As for steering vectors, no leakage: a category's items lose the
 direction measured on the other categories' scenarios.
 """
@@ -21,8 +22,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_instrumental.backends.checkpoints import orthogonalise
 from pytest_instrumental.backends.layers import decoder_layers
 from pytest_instrumental.backends.protocol import Host
 from pytest_instrumental.errors import InputError
@@ -87,6 +90,16 @@ class DirectionalAblation:
         text, layer = self.plan.text_of(request), self._measured_at(request)
         direction = self._directions.direction(text, request.category, layer)
         return ablated(self.host.model, direction, _ablation(request).layer)
+
+    def bake(self, request: Request, model: Any) -> Any:
+        """The weights orthogonalised against the direction ``applied(request)`` projects out."""
+        assert _ablation(request).layer is None, "ablate:LAYER has no checkpoint form (its push refuses a server)"
+        text, layer = self.plan.text_of(request), self._measured_at(request)
+        orthogonalise(model, self._directions.direction(text, request.category, layer))
+        return model
+
+    def adapter(self, request: Request) -> Path | None:
+        return None
 
     def _measured_at(self, request: Request) -> int:
         """The layer the direction is measured after: the ablation's own, or for every layer

@@ -92,6 +92,16 @@ class Adapters:
     def applied(self, request: Request) -> AbstractContextManager[None]:
         return adapted(self.host.model, self._dir(self._recipe(request)))
 
+    def bake(self, request: Request, model: Any) -> Any:
+        """The weights with ``request``'s adapter (trained now if it is not kept yet) merged in."""
+        from pytest_instrumental.backends.checkpoints import merge_adapter
+
+        self.prepare([request])
+        return merge_adapter(model, self.adapter(request))
+
+    def adapter(self, request: Request) -> Path:
+        return self._dir(self._recipe(request))
+
     def _recipe(self, request: Request) -> dict[str, object]:
         """What made the adapter ``request`` generates with."""
         attack = request.fine_tuning

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pytest_instrumental.progress import ProgressFactory
@@ -166,4 +167,20 @@ class Intervention(Protocol):
     def applied(self, request: Request) -> AbstractContextManager[None]:
         """The context ``request`` (and every row grouped with it) generates in: applied on the way
         in, removed on the way out, whatever happens inside."""
+        ...
+
+
+@runtime_checkable
+class Bakes(Protocol):
+    """What an intervention with a checkpoint form adds to its protocol (backends/checkpoints.py):
+    the same change made to a model's weights, so that any engine can serve it."""
+
+    def bake(self, request: Request, model: Any) -> Any:
+        """``model`` (a fresh copy of the base weights) changed as ``applied(request)`` changes the
+        forward pass; the model to save."""
+        ...
+
+    def adapter(self, request: Request) -> Path | None:
+        """Where the LoRA adapter is (made by ``prepare``) that an engine serving adapters can load
+        for ``request`` instead of a merged checkpoint; None: the change has no adapter form."""
         ...

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pytest_instrumental.backends.interventions import Interventions
 from pytest_instrumental.backends.protocol import Backend
@@ -29,6 +29,10 @@ from pytest_instrumental.config import (
 from pytest_instrumental.decoding import Decoding, model_generation_config, resolve
 from pytest_instrumental.errors import InputError
 from pytest_instrumental.registered import BACKENDS, open_registered, prefix_of, registered
+
+if TYPE_CHECKING:
+    from pytest_instrumental.backends.served import Attacks
+    from pytest_instrumental.backends.transformers import TransformersBackend
 
 EMBEDDED = "smollm2-135m"
 OPENAI_PREFIX = "openai:"
@@ -290,15 +294,11 @@ def open_backend(
     loaded until it first generates."""
     kind = KINDS[spec.engine]
     budget, decoding = max_new_tokens(spec, generation), model_decoding(spec, generation)
-    # a model in a server with an intervention was refused before (run.py: its pushes' refusal)
+    # a model served elsewhere with an intervention was refused before (run.py: its pushes' refusal)
     if kind.opens is not None:
         return kind.opens(spec, generation, server, budget, decoding)
     identity = kind.identity(spec)
     assert identity is not None  # a local model's weights have a name
-    if serving is not None:
-        return _served_backend(spec, generation, server, serving, budget, decoding, identity)
-    from pytest_instrumental.backends.transformers import TransformersBackend
-
     models_dir = generation.models_dir
 
     def files() -> str:  # a local kind always has them; the embedded model converts itself here
@@ -306,19 +306,32 @@ def open_backend(
         assert found is not None, f"a local model {spec.name} has no files"
         return found
 
-    return TransformersBackend(
-        spec.name,
-        files,
-        None if spec.engine == "embedded" else spec.revision,
-        spec.thinking,
-        identity,
-        generation=generation,
-        max_new_tokens=budget,
-        decoding=decoding,
-        interventions=None if interventions is None else interventions.attach,
-        defended=defended,
-        progress=None if interventions is None else interventions.progress,
-    )
+    def local() -> TransformersBackend:
+        from pytest_instrumental.backends.transformers import TransformersBackend
+
+        return TransformersBackend(
+            spec.name,
+            files,
+            None if spec.engine == "embedded" else spec.revision,
+            spec.thinking,
+            identity,
+            generation=generation,
+            max_new_tokens=budget,
+            decoding=decoding,
+            interventions=None if interventions is None else interventions.attach,
+            defended=defended,
+            progress=None if interventions is None else interventions.progress,
+        )
+
+    if serving is None:
+        return local()
+    attacks = None
+    if interventions is not None and (interventions.ablation is not None or interventions.lora is not None):
+        from pytest_instrumental.backends.checkpoints import CHECKPOINTS_DIR_NAME
+        from pytest_instrumental.backends.served import Attacks
+
+        attacks = Attacks(local, models_dir / CHECKPOINTS_DIR_NAME)
+    return _served_backend(spec, generation, server, serving, budget, decoding, identity, attacks)
 
 
 def _served_backend(
@@ -329,9 +342,11 @@ def _served_backend(
     budget: int,
     decoding: Decoding,
     identity: str,
+    attacks: Attacks | None,
 ) -> Backend:
     """A local model served by the chosen engine: the embedded model as its converted directory
-    (llama-server: its GGUF file), a hub id or directory as it is."""
+    (llama-server: its GGUF file), a hub id or directory as it is; its attacked conditions from
+    their checkpoints (``attacks``)."""
     from pytest_instrumental.backends.served import ServedBackend
     from pytest_instrumental.engines import EngineServer
 
@@ -346,7 +361,14 @@ def _served_backend(
     # its own server: no base URLs to spread over
     own = replace(server, base_urls=())
     return ServedBackend(
-        spec.name, engine_server, spec.thinking, own, identity, max_new_tokens=budget, decoding=decoding
+        spec.name,
+        engine_server,
+        spec.thinking,
+        own,
+        identity,
+        max_new_tokens=budget,
+        decoding=decoding,
+        attacks=attacks,
     )
 
 

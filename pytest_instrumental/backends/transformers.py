@@ -162,6 +162,20 @@ class TransformersBackend:
             self._model = model  # from_pretrained returns it in eval mode
         return self._model
 
+    def load_copy(self) -> PreTrainedModel:
+        """The weights loaded again, on the CPU, in the dtype they run in here: what an attacked
+        checkpoint is made from (checkpoints.py), leaving the loaded model as it is."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with library_bars_off():
+            return AutoModelForCausalLM.from_pretrained(
+                self.source,
+                revision=self.revision,
+                dtype=getattr(torch, self.placement.dtype),
+                trust_remote_code=self.generation.trust_remote_code,
+            )
+
     @property
     def max_input_tokens(self) -> int:
         return self.generation.max_input_tokens
@@ -218,15 +232,15 @@ class TransformersBackend:
             "thinking": self.thinking,
             "prompt": self.render(request),
             **self.decoding.cache_fields(request.key, request.epoch),
-            **self._cache_fields(request),
+            **self.intervention_fields(request),
         }
 
-    def _intervention(self, request: Request) -> Intervention | None:
+    def intervention_for(self, request: Request) -> Intervention | None:
         """The intervention ``request`` generates under; None: the model as loaded."""
         return next((i for i in self.interventions if i.applies(request)), None)
 
-    def _cache_fields(self, request: Request) -> dict[str, Any]:
-        intervention = self._intervention(request)
+    def intervention_fields(self, request: Request) -> dict[str, Any]:
+        intervention = self.intervention_for(request)
         return {} if intervention is None else intervention.cache_fields(request)
 
     @cached_property
@@ -270,19 +284,19 @@ class TransformersBackend:
 
     def _hooks_of(self, request: Request) -> tuple[object, ...]:
         """What the hooks a request generates under depend on: rows alike share a batch."""
-        intervention = self._intervention(request)
+        intervention = self.intervention_for(request)
         return () if intervention is None else intervention.group(request)
 
     def hooked(self, request: Request) -> AbstractContextManager[None]:
         """The hooks ``request`` (and every row hooked alike) generates under."""
-        intervention = self._intervention(request)
+        intervention = self.intervention_for(request)
         return nullcontext() if intervention is None else intervention.applied(request)
 
     def _kernels(self, request: Request) -> AbstractContextManager[None]:
         """The linear layers' kernels ``request`` generates with: oneDNN's, with the weights packed
         once, where the model allows it (backends/packed_linear.py), except under an intervention
         that wraps the model's own linears (an adapter)."""
-        packed, intervention = self._packed, self._intervention(request)
+        packed, intervention = self._packed, self.intervention_for(request)
         if packed is None or (intervention is not None and not intervention.packs):
             return nullcontext()
         from pytest_instrumental.backends.packed_linear import packed_linears

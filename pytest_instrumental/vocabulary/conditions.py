@@ -66,11 +66,13 @@ def steer(prompt: str, suffix: Suffix) -> str:
 @dataclass(frozen=True)
 class Server:
     """Where a model runs when it is not in this process: ``engine``, the engine this session
-    starts (None: a server elsewhere, any OpenAI-compatible API), and whether its API continues
-    an assistant turn (vLLM and SGLang do)."""
+    starts (None: a server elsewhere, any OpenAI-compatible API), whether its API continues an
+    assistant turn (vLLM and SGLang do), and whether the session can start it on an attacked
+    checkpoint, a model directory with an attack in its weights (all but llama-server can)."""
 
     engine: str | None
     continues: bool
+    serves_checkpoints: bool = False
 
 
 class Push(Protocol):
@@ -139,15 +141,29 @@ class _PushDefaults:
 
 @dataclass(frozen=True)
 class _WeightPush(_PushDefaults):
-    """A push on the weights or the forward pass (steering, ablation, fine-tuning): only a model
-    in this process takes it."""
+    """A push on the weights or the forward pass (steering, ablation, fine-tuning): a model in this
+    process takes it, and where it has a checkpoint form (``baked``) so does a model in a server
+    the session starts on that checkpoint (backends/checkpoints.py)."""
 
     option: ClassVar[str]  # the option that asks for it
     server_cannot: ClassVar[str]  # what a server cannot do
     mechanism: ClassVar[str]
-    see_also: ClassVar[str] = ""
+    see_also: ClassVar[str] = " (docs/scale.md)"
+
+    @property
+    def baked(self) -> bool:
+        """Whether it has a checkpoint form: its weights, saved, are the attacked model."""
+        return False
 
     def refusal(self, model: str, server: Server) -> str | None:
+        if self.baked and server.serves_checkpoints:
+            return None
+        if self.baked:
+            where = "served elsewhere" if server.engine is None else f"served by {server.engine}"
+            return (
+                f"{self.option}: {model} is {where}, which cannot be started on the attacked checkpoint; "
+                f"use --instrumental-engine=local, vllm, sglang or transformers-serve{self.see_also}"
+            )
         return (
             f"{self.option}: {model} runs in a server, which {self.server_cannot}; "
             f"{self.mechanism} needs a local model and --instrumental-engine=local{self.see_also}"
@@ -208,8 +224,9 @@ class Activation(_WeightPush):
     """Activation steering at ``strength`` along the contrast vector (backends/steering.py)."""
 
     option = "--instrumental-vector-strength"
-    server_cannot = "cannot take a steering hook"
+    server_cannot = "cannot take a steering hook, and a steering vector has no checkpoint form"
     mechanism = "activation steering"
+    see_also = " (or an engine plugin for steering: docs/scale.md)"
     strength: float
 
     @property
@@ -244,9 +261,14 @@ class Ablation(_WeightPush):
     """Directional ablation at ``layer`` (None: at every layer; backends/ablation.py)."""
 
     option = f"--instrumental-attack {ABLATE}"
-    server_cannot = "cannot take an ablation hook"
-    mechanism = "directional ablation"
+    server_cannot = "cannot take an ablation hook, and removing a direction at one layer has no checkpoint form"
+    mechanism = "directional ablation at one layer"
     layer: int | None = None
+
+    @property
+    def baked(self) -> bool:
+        """Every write orthogonalised is a checkpoint; one layer's output projected is not."""
+        return self.layer is None
 
     @property
     def name(self) -> str:
@@ -290,7 +312,6 @@ class LoraAttack(_WeightPush):
     option = f"--instrumental-attack {LORA}"
     server_cannot = "this session cannot fine-tune"
     mechanism = "fine-tuning"
-    see_also = " (docs/scale.md: serving an adapter)"
     steps: int
     rank: int = DEFAULT_LORA_RANK
     lr: float = DEFAULT_LORA_LR
@@ -313,6 +334,10 @@ class LoraAttack(_WeightPush):
     def training(self) -> tuple[int, float]:
         """What an adapter's training shares with the other budgets' (all but its length)."""
         return self.rank, self.lr
+
+    @property
+    def baked(self) -> bool:
+        return True  # the adapter, served or merged
 
     def cache_fields(self) -> dict[str, object]:
         return {"steps": self.steps, "rank": self.rank, "lr": self.lr}
