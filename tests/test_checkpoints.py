@@ -110,7 +110,7 @@ def test_a_sublayer_without_a_known_output_projection_is_an_error_naming_the_way
     layer = decoder_layers(model)[1]
     layer.mlp.output = layer.mlp.down_proj  # an architecture that names it otherwise
     del layer.mlp.down_proj
-    with pytest.raises(InputError, match="layer 1's mlp of Qwen3ForCausalLM has no output projection.*in process"):
+    with pytest.raises(InputError, match=r"layer 1's mlp of Qwen3ForCausalLM has no output projection.*in process"):
         orthogonalise(model, torch.ones(model.config.hidden_size))
 
 
