@@ -172,9 +172,21 @@ def test_ablation_on_a_server_or_at_a_layer_the_model_lacks_is_a_usage_error(
     )
     assert served.ret == pytest.ExitCode.USAGE_ERROR
     served.stderr.fnmatch_lines(
-        ["ERROR: --instrumental-attack ablate: openai:local runs in a server, which cannot take an ablation hook; *"]
+        [
+            "ERROR: --instrumental-attack ablate: openai:local is served elsewhere, which cannot be started on the "
+            "attacked checkpoint; use --instrumental-engine=local, vllm, sglang or transformers-serve (docs/scale.md)"
+        ]
     )
     local = ["--instrumental", f"--model={tiny_model_dir}", "--judge=offline"]
+    on_gguf = pytester.runpytest_subprocess(
+        *local, "--instrumental-engine=llama-server", "--instrumental-attack=ablate"
+    )
+    on_gguf.stderr.fnmatch_lines(["*: tiny-qwen3* is served by llama-server, which cannot be started on the attacked*"])
+    at_a_layer = pytester.runpytest_subprocess(*local, "--instrumental-engine=vllm", "--instrumental-attack=ablate:1")
+    at_a_layer.stderr.fnmatch_lines(
+        ["ERROR: --instrumental-attack ablate:1: * runs in a server, which cannot take an ablation hook, and removing "
+         "a direction at one layer has no checkpoint form; directional ablation at one layer needs a local model *"]
+    )  # fmt: skip
     missing = pytester.runpytest_subprocess(*local, "--instrumental-attack=ablate:2")
     missing.stderr.fnmatch_lines(
         [f"ERROR: --instrumental-attack ablate:2: layer 2 is not one of {tiny_model_dir.name}'s layers (0 to 1)"]

@@ -253,7 +253,9 @@ def test_fine_tuning_a_model_in_a_server_or_without_a_fine_tuning_attack_is_a_us
         "--instrumental-attack=lora:8",
     )
     assert served.ret == pytest.ExitCode.USAGE_ERROR
-    served.stderr.fnmatch_lines(["ERROR: --instrumental-attack lora: openai:local runs in a server, *"])
+    served.stderr.fnmatch_lines(
+        ["ERROR: --instrumental-attack lora:8: openai:local is served elsewhere, which cannot be started on the *"]
+    )
     data = tmp_path / "demos.jsonl"
     data.write_text("", encoding="utf-8")
     alone = pytester.runpytest_subprocess("--instrumental", f"--instrumental-attack-data={data}")

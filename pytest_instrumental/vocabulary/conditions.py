@@ -145,10 +145,14 @@ class _WeightPush(_PushDefaults):
     process takes it, and where it has a checkpoint form (``baked``) so does a model in a server
     the session starts on that checkpoint (backends/checkpoints.py)."""
 
-    option: ClassVar[str]  # the option that asks for it
     server_cannot: ClassVar[str]  # what a server cannot do
     mechanism: ClassVar[str]
     see_also: ClassVar[str] = " (docs/scale.md)"
+
+    @property
+    def asked(self) -> str:
+        """The option that asks for it, as a message names it."""
+        return f"--instrumental-attack {self.attack}"
 
     @property
     def baked(self) -> bool:
@@ -156,16 +160,17 @@ class _WeightPush(_PushDefaults):
         return False
 
     def refusal(self, model: str, server: Server) -> str | None:
+        asked = self.asked
         if self.baked and server.serves_checkpoints:
             return None
         if self.baked:
             where = "served elsewhere" if server.engine is None else f"served by {server.engine}"
             return (
-                f"{self.option}: {model} is {where}, which cannot be started on the attacked checkpoint; "
+                f"{asked}: {model} is {where}, which cannot be started on the attacked checkpoint; "
                 f"use --instrumental-engine=local, vllm, sglang or transformers-serve{self.see_also}"
             )
         return (
-            f"{self.option}: {model} runs in a server, which {self.server_cannot}; "
+            f"{asked}: {model} runs in a server, which {self.server_cannot}; "
             f"{self.mechanism} needs a local model and --instrumental-engine=local{self.see_also}"
         )
 
@@ -223,7 +228,7 @@ class Prefill(_PushDefaults):
 class Activation(_WeightPush):
     """Activation steering at ``strength`` along the contrast vector (backends/steering.py)."""
 
-    option = "--instrumental-vector-strength"
+    asked = "--instrumental-vector-strength"
     server_cannot = "cannot take a steering hook, and a steering vector has no checkpoint form"
     mechanism = "activation steering"
     see_also = " (or an engine plugin for steering: docs/scale.md)"
@@ -260,7 +265,6 @@ def activation_strength(name: str) -> float | None:
 class Ablation(_WeightPush):
     """Directional ablation at ``layer`` (None: at every layer; backends/ablation.py)."""
 
-    option = f"--instrumental-attack {ABLATE}"
     server_cannot = "cannot take an ablation hook, and removing a direction at one layer has no checkpoint form"
     mechanism = "directional ablation at one layer"
     layer: int | None = None
@@ -309,7 +313,6 @@ class LoraAttack(_WeightPush):
     """Fine-tuning with LoRA for ``steps`` optimizer steps, at ``rank`` and learning rate ``lr``
     (backends/lora.py)."""
 
-    option = f"--instrumental-attack {LORA}"
     server_cannot = "this session cannot fine-tune"
     mechanism = "fine-tuning"
     steps: int
