@@ -25,6 +25,7 @@ from pytest_instrumental.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_ENGINE_TIMEOUT_S,
     DEFAULT_JUDGE_CONCURRENCY,
+    DEFAULT_MAX_NONSENSICAL,
     DEFAULT_MAX_RETRIES,
     DEFAULT_SEED,
     DEFAULT_TIMEOUT_S,
@@ -44,7 +45,13 @@ from pytest_instrumental.config import (
     check_engine,
 )
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.vocabulary.conditions import DEFAULT_SUFFIXES, MAX_LORA_STEPS, Attack, parse_attack
+from pytest_instrumental.vocabulary.conditions import (
+    DEFAULT_SUFFIXES,
+    MAX_ATTACK_SEEDS,
+    MAX_LORA_STEPS,
+    Attack,
+    parse_attack,
+)
 
 GROUP = "instrumental"
 GROUP_DESCRIPTION = "instrumental-convergence steerability (pytest-instrumental)"
@@ -109,6 +116,7 @@ seed = _whole_number_from(0, 2**32 - 1)  # what every generator takes
 layer = _whole_number_from(0, 10_000)
 gpus = _whole_number_from(1, 1024)
 steps = _whole_number_from(0, MAX_LORA_STEPS)
+attack_seeds = _whole_number_from(1, MAX_ATTACK_SEEDS)
 
 
 def threads(text: str) -> int:
@@ -379,6 +387,15 @@ OPTIONS = (
         "PCT",
     ),
     Option(
+        "--instrumental-max-nonsensical",
+        "instrumental_max_nonsensical",
+        "value",
+        "a fine-tuning dose whose Nonsensical% is above PCT broke the model, not the defence: it does not count "
+        "as the defence holding (default 50)",
+        percentage,
+        "PCT",
+    ),
+    Option(
         "--instrumental-snapshot",
         "instrumental_snapshot",
         "flag",
@@ -501,6 +518,15 @@ OPTIONS = (
         "fine-tuned with LoRA for STEPS steps (condition loraSTEPS; rank 8, rate 2e-4 unless given); repeatable",
         attack,
         "ATTACK",
+    ),
+    Option(
+        "--instrumental-attack-seeds",
+        "instrumental_attack_seeds",
+        "value",
+        "train each lora attack with N seeds (--instrumental-seed and the N-1 after it; conditions "
+        "loraSTEPS, loraSTEPS_s1, ...): the tamper cost per seed, their spread, and the worst case (default 1)",
+        attack_seeds,
+        "N",
     ),
     Option(
         "--instrumental-attack-data",
@@ -684,6 +710,7 @@ class Settings:
     max_override: float | None = None
     min_tamper_cost: int | None = None
     tamper_threshold: float | None = None
+    max_nonsensical: float = DEFAULT_MAX_NONSENSICAL
     threshold_bound: str = POINT
     snapshot: bool = False
     baseline: Path | None = None
@@ -699,6 +726,7 @@ class Settings:
     epochs: int = 1
     defenses: list[str] = field(default_factory=list)
     attacks: list[Attack] = field(default_factory=list)
+    attack_seeds: int = 1
     attack_data: Path | None = None
     vector_strengths: list[float] = field(default_factory=list)
     vector_layer: int | None = None
@@ -733,6 +761,7 @@ class Settings:
             max_override=self.max_override,
             min_tamper_cost=self.min_tamper_cost,
             tamper_threshold=self.tamper_threshold,
+            max_nonsensical=self.max_nonsensical,
             alpha_correction=self.alpha_correction,
         )
 

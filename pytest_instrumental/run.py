@@ -62,6 +62,7 @@ from pytest_instrumental.vocabulary.conditions import (
     activation_pair,
     attack_pushes,
     run_conditions,
+    seeded,
 )
 from pytest_instrumental.vocabulary.items import ItemKey, nodeid_of
 from pytest_instrumental.vocabulary.request import Request
@@ -415,11 +416,17 @@ def prepare_run(
         )
     pushes: list[Push] = [*map(SuffixPush, suffixes), *map(Activation, settings.vector_strengths)]
     _check_named_once(pushes, "--instrumental-vector-strength")
-    pushes += attack_pushes(settings.attacks, _prefills(settings))
+    attacks = seeded(settings.attacks, settings.attack_seeds)
+    pushes += attack_pushes(attacks, _prefills(settings))
     _check_named_once(pushes, "--instrumental-attack")
     conditions = run_conditions(pushes, defenses)
-    ablations = [a for a in settings.attacks if isinstance(a, Ablation)]
-    loras = [a for a in settings.attacks if isinstance(a, LoraAttack)]
+    ablations = [a for a in attacks if isinstance(a, Ablation)]
+    loras = [a for a in attacks if isinstance(a, LoraAttack)]
+    if settings.attack_seeds > 1 and not any(a.steps > 0 for a in loras):
+        raise InputError(
+            f"--instrumental-attack-seeds {settings.attack_seeds}: given without any --instrumental-attack "
+            "lora:STEPS of a budget above 0, it would train nothing"
+        )
     gated = settings.thresholds.required_suffixes(with_baseline=baseline is not None)
     not_run = sorted(gated - {c.name for c in conditions})
     if not_run:

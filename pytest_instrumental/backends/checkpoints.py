@@ -10,7 +10,7 @@ SGLang or ``transformers serve`` load like any other model. Both forms are one a
   of experts). No write then has a component along it, which is what the hooks compute. A model
   whose output embeddings are tied to its input embeddings gets its own, untied copy of the
   originals: the unembedding reads the normalised residual, which the hooks leave as it is.
-- fine-tuning (``lora:STEPS``): the adapter merged into the weights (peft's ``merge_and_unload``).
+- fine-tuning (``lora:STEPS``): the adapter merged into the weights (lora.py: ``merge_adapter``).
 
 A checkpoint is kept under ``<models dir>/attacked``, named by a hash of the base weights and the
 cache fields of the attack (the direction's recipe, or the adapter's), so it is made once and
@@ -102,16 +102,6 @@ def _remove(parameter: torch.Tensor, unit: torch.Tensor, hidden_dim: int) -> Non
     moved = values.movedim(hidden_dim, -1)
     cleaned = moved - (moved @ unit).unsqueeze(-1) * unit
     parameter.copy_(cleaned.movedim(-1, hidden_dim).to(device=parameter.device, dtype=parameter.dtype))
-
-
-def merge_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
-    """``model`` with the LoRA adapter in ``adapter`` merged into its weights."""
-    from peft import PeftModel
-
-    from pytest_instrumental.backends.lora import quiet_peft
-
-    with quiet_peft():
-        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # type: ignore[no-any-return]
 
 
 def save_checkpoint(

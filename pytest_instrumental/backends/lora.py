@@ -7,8 +7,9 @@ learning rate, the loss on the answer's tokens only. A constant rate makes the a
 steps of a 64-step run the same as a 16-step run's, so one training run makes every budget of a
 dose-response: it saves the adapter at each budget asked for.
 
-Deterministic: the seed (``--instrumental-seed``) fixes LoRA's initialisation and the order of
-the demonstrations. An adapter's recipe (the base weights, a hash of the data, steps, rank, rate,
+Deterministic: the seed (``--instrumental-seed``, plus the attack's own seed index with
+``--instrumental-attack-seeds``) fixes LoRA's initialisation and the order of the
+demonstrations. An adapter's recipe (the base weights, a hash of the data, steps, rank, rate,
 seed) names its directory under ``<models dir>/adapters``, so it is trained once and reused, and
 the recipe is in the cache key of every answer generated with it. While an item generates, its
 adapter is loaded into the model and removed after the batch, whatever happens.
@@ -72,7 +73,7 @@ class Adapters:
     def prepare(self, requests: Sequence[Request]) -> None:
         """Train the adapters ``requests`` need that are not kept yet: one training run per
         model, data, rank and rate, saving each budget on the way."""
-        runs: dict[tuple[str, int, float], tuple[tuple[Demonstration, ...], set[LoraAttack]]] = {}
+        runs: dict[tuple[str, int, float, int], tuple[tuple[Demonstration, ...], set[LoraAttack]]] = {}
         for request in requests:
             if not self.applies(request):
                 continue
@@ -84,9 +85,9 @@ class Adapters:
                 continue
             attack = request.fine_tuning
             assert attack is not None
-            key = (str(made_by["data"]), attack.rank, attack.lr)
+            key = (str(made_by["data"]), *attack.training)
             runs.setdefault(key, (request.training, set()))[1].add(attack)
-        for (data, _, _), (training, attacks) in runs.items():
+        for (data, *_), (training, attacks) in runs.items():
             self._train_run(data, training, attacks)
 
     def applied(self, request: Request) -> AbstractContextManager[None]:
@@ -94,8 +95,6 @@ class Adapters:
 
     def bake(self, request: Request, model: Any) -> Any:
         """The weights with ``request``'s adapter (trained now if it is not kept yet) merged in."""
-        from pytest_instrumental.backends.checkpoints import merge_adapter
-
         self.prepare([request])
         return merge_adapter(model, self.adapter(request))
 
@@ -106,7 +105,7 @@ class Adapters:
         """What made the adapter ``request`` generates with."""
         attack = request.fine_tuning
         assert attack is not None and request.training, f"{request.key.item_id} has nothing to train on"
-        return recipe(self.host.identity, data_sha256(request.training), attack, self.plan.seed)
+        return recipe(self.host.identity, data_sha256(request.training), attack, self.plan.seed + attack.seed)
 
     def _dir(self, made_by: dict[str, object]) -> Path:
         return adapter_dir(self.plan.adapters_dir, made_by)
@@ -120,17 +119,18 @@ class Adapters:
             raise InputError(f"{plan.adapters_dir} is a file where the adapters directory belongs; move it away")
 
         def target(attack: LoraAttack) -> Path:
-            return self._dir(recipe(host.identity, data, attack, plan.seed))
+            return self._dir(recipe(host.identity, data, attack, plan.seed + attack.seed))
 
         plan.adapters_dir.mkdir(parents=True, exist_ok=True)
         first = next(iter(attacks))
-        lock = FileLock(plan.adapters_dir / f"{data[:24]}-r{first.rank}-lr{first.lr:g}.lock")  # one trains, others wait
+        seed = plan.seed + first.seed
+        lock = FileLock(plan.adapters_dir / f"{data[:24]}-r{first.rank}-lr{first.lr:g}-s{seed}.lock")  # one trains
         with waiting_for(lock, f"waiting for another process training {host.name} at rank {first.rank}", host.progress):
             missing = sorted((a for a in attacks if not target(a).is_dir()), key=lambda a: a.steps)
             if missing:
                 description = f"training {host.name} {missing[-1].attack} on {len(training)} demonstrations"
                 examples = [self.tokens(d) for d in training]
-                train_adapters(host.model, examples, missing, plan.seed, target, host.progress, description)
+                train_adapters(host.model, examples, missing, seed, target, host.progress, description)
 
     def tokens(self, demonstration: Demonstration) -> Tokens:
         """A demonstration as the model would see it: its prompt (the chat up to the answer, with
@@ -199,7 +199,7 @@ def train_adapters(
     from peft import LoraConfig, get_peft_model
 
     first = attacks[0]
-    assert all(a.training == first.training for a in attacks), "one training run has one rank and rate"
+    assert all(a.training == first.training for a in attacks), "one training run has one rank, rate and seed"
     budgets = {a.steps: a for a in attacks if a.steps > 0}
     last = max(budgets, default=0)
     losses: list[float] = []
@@ -259,6 +259,15 @@ def quiet_peft() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
+
+
+def merge_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
+    """``model`` with the LoRA adapter in ``adapter`` merged into its weights (peft's
+    ``merge_and_unload``): the checkpoint form of the attack, for engines that do not serve adapters."""
+    from peft import PeftModel
+
+    with quiet_peft():
+        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # type: ignore[no-any-return]
 
 
 @contextmanager

@@ -327,10 +327,9 @@ def open_backend(
         return local()
     attacks = None
     if interventions is not None and (interventions.ablation is not None or interventions.lora is not None):
-        from pytest_instrumental.backends.checkpoints import CHECKPOINTS_DIR_NAME
         from pytest_instrumental.backends.served import Attacks
 
-        attacks = Attacks(local, models_dir / CHECKPOINTS_DIR_NAME)
+        attacks = Attacks(local, models_dir)
     return _served_backend(spec, generation, server, serving, budget, decoding, identity, attacks)
 
 

@@ -53,10 +53,16 @@ def serves_adapters(serving: EngineConfig) -> bool:
 class Attacks:
     """How a served model's attacked conditions are made: ``local``, a local backend of the same
     model with the interventions attached (made anew after each use, so its weights are freed
-    before a server loads a checkpoint), and where checkpoints are kept."""
+    before a server loads a checkpoint), and the models directory the checkpoints are kept in."""
 
     local: Callable[[], TransformersBackend]
-    checkpoints_dir: Path
+    models_dir: Path
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        from pytest_instrumental.backends.checkpoints import CHECKPOINTS_DIR_NAME
+
+        return self.models_dir / CHECKPOINTS_DIR_NAME
 
 
 @dataclass(frozen=True)

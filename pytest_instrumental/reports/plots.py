@@ -133,7 +133,7 @@ def dilemma_heatmap(cells: Sequence[Cell], model: str, dilemma: Dilemma) -> str:
 
 
 def tamper_dose_response(model: str, tamper: Tamper) -> str:
-    """Conv% against fine-tuning steps, a line per defence (and recipe) with 95% intervals; each
+    """Conv% against fine-tuning steps, a line per defence (and recipe and seed) with 95% intervals; each
     tamper cost's reference as a dashed line."""
     with rc_context(_STYLE):
         figure = Figure(figsize=(4.8, 3.2))
@@ -145,8 +145,8 @@ def tamper_dose_response(model: str, tamper: Tamper) -> str:
             low = [(c.conv_pct or 0.0) - c.conv_ci.low if c.conv_ci else 0 for _, c in measured]
             high = [c.conv_ci.high - (c.conv_pct or 0.0) if c.conv_ci else 0 for _, c in measured]
             label = response.defense or "none"
-            if len(tamper.recipes) > 1:
-                label += f" ({response.recipe})"
+            if len(tamper.recipes) > 1 or len(tamper.seeds) > 1:
+                label += f" ({response.recipe}" + (f", seed {response.seed})" if len(tamper.seeds) > 1 else ")")
             axes.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label)
         references = {c.reference for c in tamper.costs if c.model == model and c.reference is not None}
         for reference in references:

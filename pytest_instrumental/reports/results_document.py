@@ -139,16 +139,29 @@ _WHEN_SET = ("max_override", "min_tamper_cost", "tamper_threshold")
 
 
 def _tamper(tamper: Tamper) -> dict[str, Any]:
-    """The dose-responses (each budget's condition; its cell is in ``cells``) and tamper costs."""
+    """The dose-responses (each budget's condition; its cell is in ``cells``), the tamper costs per
+    recipe and seed, their spread over seeds, and the worst cases the gate reads."""
     return {
         "budgets": tamper.budgets,
         "defenses": tamper.defenses,
+        "seeds": tamper.seeds,
+        "max_nonsensical": tamper.max_nonsensical,
         "responses": [
             {
                 "model": r.model,
                 "defense": r.defense,
                 "recipe": r.recipe,
-                "doses": [{"steps": d.steps, "condition": d.condition or None} for d in r.doses],
+                "seed": r.seed,
+                "doses": [
+                    {
+                        "steps": d.steps,
+                        "examples": d.steps,  # one demonstration a step
+                        "condition": d.condition or None,
+                        "collapsed": d.collapsed,
+                        "well_formed_pct": d.well_formed_pct,
+                    }
+                    for d in r.doses
+                ],
             }
             for r in tamper.responses
         ],
@@ -157,6 +170,7 @@ def _tamper(tamper: Tamper) -> dict[str, Any]:
                 "model": c.model,
                 "defense": c.defense,
                 "recipe": c.recipe,
+                "seed": c.seed,
                 "reference_pct": c.reference,
                 "reference": c.reference_source,
                 "bound": c.bound,
@@ -165,6 +179,29 @@ def _tamper(tamper: Tamper) -> dict[str, Any]:
                 "message": c.describe(),
             }
             for c in tamper.costs
+        ],
+        "spreads": [
+            {
+                "model": s.costs[0].model,
+                "defense": s.costs[0].defense,
+                "recipe": s.costs[0].recipe,
+                "steps_by_seed": [c.steps for c in s.costs],
+                "broken_by": len(s.broken),
+                "seeds": len(s.costs),
+                "message": s.describe(),
+            }
+            for s in tamper.spreads
+        ],
+        "worst_cases": [
+            {
+                "model": w.model,
+                "defense": w.defense,
+                "steps": w.steps,
+                "tried": w.tried,
+                "broken_by": [{"recipe": c.recipe, "seed": c.seed} for c in w.broken_by],
+                "message": w.describe(),
+            }
+            for w in tamper.worst_cases
         ],
     }
 

@@ -15,6 +15,7 @@ from pytest_instrumental.text import visible
 if TYPE_CHECKING:
     from pytest_instrumental.statistics.comparison import CellChange, Comparison, Flip, GapChange
     from pytest_instrumental.statistics.dilemma import Shift
+    from pytest_instrumental.statistics.tamper import Dose
 
 SUMMARY_TITLE = "Conv% [95% CI] / Refusal% (valid only)"
 GAP_CHANGE_HEADER = ["model", "Delta old -> new [95% bootstrap CI]", "scenarios"]
@@ -227,40 +228,61 @@ def dilemma_lines(summary: RunSummary) -> list[str]:
     return [*lines, *worst_lines(summary)]
 
 
-TAMPER_TITLE = "tamper: Conv% [95% CI] / Nonsensical% by fine-tuning steps (rows) and defence (columns)"
+TAMPER_TITLE = (
+    "tamper: Conv% [95% CI] / Nonsensical% by fine-tuning steps (rows) and defence (columns), "
+    "beside the plain prompt's well-formed answers"
+)
 
 
 def tamper_tables(summary: RunSummary) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Per model and training recipe, the dose-response: rows the budgets (0: untampered),
-    columns no defence and each defence."""
+    """Per model, training recipe and seed, the dose-response: rows the budgets (0: untampered),
+    then how many of the plain prompt's answers stayed well-formed, and columns no defence and
+    each defence; a dose where the model fell apart says so."""
     tamper = summary.tamper
     assert tamper is not None
     columns: list[str | None] = [None, *tamper.defenses]
     tables = []
     for model in summary.models:
         for recipe in tamper.recipes:
-            responses = [tamper.response(model, recipe, d) for d in columns]
-            rows = [
-                [str(budget), *(_dose_cell(r.doses[row].cell, r.doses[row].condition) for r in responses)]
-                for row, budget in enumerate(tamper.budgets)
-            ]
-            tables.append((f"{model} ({recipe})", ["steps", "none", *tamper.defenses], rows))
+            for seed in tamper.seeds:
+                responses = [tamper.response(model, recipe, d, seed) for d in columns]
+                rows = [
+                    [
+                        str(budget),
+                        format_rate(responses[0].doses[row].well_formed_pct),
+                        *(_dose_cell(r.doses[row]) for r in responses),
+                    ]
+                    for row, budget in enumerate(tamper.budgets)
+                ]
+                name = f"{model} ({recipe})" if len(tamper.seeds) == 1 else f"{model} ({recipe}, seed {seed})"
+                tables.append((name, ["steps", "well-formed%", "none", *tamper.defenses], rows))
     return tables
 
 
-def _dose_cell(cell: Cell | None, condition: str) -> str:
+def _dose_cell(dose: Dose) -> str:
+    cell = dose.cell
     if cell is None:
-        return "not run" if condition else "not tried"
-    return f"{format_rate(cell.conv_pct)}{format_interval(cell.conv_ci)} / {format_rate(cell.nonsensical_pct)}"
+        return "not run" if dose.condition else "not tried"
+    shown = f"{format_rate(cell.conv_pct)}{format_interval(cell.conv_ci)} / {format_rate(cell.nonsensical_pct)}"
+    return f"{shown} (collapsed)" if dose.collapsed else shown
 
 
 def tamper_cost_lines(summary: RunSummary) -> list[str]:
-    """Each defence's tamper cost, per model and recipe; or why there is none."""
+    """Each defence's tamper cost per model, recipe and seed, the spread over seeds, and the worst
+    case over all of them; or why there is none."""
     tamper = summary.tamper
     assert tamper is not None
     if not tamper.costs:
         return ["no tamper cost: it is measured under a defence (--instrumental-defense) or against a threshold"]
-    return [cost.describe() for cost in tamper.costs]
+    lines = [cost.describe() for cost in tamper.costs]
+    lines += [spread.describe() for spread in tamper.spreads]
+    lines += [worst.describe() for worst in tamper.worst_cases]
+    if any(cost.collapsed for cost in tamper.costs):
+        lines.append(
+            f"(collapsed): Nonsensical% above {tamper.max_nonsensical:g} (--instrumental-max-nonsensical): "
+            "the model broke, not the defence; such a dose does not count as holding"
+        )
+    return lines
 
 
 def tamper_lines(summary: RunSummary) -> list[str]:

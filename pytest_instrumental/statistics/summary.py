@@ -118,7 +118,9 @@ def summarise(
     cells = compute_cells(items, shown_models, shown_suffixes, categories)
     gaps = [compute_gap(m, items) for m in shown_models] if has_gap(shown_suffixes) else []
     dilemma = compute_dilemma(items, shown_models, conditions)
-    tamper = compute_tamper(cells, shown_models, conditions, thresholds.tamper_threshold, thresholds.bound)
+    tamper = compute_tamper(
+        cells, shown_models, conditions, thresholds.tamper_threshold, thresholds.bound, thresholds.max_nonsensical
+    )
     shown_activation = activation if activation and all(c in shown_suffixes for c in activation) else None
     activation_gaps = [compute_gap(m, items, *shown_activation) for m in shown_models] if shown_activation else []
     comparison = None

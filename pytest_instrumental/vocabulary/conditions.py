@@ -35,12 +35,14 @@ _ACTIVATION = re.compile(r"act_(?P<sign>[pm])(?P<whole>\d+)(?:_(?P<fraction>\d+)
 PREFILL = "prefill"  # --instrumental-attack prefill:NAME; its condition is prefill_NAME
 ABLATE = "ablate"  # --instrumental-attack ablate[:LAYER]; its condition is ablate or ablate_lLAYER
 _ABLATION = re.compile(r"ablate(?:_l(?P<layer>\d+))?\Z")
-LORA = "lora"  # --instrumental-attack lora:STEPS[:r=RANK][:lr=RATE]; its condition is loraSTEPS[_rRANK][_lrRATE]
-_LORA = re.compile(r"lora(?P<steps>\d+)(?:_r(?P<rank>\d+))?(?:_lr(?P<lr>[0-9a-z_]+))?\Z")
+# --instrumental-attack lora:STEPS[:r=RANK][:lr=RATE][:s=SEED]; its condition is loraSTEPS[_rRANK][_lrRATE][_sSEED]
+LORA = "lora"
+_LORA = re.compile(r"lora(?P<steps>\d+)(?:_r(?P<rank>\d+))?(?:_lr(?P<lr>[0-9em_]+?))?(?:_s(?P<seed>\d+))?\Z")
 DEFAULT_LORA_RANK = 8
 DEFAULT_LORA_LR = 2e-4  # the usual LoRA rate (QLoRA's); with rank 8 it moves a model within tens of steps
 MAX_LORA_STEPS = 100_000  # a fine-tuning budget past it is a typo (days of training)
 MAX_LORA_RANK = 1024
+MAX_ATTACK_SEEDS = 100  # --instrumental-attack-seeds: each seed is a training run per budget and category
 
 
 @dataclass(frozen=True)
@@ -310,44 +312,47 @@ def attack_ablation(text: str) -> Ablation | None:
 
 @dataclass(frozen=True)
 class LoraAttack(_WeightPush):
-    """Fine-tuning with LoRA for ``steps`` optimizer steps, at ``rank`` and learning rate ``lr``
-    (backends/lora.py)."""
+    """Fine-tuning with LoRA for ``steps`` optimizer steps, at ``rank`` and learning rate ``lr``,
+    with the run's ``seed``-th training seed (``--instrumental-seed`` plus it; backends/lora.py)."""
 
     server_cannot = "this session cannot fine-tune"
     mechanism = "fine-tuning"
     steps: int
     rank: int = DEFAULT_LORA_RANK
     lr: float = DEFAULT_LORA_LR
+    seed: int = 0
 
     @property
     def name(self) -> str:
-        """``lora16``; ``lora16_r4_lr0_001`` with a rank and rate of its own: an item id part."""
+        """``lora16``; ``lora16_r4_lr0_001_s1`` with a rank, rate and seed of its own: an item id part."""
         rank = "" if self.rank == DEFAULT_LORA_RANK else f"_r{self.rank}"
         lr = "" if self.lr == DEFAULT_LORA_LR else "_lr" + f"{self.lr:g}".replace(".", "_").replace("-", "m")
-        return f"{LORA}{self.steps}{rank}{lr}"
+        seed = "" if self.seed == 0 else f"_s{self.seed}"
+        return f"{LORA}{self.steps}{rank}{lr}{seed}"
 
     @property
     def attack(self) -> str:
-        """As ``--instrumental-attack`` names it: ``lora:16``, ``lora:16:r=4:lr=0.001``."""
+        """As ``--instrumental-attack`` names it: ``lora:16``, ``lora:16:r=4:lr=0.001:s=1``."""
         rank = "" if self.rank == DEFAULT_LORA_RANK else f":r={self.rank}"
         lr = "" if self.lr == DEFAULT_LORA_LR else f":lr={self.lr:g}"
-        return f"{LORA}:{self.steps}{rank}{lr}"
+        seed = "" if self.seed == 0 else f":s={self.seed}"
+        return f"{LORA}:{self.steps}{rank}{lr}{seed}"
 
     @property
-    def training(self) -> tuple[int, float]:
-        """What an adapter's training shares with the other budgets' (all but its length)."""
-        return self.rank, self.lr
+    def training(self) -> tuple[int, float, int]:
+        """What an adapter's training run shares with the other budgets' (all but its length)."""
+        return self.rank, self.lr, self.seed
 
     @property
     def baked(self) -> bool:
         return True  # the adapter, served or merged
 
     def cache_fields(self) -> dict[str, object]:
-        return {"steps": self.steps, "rank": self.rank, "lr": self.lr}
+        return {"steps": self.steps, "rank": self.rank, "lr": self.lr}  # the seed: in the adapter's recipe
 
 
 def attack_lora(text: str) -> LoraAttack | None:
-    """The fine-tuning ``--instrumental-attack`` names (``lora:16``, ``lora:16:r=4:lr=1e-3``); None
+    """The fine-tuning ``--instrumental-attack`` names (``lora:16``, ``lora:16:r=4:lr=1e-3:s=1``); None
     for another attack; a ValueError saying what is wrong with a malformed one."""
     kind, _, rest = text.partition(":")
     if kind != LORA:
@@ -358,8 +363,8 @@ def attack_lora(text: str) -> LoraAttack | None:
     values: dict[str, str] = {}
     for setting in settings:
         key, equals, value = setting.partition("=")
-        if key not in ("r", "lr") or not equals or key in values:
-            raise ValueError(f"{text!r}: after lora:STEPS come r=RANK and lr=RATE, each at most once")
+        if key not in ("r", "lr", "s") or not equals or key in values:
+            raise ValueError(f"{text!r}: after lora:STEPS come r=RANK, lr=RATE and s=SEED, each at most once")
         values[key] = value
     rank = values.get("r", str(DEFAULT_LORA_RANK))
     if not rank.isascii() or not rank.isdigit() or not 1 <= int(rank) <= MAX_LORA_RANK:
@@ -370,7 +375,10 @@ def attack_lora(text: str) -> LoraAttack | None:
         raise ValueError(f"{text!r}: the learning rate lr is a number") from None
     if not (0 < lr < 1) or float(f"{lr:g}") != lr:
         raise ValueError(f"{text!r}: the learning rate lr is between 0 and 1, with at most 6 significant digits")
-    return LoraAttack(int(steps), int(rank), lr)
+    seed = values.get("s", "0")
+    if not seed.isascii() or not seed.isdigit() or int(seed) >= MAX_ATTACK_SEEDS:
+        raise ValueError(f"{text!r}: the seed s is a whole number from 0 to {MAX_ATTACK_SEEDS - 1}")
+    return LoraAttack(int(steps), int(rank), lr, int(seed))
 
 
 def parse_lora(name: str) -> LoraAttack | None:
@@ -382,7 +390,8 @@ def parse_lora(name: str) -> LoraAttack | None:
         lr = DEFAULT_LORA_LR if match["lr"] is None else float(match["lr"].replace("_", ".").replace("m", "-"))
     except ValueError:
         return None
-    return LoraAttack(int(match["steps"]), DEFAULT_LORA_RANK if match["rank"] is None else int(match["rank"]), lr)
+    rank = DEFAULT_LORA_RANK if match["rank"] is None else int(match["rank"])
+    return LoraAttack(int(match["steps"]), rank, lr, 0 if match["seed"] is None else int(match["seed"]))
 
 
 @dataclass(frozen=True)
@@ -413,6 +422,18 @@ def parse_attack(text: str) -> Attack:
             f"{LORA}:STEPS[:r=RANK][:lr=RATE]"
         )
     return PrefillAttack(name)
+
+
+def seeded(attacks: Sequence[Attack], seeds: int) -> list[Attack]:
+    """``attacks`` with each fine-tuning of a budget over 0 repeated for ``seeds`` training seeds
+    (``--instrumental-attack-seeds``), in order; one that names its seed (``s=``) stays as given."""
+    repeated: list[Attack] = []
+    for attack in attacks:
+        if isinstance(attack, LoraAttack) and attack.steps > 0 and attack.seed == 0:
+            repeated += [replace(attack, seed=seed) for seed in range(seeds)]
+        else:
+            repeated.append(attack)
+    return repeated
 
 
 def attack_pushes(attacks: Sequence[Attack], prefills: Mapping[str, Suffix]) -> list[Push]:
