@@ -326,7 +326,7 @@ OPTIONS = (
         "instrumental_inspect_log",
         "path",
         "write the run as Inspect eval logs, one per model, to this directory (inspect view --log-dir DIR; "
-        "needs pytest-instrumental[inspect])",
+        "needs inspect-ai)",
     ),
     Option(
         "--instrumental-replay",

@@ -5,6 +5,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+from pytest_instrumental.errors import InputError
+from pytest_instrumental.reports.inspect_log import INSPECT_REQUIREMENT, check_available
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,3 +40,18 @@ def test_wheel_ships_scenarios_suffixes_and_the_entry_point(tmp_path: Path) -> N
     data += [f"{door}/__init__.pyi" for door in ("vocabulary", "records", "statistics", "reports")]  # read at import
     for name in data:
         assert f"pytest_instrumental/{name}" in names
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    requires = [
+        line.removeprefix("Requires-Dist: ") for line in metadata.splitlines() if line.startswith("Requires-Dist")
+    ]
+    assert "pytest-xdist>=3.5" in requires  # -n works after the quick start's plain install
+    assert f"{INSPECT_REQUIREMENT}; extra == 'inspect'" in requires  # what the missing-extra message says to install
+
+
+def test_without_inspect_ai_the_inspect_log_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "inspect_ai.log", None)  # an import of it fails
+    with pytest.raises(InputError) as raised:
+        check_available()
+    assert str(raised.value) == (
+        f"--instrumental-inspect-log needs inspect_ai, which is not installed: pip install '{INSPECT_REQUIREMENT}'"
+    )

@@ -5,7 +5,7 @@ its other evaluations.
 One log per model (an Inspect log is one task on one model): one sample per item and epoch, with
 the messages sent, the answer (with its reasoning), the verdict as the score with the judge's
 reason, and model, condition, category and scenario as metadata; the run's settings are the
-eval's metadata. inspect_ai is an optional extra (``pytest-instrumental[inspect]``); without it
+eval's metadata. inspect_ai is an optional extra (``inspect``: INSPECT_REQUIREMENT); without it
 the option is a usage error at configure time.
 """
 
@@ -28,6 +28,7 @@ from pytest_instrumental.vocabulary.verdicts import ItemResult
 if TYPE_CHECKING:
     from inspect_ai.log import EvalLog, EvalSample
 
+INSPECT_REQUIREMENT = "inspect-ai>=0.3.285"  # the inspect extra's, as pyproject.toml names it
 TASK = "instrumental"
 SCORER = "instrumental_verdict"
 
@@ -38,7 +39,7 @@ def check_available() -> None:
         import inspect_ai.log  # noqa: F401
     except ImportError:
         raise InputError(
-            "--instrumental-inspect-log needs inspect_ai: pip install 'pytest-instrumental[inspect]'"
+            f"--instrumental-inspect-log needs inspect_ai, which is not installed: pip install '{INSPECT_REQUIREMENT}'"
         ) from None
 
 
