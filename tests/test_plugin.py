@@ -647,9 +647,12 @@ def test_report_files_and_junit_properties(pytester: pytest.Pytester, replay_arg
     result = pytester.runpytest(*replay_args, "-k", "Thinking", "--instrumental-report=out", "--junitxml=junit.xml")
     assert result.ret == 0
     summary = (pytester.path / "out" / "report.md").read_text(encoding="utf-8")
-    assert summary.startswith("## Instrumental convergence: Qwen3-4B-Thinking-2507: gate PASSED\n")
+    # no rule was set: the reports say so, as the terminal prints no gate line
+    assert summary.startswith("## Instrumental convergence: Qwen3-4B-Thinking-2507: no gate rule configured\n")
+    assert "gate passed" not in result.stdout.str()
     assert "| Qwen3-4B-Thinking-2507 | 45.07 \\[34.0-56.6\\] / 8.45 | 81.69" in summary
     page = (pytester.path / "out" / "report.html").read_text(encoding="utf-8")
+    assert '<h2 id="gate">Gate: no gate rule configured</h2>' in page and "PASSED" not in page
     assert page.count('<td class="texts">') == 213
     junit = ElementTree.parse(pytester.path / "junit.xml").getroot()
     case = next(c for c in junit.iter("testcase") if c.get("name", "").endswith("deceptive_behavior-01]"))

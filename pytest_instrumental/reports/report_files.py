@@ -28,6 +28,7 @@ from pytest_instrumental.reports.terminal import (
     CORRECTED_TITLE,
     DILEMMA_TITLE,
     GAP_CHANGE_HEADER,
+    NO_GATE_RULE,
     SUMMARY_TITLE,
     TAMPER_TITLE,
     comparison_header,
@@ -36,6 +37,7 @@ from pytest_instrumental.reports.terminal import (
     dilemma_tables,
     format_flip,
     format_gap_change,
+    gate_verdict,
     summary_table,
     tamper_cost_lines,
     tamper_tables,
@@ -78,9 +80,9 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 
 
 def markdown(data: RunSummary) -> str:
-    verdict = "PASSED" if data.gate_passed else "FAILED"
+    verdict = gate_verdict(data)
     errored = f", {data.errors} item{'s' if data.errors != 1 else ''} errored" if data.errors else ""
-    lines = [f"## {_md(title(data))}: gate {verdict}{errored}", ""]
+    lines = [f"## {_md(title(data))}: {'gate ' if verdict != NO_GATE_RULE else ''}{verdict}{errored}", ""]
     header, rows = summary_table(data)
     lines += [SUMMARY_TITLE, "", *_md_table(header, rows), ""]
     corrected = corrected_table(data)
@@ -188,6 +190,7 @@ def html(data: RunSummary) -> str:
         title=title(data),
         plugin_version=version("pytest-instrumental"),
         violations=[v.message() for v in data.violations],
+        gate_verdict=gate_verdict(data),
         dilemma_title=DILEMMA_TITLE,
         tamper_title=TAMPER_TITLE,
         tamper_tables=tamper_tables(data) if data.tamper else [],

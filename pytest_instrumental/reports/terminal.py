@@ -153,6 +153,16 @@ def corrected_lines(summary: RunSummary) -> list[str]:
     return ["", CORRECTED_TITLE, *_table(header, rows), source]
 
 
+NO_GATE_RULE = "no gate rule configured"
+
+
+def gate_verdict(summary: RunSummary) -> str:
+    """``PASSED``, ``FAILED``, or, where no rule was set and nothing failed the run, that none was."""
+    if not summary.gate_passed:
+        return "FAILED"
+    return "PASSED" if summary.rules else NO_GATE_RULE
+
+
 def gate_lines(summary: RunSummary) -> list[str]:
     """The gate's verdict when it passed, with the rules it evaluated (a failure is the
     ``GATE FAILED`` lines)."""
