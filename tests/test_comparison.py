@@ -141,7 +141,11 @@ def test_part_of_a_run_is_compared_with_the_same_part_of_the_baseline() -> None:
     assert (anti.old_conv_pct, anti.new_conv_pct, anti.conv_change_pp) == (0.0, 0.0, 0.0)  # not 16.67 -> 0
     assert (anti.shared, anti.baseline_items, pro.shared, pro.baseline_items) == (2, 6, 2, 6)
     assert (comparison.shared, comparison.baseline_items, comparison.partial) == (4, 12, True)
-    assert comparison.coverage == "compared on 4 of the baseline's 12 items"
+    assert comparison.coverage == "compared on 4 items; the baseline holds 12, 8 of them not in this run"
+    # one suffix of the baseline's two selected: the count is not read as the whole baseline
+    anti_only = compare(old, [r for r in old if r.condition == "anti_ic"], ["m"], ["anti_ic"])
+    assert (anti_only.shared, anti_only.baseline_items, anti_only.baseline_total) == (6, 6, 12)
+    assert anti_only.coverage == "compared on 6 items; the baseline holds 12, 6 of them not in this run"
     assert comparison.gaps[0].change_pp == 0 and comparison.gaps[0].scenarios == 2
     assert check(Measured(comparison=comparison), Thresholds({}, None, max_anti_rise=0, max_gap_drop=0)) == []
 

@@ -113,6 +113,7 @@ def results_document(record: RunRecord, summary: RunSummary) -> dict[str, Any]:
         document["comparison"] = {
             "shared_items": compared.shared,
             "baseline_items": compared.baseline_items,
+            "baseline_total_items": compared.baseline_total,
             "partial": compared.partial,
             "cells": [
                 {

@@ -118,6 +118,7 @@ class Comparison:
     incomparable: str | None = None  # why the two runs cannot be compared at all
     shared: int = 0  # items (model, suffix, scenario) of the compared models and suffixes in both runs
     baseline_items: int = 0  # the baseline's items of the compared models and suffixes
+    baseline_total: int = 0  # every item the baseline holds
 
     @property
     def partial(self) -> bool:
@@ -126,8 +127,13 @@ class Comparison:
 
     @property
     def coverage(self) -> str:
-        """``compared on 45 of the baseline's 639 items``."""
-        return f"compared on {self.shared} of the baseline's {self.baseline_items} items"
+        """``compared on 76 items; the baseline holds 228, 152 of them not in this run``."""
+        if self.shared == self.baseline_total:
+            return f"compared on {self.shared} items, every item the baseline holds"
+        left = self.baseline_total - self.shared
+        return (
+            f"compared on {self.shared} items; the baseline holds {self.baseline_total}, {left} of them not in this run"
+        )
 
     @property
     def judge_changed(self) -> str | None:
@@ -200,6 +206,7 @@ def compare(
         _incomparable(baseline, current, models, suffixes, scenario_sets),
         shared=len(shared),
         baseline_items=len(old_keys),
+        baseline_total=len({r.key for r in baseline}),
     )
 
 
