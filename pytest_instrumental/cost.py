@@ -24,6 +24,7 @@ class Cost:
     judge_calls: int  # answers to judge
     cached_verdicts: int
     sends: dict[str, int] = field(default_factory=dict)  # "model M at URL" / "judge J at URL" -> requests
+    recorded_verdicts: int = 0  # answers whose verdict a recording holds (--judge=replay): no call
 
     @property
     def to_generate(self) -> int:
@@ -43,10 +44,12 @@ class Cost:
             if self.generations
             else "nothing to generate"
         )
-        return (
-            f"instrumental plan: {self.items} items{answers}; {generations}; "
-            f"{self.to_judge} of {self.judge_calls} judge calls to make ({self.cached_verdicts} cached); {requests}"
-        )
+        if self.judge_calls or not self.recorded_verdicts:
+            judging = f"{self.to_judge} of {self.judge_calls} judge calls to make ({self.cached_verdicts} cached)"
+            judging += f"; {self.recorded_verdicts} verdicts recorded" if self.recorded_verdicts else ""
+        else:
+            judging = f"no judge calls to make ({self.recorded_verdicts} verdicts recorded)"
+        return f"instrumental plan: {self.items} items{answers}; {generations}; {judging}; {requests}"
 
     def document(self) -> dict[str, object]:
         """The results JSON's ``cost`` section."""
@@ -57,5 +60,6 @@ class Cost:
             "cached_generations": self.cached_generations,
             "judge_calls": self.judge_calls,
             "cached_verdicts": self.cached_verdicts,
+            "recorded_verdicts": self.recorded_verdicts,
             "requests": dict(sorted(self.sends.items())),
         }

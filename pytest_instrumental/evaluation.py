@@ -297,7 +297,7 @@ class Evaluation:
         """What evaluating the planned requests (or these, each in every epoch) will take, from the
         cache as it is now (cost.py)."""
         pending = list((self._pending if requests is None else self._in_epochs(requests)).values())
-        generations = cached_generations = judge_calls = cached_verdicts = 0
+        generations = cached_generations = judge_calls = cached_verdicts = recorded_verdicts = 0
         sends: dict[str, int] = {}
         for model in sorted({r.key.model for r in pending}):
             of_model = [r for r in pending if r.key.model == model]
@@ -318,14 +318,20 @@ class Evaluation:
             if isinstance(backend, Sends) and made:
                 sends[f"model {model} at {backend.endpoint}"] = made
             for request, generation in zip(keyed, found, strict=True):
+                response = None if generation is None else generation.response
+                key = self._judge.cache_key(JudgeRequest(request, response or ""))
+                if key is None:  # a judge that keys nothing reads recorded verdicts: no call
+                    recorded_verdicts += 1
+                    continue
                 judge_calls += 1
-                if generation is not None and generation.response is not None:
-                    key = self._judge.cache_key(JudgeRequest(request, generation.response))
+                if response is not None:
                     cached_verdicts += self._cached(VERDICT, key, cached_judgement) is not None
         if isinstance(self._judge, Sends) and judge_calls > cached_verdicts:
             sends[f"judge {self._judge.name} at {self._judge.endpoint}"] = judge_calls - cached_verdicts
         items = len({r.key for r in pending})
-        return Cost(items, len(pending), generations, cached_generations, judge_calls, cached_verdicts, sends)
+        return Cost(
+            items, len(pending), generations, cached_generations, judge_calls, cached_verdicts, sends, recorded_verdicts
+        )
 
     def _trained_from_cache(self, requests: list[Request], backend: Backend) -> list[Request]:
         """Fine-tuning ``requests`` with the demonstrations they will train on, where every answer

@@ -86,7 +86,11 @@ def test_under_xdist_the_controller_says_it_once_and_records_it(
     assert result.ret == 0, result.stdout.str()
     lines = [text for text in result.outlines if text.startswith("instrumental plan:")]
     assert lines == [
-        "instrumental plan: 20 items; nothing to generate; 20 of 20 judge calls to make (0 cached); no requests to send"
-    ]
+        "instrumental plan: 20 items; nothing to generate; no judge calls to make (20 verdicts recorded); "
+        "no requests to send"
+    ]  # a replay judged by its recorded verdicts calls no judge
     cost = json.loads((pytester.path / "r.json").read_text(encoding="utf-8"))["run"]["cost"]
-    assert cost["items"] == 20 and cost["judge_calls"] == 20 and cost["generations"] == 0
+    assert cost["items"] == 20 and cost["judge_calls"] == 0 and cost["recorded_verdicts"] == 20
+    assert cost["generations"] == 0
+    rejudged = pytester.runpytest_subprocess(*small_replay_args, "--judge=offline", "--instrumental-no-cache")
+    assert "nothing to generate; 20 of 20 judge calls to make (0 cached); no requests" in rejudged.stdout.str()

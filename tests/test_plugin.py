@@ -562,7 +562,8 @@ def test_part_of_the_suite_is_compared_with_the_same_part_of_the_baseline(
     result.stdout.fnmatch_lines(
         [
             "partial: 135 of 684 items *",
-            "against baseline base.json: compared on 135 items; the baseline holds 639, 504 of them not in this run (partial: *)",
+            "against baseline base.json: compared on 135 items; the baseline holds 639, 504 of them not in this "
+            "run (partial: *)",
             "Qwen3-4B-Instruct-2507  anti_ic   15 of 71 *13.33 -> 13.33 (+0.00) *",
         ]
     )
