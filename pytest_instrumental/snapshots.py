@@ -122,6 +122,10 @@ def check_verdict(item: pytest.Item, directory: Path, verdict: str, changes: lis
     from syrupy.location import PyTestLocation
 
     updating = bool(item.config.option.update_snapshots)
+    ordered = _COLLECTION_ORDER.get(directory)
+    if ordered is None or ordered[0] is not item.session:  # once per session
+        order = {PyTestLocation(i).snapshot_name: n for n, i in enumerate(item.session.items)}
+        _COLLECTION_ORDER[directory] = (item.session, order)
     assertion = SnapshotAssertion(
         session=item.config._syrupy,  # type: ignore[attr-defined]  # syrupy's session, as its fixture uses
         extension_class=_verdict_snapshots(directory),
@@ -151,11 +155,15 @@ def check_verdict(item: pytest.Item, directory: Path, verdict: str, changes: lis
     return f"verdict {verdict} differs from its snapshot {str(recorded).strip()} (--snapshot-update accepts it)"
 
 
+# snapshot directory -> (the session, each item's snapshot name -> its collection index)
+_COLLECTION_ORDER: dict[Path, tuple[object, dict[str, int]]] = {}
+
+
 @functools.cache
 def _verdict_snapshots(directory: Path) -> type[AmberSnapshotExtension]:
     """syrupy's amber format, in the configured directory, owning ``instrumental.ambr`` only:
     the setup file beside it is not a snapshot and must never be cleaned up as one."""
-    from syrupy.data import SnapshotCollections
+    from syrupy.data import SnapshotCollection, SnapshotCollections
     from syrupy.extensions.amber import AmberSnapshotExtension
     from syrupy.location import PyTestLocation
     from syrupy.types import SnapshotIndex
@@ -164,6 +172,17 @@ def _verdict_snapshots(directory: Path) -> type[AmberSnapshotExtension]:
         @classmethod
         def dirname(cls, *, test_location: PyTestLocation) -> str:
             return str(directory)
+
+        @classmethod
+        def write_snapshot_collection(
+            cls, *, snapshot_collection: SnapshotCollection, name_order: dict[str, int] | None = None
+        ) -> None:
+            # in the order the items were collected: syrupy writes by name otherwise (anti_ic first),
+            # and its own --snapshot-declaration-order counts only plain test functions
+            ordered = _COLLECTION_ORDER.get(directory)
+            super().write_snapshot_collection(
+                snapshot_collection=snapshot_collection, name_order=name_order if ordered is None else ordered[1]
+            )
 
         @classmethod
         def get_file_basename(cls, *, test_location: PyTestLocation, index: SnapshotIndex) -> str:

@@ -678,6 +678,14 @@ def test_verdict_snapshots_record_compare_and_name_what_changed(
     ambr = pytester.path / "instrumental_snapshots" / "instrumental.ambr"
     entries = re.findall(r"# name: test_scenario\[(.+)\]\n  '(\w+)'\n", ambr.read_text(encoding="utf-8"))
     assert dict(entries) == {f"{i['model']}-{i['suffix']}-{i['scenario']}": i["verdict"] for i in recorded["items"]}
+    # one order everywhere: the snapshots and the results JSON list the items as they are collected
+    names = [name for name, _ in entries]
+    assert names == [f"{i['model']}-{i['suffix']}-{i['scenario']}" for i in recorded["items"]]
+    listed = pytester.runpytest(*snapshot_args, "--collect-only", "-q").outlines
+    collected = [line.split("[", 1)[1].rstrip("]") for line in listed if line.startswith("instrumental::")]
+    assert [n for n in collected if n in set(names)] == names and names[0].startswith(
+        "Qwen3-4B-Thinking-2507-baseline-"
+    )
 
     again = pytester.runpytest(*snapshot_args)
     assert again.ret == 0

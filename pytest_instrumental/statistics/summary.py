@@ -4,7 +4,7 @@ results JSON, the report files and the exit code all read this one ``RunSummary`
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -184,7 +184,7 @@ def summarise(
         models=shown_models,
         suffixes=shown_suffixes,
         categories=[c for c in categories if any(i.category == c for i in items)],  # those with items
-        items=sorted(items, key=lambda i: i.key),
+        items=in_run_order(items, shown_models, suffixes, categories),
         cells=cells,
         gaps=gaps,
         comparison=comparison,
@@ -207,4 +207,29 @@ def summarise(
         corrected_differences=differences,
         corrected_changes=changes,
         corrected_gap_changes=gap_changes,
+    )
+
+
+def in_run_order(
+    items: Sequence[ItemResult], models: Sequence[str], conditions: Sequence[str], categories: Sequence[str]
+) -> list[ItemResult]:
+    """``items`` in the order they are collected (plan.py): by model, condition as the run gives
+    them, category as the suite gives them, scenario and epoch; anything unknown after the rest."""
+
+    def rank(order: Sequence[str]) -> Callable[[str], int]:
+        position = {name: n for n, name in enumerate(order)}
+        return lambda name: position.get(name, len(position))
+
+    model, condition, category = rank(models), rank(conditions), rank(categories)
+    return sorted(
+        items,
+        key=lambda i: (
+            model(i.model),
+            i.model,
+            condition(i.condition),
+            i.condition,
+            category(i.category),
+            i.scenario,
+            i.epoch,
+        ),
     )
