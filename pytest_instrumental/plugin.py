@@ -22,7 +22,7 @@ from pytest_instrumental.errors import InputError
 
 if TYPE_CHECKING:
     from pytest_instrumental.progress import Progress, ProgressFactory
-    from pytest_instrumental.run import InstrumentalRun
+    from pytest_instrumental.run import InstrumentalRun, Written
     from pytest_instrumental.statistics.summary import RunSummary
     from pytest_instrumental.vocabulary.request import Request
     from pytest_instrumental.vocabulary.verdicts import ItemResult
@@ -271,7 +271,7 @@ class InstrumentalController:
         self._previewed = False
         self._workers: dict[str, Any] = {}  # under xdist, the workers whose output has not come
         self._summary: RunSummary | None = None
-        self._write_failures: list[str] = []
+        self._written: Written | None = None
 
     @pytest.hookimpl(trylast=True)  # after InstrumentalPlugin planned the items
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -337,21 +337,23 @@ class InstrumentalController:
         new_only = not update and bool(getattr(config.option, "update_new_snapshots_only", False))
         updated = self._run.settings.snapshot and (update or new_only)
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
-        summary, self._write_failures = self._run.finish(interrupted, updated, new_setups_only=new_only)
+        summary, self._written = self._run.finish(interrupted, updated, new_setups_only=new_only)
         self._summary = summary
-        if (self._write_failures or not summary.gate_passed) and session.exitstatus in _PASSING_EXITS:
+        if (self._written.failures or not summary.gate_passed) and session.exitstatus in _PASSING_EXITS:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     @pytest.hookimpl(trylast=True)  # the gate's verdict last, after other plugins' sections (syrupy's)
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
-        if self._summary is None:
+        if self._summary is None or self._written is None:
             return
         from pytest_instrumental.reports.terminal import summary_lines
 
         terminalreporter.section("instrumental convergence")
         for line in summary_lines(self._summary, config.get_verbosity() > 0):
             terminalreporter.write_line(line, red=line.startswith("GATE FAILED"))
-        for line in self._write_failures:  # after the summary, which is never lost
+        for line in self._written.lines:  # where each output went
+            terminalreporter.write_line(line)
+        for line in self._written.failures:  # after the summary, which is never lost
             terminalreporter.write_line(line, red=True)
 
 

@@ -47,6 +47,7 @@ from pytest_instrumental.reports.manifest import scenario_set_sha256
 from pytest_instrumental.reports.results_document import RunRecord, results_document, run_section
 from pytest_instrumental.statistics.calibration import Calibrated, Calibration, load_calibration
 from pytest_instrumental.statistics.summary import Baseline, RunSummary, summarise
+from pytest_instrumental.text import terminal_line
 from pytest_instrumental.training_data import plan_training
 from pytest_instrumental.vocabulary.conditions import (
     Ablation,
@@ -72,6 +73,15 @@ from pytest_instrumental.vocabulary.verdicts import ItemResult, tally
 
 WORKER_RESULTS = "instrumental_results"  # the keys of an xdist worker's output
 WORKER_WARNINGS = "instrumental_warnings"
+
+
+@dataclass
+class Written:
+    """What the end of a run wrote: where each output went (``lines``, said after the summary as
+    pytest-cov says where its report went), and what could not be written (``failures``)."""
+
+    lines: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -252,9 +262,10 @@ class InstrumentalRun:
 
     def finish(
         self, interrupted: bool, snapshots_updated: bool, new_setups_only: bool = False
-    ) -> tuple[RunSummary, list[str]]:
+    ) -> tuple[RunSummary, Written]:
         """The end of the run, on the controller: summarised once, and the files the settings ask
-        for written from the summary; with what could not be written, one line each."""
+        for written from the summary; with what was written where and what could not be, one line
+        each."""
         if interrupted:
             self._take_finished()
         summary = self.summarise(interrupted)
@@ -306,22 +317,26 @@ class InstrumentalRun:
 
     def write(
         self, summary: RunSummary, interrupted: bool, snapshots_updated: bool, new_setups_only: bool = False
-    ) -> list[str]:
+    ) -> Written:
         """Write the results JSON, the snapshots' setup and the report files the settings ask for;
-        what could not be written, one line each (the paths were checked before the run, but a
-        disk can still fill up)."""
+        what was written where, and what could not be written (the paths were checked before the
+        run, but a disk can still fill up), one line each."""
         settings = self.settings
-        failures = []
+        written = Written()
 
-        def attempt(what: str, path: Path, write: Callable[[], object]) -> None:
+        def attempt(what: str, path: Path, write: Callable[[], object], done: str | None = None) -> None:
             try:
                 write()
             except OSError as exc:
-                failures.append(f"ERROR: cannot write {what} {path}: {exc.strerror or exc}")
+                written.failures.append(f"ERROR: cannot write {what} {path}: {exc.strerror or exc}")
+            else:
+                if done is not None:
+                    written.lines.append(terminal_line(done))
 
         if (json_path := settings.json) is not None:
             document = results_document(self._run_record(interrupted, summary.models), summary)
-            attempt("the results JSON", json_path, lambda: write_results(json_path, document))
+            done = f"results JSON written to {json_path}"
+            attempt("the results JSON", json_path, lambda: write_results(json_path, document), done)
         if snapshots_updated:
             ran = {k.model for k in self.ran}
             # --snapshot-update-new-only keeps a recorded setup: its entries were kept too
@@ -337,14 +352,16 @@ class InstrumentalRun:
         if (report_dir := settings.report) is not None:
             from pytest_instrumental.reports.report_files import write_reports
 
-            attempt("the reports in", report_dir, lambda: write_reports(report_dir, summary))
+            done = "reports written to " + ", ".join(str(report_dir / name) for name in REPORTS)
+            attempt("the reports in", report_dir, lambda: write_reports(report_dir, summary), done)
         if (log_dir := settings.inspect_log) is not None:
             from pytest_instrumental.reports.inspect_log import write_inspect_logs
 
             sent = {r.key: r for r in self.requests()}
             described = run_section(self._run_record(interrupted, summary.models), summary)
-            attempt("the Inspect logs in", log_dir, lambda: write_inspect_logs(log_dir, summary, sent, described))
-        return failures
+            done = f"Inspect logs written to {log_dir}, one per model (inspect view --log-dir {log_dir})"
+            attempt("the Inspect logs in", log_dir, lambda: write_inspect_logs(log_dir, summary, sent, described), done)
+        return written
 
     def _run_record(self, interrupted: bool, shown: list[str]) -> RunRecord:
         settings = self.settings

@@ -644,6 +644,27 @@ def test_an_unreadable_baseline_is_a_usage_error(pytester: pytest.Pytester, repl
     result.stderr.fnmatch_lines(["ERROR: results JSON: old.json: not JSON (*)"])
 
 
+def test_each_output_says_where_it_went_after_the_summary(
+    pytester: pytest.Pytester, small_replay_args: list[str]
+) -> None:
+    pytest.importorskip("inspect_ai", reason="the inspect extra is not installed")
+    outputs = ["--instrumental-json=out/run.json", "--instrumental-report=out", "--instrumental-inspect-log=logs"]
+    result = pytester.runpytest(*small_replay_args, *outputs)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "*instrumental convergence*",
+            "judge: *",
+            "results JSON written to out/run.json",
+            "reports written to out/report.md, out/report.html",
+            "Inspect logs written to logs, one per model (inspect view --log-dir logs)",
+        ]
+    )
+    assert (pytester.path / "out" / "run.json").is_file() and len(list((pytester.path / "logs").iterdir())) == 1
+    quiet = pytester.runpytest(*small_replay_args)
+    assert "written to" not in quiet.stdout.str()  # nothing asked for, nothing said
+
+
 def test_report_files_and_junit_properties(pytester: pytest.Pytester, replay_args: list[str]) -> None:
     result = pytester.runpytest(*replay_args, "-k", "Thinking", "--instrumental-report=out", "--junitxml=junit.xml")
     assert result.ret == 0
