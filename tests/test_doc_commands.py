@@ -29,6 +29,7 @@ from pytest_instrumental import options
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+VENV = ".venv/bin/"
 NOT_RUN = ("pip", "python3 -m pip", "python3 -m venv", "git", "cp", "vllm")
 CI_SCRIPT = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
@@ -60,10 +61,21 @@ def _unwrapped(words: list[str]) -> list[str]:
         words = [words[0], *words[3:]] if len(words) > 3 and words[3] == "-u" else words[3:]
     if words[:2] == ["/usr/bin/time", "-f"]:
         words = words[3:]
-    return [words[0].removeprefix(".venv/bin/"), *words[1:]]
+    return words
 
 
-COMMANDS = doc_commands()
+WRITTEN = doc_commands()  # as the docs write them: the venv's tools by path
+COMMANDS = [(where, [words[0].removeprefix(VENV), *words[1:]]) for where, words in WRITTEN]
+VENV_TOOLS = ("pytest", "python", "pip", "inspect")  # what the project's venv has and a machine may have too
+
+
+def test_every_command_runs_the_venvs_own_tool_by_path() -> None:
+    """One convention (README, "Quick start"): ``.venv/bin/pytest``, never a bare ``pytest`` that
+    may be the system's (without this project's dependencies); ``python3`` is the system's, by name,
+    for what needs no venv (making one, building the wheel)."""
+    bare = [f"{where}: {shlex.join(words)}" for where, words in WRITTEN if words[0] in VENV_TOOLS]
+    assert not bare, "write .venv/bin/TOOL:\n" + "\n".join(bare)
+    assert sum(words[0].startswith(VENV) for _, words in WRITTEN) > 30
 
 
 def test_the_docs_have_commands_and_each_is_of_a_kind_checked_here() -> None:
