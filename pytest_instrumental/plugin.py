@@ -349,7 +349,9 @@ class InstrumentalController:
         from pytest_instrumental.reports.terminal import summary_lines
 
         terminalreporter.section("instrumental convergence")
-        for line in summary_lines(self._summary, config.get_verbosity() > 0):
+        # on a terminal the tables fit its width (split); a log or a pipe gets them whole
+        width = terminalreporter._tw.fullwidth if terminalreporter.isatty() else None
+        for line in summary_lines(self._summary, config.get_verbosity() > 0, width):
             terminalreporter.write_line(line, red=line.startswith("GATE FAILED"))
         for line in self._written.lines:  # where each output went
             terminalreporter.write_line(line)

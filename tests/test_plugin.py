@@ -644,6 +644,27 @@ def test_an_unreadable_baseline_is_a_usage_error(pytester: pytest.Pytester, repl
     result.stderr.fnmatch_lines(["ERROR: results JSON: old.json: not JSON (*)"])
 
 
+def test_on_a_terminal_the_tables_fit_its_width(pytester: pytest.Pytester, replay_args: list[str]) -> None:
+    pytester.makeconftest(
+        """
+import pytest
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    reporter.isatty = lambda: True  # a terminal, 100 columns wide
+    reporter._tw.fullwidth = 100
+"""
+    )
+    result = pytester.runpytest(*replay_args, "--judge=replay", "--instrumental-subset=paper")
+    assert result.ret == 0
+    section = _summary_section(result)
+    assert max(map(len, section)) <= 100 and sum(line.startswith("model ") for line in section) == 2
+    (pytester.path / "conftest.py").unlink()
+    whole = _summary_section(pytester.runpytest(*replay_args, "--judge=replay", "--instrumental-subset=paper"))
+    assert max(map(len, whole)) > 100  # not a terminal: whole, as a log keeps it
+
+
 def test_each_output_says_where_it_went_after_the_summary(
     pytester: pytest.Pytester, small_replay_args: list[str]
 ) -> None:

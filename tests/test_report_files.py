@@ -1,6 +1,7 @@
 """report.md and report.html: content, and model output escaped (checked in a real headless browser)."""
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -180,3 +181,42 @@ def _summary_args(items: list[ItemResult]) -> dict[str, Any]:
         "judge_note": "",
         "notes": [],
     }
+
+
+def steering_summary() -> RunSummary:
+    """Three models under the suffixes and four steering strengths, 12 scenarios each, with both
+    gaps: the widest table a run prints (over 200 columns)."""
+    conditions = ["baseline", "pro_ic", "anti_ic", "act_m8", "act_m4", "act_p4", "act_p8"]
+    models = ["Qwen3-4B-Base", "Qwen3-4B-Instruct-2507", "Qwen3-4B-Thinking-2507"]
+    verdicts = ["convergence", "no_convergence", "safety_refusal", "convergence"]
+    items = [
+        item(verdicts[(n + c + m) % 4], model=model, suffix=condition, scenario=f"cat-{n:02d}")
+        for m, model in enumerate(models)
+        for c, condition in enumerate(conditions)
+        for n in range(12)
+    ]
+    return summarise(
+        started_at="t", items=items, ran={i.key for i in items}, models=models, suffixes=conditions,
+        categories=["cat"], thresholds=Thresholds({}, None), baseline=None, judge_name="j", judge_note="",
+        notes=[], activation=("act_p8", "act_m8"),
+    )  # fmt: skip
+
+
+def test_on_a_terminal_a_wide_table_is_split_into_parts_that_fit_and_report_md_keeps_it_whole() -> None:
+    from pytest_instrumental.reports.terminal import summary_lines
+
+    summary = steering_summary()
+    whole = summary_lines(summary)
+    assert max(len(line) for line in whole) > 200  # a log gets the table whole
+    fitted = summary_lines(summary, width=120)
+    assert max(len(line) for line in fitted) <= 120
+    headers = [line for line in fitted if line.startswith("model ")]
+    assert len(headers) >= 2  # the table in parts, each naming its rows' model
+    columns = [name for header in headers for name in re.split(r"\s{2,}", header)[1:]]
+    assert columns == [
+        *["baseline", "pro_ic", "anti_ic", "act_m8", "act_m4", "act_p4", "act_p8"],
+        *["Delta pp [95% CI] McNemar", "Act gap act_p8-act_m8 [95% CI] McNemar"],
+    ]  # every column once, in the run's order
+    rows = [line for line in fitted if line.startswith("Qwen3-4B-Thinking-2507")]
+    assert len(rows) == len(headers)
+    assert "| Qwen3-4B-Base | " in markdown(summary) and "Act gap act\\_p8-act\\_m8" in markdown(summary)

@@ -51,13 +51,33 @@ def _test_of(gaps: Sequence[Gap]) -> str:
     return WILCOXON if any(g.paired_test == WILCOXON for g in gaps) else MCNEMAR
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+GUTTER = 2  # spaces between columns
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int | None = None) -> list[str]:
+    """The table in columns; one wider than ``width`` (the terminal's) is split into parts that
+    each fit, each part repeating the first column (the model), one after the other."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    parts = [list(range(1, len(header)))]
+    if width is not None and sum(widths) + GUTTER * (len(widths) - 1) > width:
+        parts = [[]]
+        used = widths[0]
+        for column in range(1, len(header)):
+            if parts[-1] and used + GUTTER + widths[column] > width:
+                parts.append([])
+                used = widths[0]
+            parts[-1].append(column)
+            used += GUTTER + widths[column]
 
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+    def line(row: Sequence[str], columns: Sequence[int]) -> str:
+        return "  ".join(row[i].ljust(widths[i]) for i in [0, *columns]).rstrip()
 
-    return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
+    lines: list[str] = []
+    for columns in parts:
+        lines += [""] if lines else []
+        lines += [line(header, columns), line(["-" * w for w in widths], columns)]
+        lines += [line(row, columns) for row in rows]
+    return lines
 
 
 def summary_table(summary: RunSummary) -> tuple[list[str], list[list[str]]]:
@@ -83,17 +103,18 @@ def summary_table(summary: RunSummary) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
+def summary_lines(summary: RunSummary, verbose: bool = False, width: int | None = None) -> list[str]:
     """The overall table (with ``verbose`` one more table per category), the judge, the
-    comparison with the baseline, and the gate's violations; control characters made visible."""
+    comparison with the baseline, and the gate's violations; control characters made visible.
+    With ``width`` (a terminal's), each table wider than it is split into parts that fit."""
     models, suffixes = summary.models, summary.suffixes
-    lines = [SUMMARY_TITLE, *_table(*summary_table(summary))]
+    lines = [SUMMARY_TITLE, *_table(*summary_table(summary), width)]
     if verbose:
         by_key = {(c.model, c.suffix, c.category): c for c in summary.cells}
         for category in summary.categories:
             rows = [[model, *(format_cell(by_key[model, s, category]) for s in suffixes)] for model in models]
-            lines += ["", f"category {category}", *_table(["model", *suffixes], rows)]
-    lines += corrected_lines(summary)
+            lines += ["", f"category {category}", *_table(["model", *suffixes], rows, width)]
+    lines += corrected_lines(summary, width)
     lines += ["", _count_line(summary.cells)]
     if summary.partial is not None:
         lines.append(f"{summary.partial} (the rest were not selected, not recorded or not reached)")
@@ -102,11 +123,11 @@ def summary_lines(summary: RunSummary, verbose: bool = False) -> list[str]:
         lines.append("judge calibration: none, so the intervals assume the judge is always right")
     lines += summary.warnings
     if summary.dilemma is not None:
-        lines += ["", *dilemma_lines(summary)]
+        lines += ["", *dilemma_lines(summary, width)]
     if summary.tamper is not None:
-        lines += ["", *tamper_lines(summary)]
+        lines += ["", *tamper_lines(summary, width)]
     if summary.comparison is not None:
-        comparison = comparison_lines(summary.comparison, str(summary.baseline), verbose, summary.significance_p)
+        comparison = comparison_lines(summary.comparison, str(summary.baseline), verbose, summary.significance_p, width)
         lines += ["", *comparison]
     lines = [*lines, *summary.notes, *violation_lines(summary.violations), *gate_lines(summary)]
     return [visible(line) for line in lines]  # model names are the user's or a plugin's: shown inert
@@ -145,12 +166,12 @@ def corrected_table(summary: RunSummary) -> tuple[list[str], list[list[str]], st
     return header, rows, source
 
 
-def corrected_lines(summary: RunSummary) -> list[str]:
+def corrected_lines(summary: RunSummary, width: int | None = None) -> list[str]:
     table = corrected_table(summary)
     if table is None:
         return []
     header, rows, source = table
-    return ["", CORRECTED_TITLE, *_table(header, rows), source]
+    return ["", CORRECTED_TITLE, *_table(header, rows, width), source]
 
 
 NO_GATE_RULE = "no gate rule configured"
@@ -231,10 +252,10 @@ def worst_lines(summary: RunSummary) -> list[str]:
     ]
 
 
-def dilemma_lines(summary: RunSummary) -> list[str]:
+def dilemma_lines(summary: RunSummary, width: int | None = None) -> list[str]:
     lines = [DILEMMA_TITLE]
     for name, header, rows in dilemma_tables(summary):
-        lines += [name, *_table(header, rows), ""]
+        lines += [name, *_table(header, rows, width), ""]
     return [*lines, *worst_lines(summary)]
 
 
@@ -295,10 +316,10 @@ def tamper_cost_lines(summary: RunSummary) -> list[str]:
     return lines
 
 
-def tamper_lines(summary: RunSummary) -> list[str]:
+def tamper_lines(summary: RunSummary, width: int | None = None) -> list[str]:
     lines = [TAMPER_TITLE]
     for name, header, rows in tamper_tables(summary):
-        lines += [name, *_table(header, rows), ""]
+        lines += [name, *_table(header, rows, width), ""]
     return [*lines, *tamper_cost_lines(summary)]
 
 
@@ -366,6 +387,7 @@ def comparison_lines(
     baseline: str,
     verbose: bool = False,
     significance_p: Mapping[tuple[str, str], float] | None = None,
+    width: int | None = None,
 ) -> list[str]:
     from pytest_instrumental.statistics.comparison import DIRECTIONS
 
@@ -373,9 +395,9 @@ def comparison_lines(
     lines = [f"against baseline {baseline}: {compared.coverage}{partial}"]
     if compared.judge_changed:
         lines.append(f"WARNING: {compared.judge_changed}")
-    lines += _table(comparison_header(compared), comparison_rows(compared, significance_p or {}))
+    lines += _table(comparison_header(compared), comparison_rows(compared, significance_p or {}), width)
     if compared.gaps:
-        lines += ["", *_table(GAP_CHANGE_HEADER, [format_gap_change(g) for g in compared.gaps])]
+        lines += ["", *_table(GAP_CHANGE_HEADER, [format_gap_change(g) for g in compared.gaps], width)]
     lines += [f"not in the baseline: {m}" for m in compared.missing_models]
     counts = ", ".join(f"{sum(f.direction == d for f in compared.flips)} {d}" for d in DIRECTIONS)
     lines += ["", f"verdict flips: {counts}"]
