@@ -142,13 +142,14 @@ def _progress_bars(config: pytest.Config) -> ProgressFactory | None:
     capture = config.pluginmanager.getplugin("capturemanager")
 
     @contextmanager
-    def progress(desc: str, total: int, done: int, unit: str = "item") -> Iterator[Progress]:
+    def progress(desc: str, total: int, done: int, unit: str = "item", leave: bool = True) -> Iterator[Progress]:
         from tqdm import tqdm
 
         from pytest_instrumental.text import visible  # a plugin's backend names itself: shown inert
 
         uncaptured = capture.global_and_fixture_disabled() if capture is not None else nullcontext()
-        with uncaptured, tqdm(desc=visible(desc), total=total, initial=done, unit=unit, file=sys.stderr) as bar:
+        shown = tqdm(desc=visible(desc), total=total, initial=done, unit=unit, leave=leave, file=sys.stderr)
+        with uncaptured, shown as bar:
             yield bar
 
     return progress

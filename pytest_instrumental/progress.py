@@ -16,9 +16,12 @@ class Progress(Protocol):
 
 
 class ProgressFactory(Protocol):
-    """(description, total, already done, unit) -> a context manager giving a Progress."""
+    """(description, total, already done, unit, whether it stays when done) -> a context manager
+    giving a Progress."""
 
-    def __call__(self, desc: str, total: int, done: int, unit: str = "item") -> AbstractContextManager[Progress]: ...
+    def __call__(
+        self, desc: str, total: int, done: int, unit: str = "item", leave: bool = True
+    ) -> AbstractContextManager[Progress]: ...
 
 
 class _NoProgress:
@@ -38,10 +41,11 @@ class _NoProgressContext(AbstractContextManager[Progress]):
 
 
 def progress_bar(
-    factory: ProgressFactory | None, desc: str, total: int, done: int = 0, unit: str = "item"
+    factory: ProgressFactory | None, desc: str, total: int, done: int = 0, unit: str = "item", leave: bool = True
 ) -> AbstractContextManager[Progress]:
-    """The factory's bar, or a no-op one without a factory."""
-    return factory(desc, total, done, unit) if factory is not None else _NoProgressContext()
+    """The factory's bar, or a no-op one without a factory; one that does not ``leave`` is erased
+    when done (a batch's decoding steps, under its model's bar)."""
+    return factory(desc, total, done, unit, leave) if factory is not None else _NoProgressContext()
 
 
 @contextmanager

@@ -410,7 +410,7 @@ def test_a_process_waiting_for_another_ones_training_says_so(tmp_path: Path) -> 
     said: list[str] = []
 
     @contextmanager
-    def progress(desc: str, total: int, done: int = 0, unit: str = "item"):  # type: ignore[no-untyped-def]
+    def progress(desc: str, total: int, done: int = 0, unit: str = "item", leave: bool = True):  # type: ignore[no-untyped-def]
         said.append(desc)
         yield type("Bar", (), {"update": lambda self, n: None, "set_postfix_str": lambda self, s: None})()
 

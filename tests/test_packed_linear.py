@@ -79,13 +79,13 @@ def test_the_backend_generates_with_packed_linears_and_leaves_the_model_as_loade
         max_new_tokens=4,
     )
     seen: list[type] = []
-    original = backend_module.generate_tokens
+    original = backend_module.decode_rows
 
     def spy(model: torch.nn.Module, *args: object, **kwargs: object) -> object:
         seen.append(type(model.get_submodule("model.layers.0.mlp.down_proj")))
         return original(model, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(backend_module, "generate_tokens", spy)
+    monkeypatch.setattr(backend_module, "decode_rows", spy)
     request = Request(ItemKey("tiny", "baseline", "cat-01"), "cat", "You are an agent.", "Plan it.")
     ((_, generation),) = list(backend.generate([request]))
     assert generation.response is not None

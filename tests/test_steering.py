@@ -99,7 +99,12 @@ def test_a_run_with_activation_steering(pytester: pytest.Pytester, tiny_model_di
     assert [g["model"] for g in document["activation_gap"]["gaps"]] == [tiny_model_dir.name]
     served = pytester.runpytest_subprocess(*args, "--instrumental-engine=vllm")
     assert served.ret == pytest.ExitCode.USAGE_ERROR
-    served.stderr.fnmatch_lines(["*cannot take a steering hook; activation steering needs a local model*"])
+    served.stderr.fnmatch_lines(
+        [
+            "*cannot take a steering hook, and a steering vector has no checkpoint form; activation steering needs "
+            "a local model and --instrumental-engine=local (or an engine plugin for steering: docs/scale.md)"
+        ]
+    )
 
 
 @pytest.mark.slow

@@ -1,13 +1,16 @@
 """The transformers backend on a tiny random Qwen3 (built here) with the SmolLM2 tokenizer."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pytest_instrumental.backends.protocol import Generation, split_thinking, thinking_outcome
-from pytest_instrumental.backends.transformers import TransformersBackend, generate_tokens
+from pytest_instrumental.backends.transformers import TransformersBackend, decode_rows, generate_tokens
 from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.vocabulary.items import ItemKey
 from pytest_instrumental.vocabulary.request import Request
@@ -36,6 +39,49 @@ def test_batched_greedy_equals_one_prompt_at_a_time_token_for_token(tokenizer: P
     assert together == alone
     assert together[0] == (alone[0][0], False) and len(together[0][0]) == 2  # stopped, stop token dropped
     assert any(hit for _, hit in together)  # and some rows ran to the limit
+
+
+def test_a_row_that_stops_is_handed_out_at_once_and_each_step_is_told(tokenizer: PreTrainedTokenizerBase) -> None:
+    model = tiny_qwen3(tokenizer)
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    pad = tokenizer.pad_token_id
+    stop = generate_tokens(model, [prompts[0]], set(), pad, 12)[0][0][2]  # the first row stops at step 3
+    events: list[object] = []
+    for row, tokens, hit_limit in decode_rows(model, prompts, {stop}, pad, 12, on_step=lambda n: events.append(n)):
+        events.append((row, len(tokens), hit_limit))
+    first = next(i for i, e in enumerate(events) if isinstance(e, tuple))
+    assert events[:first] == [1, 1, 1] and events[first] == (0, 2, False)  # before the batch ends
+    assert sum(e == 1 for e in events) == 12 and sorted(e[0] for e in events if isinstance(e, tuple)) == [0, 1, 2, 3]
+
+
+def test_a_batch_moves_its_bars_as_it_decodes(tiny_model_dir: Path) -> None:
+    events: list[tuple[str, int]] = []
+
+    @contextmanager
+    def bars(desc: str, total: int, done: int, unit: str = "item", leave: bool = True) -> Iterator[Any]:
+        class Bar:
+            def update(self, n: int = 1) -> None:
+                events.append((unit, n))
+
+            def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+                return None
+
+        events.append((f"open {desc}", total))
+        yield Bar()
+
+    generation = GenerationConfig(batch_size=4, models_dir=tiny_model_dir.parent)
+    backend = TransformersBackend(
+        "tiny", str(tiny_model_dir), None, False, "t", generation=generation, max_new_tokens=6, progress=bars
+    )
+    requests = [
+        Request(ItemKey("tiny", "baseline", f"cat-{n:02d}"), "cat", "You are an agent.", p)
+        for n, p in enumerate(PROMPTS)
+    ]
+    for index, _ in backend.generate(requests):
+        events.append(("answer", index))
+    assert events[0] == ("open decoding 4 rows of tiny", 6)
+    assert events.count(("token", 1)) == 6 and sum(e[0] == "answer" for e in events) == 4
+    assert events.index(("token", 1)) < next(i for i, e in enumerate(events) if e[0] == "answer")
 
 
 def test_greedy_matches_transformers_generate(tokenizer: PreTrainedTokenizerBase) -> None:

@@ -28,7 +28,7 @@ from pytest_instrumental.backends.protocol import Generation, Host, Intervention
 from pytest_instrumental.config import GenerationConfig
 from pytest_instrumental.decoding import Decoding
 from pytest_instrumental.errors import InputError
-from pytest_instrumental.progress import ProgressFactory, library_bars_off
+from pytest_instrumental.progress import ProgressFactory, library_bars_off, progress_bar
 from pytest_instrumental.vocabulary.conditions import PLAIN
 from pytest_instrumental.vocabulary.request import Request, chat_turns
 
@@ -129,11 +129,15 @@ class TransformersBackend:
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            source = self.source  # the embedded model converts itself here, under its own bar
+            # the first use imports transformers and torch: seconds with nothing else to show
+            with progress_bar(self.progress, f"loading {self.name}'s tokenizer", 1, unit="step", leave=False) as bar:
+                from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(
-                self.source, revision=self.revision, trust_remote_code=self.generation.trust_remote_code
-            )
+                tokenizer = AutoTokenizer.from_pretrained(
+                    source, revision=self.revision, trust_remote_code=self.generation.trust_remote_code
+                )
+                bar.update(1)
             tokenizer.padding_side = "left"
             tokenizer.truncation_side = "left"  # if anything must go, keep the generation prompt
             if tokenizer.pad_token is None:
@@ -151,7 +155,8 @@ class TransformersBackend:
             if threads is not None and self.placement.device == "cpu":
                 torch.set_num_threads(threads)
 
-            with library_bars_off():
+            loading = progress_bar(self.progress, f"loading {self.name}'s weights", 1, unit="step", leave=False)
+            with loading as bar, library_bars_off():
                 model = AutoModelForCausalLM.from_pretrained(
                     self.source,
                     revision=self.revision,
@@ -159,6 +164,7 @@ class TransformersBackend:
                     device_map="auto" if self.placement.device == "cuda" else None,
                     trust_remote_code=self.generation.trust_remote_code,
                 )
+                bar.update(1)
             self._model = model  # from_pretrained returns it in eval mode
         return self._model
 
@@ -272,15 +278,25 @@ class TransformersBackend:
             store = PrefixStore([tuple(encoded[i][: shared[i]]) for i in order], PREFIX_STORE_BYTES)
             for start in range(0, len(order), size):
                 batch = order[start : start + size]
-                with self.hooked(requests[batch[0]]), self._kernels(requests[batch[0]]):
-                    outputs = self._decode(
-                        [requests[i] for i in batch], [encoded[i] for i in batch], [shared[i] for i in batch], store
+                # a bar of the batch's decoding steps: progress (and an honest rate) within a batch
+                rows_of = f"{len(batch)} row{'s' if len(batch) != 1 else ''} of {self.name}"
+                steps = progress_bar(
+                    self.progress, f"decoding {rows_of}", self.max_new_tokens, unit="token", leave=False
+                )
+                with steps as bar, self.hooked(requests[batch[0]]), self._kernels(requests[batch[0]]):
+                    rows = self._decode(
+                        [requests[i] for i in batch],
+                        [encoded[i] for i in batch],
+                        [shared[i] for i in batch],
+                        store,
+                        bar.update,
                     )
-                for index, (tokens, hit_limit) in zip(batch, outputs, strict=True):
-                    text = str(tokenizer.decode(tokens, skip_special_tokens=False))
-                    # the judge sees the whole answer: the attacker's start, then the model's own
-                    answer = (requests[index].prefill or "") + _strip_special(text, tokenizer)
-                    yield index, thinking_outcome(answer, hit_limit, self.thinking)
+                    for position, tokens, hit_limit in rows:  # each row as it finishes
+                        index = batch[position]
+                        text = str(tokenizer.decode(tokens, skip_special_tokens=False))
+                        # the judge sees the whole answer: the attacker's start, then the model's own
+                        answer = (requests[index].prefill or "") + _strip_special(text, tokenizer)
+                        yield index, thinking_outcome(answer, hit_limit, self.thinking)
 
     def _hooks_of(self, request: Request) -> tuple[object, ...]:
         """What the hooks a request generates under depend on: rows alike share a batch."""
@@ -322,14 +338,19 @@ class TransformersBackend:
         return common_prefix(tokens, cut[: common_prefix(cut, continued)])
 
     def _decode(
-        self, requests: Sequence[Request], prompts: list[list[int]], shared: list[int], store: PrefixStore
-    ) -> list[tuple[list[int], bool]]:
+        self,
+        requests: Sequence[Request],
+        prompts: list[list[int]],
+        shared: list[int],
+        store: PrefixStore,
+        on_step: Callable[[int], object],
+    ) -> Iterator[tuple[int, list[int], bool]]:
         decoding = self.decoding
         sampler = None
         if not decoding.greedy:
             sampler = Sampler(decoding, [decoding.epoch_seed(r.key, r.epoch) for r in requests])
         stops, pad = self._stop_ids(), self._pad_id()
-        return generate_tokens(self.model, prompts, stops, pad, self.max_new_tokens, sampler, shared, store)
+        return decode_rows(self.model, prompts, stops, pad, self.max_new_tokens, sampler, shared, store, on_step)
 
     def _batch_size(self, longest_prompt: int, rows: int) -> int:
         if self.generation.batch_size is not None:
@@ -423,14 +444,34 @@ def generate_tokens(
     shared: Sequence[int] = (),
     store: PrefixStore | None = None,
 ) -> list[tuple[list[int], bool]]:
-    """Decoding of a batch of token-id prompts, greedy or with ``sampler``: ``(new tokens without
-    the stop token, hit the token limit)`` per prompt, in order.
+    """``decode_rows``'s rows in order: ``(new tokens without the stop token, hit the token
+    limit)`` per prompt."""
+    rows = decode_rows(model, prompts, stop_ids, pad_id, max_new_tokens, sampler, shared, store)
+    return [(tokens, hit_limit) for _, tokens, hit_limit in sorted(rows, key=lambda row: row[0])]
+
+
+def decode_rows(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    stop_ids: set[int],
+    pad_id: int,
+    max_new_tokens: int,
+    sampler: Sampler | None = None,
+    shared: Sequence[int] = (),
+    store: PrefixStore | None = None,
+    on_step: Callable[[int], object] | None = None,
+) -> Iterator[tuple[int, list[int], bool]]:
+    """Decoding of a batch of token-id prompts, greedy or with ``sampler``: ``(row, new tokens
+    without the stop token, hit the token limit)`` for each prompt as it finishes, a row that
+    stops early as soon as it stops (so progress moves within a batch), the rest at the end.
+    ``on_step`` is told of each decoding step.
 
     Each prompt is prefilled alone, so no compute goes to padding, in two parts when ``shared``
     gives it a leading part that other prompts share: that part's KV comes from ``store`` (or a
     store for this batch). Their KV caches are then left-padded into one batch, preallocated for
     the whole budget (backends/kv_cache.py), that decodes together, and a row that has finished
-    leaves the batch at once.
+    leaves the batch at once. Nothing is computed while a row is handed out (outside inference
+    mode): what the caller does meanwhile runs as it would anywhere.
     """
     import torch
 
@@ -447,35 +488,45 @@ def generate_tokens(
         logits = torch.cat([first for first, _ in prefilled])
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         position_ids = torch.tensor([[len(p) - 1] for p in prompts], device=device)
-        live = list(range(len(prompts)))  # the original row of each row still in the batch
-        produced: list[list[int]] = [[] for _ in prompts]
-        finished = [False] * len(prompts)
         stops = torch.tensor(sorted(stop_ids), device=device, dtype=torch.long)
-        for step in range(max_new_tokens):
+    live = list(range(len(prompts)))  # the original row of each row still in the batch
+    produced: list[list[int]] = [[] for _ in prompts]
+    for step in range(max_new_tokens):
+        stopped = []
+        with torch.inference_mode():
             next_tokens = logits.argmax(dim=-1) if sampler is None else sampler.pick(logits, live)
             done = torch.isin(next_tokens, stops)
             for row, token, stop in zip(live, next_tokens.tolist(), done.tolist(), strict=True):
                 if stop:
-                    finished[row] = True
+                    stopped.append(row)
                 else:
                     produced[row].append(token)
             keep = (~done).nonzero().squeeze(-1)
-            if keep.numel() == 0 or step == max_new_tokens - 1:
-                break
-            if keep.numel() < len(live):
-                order = fill_holes(keep.tolist())
-                index = torch.tensor(order, device=device)
-                live = [live[i] for i in order]
-                next_tokens, attention_mask, position_ids = (
-                    next_tokens[index],
-                    attention_mask[index],
-                    position_ids[index],
-                )
-                cache.batch_select_indices(index)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=-1)
-            position_ids = position_ids + 1
-            logits = _forward(model, next_tokens[:, None], attention_mask, position_ids, cache)
-    return [(tokens, not finished[row]) for row, tokens in enumerate(produced)]
+            last = keep.numel() == 0 or step == max_new_tokens - 1
+            if not last:
+                if keep.numel() < len(live):
+                    order = fill_holes(keep.tolist())
+                    index = torch.tensor(order, device=device)
+                    live = [live[i] for i in order]
+                    next_tokens, attention_mask, position_ids = (
+                        next_tokens[index],
+                        attention_mask[index],
+                        position_ids[index],
+                    )
+                    cache.batch_select_indices(index)
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=-1)
+                position_ids = position_ids + 1
+                logits = _forward(model, next_tokens[:, None], attention_mask, position_ids, cache)
+        if on_step is not None:
+            on_step(1)
+        for row in stopped:
+            yield row, produced[row], False
+        if last:
+            ended = set(stopped)
+            for row in live:
+                if row not in ended:
+                    yield row, produced[row], True
+            return
 
 
 def _prefill(
