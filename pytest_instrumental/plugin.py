@@ -148,8 +148,11 @@ def _progress_bars(config: pytest.Config) -> ProgressFactory | None:
         from pytest_instrumental.text import visible  # a plugin's backend names itself: shown inert
 
         uncaptured = capture.global_and_fixture_disabled() if capture is not None else nullcontext()
-        shown = tqdm(desc=visible(desc), total=total, initial=done, unit=unit, leave=leave, file=sys.stderr)
-        with uncaptured, shown as bar:
+        # uncaptured first: the bar takes the terminal's stderr, not the captured one
+        with (
+            uncaptured,
+            tqdm(desc=visible(desc), total=total, initial=done, unit=unit, leave=leave, file=sys.stderr) as bar,
+        ):
             yield bar
 
     return progress
