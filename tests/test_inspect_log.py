@@ -70,7 +70,12 @@ def test_without_inspect_ai_the_option_is_a_usage_error(
     monkeypatch.setenv("PYTHONPATH", str(Path(blocker.parent)))
     result = pytester.runpytest_subprocess(*small_replay_args, "--instrumental-inspect-log=logs")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--instrumental-inspect-log needs inspect_ai: pip install*"])
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --instrumental-inspect-log needs inspect_ai, which is not installed: "
+            "pip install 'inspect-ai>=0.3.285'"
+        ]
+    )  # the package, as pyproject.toml's inspect extra names it (tests/test_packaging.py)
     assert not (pytester.path / "logs").exists()
 
 

@@ -5,10 +5,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
-from pytest_instrumental.errors import InputError
-from pytest_instrumental.reports.inspect_log import INSPECT_REQUIREMENT, check_available
+from pytest_instrumental.reports.inspect_log import INSPECT_REQUIREMENT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,12 +43,3 @@ def test_wheel_ships_scenarios_suffixes_and_the_entry_point(tmp_path: Path) -> N
     ]
     assert "pytest-xdist>=3.5" in requires  # -n works after the quick start's plain install
     assert f"{INSPECT_REQUIREMENT}; extra == 'inspect'" in requires  # what the missing-extra message says to install
-
-
-def test_without_inspect_ai_the_inspect_log_names_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "inspect_ai.log", None)  # an import of it fails
-    with pytest.raises(InputError) as raised:
-        check_available()
-    assert str(raised.value) == (
-        f"--instrumental-inspect-log needs inspect_ai, which is not installed: pip install '{INSPECT_REQUIREMENT}'"
-    )

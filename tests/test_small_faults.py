@@ -88,7 +88,7 @@ DAMAGE = [
     ("null scenario", "item 1: item scenario None is not a non-empty string"),
     ("numeric suffix", "item 1: item suffix 3 is not a non-empty string"),
     ("bool as epoch", "item 1: item epoch True is not a whole number from 1"),
-    ("a second copy with another verdict", "item 2: *-anti_ic-evading_shutdown-01 (epoch 1) is also item 1"),
+    ("a second copy with another verdict", "item 2: *-baseline-evading_shutdown-01 (epoch 1) is also item 1"),
 ]
 
 
