@@ -293,6 +293,13 @@ def test_training_lowers_the_loss_and_the_same_seed_gives_the_same_adapter(
     attacks = [LoraAttack(4, lr=1e-2), LoraAttack(12, lr=1e-2)]
     losses = train_adapters(model, examples, attacks, 7, lambda a: tmp_path / f"a{a.steps}")
     assert len(losses) == 12 and loss() == before  # the model is as it was after training
+    (length,) = {len(prompt) + len(answer) for prompt, answer in examples}  # the demonstrations are alike
+    for steps in (4, 12):  # each budget's cost, kept with its adapter
+        spent = json.loads((tmp_path / f"a{steps}" / "training.json").read_text(encoding="utf-8"))
+        assert spent == {
+            "steps": steps, "examples": steps, "tokens": steps * length, "answer_tokens": steps * len(answer),
+            "demonstrations": len(examples), "seed": 7,
+        }  # fmt: skip
     with adapted(model, tmp_path / "a12"):
         after = loss()
     assert after < before - 0.5, (before, after)  # 10.7 to 9.6 here

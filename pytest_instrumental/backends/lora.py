@@ -216,11 +216,13 @@ def train_adapters(
         optimizer = torch.optim.AdamW(trained, lr=first.lr)
         shuffle = torch.Generator().manual_seed(seed)
         order: list[int] = []
+        tokens = answer_tokens = 0  # what the training has read so far, and been scored on
         with progress_bar(progress, description, last, unit="step") as bar:
             for step in range(1, last + 1):
                 if not order:  # each pass over the data in a new seeded order
                     order = torch.randperm(len(examples), generator=shuffle).tolist()
                 prompt, answer = examples[order.pop()]
+                tokens, answer_tokens = tokens + len(prompt) + len(answer), answer_tokens + len(answer)
                 ids = torch.tensor([prompt + answer], device=model.device)
                 labels = torch.tensor([[-100] * len(prompt) + answer], device=model.device)
                 loss = tuned(input_ids=ids, labels=labels, use_cache=False).loss
@@ -231,7 +233,9 @@ def train_adapters(
                 bar.update(1)
                 bar.set_postfix_str(f"loss {losses[-1]:.3f}")
                 if step in budgets:
-                    _save(tuned, targets(budgets[step]))
+                    # the cost in the literature's units, kept with the adapter
+                    spent = {"steps": step, "examples": step, "tokens": tokens, "answer_tokens": answer_tokens}
+                    _save(tuned, targets(budgets[step]), {**spent, "demonstrations": len(examples), "seed": seed})
     finally:
         with quiet_peft():
             tuned.unload()  # the base model's own layers back in place
@@ -240,13 +244,19 @@ def train_adapters(
     return losses
 
 
-def _save(tuned: Any, target: Path) -> None:
-    """The adapter, written beside ``target`` and renamed into place: nobody sees half of it."""
+TRAINING_FILE = "training.json"  # beside an adapter: what its training cost
+
+
+def _save(tuned: Any, target: Path, spent: dict[str, int]) -> None:
+    """The adapter and what its training cost (``training.json``: steps, examples seen, tokens
+    read and tokens scored), written beside ``target`` and renamed into place: nobody sees half of
+    it."""
     staging = target.with_name(f"{target.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with quiet_peft():
             tuned.save_pretrained(str(staging))
+        (staging / TRAINING_FILE).write_text(json.dumps(spent, indent=2), encoding="utf-8")
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
