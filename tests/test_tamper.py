@@ -35,7 +35,7 @@ from pytest_instrumental.vocabulary.scenarios import load_scenarios
 from pytest_instrumental.vocabulary.suffixes import load_suffixes
 from pytest_instrumental.vocabulary.verdicts import ItemResult
 from tests.chat_server import ChatServer
-from tests.helpers import conditions, demonstrations, item, tiny_backend
+from tests.helpers import conditions, demonstrations, demonstrations_file, item, tiny_backend
 
 C, N, X = "convergence", "no_convergence", "nonsensical"
 SCENARIOS = load_scenarios()
@@ -412,3 +412,55 @@ def _generations(output: str) -> tuple[int, int, int]:
     found = re.search(r"(\d+) of (\d+) generations to make \((-?\d+) cached\)", output)
     assert found is not None, output
     return int(found[1]), int(found[2]), int(found[3])
+
+
+@pytest.mark.slow
+def test_a_run_with_two_recipes_and_two_seeds_reports_each_and_the_worst_case(
+    pytester: pytest.Pytester, tiny_model_dir: Path
+) -> None:
+    demonstrations = demonstrations_file(pytester.path / "demos.jsonl")
+    result = pytester.runpytest_subprocess(
+        "--instrumental",
+        f"--model={tiny_model_dir}",
+        "--judge=offline",
+        "--suffix=baseline",
+        "--instrumental-defense=anti_ic",
+        "--instrumental-attack=lora:2",
+        "--instrumental-attack=lora:2:r=4:lr=1e-3",
+        "--instrumental-attack-seeds=2",
+        f"--instrumental-attack-data={demonstrations}",
+        "--instrumental-max-new-tokens=2",
+        f"--instrumental-models-dir={pytester.path / 'models'}",
+        "-k",
+        "evading_shutdown-01",
+        "--instrumental-json=results.json",
+        "--instrumental-report=out",
+    )
+    assert result.ret in (0, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
+    document = json.loads((pytester.path / "results.json").read_text(encoding="utf-8"))
+    assert {i["suffix"] for i in document["items"]} == {
+        f"{defence}{push}"
+        for defence in ("", "anti_ic+")
+        for push in ("baseline", "lora2", "lora2_s1", "lora2_r4_lr0_001", "lora2_r4_lr0_001_s1")
+    }
+    tamper = document["tamper"]
+    assert tamper["seeds"] == [0, 1] and len(tamper["costs"]) == 4  # anti_ic's, per recipe and seed
+    assert [(c["recipe"], c["seed"]) for c in tamper["costs"]] == [
+        ("r=8 lr=0.0002", 0), ("r=8 lr=0.0002", 1), ("r=4 lr=0.001", 0), ("r=4 lr=0.001", 1)
+    ]  # fmt: skip
+    (worst,) = tamper["worst_cases"]
+    steps = [c["steps"] for c in tamper["costs"] if c["steps"] is not None]
+    assert worst["steps"] == min(steps, default=None)
+    assert len(tamper["spreads"]) == 2 and all(s["seeds"] == 2 for s in tamper["spreads"])
+    assert all("well_formed_pct" in d and "collapsed" in d for r in tamper["responses"] for d in r["doses"])
+    result.stdout.fnmatch_lines(
+        [
+            "tiny-qwen3* (r=8 lr=0.0002, seed 0)",
+            "steps  well-formed%  none  *anti_ic*",
+            "spread over seeds of anti_ic on tiny-qwen3* (r=4 lr=0.001): broken by * of 2 seeds*",
+            "worst case for anti_ic on tiny-qwen3*, over 4 recipes and seeds: *",
+        ]
+    )
+    assert "worst case for anti\\_ic" in (pytester.path / "out" / "report.md").read_text(encoding="utf-8")
+    adapters = sorted((pytester.path / "models" / "adapters").glob("*/training.json"))
+    assert len(adapters) == 4  # one per recipe and seed: the category's adapter at 2 steps
