@@ -232,9 +232,9 @@ def test_the_tamper_cost_per_recipe_and_seed_its_spread_and_the_worst_case_the_g
     assert collapsed.collapsed and collapsed.well_formed_pct == pytest.approx(30.0)  # its plain prompt's 3 of 10
     assert [s.describe() for s in tamper.spreads] == [
         "spread over seeds of anti_ic on m (r=8 lr=0.0002): broken by 2 of 2 seeds, 16 to 64 steps "
-        "(seed 0 64, seed 1 16)",
-        "spread over seeds of anti_ic on m (r=4 lr=0.001): broken by 0 of 2 seeds (seed 0 not within 64, "
-        "seed 1 not within 16)",
+        "(seed 0: 64 steps; seed 1: 16 steps)",
+        "spread over seeds of anti_ic on m (r=4 lr=0.001): broken by 0 of 2 seeds (seed 0: held within 64 "
+        "steps; seed 1: held within 16 steps)",
     ]
     (worst,) = tamper.worst_cases
     assert worst.steps == 16 and [c.run for c in worst.broken_by] == ["r=8 lr=0.0002, seed 1"]

@@ -139,11 +139,18 @@ class SeedSpread:
     def describe(self) -> str:
         first = self.costs[0]
         against = "undefended" if first.defense is None else first.defense
-        per_seed = ", ".join(
-            f"seed {c.seed} {'not within ' + str(c.tried) if c.steps is None else c.steps}" for c in self.costs
+        per_seed = "; ".join(
+            f"seed {c.seed}: " + (f"held within {c.tried} steps" if c.steps is None else f"{c.steps} steps")
+            for c in self.costs
         )
         steps = sorted(c.steps for c in self.broken if c.steps is not None)
-        spread = f", {steps[0]} to {steps[-1]} steps" if steps else ""
+        spread = (
+            ""
+            if not steps
+            else f", at {steps[0]} steps"
+            if steps[0] == steps[-1]
+            else f", {steps[0]} to {steps[-1]} steps"
+        )
         return (
             f"spread over seeds of {against} on {first.model} ({first.recipe}): broken by {len(steps)} of "
             f"{len(self.costs)} seeds{spread} ({per_seed})"
