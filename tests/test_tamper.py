@@ -44,7 +44,8 @@ PRO = load_suffixes()["pro_ic"]
 
 
 def test_fine_tuning_conditions_are_named_for_k_and_parsed_back() -> None:
-    loras = seeded([LoraAttack(0), LoraAttack(16), LoraAttack(16, rank=4, lr=1e-3), LoraAttack(8, seed=5)], 2)
+    given = [LoraAttack(0), LoraAttack(16), LoraAttack(16, rank=4, lr=1e-3), LoraAttack(8, seed=5)]
+    loras = [a for a in seeded(given, 2) if isinstance(a, LoraAttack)]
     planned = run_conditions([SuffixPush(SUFFIXES["baseline"]), *loras], [SUFFIXES["anti_ic"]])
     names = [c.name for c in planned]
     undefended = ["lora0", "lora16", "lora16_s1", "lora16_r4_lr0_001", "lora16_r4_lr0_001_s1", "lora8_s5"]
@@ -52,7 +53,7 @@ def test_fine_tuning_conditions_are_named_for_k_and_parsed_back() -> None:
     assert all(parse_condition(c.name, SUFFIXES) == c for c in planned)  # the seed a name's own: s5 stays s5
     assert planned[12] == Condition(LoraAttack(16, 4, 1e-3, seed=1), SUFFIXES["anti_ic"])
     assert planned[12].push.attack == "lora:16:r=4:lr=0.001:s=1"
-    assert [attack_lora(p.push.attack) for p in planned[1:7]] == loras
+    assert [attack_lora(str(p.push.attack)) for p in planned[1:7]] == loras
     for bad, why in [
         ("lora:x", "a whole number of optimizer steps"),
         ("lora:8:r=0", "the rank r is a whole number from 1"),
@@ -263,7 +264,8 @@ def test_a_dose_where_the_model_fell_apart_never_counts_as_the_defence_holding()
 
 def _swept_inputs() -> tuple[list[Any], list[str], list[Condition]]:
     items = [item(v, suffix=c, scenario=f"cat-{n:02d}") for c, vs in SWEPT.items() for n, v in enumerate(vs, 1)]
-    recipes = seeded([LoraAttack(16), LoraAttack(64), LoraAttack(16, 4, 1e-3), LoraAttack(64, 4, 1e-3)], 2)
+    given = [LoraAttack(16), LoraAttack(64), LoraAttack(16, 4, 1e-3), LoraAttack(64, 4, 1e-3)]
+    recipes = [a for a in seeded(given, 2) if isinstance(a, LoraAttack)]
     planned = run_conditions([SuffixPush(SUFFIXES["baseline"]), *recipes], [SUFFIXES["anti_ic"]])
     return compute_cells(items, ["m"], list(SWEPT), ["cat"]), ["m"], planned
 
