@@ -71,8 +71,8 @@ def test_a_batch_moves_its_bars_as_it_decodes(tiny_model_dir: Path) -> None:
 
     generation = GenerationConfig(batch_size=4, models_dir=tiny_model_dir.parent)
     backend = TransformersBackend(
-        "tiny", str(tiny_model_dir), None, False, "t", generation=generation, max_new_tokens=6, progress=bars
-    )
+        "tiny", lambda: str(tiny_model_dir), None, False, "t", generation=generation, max_new_tokens=6, progress=bars
+    )  # files found on first use, as the embedded model converts itself
     requests = [
         Request(ItemKey("tiny", "baseline", f"cat-{n:02d}"), "cat", "You are an agent.", p)
         for n, p in enumerate(PROMPTS)
@@ -80,6 +80,7 @@ def test_a_batch_moves_its_bars_as_it_decodes(tiny_model_dir: Path) -> None:
     for index, _ in backend.generate(requests):
         events.append(("answer", index))
     assert [e for e in events if e[0].startswith("open")] == [
+        ("open preparing tiny's files (converted once, on first use)", 1),
         ("open loading tiny's tokenizer", 1),
         ("open decoding 4 rows of tiny", 6),
         ("open loading tiny's weights", 1),  # on the first batch's first use

@@ -122,14 +122,17 @@ class TransformersBackend:
 
     @property
     def source(self) -> str:
-        if callable(self._source):
-            self._source = self._source()
+        if callable(self._source):  # the embedded model converts itself: 43 s the first time
+            description = f"preparing {self.name}'s files (converted once, on first use)"
+            with progress_bar(self.progress, description, 1, unit="step", leave=False) as bar:
+                self._source = self._source()
+                bar.update(1)
         return self._source
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         if self._tokenizer is None:
-            source = self.source  # the embedded model converts itself here, under its own bar
+            source = self.source  # the embedded model converts itself here, under a bar of its own
             # the first use imports transformers and torch: seconds with nothing else to show
             with progress_bar(self.progress, f"loading {self.name}'s tokenizer", 1, unit="step", leave=False) as bar:
                 from transformers import AutoTokenizer
