@@ -21,6 +21,8 @@ from pytest_instrumental import options
 from pytest_instrumental.errors import InputError
 
 if TYPE_CHECKING:
+    from syrupy.extensions.amber import AmberSnapshotExtension
+
     from pytest_instrumental.progress import Progress, ProgressFactory
     from pytest_instrumental.run import InstrumentalRun, Written
     from pytest_instrumental.statistics.summary import RunSummary
@@ -369,6 +371,7 @@ class InstrumentalSnapshots:
 
     def __init__(self, run: InstrumentalRun) -> None:
         self._run = run
+        self._snapshots: type[AmberSnapshotExtension] | None = None  # once collected
 
     def pytest_configure(self, config: pytest.Config) -> None:
         from pytest_instrumental.snapshots import damage
@@ -387,15 +390,20 @@ class InstrumentalSnapshots:
                 "and record the verdicts again (--snapshot-update)"
             )
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        from pytest_instrumental.snapshots import verdict_snapshots
+
+        self._snapshots = verdict_snapshots(self._run.settings.snapshot_dir, session.items)
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
         yield  # the item ran; a failure or skip of its own stands as it is
         if isinstance(item, ScenarioItem) and item.verdict is not None:
             from pytest_instrumental.snapshots import check_verdict
 
-            run = self._run
-            changes = run.snapshot_changes(item.request.key.model)
-            failure = check_verdict(item, run.settings.snapshot_dir, item.verdict, changes)
+            assert self._snapshots is not None, "items run after their collection"
+            changes = self._run.snapshot_changes(item.request.key.model)
+            failure = check_verdict(item, self._snapshots, item.verdict, changes)
             if failure is not None:
                 raise ItemError(failure)
 

@@ -11,9 +11,8 @@ verdict is compared; a difference is named, not reported as a flip.
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,9 +108,12 @@ def setup_changes(recorded: Setup | None, current: Setup) -> list[str]:
     return changes
 
 
-def check_verdict(item: pytest.Item, directory: Path, verdict: str, changes: list[str]) -> str | None:
-    """Assert ``verdict`` against the item's snapshot in ``directory`` as syrupy's own ``snapshot``
-    fixture would (with ``--snapshot-update`` this records it); the failure message, or None.
+def check_verdict(
+    item: pytest.Item, snapshots: type[AmberSnapshotExtension], verdict: str, changes: list[str]
+) -> str | None:
+    """Assert ``verdict`` against the item's snapshot (``snapshots``: ``verdict_snapshots``'s) as
+    syrupy's own ``snapshot`` fixture would (with ``--snapshot-update`` this records it); the
+    failure message, or None.
     ``changes`` (from ``setup_changes``) make the verdict not comparable: only a verdict judged in
     the recorded setup is compared.
 
@@ -122,13 +124,9 @@ def check_verdict(item: pytest.Item, directory: Path, verdict: str, changes: lis
     from syrupy.location import PyTestLocation
 
     updating = bool(item.config.option.update_snapshots)
-    ordered = _COLLECTION_ORDER.get(directory)
-    if ordered is None or ordered[0] is not item.session:  # once per session
-        order = {PyTestLocation(i).snapshot_name: n for n, i in enumerate(item.session.items)}
-        _COLLECTION_ORDER[directory] = (item.session, order)
     assertion = SnapshotAssertion(
         session=item.config._syrupy,  # type: ignore[attr-defined]  # syrupy's session, as its fixture uses
-        extension_class=_verdict_snapshots(directory),
+        extension_class=snapshots,
         test_location=PyTestLocation(item),
         update_snapshots=updating,
         # --snapshot-update-new-only: a verdict with no snapshot is recorded, a changed one still fails
@@ -155,18 +153,18 @@ def check_verdict(item: pytest.Item, directory: Path, verdict: str, changes: lis
     return f"verdict {verdict} differs from its snapshot {str(recorded).strip()} (--snapshot-update accepts it)"
 
 
-# snapshot directory -> (the session, each item's snapshot name -> its collection index)
-_COLLECTION_ORDER: dict[Path, tuple[object, dict[str, int]]] = {}
-
-
-@functools.cache
-def _verdict_snapshots(directory: Path) -> type[AmberSnapshotExtension]:
-    """syrupy's amber format, in the configured directory, owning ``instrumental.ambr`` only:
-    the setup file beside it is not a snapshot and must never be cleaned up as one."""
+def verdict_snapshots(directory: Path, items: Sequence[pytest.Item]) -> type[AmberSnapshotExtension]:
+    """syrupy's amber format, in the configured directory, owning ``instrumental.ambr`` only
+    (the setup file beside it is not a snapshot and must never be cleaned up as one), its entries
+    in the order ``items`` were collected: syrupy writes by name otherwise (anti_ic first), and its
+    own --snapshot-declaration-order counts only plain test functions. One class per session:
+    syrupy queues a file's writes by extension class."""
     from syrupy.data import SnapshotCollection, SnapshotCollections
     from syrupy.extensions.amber import AmberSnapshotExtension
     from syrupy.location import PyTestLocation
     from syrupy.types import SnapshotIndex
+
+    order = {PyTestLocation(item).snapshot_name: n for n, item in enumerate(items)}
 
     class VerdictSnapshots(AmberSnapshotExtension):
         @classmethod
@@ -177,12 +175,7 @@ def _verdict_snapshots(directory: Path) -> type[AmberSnapshotExtension]:
         def write_snapshot_collection(
             cls, *, snapshot_collection: SnapshotCollection, name_order: dict[str, int] | None = None
         ) -> None:
-            # in the order the items were collected: syrupy writes by name otherwise (anti_ic first),
-            # and its own --snapshot-declaration-order counts only plain test functions
-            ordered = _COLLECTION_ORDER.get(directory)
-            super().write_snapshot_collection(
-                snapshot_collection=snapshot_collection, name_order=name_order if ordered is None else ordered[1]
-            )
+            super().write_snapshot_collection(snapshot_collection=snapshot_collection, name_order=order)
 
         @classmethod
         def get_file_basename(cls, *, test_location: PyTestLocation, index: SnapshotIndex) -> str:

@@ -20,12 +20,12 @@ says what made it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_instrumental.backends.layers import decoder_layers
+from pytest_instrumental.cache import digest
 from pytest_instrumental.errors import InputError
 
 if TYPE_CHECKING:
@@ -41,8 +41,7 @@ OUTPUT_PROJECTIONS = ("o_proj", "down_proj", "out_proj", "c_proj", "dense", "fc2
 
 def checkpoint_dir(checkpoints_dir: Path, base: str, fields: dict[str, Any]) -> Path:
     """Where the checkpoint of an attack (its cache ``fields``) on the weights ``base`` is kept."""
-    made_by = json.dumps({"base": base, **fields}, sort_keys=True, ensure_ascii=False)
-    return checkpoints_dir / hashlib.sha256(made_by.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return checkpoints_dir / digest({"base": base, **fields})[:24]
 
 
 def orthogonalise(model: PreTrainedModel, direction: torch.Tensor) -> None:

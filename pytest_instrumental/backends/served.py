@@ -100,7 +100,7 @@ class ServedBackend:
         self.decoding = decoding
         self.attacks = attacks
         self._local: TransformersBackend | None = None
-        self._clients: dict[str, OpenAIBackend] = {}  # by base URL
+        self._clients: dict[str, OpenAIBackend] = {}  # by base URL and the model asked for
 
     @property
     def name(self) -> str:
@@ -118,6 +118,7 @@ class ServedBackend:
     def cache_key(self, request: Request) -> dict[str, Any]:
         # Not the URL: a server on another port next time serves the same generations.
         options = self.server.options
+        route, attack = self._placed(request)
         key = {
             "backend": "served",
             "engine": options.label,
@@ -125,28 +126,28 @@ class ServedBackend:
             "serve_command": options.serve_command,
             "model": self.identity,
             # what the client below sends, as it sends it
-            "payload": chat_payload(request, self._asked_for(self.route(request)), self.max_new_tokens, self.decoding),
+            "payload": chat_payload(request, self._asked_for(route), self.max_new_tokens, self.decoding),
         }
-        intervention = None if self.attacks is None else self._attacker().intervention_for(request)
-        if intervention is not None:
-            key["attack"] = intervention.cache_fields(request)
+        if attack is not None:
+            key["attack"] = attack
         return key
 
-    def route(self, request: Request) -> Route:
-        """Where ``request`` is served: the base model, its adapter, or its attacked checkpoint."""
+    def _placed(self, request: Request) -> tuple[Route, dict[str, Any] | None]:
+        """Where ``request`` is served (the base model, its adapter, or its attacked checkpoint),
+        and what its attack adds to a cache key (None: not attacked)."""
         if self.attacks is None:
-            return BASE
+            return BASE, None
         intervention = self._attacker().intervention_for(request)
         if intervention is None:
-            return BASE
+            return BASE, None
         assert isinstance(intervention, Bakes), "a push without a checkpoint form refuses a server (conditions.py)"
+        fields = intervention.cache_fields(request)
         adapter = intervention.adapter(request)
         if adapter is not None and serves_adapters(self.server.options):
-            return Route(adapter=adapter)
+            return Route(adapter=adapter), fields
         from pytest_instrumental.backends.checkpoints import checkpoint_dir
 
-        fields = intervention.cache_fields(request)
-        return Route(checkpoint=checkpoint_dir(self.attacks.checkpoints_dir, self.identity, fields))
+        return Route(checkpoint=checkpoint_dir(self.attacks.checkpoints_dir, self.identity, fields)), fields
 
     def _asked_for(self, route: Route) -> str:
         """The model name a request on ``route`` asks its server for."""
@@ -159,38 +160,37 @@ class ServedBackend:
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Generation]]:
         routes: dict[Route, list[int]] = {}
         for index, request in enumerate(requests):
-            routes.setdefault(self.route(request), []).append(index)
+            routes.setdefault(self._placed(request)[0], []).append(index)
         self._make(requests, routes)
-        adapters = sorted({r.adapter for r in routes if r.adapter is not None})
-        on_base = [i for route, members in routes.items() if route.checkpoint is None for i in members]
+        on_base = {route: members for route, members in routes.items() if route.checkpoint is None}
+        adapters = sorted(route.adapter for route in on_base if route.adapter is not None)
         if on_base and not adapters:
             yield from self._generate_on(self.server, requests, on_base)
         elif on_base:
             yield from self._on_own_server(self._server(None, adapters), requests, on_base)
         for route, members in routes.items():
             if route.checkpoint is not None:
-                yield from self._on_own_server(self._server(route.checkpoint, []), requests, members)
+                yield from self._on_own_server(self._server(route.checkpoint, []), requests, {route: members})
 
     def _on_own_server(
-        self, server: EngineServer, requests: Sequence[Request], members: Sequence[int]
+        self, server: EngineServer, requests: Sequence[Request], routes: dict[Route, list[int]]
     ) -> Iterator[tuple[int, Generation]]:
         """Generate on a server of its own, started after the base model's is stopped and stopped
         when done: one accelerator holds one model at a time."""
         self.server.stop()  # started again when the base model next generates
         try:
-            yield from self._generate_on(server, requests, members)
+            yield from self._generate_on(server, requests, routes)
         finally:
             server.stop()
 
     def _generate_on(
-        self, server: EngineServer, requests: Sequence[Request], members: Sequence[int]
+        self, server: EngineServer, requests: Sequence[Request], routes: dict[Route, list[int]]
     ) -> Iterator[tuple[int, Generation]]:
+        """The requests of ``routes`` (indices into ``requests``), each asking ``server`` for its
+        route's model."""
         server.start()
-        by_name: dict[str, list[int]] = {}
-        for index in members:
-            by_name.setdefault(self._asked_for(self.route(requests[index])), []).append(index)
-        for asked, indices in by_name.items():
-            client = self._client(server, asked)
+        for route, indices in routes.items():
+            client = self._client(server, self._asked_for(route))
             for position, generation in client.generate([requests[i] for i in indices]):
                 yield indices[position], generation
 
