@@ -51,26 +51,25 @@ def baked_answers(
     return [in_process[i].response for i in range(len(requests))], [served[i].response for i in range(len(requests))]
 
 
+def assert_baked_answers_match(directory: Path, tmp_path: Path, *, ablation: bool) -> None:
+    """The attack changes answers, and its checkpoint gives the in-process answers item by item."""
+    requests = one_category()[:6]
+    in_process, baked = baked_answers(directory, tmp_path, requests, ablation=ablation, tokens=12)
+    plain = dict(tiny_backend(directory, max_new_tokens=12).generate(requests))
+    assert [plain[i].response for i in range(len(requests))] != in_process
+    differing = [i for i in range(len(requests)) if in_process[i] != baked[i]]
+    assert not differing, f"{len(differing)} of {len(requests)} answers differ: {in_process[differing[0]]!r}"
+
+
 @pytest.mark.parametrize("model", ["tiny-qwen3", pytest.param("smollm2", marks=pytest.mark.slow)])
 def test_weights_orthogonalised_against_the_direction_answer_as_the_ablation_hooks_do(
     model: str, tiny_model_dir: Path, smollm2_dir: Path, tmp_path: Path
 ) -> None:
-    directory = tiny_model_dir if model == "tiny-qwen3" else smollm2_dir
-    requests = one_category()[:6]
-    hooked, baked = baked_answers(directory, tmp_path, requests, ablation=True, tokens=12)
-    plain = dict(tiny_backend(directory, max_new_tokens=12).generate(requests))
-    assert [plain[i].response for i in range(len(requests))] != hooked  # the ablation changes answers
-    differing = [i for i in range(len(requests)) if hooked[i] != baked[i]]
-    assert not differing, f"{len(differing)} of {len(requests)} answers differ: {hooked[differing[0]]!r}"
+    assert_baked_answers_match(tiny_model_dir if model == "tiny-qwen3" else smollm2_dir, tmp_path, ablation=True)
 
 
 def test_an_adapter_merged_into_the_weights_answers_as_the_adapter_does(tiny_model_dir: Path, tmp_path: Path) -> None:
-    requests = one_category()[:6]
-    adapted, merged = baked_answers(tiny_model_dir, tmp_path, requests, ablation=False, tokens=12)
-    plain = dict(tiny_backend(tiny_model_dir, max_new_tokens=12).generate(requests))
-    assert [plain[i].response for i in range(len(requests))] != adapted  # the adapter changes answers
-    differing = [i for i in range(len(requests)) if adapted[i] != merged[i]]
-    assert not differing, f"{len(differing)} of {len(requests)} answers differ: {adapted[differing[0]]!r}"
+    assert_baked_answers_match(tiny_model_dir, tmp_path, ablation=False)
 
 
 def test_a_tied_unembedding_is_untied_and_every_residual_write_loses_the_direction(smollm2_dir: Path) -> None:

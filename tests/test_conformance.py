@@ -26,6 +26,24 @@ def answers(path: Path) -> dict[tuple[str, str], str]:
     return {(i["suffix"], i["scenario"]): i["response"] for i in items}
 
 
+def in_process_and_served(
+    pytester: pytest.Pytester, common: list[str], engine: str, items: int
+) -> dict[tuple[str, str], str]:
+    """The same run in process and on ``engine``: each passes its ``items``, and the engine's
+    answers equal the in-process ones item by item; the in-process answers."""
+    local = pytester.runpytest_subprocess(*common, "--instrumental-json=local.json")
+    local.assert_outcomes(passed=items)
+    served = pytester.runpytest_subprocess(
+        *common, f"--instrumental-engine={engine}", "--instrumental-json=served.json"
+    )
+    served.assert_outcomes(passed=items)
+    expected, got = answers(pytester.path / "local.json"), answers(pytester.path / "served.json")
+    assert set(got) == set(expected) and len(expected) == items
+    differing = sorted(key for key in expected if got[key] != expected[key])
+    assert not differing, f"{len(differing)} of {len(expected)} answers differ, first {differing[0]}"
+    return expected
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", SERVED)
 def test_an_engine_gives_the_in_process_answers_item_by_item(
@@ -34,20 +52,11 @@ def test_an_engine_gives_the_in_process_answers_item_by_item(
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     common = ["--instrumental", "--judge=offline", "--instrumental-no-cache", *CONDITIONS, *SCENARIOS]
     common += ["--instrumental-max-new-tokens=8", f"--instrumental-models-dir={smollm2_dir.parent}"]
-    local = pytester.runpytest_subprocess(*common, "--instrumental-json=local.json")
-    local.assert_outcomes(passed=12)  # 2 scenarios x 3 suffixes x (undefended, defended)
-    served = pytester.runpytest_subprocess(
-        *common, f"--instrumental-engine={engine}", "--instrumental-json=served.json"
-    )
-    served.assert_outcomes(passed=12)
-    expected, got = answers(pytester.path / "local.json"), answers(pytester.path / "served.json")
-    assert set(got) == set(expected) and len(expected) == 12
+    expected = in_process_and_served(pytester, common, engine, 12)  # 2 scenarios x 3 suffixes x (un)defended
     assert {condition for condition, _ in expected} == {
         "baseline", "pro_ic", "anti_ic", "anti_ic+baseline", "anti_ic+pro_ic", "anti_ic+anti_ic"
     }  # fmt: skip
     assert len(set(expected.values())) > 1  # the conditions change what the model is asked
-    differing = sorted(key for key in expected if got[key] != expected[key])
-    assert not differing, f"{len(differing)} of {len(expected)} answers differ, first {differing[0]}"
 
 
 @pytest.mark.slow
@@ -100,20 +109,10 @@ def test_an_engine_serves_the_attacked_checkpoints_with_the_in_process_answers(
     common = ["--instrumental", "--judge=offline", "--instrumental-no-cache", "--suffix=baseline", *ATTACKS]
     common += [f"--instrumental-attack-data={demonstrations}", "-k", "evading_shutdown-01 or evading_shutdown-02"]
     common += ["--instrumental-max-new-tokens=8", f"--instrumental-models-dir={pytester.path / 'models'}"]
-    local = pytester.runpytest_subprocess(*common, "--instrumental-json=local.json")
-    local.assert_outcomes(passed=6)  # 2 scenarios x (baseline, ablate, lora2)
-    served = pytester.runpytest_subprocess(
-        *common, f"--instrumental-engine={engine}", "--instrumental-json=served.json"
-    )
-    served.assert_outcomes(passed=6)
-    expected, got = answers(pytester.path / "local.json"), answers(pytester.path / "served.json")
-    assert {condition for condition, _ in expected} == {"baseline", "ablate", "lora2_lr0_01"} and set(got) == set(
-        expected
-    )
+    expected = in_process_and_served(pytester, common, engine, 6)  # 2 scenarios x (baseline, ablate, lora2)
+    assert {condition for condition, _ in expected} == {"baseline", "ablate", "lora2_lr0_01"}
     for attacked in ("ablate", "lora2_lr0_01"):  # each attack changes an answer
         assert any(expected[attacked, s] != expected["baseline", s] for _, s in expected), attacked
-    differing = sorted(key for key in expected if got[key] != expected[key])
-    assert not differing, f"{len(differing)} of {len(expected)} answers differ, first {differing[0]}"
     # one checkpoint per attack (the category's direction; the merged adapter), each served on its own
     checkpoints = sorted(p for p in (pytester.path / "models" / "attacked").iterdir() if p.is_dir())
     assert len(checkpoints) == 2 and all((c / "recipe.json").is_file() for c in checkpoints)
