@@ -152,28 +152,25 @@ class TransformersBackend:
     def model(self) -> PreTrainedModel:
         if self._model is None:
             import torch
-            from transformers import AutoModelForCausalLM
 
             threads = torch_threads(self.generation.threads, os.environ, os.cpu_count() or 1)
             if threads is not None and self.placement.device == "cpu":
                 torch.set_num_threads(threads)
 
             loading = progress_bar(self.progress, f"loading {self.name}'s weights", 1, unit="step", leave=False)
-            with loading as bar, library_bars_off():
-                model = AutoModelForCausalLM.from_pretrained(
-                    self.source,
-                    revision=self.revision,
-                    dtype=getattr(torch, self.placement.dtype),
-                    device_map="auto" if self.placement.device == "cuda" else None,
-                    trust_remote_code=self.generation.trust_remote_code,
-                )
+            with loading as bar:
+                self._model = self._load("auto" if self.placement.device == "cuda" else None)
                 bar.update(1)
-            self._model = model  # from_pretrained returns it in eval mode
         return self._model
 
     def load_copy(self) -> PreTrainedModel:
         """The weights loaded again, on the CPU, in the dtype they run in here: what an attacked
         checkpoint is made from (checkpoints.py), leaving the loaded model as it is."""
+        return self._load(None)
+
+    def _load(self, device_map: str | None) -> PreTrainedModel:
+        """The weights from their source, in this placement's dtype (from_pretrained returns
+        them in eval mode)."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -182,6 +179,7 @@ class TransformersBackend:
                 self.source,
                 revision=self.revision,
                 dtype=getattr(torch, self.placement.dtype),
+                device_map=device_map,
                 trust_remote_code=self.generation.trust_remote_code,
             )
 
